@@ -1,0 +1,3 @@
+"""
+Credentials: signed login tokens and argon2 password checks.
+"""

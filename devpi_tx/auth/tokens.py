@@ -1,0 +1,87 @@
+"""
+Login tokens: C{<json payload>.<timestamp>.<signature>}, the layout
+devpi-server's tokens have, signed with HMAC-SHA256 under a key derived
+from the server secret.  Tokens are only meaningful to servers sharing the
+secret file (a primary and its replicas).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable
+
+import attrs
+
+#: devpi-server's token lifetime: 10 hours.
+TOKEN_MAX_AGE = 36000
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@attrs.frozen
+class TokenClaims:
+    username: str
+    groups: tuple[str, ...]
+    issued: int
+
+
+class TokenSigner:
+    """
+    Issue and check login tokens.
+    """
+
+    def __init__(
+        self,
+        secret: bytes,
+        max_age: int = TOKEN_MAX_AGE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._key = hmac.new(secret, b"devpi-tx login token v1", hashlib.sha256).digest()
+        self.max_age = max_age
+        self._clock = clock
+
+    def _sign(self, message: str) -> str:
+        return _b64(hmac.new(self._key, message.encode("utf-8"), hashlib.sha256).digest())
+
+    def issue(self, username: str, groups: tuple[str, ...] = ()) -> str:
+        payload = json.dumps([username, list(groups), True], separators=(", ", ": "))
+        stamp = _b64(int(self._clock()).to_bytes(8, "big").lstrip(b"\0") or b"\0")
+        message = f"{payload}.{stamp}"
+        return f"{message}.{self._sign(message)}"
+
+    def check(self, token: str) -> TokenClaims | None:
+        """
+        Return the claims of a valid, unexpired token, else L{None}.
+        """
+        message, sep, signature = token.rpartition(".")
+        if not sep or not hmac.compare_digest(self._sign(message), signature):
+            return None
+        payload, _, stamp = message.rpartition(".")
+        try:
+            issued = int.from_bytes(_unb64(stamp), "big")
+            username, groups, _ = json.loads(payload)
+        except (ValueError, TypeError):
+            return None
+        now = self._clock()
+        if not (issued - 60 <= now <= issued + self.max_age):
+            return None
+        if not isinstance(username, str) or not isinstance(groups, list):
+            return None
+        return TokenClaims(username, tuple(str(g) for g in groups), issued)
+
+    def looks_like_token(self, secret: str) -> bool:
+        """
+        Whether a credential has the shape of a token (so that an expired
+        token can be told from a wrong password).
+        """
+        return secret.startswith("[") and secret.count(".") >= 2

@@ -1,0 +1,3 @@
+"""
+Console scripts: C{devpi-tx init} and friends.
+"""

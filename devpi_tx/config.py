@@ -1,0 +1,221 @@
+"""
+The server's configuration: one frozen L{ServerConfig}, built from
+defaults, a YAML config file, C{DEVPISERVER_*} environment variables and
+the command line, in that order of precedence (the last wins), using
+devpi-server's option names so that existing files and scripts keep working.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import attrs
+import yaml
+
+DEFAULT_SERVERDIR = "~/.devpi-tx/server"
+DEFAULT_MAX_BODY = 1024 * 1024 * 1024
+DEFAULT_MAX_JSON_BODY = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """
+    A wrong or unknown option; the message names it.
+    """
+
+
+@attrs.frozen
+class ServerConfig:
+    serverdir: str
+    host: str = "127.0.0.1"
+    port: int = 3141
+    listen: tuple[str, ...] = ()
+    outside_url: str | None = None
+    absolute_urls: bool = False
+    secretfile: str | None = None
+    restrict_modify: str | None = None
+    request_timeout: float = 5.0
+    offline_mode: bool = False
+    debug: bool = False
+    role: str = "auto"
+    primary_url: str | None = None
+    logger_cfg: str | None = None
+    mirror_url: str | None = None
+    mirror_cache_expiry: int = 1800
+    max_request_body_size: int = DEFAULT_MAX_BODY
+    max_json_body_size: int = DEFAULT_MAX_JSON_BODY
+    no_root_pypi: bool = False
+    root_passwd: str | None = None
+    root_passwd_hash: str | None = None
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """
+        Twisted server endpoint strings to listen on.
+        """
+        if self.listen:
+            return self.listen
+        host = self.host.replace(":", "\\:")
+        return (f"tcp:{self.port}:interface={host}",)
+
+    @property
+    def secret_path(self) -> str:
+        return self.secretfile or os.path.join(self.serverdir, ".secret")
+
+
+# option name -> (attribute, parser)
+def _bool(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("yes", "true", "1", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("no", "false", "0", "off", ""):
+        return False
+    raise ConfigError(f"option {name}: expected yes/no/true/false, got {value!r}")
+
+
+def _int(name: str, value: object) -> int:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"option {name}: expected an integer, got {value!r}") from None
+
+
+def _float(name: str, value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"option {name}: expected a number, got {value!r}") from None
+
+
+def _str(name: str, value: object) -> str:
+    if isinstance(value, (dict, list)) or value is None:
+        raise ConfigError(f"option {name}: expected a string, got {value!r}")
+    return str(value)
+
+
+def _role(name: str, value: object) -> str:
+    role = _str(name, value).lower()
+    if role == "master":
+        role = "primary"
+    if role not in ("auto", "primary", "standalone", "replica"):
+        raise ConfigError(f"option {name}: unknown role {value!r}")
+    return role
+
+
+def _listen(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(f"option {name}: expected endpoint strings, got {value!r}")
+
+
+OPTIONS: dict[str, tuple[str, object]] = {
+    "serverdir": ("serverdir", _str),
+    "host": ("host", _str),
+    "port": ("port", _int),
+    "listen": ("listen", _listen),
+    "outside-url": ("outside_url", _str),
+    "absolute-urls": ("absolute_urls", _bool),
+    "secretfile": ("secretfile", _str),
+    "restrict-modify": ("restrict_modify", _str),
+    "request-timeout": ("request_timeout", _float),
+    "offline-mode": ("offline_mode", _bool),
+    "debug": ("debug", _bool),
+    "role": ("role", _role),
+    "primary-url": ("primary_url", _str),
+    "master-url": ("primary_url", _str),
+    "logger-cfg": ("logger_cfg", _str),
+    "mirror-url": ("mirror_url", _str),
+    "mirror-cache-expiry": ("mirror_cache_expiry", _int),
+    "max-request-body-size": ("max_request_body_size", _int),
+    "no-root-pypi": ("no_root_pypi", _bool),
+    "root-passwd": ("root_passwd", _str),
+    "root-passwd-hash": ("root_passwd_hash", _str),
+}
+
+
+def load_config_file(path: str) -> dict[str, object]:
+    """
+    Read a YAML config file (safe loader) whose options live under a
+    top-level C{devpi-server:} (or C{devpi-tx:}) mapping.
+    """
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"configfile {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"configfile {path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"configfile {path}: expected a mapping")
+    unknown_sections = set(data) - {"devpi-server", "devpi-tx"}
+    if unknown_sections:
+        raise ConfigError(
+            f"configfile {path}: unknown section {sorted(unknown_sections)[0]!r}"
+            " (expected 'devpi-server:')"
+        )
+    options: dict[str, object] = {}
+    for section in ("devpi-server", "devpi-tx"):
+        values = data.get(section) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"configfile {path}: {section!r} must be a mapping")
+        for key, value in values.items():
+            if key not in OPTIONS:
+                raise ConfigError(f"configfile {path}: unknown option {key!r}")
+            options[key] = value
+    return options
+
+
+def options_from_environ(environ: Mapping[str, str]) -> dict[str, object]:
+    options: dict[str, object] = {}
+    for name in OPTIONS:
+        var = "DEVPISERVER_" + name.upper().replace("-", "_")
+        if var in environ:
+            options[name] = environ[var]
+    return options
+
+
+def build_config(
+    command_line: Mapping[str, object],
+    configfile: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    allowed: frozenset[str] | None = None,
+) -> ServerConfig:
+    """
+    Merge the option sources into a L{ServerConfig}.
+
+    @param command_line: options given on the command line, by option name;
+        L{None} values count as not given.
+    @param allowed: option names this command accepts (others in a config
+        file are ignored, as devpi ignores server options in devpi-init).
+    """
+    environ = os.environ if environ is None else environ
+    merged: dict[str, object] = {}
+    if configfile:
+        merged.update(load_config_file(configfile))
+    merged.update(options_from_environ(environ))
+    merged.update({k: v for k, v in command_line.items() if v is not None})
+    kwargs: dict[str, object] = {}
+    for name, value in merged.items():
+        if allowed is not None and name not in allowed:
+            continue
+        attribute, parse = OPTIONS[name]
+        kwargs[attribute] = parse(name, value)  # type: ignore[operator]
+    serverdir = kwargs.pop("serverdir", None) or DEFAULT_SERVERDIR
+    kwargs["serverdir"] = os.path.abspath(os.path.expanduser(str(serverdir)))
+    config = ServerConfig(**kwargs)  # type: ignore[arg-type]
+    if not 0 <= config.port <= 65535:
+        raise ConfigError(f"option port: {config.port} is not a port number")
+    if config.role == "replica" or config.primary_url:
+        raise ConfigError(
+            "option role: the replica role is not implemented yet in devpi-tx"
+        )
+    if config.outside_url and not config.outside_url.startswith(("http://", "https://")):
+        raise ConfigError(f"option outside-url: {config.outside_url!r} is not a URL")
+    if config.mirror_url and not config.mirror_url.startswith(("http://", "https://")):
+        raise ConfigError(f"option mirror-url: {config.mirror_url!r} is not a URL")
+    return config

@@ -1,0 +1,171 @@
+"""
+The contracts at devpi-tx's seams.
+
+Everything the server knows lives in an L{IStorage}: a transactional
+key-value state in which every committed write transaction becomes one
+changelog entry with the next serial number.  Release files live in an
+L{IFileStore}, addressed by their sha256.  Index types are
+L{IStageCustomizer}s.  Second backends and plugins fill these seams; each
+provider is checked with C{verifyObject} in the tests.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class ITransaction(Interface):
+    """
+    One write transaction over an L{IStorage}.
+
+    Reads see the committed state plus this transaction's own writes.
+    Nothing is visible to others until the transaction commits; a
+    transaction that is abandoned (or whose block raises) leaves no trace.
+    """
+
+    def get(key: str) -> object:
+        """
+        Return the JSON-compatible value stored under C{key}, or L{None}.
+        """
+
+    def set(key: str, value: object) -> None:
+        """
+        Store a JSON-compatible C{value} under C{key}.
+        """
+
+    def delete(key: str) -> None:
+        """
+        Remove C{key}; removing a missing key is not an error.
+        """
+
+    def keys(prefix: str) -> list[str]:
+        """
+        Return the sorted keys starting with C{prefix}, as seen by this
+        transaction.
+        """
+
+
+class IStorage(Interface):
+    """
+    The serial-numbered state of a server.
+    """
+
+    serial = Attribute(
+        "The serial of the last committed transaction; -1 for a new state."
+    )
+
+    def get(key: str) -> object:
+        """
+        Return the committed value of C{key}, or L{None}.
+        """
+
+    def keys(prefix: str) -> list[str]:
+        """
+        Return the sorted committed keys starting with C{prefix}.
+        """
+
+    def transaction() -> ITransaction:
+        """
+        Return a context manager yielding an L{ITransaction}.  Leaving the
+        block normally commits (one changelog entry, the next serial, if
+        anything changed); leaving it with an exception rolls back.
+        """
+
+    def changelog_entry(serial: int) -> dict | None:
+        """
+        Return the entry committed with C{serial}: a mapping with
+        C{serial}, C{timestamp} and C{changes} (key to new value, L{None}
+        for a deletion), or L{None} if there is no such serial.
+        """
+
+    def last_commit_timestamp() -> float | None:
+        """
+        Return the time of the last commit, or L{None} for a new state.
+        """
+
+    def close() -> None:
+        """
+        Release the underlying database.
+        """
+
+
+class IFileWriter(Interface):
+    """
+    A file being written into an L{IFileStore}, hashed as it is written.
+    """
+
+    size = Attribute("Bytes written so far.")
+
+    def write(data: bytes) -> None:
+        """
+        Append C{data}.
+        """
+
+    def commit() -> str:
+        """
+        Make the file durable under its content address and return its
+        sha256 hex digest.  A file with the same content that is already
+        stored is kept as it is.
+        """
+
+    def abort() -> None:
+        """
+        Discard everything written; nothing remains on disk.
+        """
+
+
+class IFileStore(Interface):
+    """
+    Content-addressed storage of release files, doc zips and tox results.
+    """
+
+    def writer() -> IFileWriter:
+        """
+        Start writing a new file.
+        """
+
+    def exists(sha256: str) -> bool:
+        """
+        Whether a complete file with this digest is stored.
+        """
+
+    def path(sha256: str) -> str:
+        """
+        The local path of a stored file, for serving it.
+        """
+
+    def remove(sha256: str) -> None:
+        """
+        Delete the file with this digest, if present.
+        """
+
+
+class IStageCustomizer(Interface):
+    """
+    An index type: which configuration keys it has, their defaults and how
+    their values are parsed.
+    """
+
+    type_name = Attribute("The value of the index's C{type} key.")
+
+    def possible_keys() -> frozenset[str]:
+        """
+        The configuration keys an index of this type accepts, besides
+        C{type}.
+        """
+
+    def defaults() -> dict:
+        """
+        The configuration an index of this type starts with.
+        """
+
+    def normalize(key: str, value: object) -> object:
+        """
+        Parse a value given for C{key}; raise
+        L{devpi_tx.model.errors.InvalidInput} for a bad value.
+        """
+
+    def ignored_keys() -> frozenset[str]:
+        """
+        Keys that are accepted but silently dropped (for old exports).
+        """

@@ -1,0 +1,163 @@
+"""
+User records.
+
+A user is stored under C{user/<name>} with its visible fields, its password
+hash and the configuration of each of its indexes (as devpi-server keeps
+them), so that one read answers both C{GET /<user>} and C{GET /}.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .errors import Conflict, Forbidden, InvalidInput, NotFound
+from .names import check_username
+
+#: Fields a client may set.
+WRITABLE = ("email", "title", "description", "custom_data")
+#: Fields the server sets; ignored on input.
+SERVER_SET = ("created", "modified", "indexes", "username")
+#: Never sent over HTTP, but replicated and exported.
+HIDDEN = ("pwhash", "pwsalt")
+
+
+def now_stamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def user_key(name: str) -> str:
+    return "user/" + name
+
+
+def get_user(reader, name: str) -> dict | None:
+    return reader.get(user_key(name))
+
+
+def require_user(reader, name: str) -> dict:
+    record = get_user(reader, name)
+    if record is None:
+        raise NotFound(f"no user {name!r}")
+    return record
+
+
+def public_user(record: dict) -> dict:
+    """
+    The record as the API shows it: no password hash.
+    """
+    shown = {key: value for key, value in record.items() if key not in HIDDEN}
+    shown.setdefault("indexes", {})
+    return shown
+
+
+def list_users(reader) -> dict[str, dict]:
+    users = {}
+    for key in reader.keys("user/"):
+        record = reader.get(key)
+        users[record["username"]] = public_user(record)
+    return users
+
+
+def _check_password(data: dict) -> str | None:
+    password = data.get("password")
+    if password is not None and not isinstance(password, str):
+        raise InvalidInput("password must be a string")
+    pwhash = data.get("pwhash")
+    if pwhash is not None and not (isinstance(pwhash, str) and pwhash.startswith("$")):
+        raise InvalidInput("pwhash must be a password hash string")
+    return password
+
+
+def validate_create(reader, name: str, data: object) -> dict:
+    """
+    Check a user creation request and return its writable fields (plus
+    C{pwhash} if one was given ready-made).  The password itself is left
+    in C{data} for the caller to hash.
+    """
+    check_username(name)
+    if not isinstance(data, dict):
+        raise InvalidInput("Bad request: expected a JSON object")
+    unknown = sorted(
+        set(data) - set(WRITABLE) - set(SERVER_SET) - {"password", "pwhash"}
+    )
+    if unknown:
+        raise InvalidInput(f"Unknown keys in user config: {', '.join(unknown)}")
+    if get_user(reader, name) is not None:
+        raise Conflict("user already exists")
+    password = _check_password(data)
+    if password is None and not data.get("pwhash"):
+        raise InvalidInput("password needs to be set")
+    fields = {key: data[key] for key in WRITABLE if data.get(key) not in (None, "")}
+    if password is None:
+        fields["pwhash"] = data["pwhash"]
+    return fields
+
+
+def create_user(tx, name: str, fields: dict, pwhash: str | None) -> dict:
+    """
+    Store a new user; C{fields} comes from L{validate_create}.
+    """
+    if get_user(tx, name) is not None:
+        raise Conflict("user already exists")
+    stamp = now_stamp()
+    record = {"username": name, "created": stamp, "modified": stamp, "indexes": {}}
+    record.update(fields)
+    if pwhash is not None:
+        record["pwhash"] = pwhash
+    tx.set(user_key(name), record)
+    return record
+
+
+def plan_modify(record: dict, data: object) -> tuple[dict, str | None, bool]:
+    """
+    Work out what a PATCH changes.
+
+    @return: the field changes (L{None} values remove a field), the new
+        password if one was given, and whether nothing but the password
+        changes (which needs only the C{user_modify_password} right).
+    """
+    if not isinstance(data, dict):
+        raise InvalidInput("Bad request: expected a JSON object")
+    password = _check_password(data)
+    changes: dict = {}
+    for key in WRITABLE + ("pwhash",):
+        if key not in data:
+            continue
+        value = data[key]
+        if value in (None, ""):
+            if key in record:
+                changes[key] = None
+        elif record.get(key) != value:
+            changes[key] = value
+    password_only = password is not None and not changes
+    return changes, password, password_only
+
+
+def modify_user(tx, name: str, changes: dict, pwhash: str | None) -> dict:
+    record = require_user(tx, name)
+    for key, value in changes.items():
+        if value is None:
+            record.pop(key, None)
+        else:
+            record[key] = value
+    if pwhash is not None:
+        record["pwhash"] = pwhash
+        record.pop("pwsalt", None)
+    if changes or pwhash is not None:
+        record["modified"] = now_stamp()
+        tx.set(user_key(name), record)
+    return record
+
+
+def delete_user(tx, name: str) -> list[str]:
+    """
+    Remove a user with all its indexes; refuse if one is non-volatile.
+
+    @return: the names (C{user/index}) of the deleted indexes, so that the
+        caller can drop their data.
+    """
+    record = require_user(tx, name)
+    for index, config in sorted(record.get("indexes", {}).items()):
+        if not config.get("volatile", True):
+            raise Forbidden(f"user {name!r} has non-volatile index: {index}")
+    tx.delete(user_key(name))
+    return [f"{name}/{index}" for index in sorted(record.get("indexes", {}))]

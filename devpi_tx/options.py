@@ -1,0 +1,95 @@
+"""
+The command line of C{twistd devpi}, with devpi-server's option names.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.python import usage
+
+from . import __version__
+from .config import ConfigError, ServerConfig, build_config
+
+
+class ServerOptions(usage.Options):
+    """
+    Options for C{twistd devpi}.  Values left unset fall back to the config
+    file, then to C{DEVPISERVER_*} environment variables, then to defaults.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run devpi-tx, a private package index and PyPI caching server "
+        "compatible with devpi-server."
+    )
+
+    optParameters = [
+        ["configfile", "c", None, "YAML config file with a 'devpi-server:' mapping."],
+        ["serverdir", None, None, "Directory of the server state (default ~/.devpi-tx/server)."],
+        ["host", None, None, "Interface to listen on (default 127.0.0.1)."],
+        ["port", None, None, "Port to listen on (default 3141)."],
+        ["outside-url", None, None, "URL under which clients reach this server."],
+        ["secretfile", None, None, "File with the secret that signs login tokens."],
+        ["restrict-modify", None, None, "Comma list of users and :groups who may manage users and indexes."],
+        ["request-timeout", None, None, "Timeout of outgoing requests in seconds (default 5)."],
+        ["role", None, None, "auto, primary or standalone."],
+        ["primary-url", None, None, "Primary to replicate (not implemented yet)."],
+        ["master-url", None, None, "Old name of --primary-url."],
+        ["logger-cfg", None, None, "JSON or YAML file for logging.config.dictConfig."],
+        ["mirror-url", None, None, "Upstream of root/pypi when it is created (default: pip's index)."],
+        ["mirror-cache-expiry", None, None, "Seconds a mirrored project page stays fresh (default 1800)."],
+        ["max-request-body-size", None, None, "Largest request body in bytes (default 1 GiB)."],
+    ]
+
+    optFlags = [
+        ["absolute-urls", None, "Use absolute URLs in simple pages."],
+        ["offline-mode", None, "Never contact upstream; serve what is cached."],
+        ["debug", None, "Log more."],
+        ["no-root-pypi", None, "When initialising, do not create root/pypi."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        # Flags default to None (not given) so that files and the
+        # environment can set them.
+        for long, *_ in self.optFlags:
+            self[long] = None
+
+    def opt_listen(self, endpoint: str) -> None:
+        """
+        Twisted endpoint to listen on (repeatable), e.g. tcp:3141 or
+        ssl:3443:privateKey=key.pem:certKey=cert.pem.  Overrides
+        --host/--port.
+        """
+        self["listen"].append(endpoint)
+
+    def opt_version(self) -> None:
+        """
+        Print the version and exit.
+        """
+        print(f"devpi-tx {__version__}")
+        sys.exit(0)
+
+    def parseOptions(self, options=None) -> None:
+        # twistd prints the whole usage text before an error; say what was
+        # wrong on one line instead.
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise SystemExit(f"twistd devpi: error: {e}") from None
+
+    def postOptions(self) -> None:
+        given = {
+            name: self.get(name)
+            for name in [p[0] for p in self.optParameters if p[0] != "configfile"]
+        }
+        for long, *_ in self.optFlags:
+            given[long] = self[long]
+        given["listen"] = self["listen"] or None
+        try:
+            self.config: ServerConfig = build_config(given, self["configfile"])
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+

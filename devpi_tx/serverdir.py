@@ -1,0 +1,148 @@
+"""
+The server directory: initialising it, and reading what it holds besides
+the state (node identity, secret).
+
+Layout::
+
+    .sqlite      the serial-numbered state (see storage.sqlite)
+    .nodeinfo    JSON: this node's uuid and role
+    .secret      the secret that signs login tokens (mode 0600), unless
+                 --secretfile points elsewhere
+    +files/      release files by sha256 (see storage.files)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import uuid
+
+from argon2 import PasswordHasher
+from twisted.logger import Logger
+
+from . import __version__
+from .config import ServerConfig
+from .customizers import default_registry
+from .model import indexes, users
+from .pipconfig import default_mirror_url, pip_default_index
+from .storage.sqlite import SQLiteStorage, open_storage
+
+log = Logger(namespace="devpi_tx.init")
+
+
+class AlreadyInitialized(Exception):
+    pass
+
+
+def is_initialized(serverdir: str) -> bool:
+    return os.path.exists(os.path.join(serverdir, ".nodeinfo"))
+
+
+def read_nodeinfo(serverdir: str) -> dict:
+    with open(os.path.join(serverdir, ".nodeinfo"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def ensure_secret(path: str) -> bytes:
+    """
+    Read the token-signing secret, creating it (mode 0600) if missing; warn
+    if others may read it.
+    """
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        secret = base64.b64encode(os.urandom(32))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secret)
+        log.info("created secret file {path}", path=path)
+        return secret
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        log.warn(
+            "secret file {path} is readable by others (mode {mode:o}); "
+            "chmod 600 it",
+            path=path,
+            mode=mode,
+        )
+    with open(path, "rb") as f:
+        secret = f.read().strip()
+    if len(secret) < 32:
+        raise ValueError(f"secret file {path} holds fewer than 32 bytes")
+    return secret
+
+
+def root_pypi_config(mirror_url: str) -> dict:
+    config = {
+        "type": "mirror",
+        "volatile": False,
+        "title": "PyPI",
+        "mirror_url": mirror_url,
+    }
+    builtin = pip_default_index()
+    if builtin and mirror_url.rstrip("/") == builtin.rstrip("/"):
+        base = builtin.rstrip("/").rsplit("/", 1)[0]
+        config["mirror_web_url_fmt"] = base + "/project/{name}/"
+    return config
+
+
+def initialize(
+    config: ServerConfig, hasher: PasswordHasher | None = None
+) -> list[str]:
+    """
+    Create a new server directory: the state with user root and (unless
+    C{no_root_pypi}) the root/pypi mirror, the node info and the secret.
+
+    @return: what was done, one line each, for logging.
+    @raise AlreadyInitialized: if the directory holds a server already.
+    """
+    serverdir = config.serverdir
+    if is_initialized(serverdir):
+        raise AlreadyInitialized(f"{serverdir} is already initialised")
+    os.makedirs(serverdir, exist_ok=True)
+    done = [f"initialising server directory {serverdir}"]
+    hasher = hasher or PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4)
+    if config.root_passwd_hash:
+        pwhash = config.root_passwd_hash
+    else:
+        if not config.root_passwd:
+            done.append("WARNING: user root has an empty password; set one with devpi passwd")
+        pwhash = hasher.hash(config.root_passwd or "")
+    storage: SQLiteStorage = open_storage(serverdir)
+    try:
+        if storage.serial >= 0:
+            # An earlier init committed the state but died before writing
+            # .nodeinfo; finish it rather than refuse.
+            done.append("state already present; completing initialisation")
+        else:
+            _initial_state(storage, config, pwhash, done)
+    finally:
+        storage.close()
+    ensure_secret(config.secret_path)
+    nodeinfo = {"uuid": uuid.uuid4().hex, "role": "standalone", "version": __version__}
+    tmp = os.path.join(serverdir, ".nodeinfo.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(nodeinfo, f)
+    os.replace(tmp, os.path.join(serverdir, ".nodeinfo"))
+    done.append(f"node uuid {nodeinfo['uuid']}")
+    return done
+
+
+def _initial_state(
+    storage: SQLiteStorage, config: ServerConfig, pwhash: str, done: list[str]
+) -> None:
+    with storage.transaction() as tx:
+        users.create_user(tx, "root", {}, pwhash)
+        done.append("created user root")
+        if not config.no_root_pypi:
+            mirror_url = config.mirror_url or default_mirror_url()
+            if not mirror_url:
+                raise ValueError(
+                    "no upstream index found in pip's configuration; "
+                    "give one with --mirror-url or use --no-root-pypi"
+                )
+            indexes.create_index(
+                tx, default_registry(), "root", "pypi", root_pypi_config(mirror_url)
+            )
+            done.append(f"created index root/pypi mirroring {mirror_url}")

@@ -1,0 +1,106 @@
+"""
+The running server: a MultiService with one web server per listening
+endpoint, built from a L{ServerConfig}.
+"""
+
+from __future__ import annotations
+
+import json
+import logging.config
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet import reactor as global_reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger, STDLibLogObserver, globalLogPublisher
+
+from .auth.passwords import PasswordChecker
+from .auth.tokens import TokenSigner
+from .config import ServerConfig
+from .customizers import default_registry
+from .model.acl import Policy, parse_restrict_modify
+from .pipconfig import default_mirror_url
+from .serverdir import ensure_secret, initialize, is_initialized, read_nodeinfo
+from .storage.sqlite import open_storage
+from .web.api import DevpiAPI, ServerContext
+from .web.site import DevpiSite
+
+log = Logger(namespace="devpi_tx.service")
+
+
+class StorageService(MultiService):
+    """
+    Owns the state: closes it when the server stops.
+    """
+
+    def __init__(self, storage) -> None:
+        super().__init__()
+        self.storage = storage
+
+    def stopService(self):
+        result = super().stopService()
+        self.storage.close()
+        return result
+
+
+def _configure_stdlib_logging(path: str) -> None:
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    logging.config.dictConfig(data)
+    globalLogPublisher.addObserver(STDLibLogObserver(name="devpi_tx"))
+
+
+def build_context(config: ServerConfig, passwords: PasswordChecker | None = None) -> ServerContext:
+    """
+    Open (initialising on first start) the server directory and build what
+    request handlers share.
+    """
+    if not is_initialized(config.serverdir):
+        for line in initialize(config):
+            log.info("init: {line}", line=line)
+    nodeinfo = read_nodeinfo(config.serverdir)
+    secret = ensure_secret(config.secret_path)
+    storage = open_storage(config.serverdir)
+    return ServerContext(
+        config=config,
+        storage=storage,
+        registry=default_registry(config.mirror_url or default_mirror_url()),
+        policy=Policy(parse_restrict_modify(config.restrict_modify)),
+        signer=TokenSigner(secret),
+        passwords=passwords or PasswordChecker(),
+        uuid=nodeinfo["uuid"],
+    )
+
+
+def make_site(context: ServerContext) -> DevpiSite:
+    api = DevpiAPI(context)
+    return DevpiSite(
+        api.app.resource(),
+        storage=context.storage,
+        uuid=context.uuid,
+        config=context.config,
+        timeout=120,
+    )
+
+
+def make_service(config: ServerConfig, reactor=global_reactor) -> MultiService:
+    if config.logger_cfg:
+        _configure_stdlib_logging(config.logger_cfg)
+    context = build_context(config)
+    root = StorageService(context.storage)
+    site = make_site(context)
+    for description in config.endpoints:
+        endpoint = serverFromString(reactor, description)
+        service = StreamServerEndpointService(endpoint, site)
+        service._raiseSynchronously = True
+        service.setServiceParent(root)
+        log.info(
+            "devpi-tx serving {serverdir} on {endpoint}",
+            serverdir=config.serverdir,
+            endpoint=description,
+        )
+    log.info("serial {serial}, uuid {uuid}", serial=context.storage.serial, uuid=context.uuid)
+    return root

@@ -1,0 +1,125 @@
+"""
+The default file store: files on local disk, addressed by sha256.
+
+A file is written to a temporary name in the store's own directory, hashed
+while it is written, fsynced and then renamed into place, so that a file
+under its final name is always complete and verified.  A crash leaves at
+most a stray temporary file, which L{LocalFileStore} removes when opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+
+from zope.interface import implementer
+
+from ..interfaces import IFileStore, IFileWriter
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_TMP_PREFIX = ".tmp-"
+
+
+def _check_digest(sha256: str) -> str:
+    """
+    Refuse anything but a hex digest, so that no caller can turn a digest
+    into a path outside the store.
+    """
+    if not _SHA256.match(sha256):
+        raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+    return sha256
+
+
+@implementer(IFileWriter)
+class LocalFileWriter:
+    """
+    A file being written into a L{LocalFileStore}.
+    """
+
+    def __init__(self, store: LocalFileStore) -> None:
+        self._store = store
+        fd, self._tmp_path = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=store.tmpdir)
+        self._file = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._done = False
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    def commit(self) -> str:
+        if self._done:
+            raise RuntimeError("file already committed or aborted")
+        self._done = True
+        digest = self._hash.hexdigest()
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            final = self._store.path(digest)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            if os.path.exists(final):
+                os.unlink(self._tmp_path)
+            else:
+                os.replace(self._tmp_path, final)
+                _fsync_dir(os.path.dirname(final))
+        except BaseException:
+            self._discard()
+            raise
+        return digest
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self._discard()
+
+    def _discard(self) -> None:
+        self._file.close()
+        try:
+            os.unlink(self._tmp_path)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@implementer(IFileStore)
+class LocalFileStore:
+    """
+    Files under C{<root>/<sha[:3]>/<sha[3:]>}, the same fan-out as the
+    C{+f} URLs use.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.tmpdir = os.path.join(root, "tmp")
+        os.makedirs(self.tmpdir, exist_ok=True)
+        for name in os.listdir(self.tmpdir):
+            if name.startswith(_TMP_PREFIX):
+                os.unlink(os.path.join(self.tmpdir, name))
+
+    def writer(self) -> LocalFileWriter:
+        return LocalFileWriter(self)
+
+    def path(self, sha256: str) -> str:
+        _check_digest(sha256)
+        return os.path.join(self.root, sha256[:3], sha256[3:])
+
+    def exists(self, sha256: str) -> bool:
+        return os.path.exists(self.path(sha256))
+
+    def remove(self, sha256: str) -> None:
+        try:
+            os.unlink(self.path(sha256))
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,3 @@
+"""
+HTTP: Klein routes that parse a request, call the model and render.
+"""

@@ -1,0 +1,335 @@
+"""
+The JSON API devpi-client drives: C{/+api}, C{/+status}, C{/+login},
+C{/+authcheck}, users and indexes.  Each route parses the request, asks
+the model, and renders; the rules live in L{devpi_tx.model}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from urllib.parse import urlsplit
+
+import attrs
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
+
+from .. import COMPATIBLE_SERVER_VERSION, __version__
+from ..auth.passwords import PasswordChecker
+from ..auth.tokens import TokenSigner
+from ..config import ServerConfig
+from ..customizers import CustomizerRegistry
+from ..model import indexes, users
+from ..model.acl import Policy
+from ..model.errors import InvalidInput, ModelError
+from .credentials import AuthResult, Authenticator
+from .render import envelope, error
+
+log = Logger(namespace="devpi_tx.api")
+
+#: Features advertised in /+api that devpi-client checks for.
+FEATURES = ["server-keyvalue-parsing"]
+
+
+@attrs.define
+class ServerContext:
+    """
+    Everything a request handler needs, built once by the service.
+    """
+
+    config: ServerConfig
+    storage: object
+    registry: CustomizerRegistry
+    policy: Policy
+    signer: TokenSigner
+    passwords: PasswordChecker
+    uuid: str
+    started: float = attrs.field(factory=time.time)
+
+
+def read_json(request: IRequest) -> object:
+    request.content.seek(0)
+    raw = request.content.read()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidInput("Bad request: could not decode json") from None
+
+
+class DevpiAPI:
+    """
+    The Klein application.
+    """
+
+    app = Klein()
+
+    def __init__(self, context: ServerContext) -> None:
+        self.ctx = context
+        self.auth = Authenticator(context.storage, context.signer, context.passwords)
+
+    # -- helpers -----------------------------------------------------------
+
+    def outside_url(self, request: IRequest) -> str:
+        header = request.getHeader("x-outside-url")
+        if header:
+            return header.rstrip("/")
+        if self.ctx.config.outside_url:
+            return self.ctx.config.outside_url.rstrip("/")
+        host = request.getHeader("host")
+        if not host:
+            address = request.getHost()
+            host = f"{address.host}:{address.port}"
+        scheme = "https" if request.isSecure() else "http"
+        return f"{scheme}://{host}"
+
+    def deny(self, request: IRequest, auth: AuthResult, message: str) -> bytes:
+        """
+        Refuse a request for lack of permission: 401 when the credentials
+        sent were rejected, 403 otherwise.
+        """
+        if auth.failed:
+            request.setHeader("WWW-Authenticate", 'Basic realm="pypi"')
+            if auth.status == "expired":
+                request.setHeader("Location", self.outside_url(request) + "/+login")
+                return error(
+                    request,
+                    401,
+                    f"credentials for user {auth.sent_user!r} were rejected: "
+                    "the login token expired or is invalid, log in again",
+                )
+            return error(
+                request, 401, f"credentials for user {auth.sent_user!r} were rejected"
+            )
+        return error(request, 403, message)
+
+    @app.handle_errors(ModelError)
+    def model_error(self, request: IRequest, failure) -> bytes:
+        exc = failure.value
+        return error(request, exc.status, exc.message)
+
+    @app.handle_errors(RouteNotFound)
+    def not_found(self, request: IRequest, failure) -> bytes:
+        return error(request, 404, f"no such resource: {request.path.decode('utf-8', 'replace')}")
+
+    @app.handle_errors(MethodNotAllowed)
+    def method_not_allowed(self, request: IRequest, failure) -> bytes:
+        allowed = failure.value.valid_methods or []
+        request.setHeader("Allow", ", ".join(allowed))
+        return error(request, 405, f"method {request.method.decode()} not allowed here")
+
+    # -- server-wide -------------------------------------------------------
+
+    @app.route("/+api", methods=["GET"])
+    @app.route("/<user>/+api", methods=["GET"])
+    @app.route("/<user>/<index>/+api", methods=["GET"])
+    async def api(self, request: IRequest, user: str | None = None, index: str | None = None):
+        auth = await self.auth.authenticate(request)
+        base = self.outside_url(request)
+        if auth.status == "ok":
+            authstatus = ["ok", auth.identity.username, list(auth.identity.groups)]
+        elif auth.status == "expired":
+            authstatus = ["expired", auth.sent_user, []]
+        else:
+            authstatus = ["noauth", "", []]
+        result: dict = {"login": base + "/+login", "authstatus": authstatus, "features": FEATURES}
+        if index is not None:
+            config = indexes.require_index(self.ctx.storage, user, index)
+            result["index"] = f"{base}/{user}/{index}"
+            result["simpleindex"] = f"{base}/{user}/{index}/+simple/"
+            if config["type"] != "mirror":
+                result["pypisubmit"] = f"{base}/{user}/{index}/"
+        return envelope(request, type="apiconfig", result=result)
+
+    @app.route("/+status", methods=["GET"])
+    def status(self, request: IRequest):
+        cfg = self.ctx.config
+        storage = self.ctx.storage
+        result = {
+            "serverdir": cfg.serverdir,
+            "uuid": self.ctx.uuid,
+            "versioninfo": {"devpi-tx": __version__, "devpi-server": COMPATIBLE_SERVER_VERSION},
+            "server-code": os.path.dirname(os.path.dirname(__file__)),
+            "host": cfg.host,
+            "port": cfg.port,
+            "outside-url": cfg.outside_url,
+            "serial": storage.serial,
+            "last-commit-timestamp": storage.last_commit_timestamp(),
+            "event-serial": storage.serial,
+            "event-serial-timestamp": storage.last_commit_timestamp(),
+            "event-serial-in-sync-at": time.time(),
+            "metrics": [],
+            "role": "PRIMARY" if cfg.role == "primary" else "STANDALONE",
+            "polling_replicas": {},
+        }
+        return envelope(request, type="status", result=result)
+
+    @app.route("/+login", methods=["POST"])
+    async def login(self, request: IRequest):
+        data = read_json(request)
+        if not isinstance(data, dict) or not isinstance(data.get("user"), str) or not isinstance(
+            data.get("password"), str
+        ):
+            raise InvalidInput("Bad request: no user/password specified")
+        user, password = data["user"], data["password"]
+        record = users.get_user(self.ctx.storage, user)
+        ok = record is not None and await self.ctx.passwords.verify(
+            user, record.get("pwhash"), password
+        )
+        if not ok:
+            log.info("login of {user!r} rejected", user=user)
+            return error(request, 401, f"user {user!r} could not be authenticated")
+        token = self.ctx.signer.issue(user)
+        return envelope(
+            request,
+            type="proxyauth",
+            result={"password": token, "expiration": self.ctx.signer.max_age},
+            message="login successful",
+        )
+
+    @app.route("/+authcheck", methods=["GET", "HEAD"])
+    async def authcheck(self, request: IRequest):
+        """
+        For nginx C{auth_request}: may the request described by
+        C{X-Original-URI} proceed?
+        """
+        target = request.getHeader("x-original-uri") or request.uri.decode("utf-8", "replace")
+        path = urlsplit(target).path or "/"
+        request.setHeader("Content-Type", "text/plain")
+        if path.endswith("/+api") or path == "/+login":
+            return b""
+        try:
+            self.app.url_map.bind("localhost").match(path, method="GET")
+        except Exception:
+            request.setResponseCode(403)
+            return b""
+        auth = await self.auth.authenticate(request)
+        if auth.failed:
+            agent = request.getHeader("user-agent") or ""
+            request.setResponseCode(403 if "devpi-client" in agent else 401)
+        return b""
+
+    # -- users -------------------------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    def user_list(self, request: IRequest):
+        return envelope(
+            request, type="list:userconfig", result=users.list_users(self.ctx.storage)
+        )
+
+    @app.route("/<user>", methods=["GET"])
+    @app.route("/<user>/", methods=["GET"])
+    def user_get(self, request: IRequest, user: str):
+        record = users.require_user(self.ctx.storage, user)
+        return envelope(request, type="userconfig", result=users.public_user(record))
+
+    @app.route("/<user>", methods=["PUT"])
+    @app.route("/<user>/", methods=["PUT"])
+    async def user_create(self, request: IRequest, user: str):
+        auth = await self.auth.authenticate(request)
+        if not self.ctx.policy.may_create_user(auth.identity):
+            return self.deny(request, auth, f"no permission to create user {user!r}")
+        data = read_json(request)
+        fields = users.validate_create(self.ctx.storage, user, data)
+        pwhash = None
+        if "pwhash" not in fields:
+            pwhash = await self.ctx.passwords.hash(data["password"])
+        with self.ctx.storage.transaction() as tx:
+            record = users.create_user(tx, user, fields, pwhash)
+        log.info("created user {user!r}", user=user)
+        return envelope(request, 201, type="userconfig", result=users.public_user(record))
+
+    @app.route("/<user>", methods=["PATCH"])
+    @app.route("/<user>/", methods=["PATCH"])
+    async def user_modify(self, request: IRequest, user: str):
+        auth = await self.auth.authenticate(request)
+        record = users.require_user(self.ctx.storage, user)
+        data = read_json(request)
+        changes, password, password_only = users.plan_modify(record, data)
+        policy, identity = self.ctx.policy, auth.identity
+        allowed = (
+            policy.may_change_password(identity, user)
+            if password_only
+            else policy.may_modify_user(identity, user)
+        )
+        if not allowed:
+            return self.deny(request, auth, f"no permission to modify user {user!r}")
+        pwhash = None if password is None else await self.ctx.passwords.hash(password)
+        with self.ctx.storage.transaction() as tx:
+            users.modify_user(tx, user, changes, pwhash)
+        if pwhash is not None:
+            self.ctx.passwords.forget_all()
+            log.info("password of user {user!r} changed", user=user)
+            if identity.username == user:
+                token = self.ctx.signer.issue(user)
+                return envelope(
+                    request,
+                    type="userpassword",
+                    result={"password": token, "expiration": self.ctx.signer.max_age},
+                    message="user updated, new proxy auth",
+                )
+        return envelope(request, message="user updated")
+
+    @app.route("/<user>", methods=["DELETE"])
+    @app.route("/<user>/", methods=["DELETE"])
+    async def user_delete(self, request: IRequest, user: str):
+        auth = await self.auth.authenticate(request)
+        if not self.ctx.policy.may_delete_user(auth.identity, user):
+            return self.deny(request, auth, f"no permission to delete user {user!r}")
+        with self.ctx.storage.transaction() as tx:
+            users.delete_user(tx, user)
+        log.info("deleted user {user!r}", user=user)
+        return envelope(request, message=f"user {user!r} deleted")
+
+    # -- indexes -----------------------------------------------------------
+
+    @app.route("/<user>/<index>", methods=["GET"])
+    @app.route("/<user>/<index>/", methods=["GET"])
+    def index_get(self, request: IRequest, user: str, index: str):
+        config = dict(indexes.require_index(self.ctx.storage, user, index))
+        if b"no_projects" not in request.args:
+            config["projects"] = []
+        return envelope(request, type="indexconfig", result=config)
+
+    @app.route("/<user>/<index>", methods=["PUT"])
+    @app.route("/<user>/<index>/", methods=["PUT"])
+    async def index_create(self, request: IRequest, user: str, index: str):
+        auth = await self.auth.authenticate(request)
+        if not self.ctx.policy.may_create_index(auth.identity, user):
+            return self.deny(request, auth, f"no permission to create index {user}/{index}")
+        data = read_json(request)
+        with self.ctx.storage.transaction() as tx:
+            config = indexes.create_index(tx, self.ctx.registry, user, index, data)
+        log.info("created index {stage}", stage=f"{user}/{index}")
+        return envelope(request, type="indexconfig", result=config)
+
+    @app.route("/<user>/<index>", methods=["PATCH"])
+    @app.route("/<user>/<index>/", methods=["PATCH"])
+    async def index_modify(self, request: IRequest, user: str, index: str):
+        auth = await self.auth.authenticate(request)
+        if not self.ctx.policy.may_modify_index(auth.identity, user):
+            return self.deny(request, auth, f"no permission to modify index {user}/{index}")
+        data = read_json(request)
+        with self.ctx.storage.transaction() as tx:
+            config = indexes.modify_index(
+                tx,
+                self.ctx.registry,
+                user,
+                index,
+                data,
+                error_on_noop=b"error_on_noop" in request.args,
+            )
+        return envelope(request, type="indexconfig", result=config)
+
+    @app.route("/<user>/<index>", methods=["DELETE"])
+    @app.route("/<user>/<index>/", methods=["DELETE"])
+    async def index_delete(self, request: IRequest, user: str, index: str):
+        auth = await self.auth.authenticate(request)
+        if not self.ctx.policy.may_modify_index(auth.identity, user):
+            return self.deny(request, auth, f"no permission to delete index {user}/{index}")
+        with self.ctx.storage.transaction() as tx:
+            indexes.delete_index(tx, user, index)
+        log.info("deleted index {stage}", stage=f"{user}/{index}")
+        return envelope(request, 201, message=f"index {user}/{index} deleted")

@@ -1,0 +1,106 @@
+"""
+Who is asking: credentials from C{X-Devpi-Auth} (devpi-client) or HTTP
+Basic (pip, twine), each holding a login token or a password.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import attrs
+from twisted.web.iweb import IRequest
+
+from ..auth.passwords import PasswordChecker
+from ..auth.tokens import TokenSigner
+from ..model import users
+from ..model.acl import ANONYMOUS_IDENTITY, Identity
+
+
+@attrs.frozen
+class AuthResult:
+    """
+    The outcome of checking a request's credentials.
+
+    @ivar status: C{"ok"}, C{"noauth"} (none sent), C{"expired"} (a token
+        that is no longer valid) or C{"rejected"} (a wrong password or an
+        unknown user).
+    @ivar sent_user: the user name the credentials named, if any.
+    """
+
+    identity: Identity
+    status: str
+    sent_user: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("expired", "rejected")
+
+
+NO_AUTH = AuthResult(ANONYMOUS_IDENTITY, "noauth")
+
+
+def _decode_pair(encoded: bytes) -> tuple[str, str] | None:
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    user, sep, secret = decoded.partition(":")
+    if not sep or not user:
+        return None
+    return user, secret
+
+
+def parse_credentials(request: IRequest) -> tuple[str, str] | None:
+    """
+    Return (user, secret) from the request's headers, C{X-Devpi-Auth}
+    first, or L{None}.
+    """
+    devpi = request.requestHeaders.getRawHeaders(b"x-devpi-auth")
+    if devpi:
+        return _decode_pair(devpi[0])
+    basic = request.requestHeaders.getRawHeaders(b"authorization")
+    if basic:
+        scheme, _, value = basic[0].partition(b" ")
+        if scheme.lower() == b"basic":
+            return _decode_pair(value)
+    return None
+
+
+class Authenticator:
+    """
+    Turn a request's credentials into an L{AuthResult}, checking tokens by
+    their signature and passwords through the L{PasswordChecker}.
+    """
+
+    def __init__(self, storage, signer: TokenSigner, passwords: PasswordChecker) -> None:
+        self._storage = storage
+        self._signer = signer
+        self._passwords = passwords
+
+    async def authenticate(self, request: IRequest) -> AuthResult:
+        cached = getattr(request, "devpi_auth", None)
+        if cached is not None:
+            return cached
+        result = await self._authenticate(request)
+        request.devpi_auth = result  # type: ignore[attr-defined]
+        return result
+
+    async def _authenticate(self, request: IRequest) -> AuthResult:
+        credentials = parse_credentials(request)
+        if credentials is None:
+            return NO_AUTH
+        user, secret = credentials
+        claims = self._signer.check(secret)
+        if claims is not None:
+            if claims.username == user and users.get_user(self._storage, user) is not None:
+                return AuthResult(Identity(user, claims.groups), "ok", user)
+            return AuthResult(ANONYMOUS_IDENTITY, "rejected", user)
+        if self._signer.looks_like_token(secret):
+            return AuthResult(ANONYMOUS_IDENTITY, "expired", user)
+        record = users.get_user(self._storage, user)
+        if record is not None and await self._passwords.verify(
+            user, record.get("pwhash"), secret
+        ):
+            return AuthResult(Identity(user), "ok", user)
+        return AuthResult(ANONYMOUS_IDENTITY, "rejected", user)

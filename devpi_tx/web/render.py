@@ -1,0 +1,83 @@
+"""
+devpi's JSON envelope and error pages.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from http import HTTPStatus
+
+from twisted.web.iweb import IRequest
+
+from .negotiation import wants_json
+
+
+def dump_json(data: object) -> bytes:
+    """
+    JSON as devpi sends it: indented by 2, ending in a newline.
+    """
+    return (json.dumps(data, indent=2, sort_keys=False) + "\n").encode("utf-8")
+
+
+def envelope(
+    request: IRequest,
+    status: int = 200,
+    *,
+    type: str | None = None,
+    result: object = None,
+    message: str | None = None,
+) -> bytes:
+    """
+    Set the status and return the C{{"type", "result", "message"}} body.
+    """
+    request.setResponseCode(status)
+    request.setHeader("Content-Type", "application/json")
+    body: dict = {}
+    if type is not None:
+        body["type"] = type
+        body["result"] = result
+    if message is not None:
+        body["message"] = message
+    data = dump_json(body)
+    request.setHeader("Content-Length", str(len(data)))
+    return data
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def error(
+    request: IRequest,
+    status: int,
+    message: str,
+    *,
+    reason_is_message: bool = False,
+) -> bytes:
+    """
+    An error answer: the JSON envelope for clients that accept JSON, a
+    small HTML page for the rest.
+
+    @param reason_is_message: put the message into the HTTP reason phrase
+        too, which twine and setuptools print.
+    """
+    reason = message if reason_is_message else _reason(status)
+    # A reason phrase must be one line of latin-1 text.
+    reason = (reason.splitlines() or [_reason(status)])[0]
+    if wants_json(request):
+        body = envelope(request, status, message=message)
+    else:
+        request.setHeader("Content-Type", "text/html; charset=utf-8")
+        title = html.escape(f"{status} {_reason(status)}")
+        body = (
+            "<!DOCTYPE html>\n<html><head><title>devpi-tx - "
+            f"{title}</title></head>\n<body><h1>{title}</h1>\n"
+            f"<p>{html.escape(message)}</p></body></html>\n"
+        ).encode("utf-8")
+        request.setHeader("Content-Length", str(len(body)))
+    request.setResponseCode(status, reason.encode("latin-1", "replace"))
+    return body

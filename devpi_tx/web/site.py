@@ -1,0 +1,159 @@
+"""
+The HTTP site: devpi's headers on every response, a cap on request bodies
+enforced before they are read, and one structured log event per request.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from twisted.logger import Logger
+from twisted.web.server import Request, Site
+
+from .. import COMPATIBLE_SERVER_VERSION
+
+log = Logger(namespace="devpi_tx.request")
+
+
+class DevpiRequest(Request):
+    """
+    A request that knows the state it answers from (for C{X-Devpi-Serial})
+    and refuses an over-long body as soon as its length is known.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.started = time.monotonic()
+        self._body_limit = 0
+        self._body_received = 0
+        self._body_refused = False
+
+    # -- body limits -------------------------------------------------------
+
+    def gotLength(self, length: int | None) -> None:
+        site = self.channel.site
+        content_type = (self.requestHeaders.getRawHeaders(b"content-type") or [b""])[0]
+        self._body_limit = site.body_limit(content_type)
+        if length is not None and length > self._body_limit:
+            self._refuse_body()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._body_refused:
+            return
+        self._body_received += len(data)
+        if self._body_received > self._body_limit:
+            self._refuse_body()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse_body(self) -> None:
+        """
+        Answer 413 at once and close the connection, without reading (let
+        alone storing) the rest of the body.
+        """
+        self._body_refused = True
+        message = (
+            f"request body too large: the limit is {self._body_limit} bytes"
+        )
+        body = (json.dumps({"message": message}, indent=2) + "\n").encode("utf-8")
+        headers = [
+            (b"Content-Type", b"application/json"),
+            (b"Content-Length", str(len(body)).encode("ascii")),
+            (b"Connection", b"close"),
+        ] + [
+            (name.encode("ascii"), value.encode("ascii"))
+            for name, value in self.channel.site.devpi_headers().items()
+        ]
+        head = b"HTTP/1.1 413 " + message.encode("ascii") + b"\r\n"
+        head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        self.channel.transport.write(head + b"\r\n" + body)
+        self.channel.transport.loseConnection()
+        self.channel.site.log_refused(self, len(body))
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._body_refused:
+            return
+        super().requestReceived(command, path, version)
+
+    # -- headers -----------------------------------------------------------
+
+    def process(self) -> None:
+        for name, value in self.channel.site.devpi_headers().items():
+            self.setHeader(name, value)
+        super().process()
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            # The serial of the state this answer was computed from: the
+            # handler ran to here without yielding after its last read or
+            # commit, so the current serial is exactly that.
+            self.setHeader(b"X-Devpi-Serial", str(self.channel.site.serial()).encode())
+        super().write(data)
+
+
+class DevpiSite(Site):
+    """
+    A L{Site} serving the devpi-tx resource.
+    """
+
+    requestFactory = DevpiRequest
+    displayTracebacks = False
+
+    def __init__(self, resource, *, storage, uuid: str, config, **kwargs) -> None:
+        super().__init__(resource, **kwargs)
+        self._storage = storage
+        self._config = config
+        self._static_headers = {
+            "X-Devpi-Api-Version": "2",
+            "X-Devpi-Server-Version": COMPATIBLE_SERVER_VERSION,
+            "X-Devpi-Uuid": uuid,
+            "X-Devpi-Master-Uuid": uuid,
+            "X-Devpi-Primary-Uuid": uuid,
+        }
+
+    def devpi_headers(self) -> dict[str, str]:
+        return dict(self._static_headers, **{"X-Devpi-Serial": str(self.serial())})
+
+    def serial(self) -> int:
+        return self._storage.serial
+
+    def body_limit(self, content_type: bytes) -> int:
+        """
+        Multipart bodies (uploads) may be as large as
+        C{--max-request-body-size}; anything else is a JSON API call and
+        gets a much smaller cap.
+        """
+        if content_type.lower().startswith(b"multipart/"):
+            return self._config.max_request_body_size
+        return min(self._config.max_json_body_size, self._config.max_request_body_size)
+
+    def log(self, request: DevpiRequest) -> None:
+        log.info(
+            "{method} {path} {status} {bytes}B {ms:.1f}ms",
+            method=request.method.decode("ascii", "replace"),
+            path=request.uri.decode("utf-8", "replace"),
+            status=request.code,
+            bytes=request.sentLength,
+            ms=(time.monotonic() - request.started) * 1000,
+            client=request.getClientAddress().host
+            if hasattr(request.getClientAddress(), "host")
+            else None,
+        )
+
+    def log_refused(self, request: DevpiRequest, size: int) -> None:
+        log.info(
+            "{method} {path} {status} {bytes}B {ms:.1f}ms",
+            method=self._pending_method(request),
+            path="-",
+            status=413,
+            bytes=size,
+            ms=(time.monotonic() - request.started) * 1000,
+        )
+
+    @staticmethod
+    def _pending_method(request: DevpiRequest) -> str:
+        command = getattr(request.channel, "_command", b"-")
+        return command.decode("ascii", "replace")

@@ -1,0 +1,42 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="devpi-tx",
+    version="0.1.0",
+    description="A private Python package index and PyPI caching server on Twisted, "
+    "wire-compatible with devpi-server",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["devpi_tx", "devpi_tx.*"]) + ["twisted.plugins"],
+    package_data={"twisted.plugins": ["devpi_tx_plugin.py"]},
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "klein>=23.12",
+        "treq>=23.11",
+        "attrs>=23.1",
+        "zope.interface>=6",
+        "pyopenssl>=24",
+        "service-identity>=24",
+        "packaging>=24",
+        # argon2id password hashes, the same scheme (and format) devpi-server uses.
+        "argon2-cffi>=23.1",
+        # YAML config files (loaded with the safe loader), as devpi-server reads.
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "devpi-client>=7.3,<8",
+            "ruff>=0.6",
+        ],
+    },
+    entry_points={"console_scripts": ["devpi-tx = devpi_tx.cli.main:main"]},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: System :: Software Distribution",
+    ],
+)

@@ -1,0 +1,29 @@
+"""
+The twistd plugin: C{twistd -n devpi [options]}.
+"""
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+
+@implementer(IServiceMaker, IPlugin)
+class DevpiServiceMaker:
+    tapname = "devpi"
+    description = "devpi-tx: private Python package index and PyPI cache"
+
+    @property
+    def options(self):
+        # Imported lazily so that `twistd --help` stays fast and a broken
+        # install shows up as an error of this plugin only.
+        from devpi_tx.options import ServerOptions
+
+        return ServerOptions
+
+    def makeService(self, options):
+        from devpi_tx.service import make_service
+
+        return make_service(options.config)
+
+
+serviceMaker = DevpiServiceMaker()
