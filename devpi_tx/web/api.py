@@ -15,7 +15,8 @@ import attrs
 from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
+from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
 
 from .. import COMPATIBLE_SERVER_VERSION, __version__
 from ..auth.passwords import PasswordChecker
@@ -25,7 +26,7 @@ from ..customizers import CustomizerRegistry
 from ..model import indexes, users
 from ..model.acl import Policy
 from ..model.errors import InvalidInput, ModelError
-from .credentials import AuthResult, Authenticator
+from .credentials import Authenticator, AuthResult
 from .render import envelope, error
 
 log = Logger(namespace="devpi_tx.api")

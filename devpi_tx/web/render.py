@@ -77,7 +77,7 @@ def error(
             "<!DOCTYPE html>\n<html><head><title>devpi-tx - "
             f"{title}</title></head>\n<body><h1>{title}</h1>\n"
             f"<p>{html.escape(message)}</p></body></html>\n"
-        ).encode("utf-8")
+        ).encode()
         request.setHeader("Content-Length", str(len(body)))
     request.setResponseCode(status, reason.encode("latin-1", "replace"))
     return body
