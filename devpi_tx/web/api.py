@@ -113,7 +113,12 @@ class DevpiAPI:
 
     @app.handle_errors(RouteNotFound)
     def not_found(self, request: IRequest, failure) -> bytes:
-        return error(request, 404, f"no such resource: {request.path.decode('utf-8', 'replace')}")
+        path = request.path.decode("utf-8", "replace")
+        if "%2f" in path.lower():
+            # An encoded slash is decoded before routing, so a name with
+            # one never reaches the handler that would name the problem.
+            return error(request, 400, f"user and index names cannot contain '/': {path}")
+        return error(request, 404, f"no such resource: {path}")
 
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request: IRequest, failure) -> bytes:

@@ -1,0 +1,150 @@
+"""
+Shared fixtures: an in-memory devpi-tx (StubTreq over the Klein resource)
+with cheap password hashing, so that API tests need no reactor or threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.python.failure import Failure
+
+from devpi_tx.auth.passwords import PasswordChecker, fast_hasher
+from devpi_tx.config import ServerConfig
+from devpi_tx.service import build_context
+from devpi_tx.web.api import DevpiAPI
+
+UPSTREAM = "http://127.0.0.1:9/simple/"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "e2e: end-to-end test driving real clients against a server subprocess"
+    )
+
+
+def result_of(d: Deferred):
+    """
+    The result of a Deferred that has already fired; fail the test if it
+    has not (or raise its failure).
+    """
+    box: list = []
+    d.addBoth(box.append)
+    assert box, "Deferred has not fired"
+    if isinstance(box[0], Failure):
+        box[0].raiseException()
+    return box[0]
+
+
+def synchronous_passwords() -> PasswordChecker:
+    return PasswordChecker(fast_hasher(), run_in_thread=lambda f, *a: maybeDeferred(f, *a))
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def devpi_auth(user: str, secret: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{secret}".encode()).decode()
+    return {"X-Devpi-Auth": token}
+
+
+class Answer:
+    def __init__(self, response, body: bytes) -> None:
+        self.code = response.code
+        self.phrase = response.phrase
+        self.headers = response.headers
+        self.body = body
+
+    @property
+    def json(self):
+        return json.loads(self.body)
+
+    @property
+    def message(self) -> str:
+        return self.json.get("message", "")
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+
+class Client:
+    """
+    Requests against an in-memory server.
+    """
+
+    def __init__(self, context) -> None:
+        self.context = context
+        self.api = DevpiAPI(context)
+        self.stub = StubTreq(self.api.app.resource())
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        accept: str | None = "application/json",
+    ) -> Answer:
+        all_headers = {}
+        if accept:
+            all_headers["Accept"] = accept
+        all_headers.update(headers or {})
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        d = self.stub.request(
+            method, "http://127.0.0.1:3141" + path, headers=all_headers, data=data
+        )
+        self.stub.flush()
+        response = result_of(d)
+        d = response.content()
+        self.stub.flush()
+        return Answer(response, result_of(d))
+
+    def get(self, path: str, **kw) -> Answer:
+        return self.request("GET", path, **kw)
+
+    def login(self, user: str, password: str) -> dict[str, str]:
+        answer = self.request("POST", "/+login", {"user": user, "password": password})
+        assert answer.code == 200, answer.body
+        return devpi_auth(user, answer.json["result"]["password"])
+
+
+@pytest.fixture
+def config(tmp_path) -> ServerConfig:
+    return ServerConfig(
+        serverdir=str(tmp_path / "server"),
+        mirror_url=UPSTREAM,
+        root_passwd_hash=fast_hasher().hash("rootpw"),
+    )
+
+
+@pytest.fixture
+def context(config):
+    context = build_context(config, passwords=synchronous_passwords())
+    yield context
+    context.storage.close()
+
+
+@pytest.fixture
+def client(context) -> Client:
+    return Client(context)
+
+
+@pytest.fixture
+def root(client) -> dict[str, str]:
+    return client.login("root", "rootpw")
+
+
+@pytest.fixture
+def alice(client) -> dict[str, str]:
+    answer = client.request("PUT", "/alice", {"password": "alicepw", "email": "alice@example.com"})
+    assert answer.code == 201, answer.body
+    return client.login("alice", "alicepw")

@@ -1,0 +1,246 @@
+"""
+The serial-numbered state and the content-addressed file store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from zope.interface.verify import verifyObject
+
+from devpi_tx.interfaces import IFileStore, IFileWriter, IStorage, ITransaction
+from devpi_tx.storage.files import LocalFileStore
+from devpi_tx.storage.sqlite import SchemaError, SQLiteStorage
+
+
+@pytest.fixture
+def storage(tmp_path):
+    s = SQLiteStorage(str(tmp_path / "state.sqlite"))
+    yield s
+    s.close()
+
+
+def test_provides_interfaces(storage):
+    assert verifyObject(IStorage, storage)
+    with storage.transaction() as tx:
+        assert verifyObject(ITransaction, tx)
+
+
+def test_new_state_has_serial_minus_one(storage):
+    assert storage.serial == -1
+    assert storage.changelog_entry(0) is None
+    assert storage.last_commit_timestamp() is None
+
+
+def test_each_commit_is_one_changelog_entry_with_next_serial(storage):
+    with storage.transaction() as tx:
+        tx.set("a", {"x": 1})
+        tx.set("b", [1, 2])
+    with storage.transaction() as tx:
+        tx.set("a", {"x": 2})
+        tx.delete("b")
+    assert storage.serial == 1
+    first, second = storage.changelog_entry(0), storage.changelog_entry(1)
+    assert first["changes"] == {"a": {"x": 1}, "b": [1, 2]}
+    assert second["changes"] == {"a": {"x": 2}, "b": None}
+    assert storage.get("a") == {"x": 2}
+    assert storage.get("b") is None
+
+
+def test_transaction_without_changes_takes_no_serial(storage):
+    with storage.transaction() as tx:
+        tx.get("a")
+    assert storage.serial == -1
+
+
+def test_transaction_sees_its_own_writes_others_do_not(storage):
+    with storage.transaction() as tx:
+        tx.set("user/a", 1)
+        assert tx.get("user/a") == 1
+        assert tx.keys("user/") == ["user/a"]
+        assert storage.get("user/a") is None
+    assert storage.keys("user/") == ["user/a"]
+
+
+def test_raising_transaction_leaves_no_trace(storage):
+    with storage.transaction() as tx:
+        tx.set("keep", "v1")
+    with pytest.raises(RuntimeError):
+        with storage.transaction() as tx:
+            tx.set("keep", "v2")
+            tx.set("new", "x")
+            raise RuntimeError("boom")
+    assert storage.serial == 0
+    assert storage.get("keep") == "v1"
+    assert storage.get("new") is None
+    assert storage.changelog_entry(1) is None
+
+
+def test_values_returned_are_copies(storage):
+    with storage.transaction() as tx:
+        tx.set("k", {"list": [1]})
+    value = storage.get("k")
+    value["list"].append(2)
+    assert storage.get("k") == {"list": [1]}
+
+
+def test_keys_by_prefix_are_sorted_and_exact(storage):
+    with storage.transaction() as tx:
+        for key in ["user/b", "user/a", "userx", "index/a"]:
+            tx.set(key, 1)
+    assert storage.keys("user/") == ["user/a", "user/b"]
+
+
+def test_reopen_keeps_state_and_serial(tmp_path):
+    path = str(tmp_path / "state.sqlite")
+    s = SQLiteStorage(path)
+    with s.transaction() as tx:
+        tx.set("k", "v")
+    s.close()
+    s = SQLiteStorage(path)
+    assert (s.serial, s.get("k")) == (0, "v")
+    s.close()
+
+
+def test_refuses_newer_schema(tmp_path):
+    path = str(tmp_path / "state.sqlite")
+    SQLiteStorage(path).close()
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value='999' WHERE name='schema_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(SchemaError, match="999"):
+        SQLiteStorage(path)
+
+
+def test_commit_by_other_process_is_seen_after_next_commit(tmp_path):
+    path = str(tmp_path / "state.sqlite")
+    a, b = SQLiteStorage(path), SQLiteStorage(path)
+    with a.transaction() as tx:
+        tx.set("k", "from-a")
+    assert a.get("k") == "from-a"
+    with b.transaction() as tx:
+        tx.set("k", "from-b")
+    with a.transaction() as tx:
+        tx.set("other", 1)
+    assert a.serial == 2
+    assert a.get("k") == "from-b"
+    a.close()
+    b.close()
+
+
+_WRITER = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {root!r})
+    from devpi_tx.storage.sqlite import SQLiteStorage
+    s = SQLiteStorage({path!r})
+    with s.transaction() as tx:
+        tx.set("committed", "yes")
+    db = s._db
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("INSERT INTO kv (key, value, serial) VALUES ('half', '1', 1)")
+    db.execute("INSERT INTO changelog (serial, timestamp, changes) VALUES (1, 0, '{{}}')")
+    sys.stdout.write("mid-transaction\\n")
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_writer_killed_mid_transaction_leaves_state_intact(tmp_path):
+    path = str(tmp_path / "state.sqlite")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-c", _WRITER.format(root=root, path=path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert "mid-transaction" in proc.stdout
+    s = SQLiteStorage(path)
+    assert s.serial == 0
+    assert s.get("committed") == "yes"
+    assert s.get("half") is None
+    with s.transaction() as tx:
+        tx.set("after", 1)
+    assert s.serial == 1
+    s.close()
+
+
+# -- file store ---------------------------------------------------------------
+
+
+@pytest.fixture
+def files(tmp_path):
+    return LocalFileStore(str(tmp_path / "+files"))
+
+
+def test_file_store_provides_interfaces(files):
+    assert verifyObject(IFileStore, files)
+    writer = files.writer()
+    assert verifyObject(IFileWriter, writer)
+    writer.abort()
+
+
+def test_written_file_is_stored_under_its_sha256(files):
+    writer = files.writer()
+    writer.write(b"hello ")
+    writer.write(b"world")
+    digest = writer.commit()
+    assert digest == hashlib.sha256(b"hello world").hexdigest()
+    assert writer.size == 11
+    assert files.exists(digest)
+    with open(files.path(digest), "rb") as f:
+        assert f.read() == b"hello world"
+    assert os.listdir(files.tmpdir) == []
+
+
+def test_aborted_file_leaves_nothing(files):
+    writer = files.writer()
+    writer.write(b"partial")
+    writer.abort()
+    assert os.listdir(files.tmpdir) == []
+    assert not files.exists(hashlib.sha256(b"partial").hexdigest())
+
+
+def test_same_content_twice_is_stored_once(files):
+    digests = []
+    for _ in range(2):
+        writer = files.writer()
+        writer.write(b"same")
+        digests.append(writer.commit())
+    assert digests[0] == digests[1]
+    assert os.listdir(files.tmpdir) == []
+
+
+def test_remove_file(files):
+    writer = files.writer()
+    writer.write(b"x")
+    digest = writer.commit()
+    files.remove(digest)
+    files.remove(digest)
+    assert not files.exists(digest)
+
+
+def test_stray_temporary_files_are_removed_on_open(tmp_path):
+    store = LocalFileStore(str(tmp_path / "+files"))
+    store.writer().write(b"crashed")  # never committed nor aborted
+    assert os.listdir(store.tmpdir)
+    LocalFileStore(str(tmp_path / "+files"))
+    assert os.listdir(store.tmpdir) == []
+
+
+@pytest.mark.parametrize("bad", ["../etc/passwd", "a" * 63, "G" * 64, "/" + "a" * 63])
+def test_no_path_outside_the_store(files, bad):
+    with pytest.raises(ValueError):
+        files.path(bad)
