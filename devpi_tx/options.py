@@ -86,7 +86,7 @@ class ServerOptions(usage.Options):
             for name in [p[0] for p in self.optParameters if p[0] != "configfile"]
         }
         for long, *_ in self.optFlags:
-            given[long] = self[long]
+            given[long] = True if self[long] else None
         given["listen"] = self["listen"] or None
         try:
             self.config: ServerConfig = build_config(given, self["configfile"])

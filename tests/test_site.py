@@ -1,0 +1,152 @@
+"""
+Site-level behaviour over a real loopback port: devpi's headers on every
+response, an exact X-Devpi-Serial, the body cap, and the request log.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import attrs
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
+
+from devpi_tx.service import make_site
+
+from .conftest import basic
+
+DEVPI_HEADERS = [
+    "X-Devpi-Api-Version",
+    "X-Devpi-Server-Version",
+    "X-Devpi-Uuid",
+    "X-Devpi-Master-Uuid",
+    "X-Devpi-Primary-Uuid",
+    "X-Devpi-Serial",
+]
+
+
+@pytest.fixture
+def listening(context):
+    site = make_site(context)
+    port = pytest_twisted.blockon(
+        serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
+    )
+    yield f"http://127.0.0.1:{port.getHost().port}", context
+    pytest_twisted.blockon(port.stopListening())
+
+
+@pytest.fixture
+def small_json_limit(context):
+    context.config = attrs.evolve(context.config, max_json_body_size=1024)
+    return context
+
+
+async def get(url, path, headers=None):
+    headers = {"Accept": "application/json", **(headers or {})}
+    response = await treq.get(url + path, headers=headers)
+    body = await response.content()
+    return response, body
+
+
+@pytest_twisted.ensureDeferred
+async def test_devpi_headers_on_every_response(listening):
+    url, context = listening
+    for path in ["/+api", "/nobody", "/a/b/c/d/e/f"]:
+        response, _ = await get(url, path)
+        for name in DEVPI_HEADERS:
+            assert response.headers.getRawHeaders(name), (path, name)
+        assert response.headers.getRawHeaders("X-Devpi-Uuid") == [context.uuid]
+
+
+@pytest_twisted.ensureDeferred
+async def test_serial_header_is_exact(listening):
+    url, context = listening
+    response, _ = await get(url, "/+api")
+    assert response.headers.getRawHeaders("X-Devpi-Serial") == [str(context.storage.serial)]
+    before = context.storage.serial
+    response = await treq.put(
+        url + "/erin",
+        json.dumps({"password": "pw"}).encode(),
+        headers={"Accept": "application/json"},
+    )
+    await response.content()
+    assert response.code == 201
+    assert response.headers.getRawHeaders("X-Devpi-Serial") == [str(before + 1)]
+    # A write that fails commits nothing and reports the current serial.
+    response = await treq.put(
+        url + "/erin",
+        json.dumps({"password": "pw"}).encode(),
+        headers={"Accept": "application/json"},
+    )
+    await response.content()
+    assert response.code == 409
+    assert response.headers.getRawHeaders("X-Devpi-Serial") == [str(before + 1)]
+
+
+def _raw_exchange(host: str, port: int, head: bytes) -> bytes:
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(head)
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_long_body_refused_before_it_is_read(small_json_limit, listening):
+    url, context = listening
+    port = int(url.rsplit(":", 1)[1])
+    serial = context.storage.serial
+    head = (
+        b"PUT /mallory HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
+    )
+    reply = await deferToThread(_raw_exchange, "127.0.0.1", port, head)
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 413 ")
+    assert b"X-Devpi-Serial" in rest
+    body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+    assert "limit is 1024 bytes" in body["message"]
+    assert context.storage.serial == serial
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_body_over_limit_refused(small_json_limit, listening):
+    url, context = listening
+    port = int(url.rsplit(":", 1)[1])
+    chunk = b"x" * 800
+    head = (
+        b"PUT /mallory HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * 2
+        + b"0\r\n\r\n"
+    )
+    reply = await deferToThread(_raw_exchange, "127.0.0.1", port, head)
+    assert reply.startswith(b"HTTP/1.1 413 ")
+    assert "mallory" not in json.loads((await get(url, "/"))[1])["result"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_structured_log_event_per_request(listening):
+    url, _ = listening
+    events = []
+    observer = events.append
+    globalLogPublisher.addObserver(observer)
+    try:
+        await get(url, "/+api?x=1", headers=basic("root", "rootpw"))
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    logged = [e for e in events if e.get("log_namespace") == "devpi_tx.request"]
+    assert len(logged) == 1
+    event = logged[0]
+    assert (event["method"], event["path"], event["status"]) == ("GET", "/+api?x=1", 200)
+    assert event["bytes"] > 0
+    assert event["ms"] >= 0
