@@ -60,7 +60,10 @@ def build_context(config: ServerConfig, passwords: PasswordChecker | None = None
     """
     if not is_initialized(config.serverdir):
         for line in initialize(config):
-            log.info("init: {line}", line=line)
+            if line.startswith("WARNING"):
+                log.warn("init: {line}", line=line)
+            else:
+                log.info("init: {line}", line=line)
     nodeinfo = read_nodeinfo(config.serverdir)
     secret = ensure_secret(config.secret_path)
     storage = open_storage(config.serverdir)
@@ -77,13 +80,15 @@ def build_context(config: ServerConfig, passwords: PasswordChecker | None = None
 
 def make_site(context: ServerContext) -> DevpiSite:
     api = DevpiAPI(context)
-    return DevpiSite(
+    site = DevpiSite(
         api.app.resource(),
         storage=context.storage,
         uuid=context.uuid,
         config=context.config,
         timeout=120,
     )
+    site.noisy = False
+    return site
 
 
 def make_service(config: ServerConfig, reactor=global_reactor) -> MultiService:
