@@ -83,6 +83,13 @@ class IStorage(Interface):
         Return the time of the last commit, or L{None} for a new state.
         """
 
+    def subscribe(listener) -> None:
+        """
+        Call C{listener(serial, keys)} after each commit with the keys it
+        changed, so that caches derived from the state can drop what is
+        stale.
+        """
+
     def close() -> None:
         """
         Release the underlying database.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging.config
+import os
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -21,6 +22,7 @@ from .customizers import default_registry
 from .model.acl import Policy, parse_restrict_modify
 from .pipconfig import default_mirror_url
 from .serverdir import ensure_secret, initialize, is_initialized, read_nodeinfo
+from .storage.files import LocalFileStore
 from .storage.sqlite import open_storage
 from .web.api import DevpiAPI, ServerContext
 from .web.site import DevpiSite
@@ -53,7 +55,11 @@ def _configure_stdlib_logging(path: str) -> None:
     globalLogPublisher.addObserver(STDLibLogObserver(name="devpi_tx"))
 
 
-def build_context(config: ServerConfig, passwords: PasswordChecker | None = None) -> ServerContext:
+def build_context(
+    config: ServerConfig,
+    passwords: PasswordChecker | None = None,
+    run_in_thread=None,
+) -> ServerContext:
     """
     Open (initialising on first start) the server directory and build what
     request handlers share.
@@ -75,6 +81,8 @@ def build_context(config: ServerConfig, passwords: PasswordChecker | None = None
         signer=TokenSigner(secret),
         passwords=passwords or PasswordChecker(),
         uuid=nodeinfo["uuid"],
+        files=LocalFileStore(os.path.join(config.serverdir, "+files")),
+        **({"run_in_thread": run_in_thread} if run_in_thread else {}),
     )
 
 
@@ -82,6 +90,7 @@ def make_site(context: ServerContext) -> DevpiSite:
     api = DevpiAPI(context)
     site = DevpiSite(
         api.app.resource(),
+        stream_receiver=api.upload_receiver,
         storage=context.storage,
         uuid=context.uuid,
         config=context.config,

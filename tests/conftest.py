@@ -44,6 +44,13 @@ def synchronous_passwords() -> PasswordChecker:
     return PasswordChecker(fast_hasher(), run_in_thread=lambda f, *a: maybeDeferred(f, *a))
 
 
+def synchronous(f, *args):
+    """
+    Stands in for deferToThread in in-memory tests.
+    """
+    return maybeDeferred(f, *args)
+
+
 def basic(user: str, password: str) -> dict[str, str]:
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
@@ -100,7 +107,11 @@ class Client:
         all_headers.update(headers or {})
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         d = self.stub.request(
-            method, "http://127.0.0.1:3141" + path, headers=all_headers, data=data
+            method,
+            "http://127.0.0.1:3141" + path,
+            headers=all_headers,
+            data=data,
+            allow_redirects=False,
         )
         self.stub.flush()
         response = result_of(d)
@@ -128,7 +139,7 @@ def config(tmp_path) -> ServerConfig:
 
 @pytest.fixture
 def context(config):
-    context = build_context(config, passwords=synchronous_passwords())
+    context = build_context(config, passwords=synchronous_passwords(), run_in_thread=synchronous)
     yield context
     context.storage.close()
 

@@ -102,6 +102,7 @@ class SQLiteStorage:
         self._db.execute("PRAGMA busy_timeout=10000")
         self._migrate()
         self._cache: dict[str, str] = {}
+        self._listeners: list = []
         self.serial = self._db_serial()
 
     def _migrate(self) -> None:
@@ -201,6 +202,11 @@ class SQLiteStorage:
             else:
                 self._cache[key] = encoded
         self.serial = serial
+        for listener in list(self._listeners):
+            listener(serial, frozenset(changes))
+
+    def subscribe(self, listener) -> None:
+        self._listeners.append(listener)
 
     def changelog_entry(self, serial: int) -> dict | None:
         row = self._db.execute(

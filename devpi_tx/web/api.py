@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import attrs
-from klein import Klein
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed
@@ -23,16 +24,22 @@ from ..auth.passwords import PasswordChecker
 from ..auth.tokens import TokenSigner
 from ..config import ServerConfig
 from ..customizers import CustomizerRegistry
-from ..model import indexes, users
+from ..interfaces import IFileStore
+from ..model import indexes, releases, users
 from ..model.acl import Policy
 from ..model.errors import InvalidInput, ModelError
+from . import simple
 from .credentials import Authenticator, AuthResult
+from .negotiation import has_flag, wants_json
+from .pagecache import PageCache
+from .releases import ReleaseRoutes
 from .render import envelope, error
+from .router import app
 
 log = Logger(namespace="devpi_tx.api")
 
 #: Features advertised in /+api that devpi-client checks for.
-FEATURES = ["server-keyvalue-parsing"]
+FEATURES = ["server-keyvalue-parsing", "push-no-docs", "push-only-docs"]
 
 
 @attrs.define
@@ -48,7 +55,27 @@ class ServerContext:
     signer: TokenSigner
     passwords: PasswordChecker
     uuid: str
+    files: IFileStore
+    run_in_thread: Callable = deferToThread
+    page_cache: PageCache = attrs.field(factory=PageCache)
     started: float = attrs.field(factory=time.time)
+
+    @staticmethod
+    def mirror_links(stage, project: str) -> tuple[list[dict], list[str]]:
+        """
+        Links a mirror stage contributes to a project page.  Mirroring is
+        not implemented yet, so mirrors contribute nothing.
+        """
+        return [], []
+
+    def __attrs_post_init__(self) -> None:
+        self.storage.subscribe(self.page_cache.changed)
+
+    def refresh_project(self, stage: str, project: str) -> None:
+        """
+        Drop what is cached for a mirrored project (so far: its pages).
+        """
+        self.page_cache.invalidate_project(project)
 
 
 def read_json(request: IRequest) -> object:
@@ -60,12 +87,12 @@ def read_json(request: IRequest) -> object:
         raise InvalidInput("Bad request: could not decode json") from None
 
 
-class DevpiAPI:
+class DevpiAPI(ReleaseRoutes):
     """
     The Klein application.
     """
 
-    app = Klein()
+    app = app
 
     def __init__(self, context: ServerContext) -> None:
         self.ctx = context
@@ -114,14 +141,23 @@ class DevpiAPI:
     @app.handle_errors(RouteNotFound)
     def not_found(self, request: IRequest, failure) -> bytes:
         path = request.path.decode("utf-8", "replace")
+        return self._encoded_slash(request) or error(request, 404, f"no such resource: {path}")
+
+    def _encoded_slash(self, request: IRequest) -> bytes | None:
+        """
+        An encoded slash is decoded before routing, so a name with one never
+        reaches the handler that would name the problem; name it here.
+        """
+        path = request.path.decode("utf-8", "replace")
         if "%2f" in path.lower():
-            # An encoded slash is decoded before routing, so a name with
-            # one never reaches the handler that would name the problem.
-            return error(request, 400, f"user and index names cannot contain '/': {path}")
-        return error(request, 404, f"no such resource: {path}")
+            return error(request, 400, f"names cannot contain '/': {path}")
+        return None
 
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request: IRequest, failure) -> bytes:
+        slash = self._encoded_slash(request)
+        if slash is not None:
+            return slash
         allowed = failure.value.valid_methods or []
         request.setHeader("Allow", ", ".join(allowed))
         return error(request, 405, f"method {request.method.decode()} not allowed here")
@@ -284,8 +320,11 @@ class DevpiAPI:
         auth = await self.auth.authenticate(request)
         if not self.ctx.policy.may_delete_user(auth.identity, user):
             return self.deny(request, auth, f"no permission to delete user {user!r}")
+        unused: set[str] = set()
         with self.ctx.storage.transaction() as tx:
-            users.delete_user(tx, user)
+            for stage in users.delete_user(tx, user):
+                unused |= releases.delete_stage_data(tx, stage)
+        self._cleanup(unused)
         log.info("deleted user {user!r}", user=user)
         return envelope(request, message=f"user {user!r} deleted")
 
@@ -295,8 +334,10 @@ class DevpiAPI:
     @app.route("/<user>/<index>/", methods=["GET"])
     def index_get(self, request: IRequest, user: str, index: str):
         config = dict(indexes.require_index(self.ctx.storage, user, index))
-        if b"no_projects" not in request.args:
-            config["projects"] = []
+        if simple.is_installer(request) and not wants_json(request):
+            return self.simple_list(request, user, index)
+        if not has_flag(request, "no_projects"):
+            config["projects"] = releases.project_names(self.ctx.storage, f"{user}/{index}")
         return envelope(request, type="indexconfig", result=config)
 
     @app.route("/<user>/<index>", methods=["PUT"])
@@ -325,7 +366,7 @@ class DevpiAPI:
                 user,
                 index,
                 data,
-                error_on_noop=b"error_on_noop" in request.args,
+                error_on_noop=has_flag(request, "error_on_noop"),
             )
         return envelope(request, type="indexconfig", result=config)
 
@@ -337,5 +378,7 @@ class DevpiAPI:
             return self.deny(request, auth, f"no permission to delete index {user}/{index}")
         with self.ctx.storage.transaction() as tx:
             indexes.delete_index(tx, user, index)
+            unused = releases.delete_stage_data(tx, f"{user}/{index}")
+        self._cleanup(unused)
         log.info("deleted index {stage}", stage=f"{user}/{index}")
         return envelope(request, 201, message=f"index {user}/{index} deleted")

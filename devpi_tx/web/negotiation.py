@@ -45,3 +45,14 @@ def wants_json(request: IRequest) -> bool:
     if json_q <= 0:
         return False
     return json_q >= offers.get("text/html", 0.0)
+
+
+def has_flag(request: IRequest, name: str) -> bool:
+    """
+    Whether the query string holds C{name}, with or without a value
+    (devpi's C{?force}, C{?no_projects}); Twisted's C{request.args} drops
+    keys without C{=}.
+    """
+    _, _, query = request.uri.partition(b"?")
+    wanted = name.encode("ascii")
+    return any(item.split(b"=", 1)[0] == wanted for item in query.split(b"&"))

@@ -5,6 +5,7 @@ enforced before they are read, and one structured log event per request.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
@@ -28,6 +29,7 @@ class DevpiRequest(Request):
         self._body_limit = 0
         self._body_received = 0
         self._body_refused = False
+        self.devpi_upload = None
 
     # -- body limits -------------------------------------------------------
 
@@ -38,6 +40,11 @@ class DevpiRequest(Request):
         if length is not None and length > self._body_limit:
             self._refuse_body()
             return
+        self.devpi_upload = site.stream_receiver(self)
+        if self.devpi_upload is not None:
+            # The body goes to the receiver as it arrives, not to a buffer.
+            self.content = io.BytesIO()
+            return
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -46,6 +53,11 @@ class DevpiRequest(Request):
         self._body_received += len(data)
         if self._body_received > self._body_limit:
             self._refuse_body()
+            if self.devpi_upload is not None:
+                self.devpi_upload.discard()
+            return
+        if self.devpi_upload is not None:
+            self.devpi_upload.feed(data)
             return
         super().handleContentChunk(data)
 
@@ -76,6 +88,8 @@ class DevpiRequest(Request):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._body_refused:
             return
+        if self.devpi_upload is not None:
+            self.devpi_upload.body_complete()
         super().requestReceived(command, path, version)
 
     # -- headers -----------------------------------------------------------
@@ -102,8 +116,13 @@ class DevpiSite(Site):
     requestFactory = DevpiRequest
     displayTracebacks = False
 
-    def __init__(self, resource, *, storage, uuid: str, config, **kwargs) -> None:
+    def __init__(
+        self, resource, *, storage, uuid: str, config, stream_receiver=lambda request: None, **kwargs
+    ) -> None:
         super().__init__(resource, **kwargs)
+        #: Given a request whose headers are in, returns an object to feed
+        #: its body to as it arrives (uploads), or None.
+        self.stream_receiver = stream_receiver
         self._storage = storage
         self._config = config
         self._static_headers = {

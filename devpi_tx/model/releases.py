@@ -1,0 +1,429 @@
+"""
+Projects, versions and the files linked to them on private (stage) indexes.
+
+Keys in the state::
+
+    project/<stage>/<project>            {"name": <display name>}
+    version/<stage>/<project>/<version>  the version record: core metadata
+                                         plus "+links", one per file
+    file/<stage>/<hash dir>/<basename>   what a +f URL points to
+    gone/<stage>/<hash dir>/<basename>   a deleted file (answers 410)
+    blob/<sha256>                        how many links use a stored blob
+
+<stage> is C{user/index}, <project> the normalised name, <hash dir> the
+C{+f/<sha[:3]>/<sha[3:16]>} part of the URL.  A version per key keeps an
+upload's write small however many versions a project has.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion, Version
+
+from .errors import Conflict, Forbidden, InvalidInput, NotFound
+
+#: Core metadata fields kept in a version record (devpi's list plus the
+#: newer ones).
+METADATA_KEYS = (
+    "name version metadata_version summary home_page author author_email "
+    "maintainer maintainer_email license description keywords platform "
+    "classifiers download_url supported_platform comment provides requires "
+    "obsoletes project_urls provides_dist obsoletes_dist requires_dist "
+    "requires_external requires_python description_content_type "
+    "provides_extras dynamic license_expression license_file"
+).split()
+
+#: Fields that repeat in the upload form and are kept as lists.
+LIST_FIELDS = frozenset(
+    "platform classifiers supported_platform provides requires obsoletes "
+    "project_urls provides_dist obsoletes_dist requires_dist requires_external "
+    "provides_extras dynamic license_file".split()
+)
+
+_PROJECT_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.I)
+
+
+def check_project_name(name: str) -> str:
+    if not isinstance(name, str) or not _PROJECT_NAME.match(name):
+        raise InvalidInput(f"invalid project name {name!r}")
+    return name
+
+
+def check_version(version: str) -> str:
+    if not isinstance(version, str) or not version or "/" in version or version != version.strip():
+        raise InvalidInput(f"invalid version {version!r}")
+    return version
+
+
+def project_key(stage: str, project: str) -> str:
+    return f"project/{stage}/{canonicalize_name(project)}"
+
+
+def version_key(stage: str, project: str, version: str) -> str:
+    return f"version/{stage}/{canonicalize_name(project)}/{version}"
+
+
+def hash_dir(sha256: str) -> str:
+    return f"+f/{sha256[:3]}/{sha256[3:16]}"
+
+
+def relpath(stage: str, sha256: str, basename: str) -> str:
+    """
+    The path of a file below the server root, as in its C{+f} URL.
+    """
+    return f"{stage}/{hash_dir(sha256)}/{basename}"
+
+
+def file_key(path: str) -> str:
+    return "file/" + path
+
+
+def gone_key(path: str) -> str:
+    return "gone/" + path
+
+
+def blob_key(sha256: str) -> str:
+    return "blob/" + sha256
+
+
+def log_entry(what: str, who: str | None, **extra) -> dict:
+    return {"what": what, "who": who, "when": list(time.gmtime()[:6]), **extra}
+
+
+def http_date(when: float) -> str:
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(when))
+
+
+def iso_time(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+# -- file names -----------------------------------------------------------------
+
+
+def parse_filename(basename: str) -> tuple[str, str, str]:
+    """
+    The project name, version and kind (C{"wheel"} or C{"sdist"}) encoded
+    in a distribution's file name.
+    """
+    if "/" in basename or "\\" in basename or basename.startswith(".") or "\0" in basename:
+        raise InvalidInput(f"{basename!r} is not a valid archive name")
+    try:
+        if basename.endswith(".whl"):
+            name, version, _, _ = parse_wheel_filename(basename)
+            return str(name), str(version), "wheel"
+        name, version = parse_sdist_filename(basename)
+        return str(name), str(version), "sdist"
+    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+        raise InvalidInput(f"{basename!r} is not a valid archive name") from None
+
+
+def _same_version(a: str, b: str) -> bool:
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a == b
+
+
+def check_filename_matches(basename: str, name: str, version: str) -> str:
+    """
+    The file name must name the project and version given in the form
+    (after normalisation); return the kind of distribution.
+    """
+    file_name, file_version, kind = parse_filename(basename)
+    if canonicalize_name(file_name) != canonicalize_name(name):
+        raise InvalidInput(f"filename {basename!r} does not match project name {name!r}")
+    if not _same_version(file_version, version):
+        raise InvalidInput(f"filename {basename!r} does not contain version {version!r}")
+    return kind
+
+
+# -- metadata -------------------------------------------------------------------
+
+
+def metadata_from_form(fields: dict[str, list[str]]) -> dict:
+    """
+    The version metadata given in an upload form; C{UNKNOWN} counts as
+    empty, as devpi has it.
+    """
+    metadata: dict = {}
+    for key in METADATA_KEYS:
+        values = fields.get(key)
+        if values is None:
+            continue
+        if key in LIST_FIELDS:
+            metadata[key] = [v for v in values if v and v != "UNKNOWN"]
+        else:
+            value = values[-1]
+            metadata[key] = "" if value == "UNKNOWN" else value
+    return metadata
+
+
+def empty_record(name: str, version: str) -> dict:
+    record: dict = {key: [] if key in LIST_FIELDS else "" for key in METADATA_KEYS}
+    record.update(name=name, version=version)
+    record["+links"] = []
+    return record
+
+
+# -- reading ----------------------------------------------------------------------
+
+
+def project_names(reader, stage: str) -> list[str]:
+    """
+    The normalised names of the projects on one stage, sorted.
+    """
+    prefix = f"project/{stage}/"
+    return [key[len(prefix) :] for key in reader.keys(prefix)]
+
+
+def get_project(reader, stage: str, project: str) -> dict | None:
+    return reader.get(project_key(stage, project))
+
+
+def version_records(reader, stage: str, project: str) -> dict[str, dict]:
+    prefix = f"version/{stage}/{canonicalize_name(project)}/"
+    return {key[len(prefix) :]: reader.get(key) for key in reader.keys(prefix)}
+
+
+def get_version(reader, stage: str, project: str, version: str) -> dict | None:
+    return reader.get(version_key(stage, project, version))
+
+
+def get_file(reader, path: str) -> dict | None:
+    return reader.get(file_key(path))
+
+
+# -- writing ----------------------------------------------------------------------
+
+
+def _incref(tx, sha256: str) -> None:
+    tx.set(blob_key(sha256), (tx.get(blob_key(sha256)) or 0) + 1)
+
+
+def _decref(tx, sha256: str, unused: set[str]) -> None:
+    count = (tx.get(blob_key(sha256)) or 0) - 1
+    if count <= 0:
+        tx.delete(blob_key(sha256))
+        unused.add(sha256)
+    else:
+        tx.set(blob_key(sha256), count)
+
+
+def blob_in_use(reader, sha256: str) -> bool:
+    return reader.get(blob_key(sha256)) is not None
+
+
+def ensure_project(tx, stage: str, name: str) -> None:
+    check_project_name(name)
+    if tx.get(project_key(stage, name)) is None:
+        tx.set(project_key(stage, name), {"name": name})
+
+
+def register(tx, stage: str, metadata: dict, *, replace: bool) -> dict:
+    """
+    Create or update a version record from form metadata.  With
+    C{replace} (C{:action=submit}) missing keys are reset to empty;
+    otherwise only the keys given change.
+    """
+    name = check_project_name(metadata.get("name", ""))
+    version = check_version(metadata.get("version", ""))
+    ensure_project(tx, stage, name)
+    key = version_key(stage, name, version)
+    record = tx.get(key)
+    if record is None or replace:
+        links = record["+links"] if record else []
+        record = empty_record(name, version)
+        record["+links"] = links
+    record.update({k: v for k, v in metadata.items() if k not in ("name", "version")})
+    tx.set(key, record)
+    return record
+
+
+def _remove_link(tx, record: dict, link: dict, unused: set[str]) -> None:
+    record["+links"].remove(link)
+    tx.delete(file_key(link["relpath"]))
+    tx.set(gone_key(link["relpath"]), {"deleted": iso_time(time.time())})
+    _decref(tx, link["sha256"], unused)
+    for extra in ("core_metadata_sha256",):
+        if link.get(extra):
+            _decref(tx, link[extra], unused)
+    # Tox results belong to the file they were run against.
+    for other in [x for x in record["+links"] if x.get("for_relpath") == link["relpath"]]:
+        _remove_link(tx, record, other, unused)
+
+
+def add_file(
+    tx,
+    stage: str,
+    volatile: bool,
+    metadata: dict,
+    *,
+    rel: str,
+    basename: str,
+    sha256: str,
+    size: int,
+    who: str | None,
+    extra: dict | None = None,
+    log: list | None = None,
+    path: str | None = None,
+) -> tuple[str, dict, set[str]]:
+    """
+    Link a stored blob to a version.
+
+    @return: C{"stored"} or C{"identical"} (same file already there on a
+        non-volatile index; nothing changed), the link, and the digests of
+        blobs no longer referenced (to delete from disk after the commit).
+    """
+    unused: set[str] = set()
+    name, version = metadata["name"], metadata["version"]
+    record = get_version(tx, stage, name, version)
+    existing = None
+    if record is not None:
+        for link in record["+links"]:
+            same = link["basename"] == basename and link["rel"] == rel
+            if rel == "doczip":
+                same = link["rel"] == "doczip"
+            if same:
+                existing = link
+                break
+    if existing is not None and not volatile:
+        if existing["sha256"] == sha256:
+            return "identical", existing, unused
+        raise Conflict(f"{basename} already exists in non-volatile index")
+    record = register(tx, stage, metadata, replace=False)
+    overwrites = 0
+    if existing is not None:
+        overwrites = sum(1 for e in existing.get("log", []) if e["what"] == "overwrite") + 1
+        current = next(x for x in record["+links"] if x["relpath"] == existing["relpath"])
+        _remove_link(tx, record, current, unused)
+    path = path or relpath(stage, sha256, basename)
+    now = time.time()
+    link = {
+        "rel": rel,
+        "basename": basename,
+        "relpath": path,
+        "sha256": sha256,
+        "size": size,
+        "last_modified": now,
+        "upload_time": iso_time(now),
+        "log": list(log or []) + [log_entry("upload", who, dst=stage)],
+    }
+    if overwrites:
+        link["log"].append(log_entry("overwrite", who, count=overwrites))
+    link.update(extra or {})
+    record["+links"].append(link)
+    tx.set(version_key(stage, name, version), record)
+    entry = {
+        "rel": rel,
+        "project": canonicalize_name(name),
+        "version": version,
+        "sha256": sha256,
+        "size": size,
+        "last_modified": now,
+    }
+    for key in ("core_metadata_sha256", "for_relpath"):
+        if key in link:
+            entry[key] = link[key]
+    tx.set(file_key(path), entry)
+    tx.delete(gone_key(path))
+    _incref(tx, sha256)
+    if link.get("core_metadata_sha256"):
+        _incref(tx, link["core_metadata_sha256"])
+    unused.discard(sha256)
+    unused.discard(link.get("core_metadata_sha256", ""))
+    return "stored", link, unused
+
+
+def delete_file(tx, stage: str, path: str, *, volatile: bool, force: bool) -> set[str]:
+    entry = get_file(tx, path)
+    if entry is None:
+        raise NotFound(f"no file at {path}")
+    if not volatile and not force:
+        raise Forbidden("cannot delete file on non-volatile index")
+    record = get_version(tx, stage, entry["project"], entry["version"])
+    unused: set[str] = set()
+    link = next(x for x in record["+links"] if x["relpath"] == path)
+    _remove_link(tx, record, link, unused)
+    tx.set(version_key(stage, entry["project"], entry["version"]), record)
+    return unused
+
+
+def delete_version(tx, stage: str, project: str, version: str, *, volatile: bool, force: bool) -> set[str]:
+    record = get_version(tx, stage, project, version)
+    if record is None:
+        raise NotFound(f"The version {version} of project {project} does not exist.")
+    if not volatile and not force:
+        raise Forbidden("cannot delete version on non-volatile index")
+    unused: set[str] = set()
+    for link in list(record["+links"]):
+        if link in record["+links"]:
+            _remove_link(tx, record, link, unused)
+    tx.delete(version_key(stage, project, version))
+    return unused
+
+
+def delete_project(tx, stage: str, project: str, *, volatile: bool, force: bool) -> set[str]:
+    if get_project(tx, stage, project) is None:
+        raise NotFound(f"no project {project!r} on stage {stage}")
+    if not volatile and not force:
+        raise Forbidden(f"cannot delete project {project} on non-volatile index {stage}")
+    unused: set[str] = set()
+    for version in version_records(tx, stage, project):
+        unused |= delete_version(tx, stage, project, version, volatile=True, force=True)
+    tx.delete(project_key(stage, project))
+    return unused
+
+
+def delete_stage_data(tx, stage: str) -> set[str]:
+    """
+    Remove every project of a stage (when the index or its user goes).
+    """
+    unused: set[str] = set()
+    for project in project_names(tx, stage):
+        unused |= delete_project(tx, stage, project, volatile=True, force=True)
+    for key in tx.keys(f"gone/{stage}/"):
+        tx.delete(key)
+    return unused
+
+
+def set_yanked(tx, stage: str, path: str, reason: str | bool | None) -> dict:
+    """
+    Mark a file yanked (PEP 592) with a reason (C{True} for none), or
+    unyank it with L{None}.
+    """
+    entry = get_file(tx, path)
+    if entry is None:
+        raise NotFound(f"no file at {path}")
+    record = get_version(tx, stage, entry["project"], entry["version"])
+    link = next(x for x in record["+links"] if x["relpath"] == path)
+    if reason is None or reason is False:
+        link.pop("yanked", None)
+    else:
+        link["yanked"] = reason
+    tx.set(version_key(stage, entry["project"], entry["version"]), record)
+    return link
+
+
+def latest_version(reader, stage: str, project: str) -> str | None:
+    """
+    The highest registered version of a project on a stage.
+    """
+
+    def key(version: str):
+        try:
+            return (1, Version(version))
+        except InvalidVersion:
+            return (0, version)
+
+    versions = list(version_records(reader, stage, project))
+    return max(versions, key=key) if versions else None

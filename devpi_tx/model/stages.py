@@ -1,0 +1,159 @@
+"""
+Inheritance: the order in which an index and its bases are consulted, and
+the rule that keeps a mirror from answering for a project that a private
+index of the chain already has (dependency confusion), unless the project
+is whitelisted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+from packaging.utils import canonicalize_name
+
+from . import releases
+from .indexes import get_index, split_stagename
+
+
+@attrs.frozen
+class Stage:
+    name: str
+    config: dict
+
+    @property
+    def is_mirror(self) -> bool:
+        return self.config.get("type") == "mirror"
+
+
+def resolution_order(reader, stagename: str) -> list[Stage]:
+    """
+    The index itself, then its bases breadth-first in declaration order,
+    each once; mirrors last, in the order met.  Bases that no longer exist
+    are skipped.
+    """
+    seen: set[str] = set()
+    queue = [stagename]
+    private: list[Stage] = []
+    mirrors: list[Stage] = []
+    while queue:
+        name = queue.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            config = get_index(reader, *split_stagename(name))
+        except Exception:
+            config = None
+        if config is None:
+            continue
+        stage = Stage(name, config)
+        (mirrors if stage.is_mirror else private).append(stage)
+        queue.extend(config.get("bases", []))
+    return private + mirrors
+
+
+@attrs.frozen
+class Contribution:
+    """
+    What one stage of the chain gives for a project, and why.
+    """
+
+    stage: str
+    links: list[dict]
+    versions: list[str]
+    reason: str
+
+
+#: How a mirror stage contributes links; filled in by the mirror package.
+MirrorLinks = Callable[[Stage, str], tuple[list[dict], list[str]]]
+
+
+def _no_mirror_links(stage: Stage, project: str) -> tuple[list[dict], list[str]]:
+    return [], []
+
+
+def private_links(reader, stage: str, project: str) -> tuple[list[dict], list[str]]:
+    """
+    The release files of a project on a private stage, with the version's
+    C{requires_python}, newest upload last.
+    """
+    links: list[dict] = []
+    versions: list[str] = []
+    for version, record in releases.version_records(reader, stage, project).items():
+        versions.append(version)
+        for link in record.get("+links", []):
+            if link["rel"] != "releasefile":
+                continue
+            shown = dict(link)
+            if record.get("requires_python"):
+                shown["requires_python"] = record["requires_python"]
+            links.append(shown)
+    return links, versions
+
+
+def project_contributions(
+    reader,
+    stagename: str,
+    project: str,
+    mirror_links: MirrorLinks = _no_mirror_links,
+) -> list[Contribution]:
+    """
+    For each stage of the chain: the links it contributes for C{project},
+    and why (or why not).
+    """
+    project = canonicalize_name(project)
+    order = resolution_order(reader, stagename)
+    own = order[0].config if order else {}
+    inheritance = own.get("mirror_whitelist_inheritance", "intersection")
+    whitelist: set[str] | None = None
+    private_has_project = False
+    result = []
+    for stage in order:
+        if stage.is_mirror:
+            if private_has_project and not (whitelist and ("*" in whitelist or project in whitelist)):
+                result.append(
+                    Contribution(
+                        stage.name,
+                        [],
+                        [],
+                        "a private index of the chain has the project and it is not in mirror_whitelist",
+                    )
+                )
+                continue
+            links, versions = mirror_links(stage, project)
+            result.append(Contribution(stage.name, links, versions, "mirror"))
+            continue
+        names = set(stage.config.get("mirror_whitelist", []))
+        if whitelist is None:
+            whitelist = names
+        elif inheritance == "union":
+            whitelist |= names
+        else:
+            whitelist &= names
+        if releases.get_project(reader, stage.name, project) is not None:
+            private_has_project = True
+            links, versions = private_links(reader, stage.name, project)
+            result.append(Contribution(stage.name, links, versions, "private index has the project"))
+        else:
+            result.append(Contribution(stage.name, [], [], "no such project here"))
+    return result
+
+
+def merged_project_list(reader, stagename: str) -> list[tuple[str, list[str]]]:
+    """
+    Per stage of the chain, the projects it adds that an earlier stage has
+    not listed yet.
+    """
+    listed: set[str] = set()
+    result = []
+    for stage in resolution_order(reader, stagename):
+        if stage.is_mirror:
+            continue  # mirror project lists come with the mirror
+        names = []
+        for name in releases.project_names(reader, stage.name):
+            if name not in listed:
+                listed.add(name)
+                names.append(name)
+        result.append((stage.name, names))
+    return result

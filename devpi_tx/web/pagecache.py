@@ -1,0 +1,83 @@
+"""
+Rendered simple pages, kept until a commit touches what they were made
+from.
+
+A page of a project with a thousand versions takes milliseconds to build
+and is asked for by every installer, so it is built once per change.  The
+storage tells the cache which keys each commit changed: a change to a
+project (its versions or files) drops that project's pages on every index
+(inheritance makes them depend on each other), a change to a user record
+(index configuration, bases) drops everything.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import attrs
+
+
+@attrs.frozen
+class Page:
+    body: bytes
+    etag: str
+    fmt: str
+
+
+class PageCache:
+    def __init__(self, max_entries: int = 2000, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self._pages: OrderedDict[tuple, Page] = OrderedDict()
+        self._bytes = 0
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+
+    def get(self, key: tuple) -> Page | None:
+        page = self._pages.get(key)
+        if page is not None:
+            self._pages.move_to_end(key)
+        return page
+
+    def put(self, key: tuple, page: Page) -> None:
+        self._drop(key)
+        self._pages[key] = page
+        self._bytes += len(page.body)
+        while self._pages and (len(self._pages) > self._max_entries or self._bytes > self._max_bytes):
+            oldest = next(iter(self._pages))
+            self._drop(oldest)
+
+    def _drop(self, key: tuple) -> None:
+        page = self._pages.pop(key, None)
+        if page is not None:
+            self._bytes -= len(page.body)
+
+    def clear(self) -> None:
+        self._pages.clear()
+        self._bytes = 0
+
+    def invalidate_project(self, project: str | None) -> None:
+        """
+        Drop every page of C{project} and every project list.
+        """
+        for key in [k for k in self._pages if k[1] is None or k[1] == project]:
+            self._drop(key)
+
+    def changed(self, serial: int, keys: frozenset[str]) -> None:
+        """
+        A storage commit listener.
+        """
+        projects: set[str] = set()
+        for key in keys:
+            kind, _, rest = key.partition("/")
+            if kind == "user":
+                self.clear()
+                return
+            if kind in ("project", "version"):
+                # project/<user>/<index>/<name>, version/<user>/<index>/<name>/<v>
+                parts = rest.split("/")
+                if len(parts) >= 3:
+                    projects.add(parts[2])
+        for project in projects:
+            self.invalidate_project(project)
+
+    def __len__(self) -> int:
+        return len(self._pages)

@@ -1,0 +1,738 @@
+"""
+Routes of private indexes: uploads, the simple API, project and version
+JSON, files, deletion, yanking, tox results and push.
+
+The handlers live in a mixin of L{devpi_tx.web.api.DevpiAPI}, which gives
+them C{self.ctx} (the L{ServerContext}), C{self.auth} and the helpers
+C{outside_url} and C{deny}.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from packaging.utils import canonicalize_name
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from ..model import indexes, releases, stages
+from ..model.errors import Forbidden, InvalidInput, ModelError, NotFound
+from ..model.metadata import is_zip, wheel_metadata
+from . import simple
+from .negotiation import has_flag, wants_json
+from .pagecache import Page
+from .render import envelope, error
+from .router import app
+from .upload import Refusal, UploadReceiver, multipart_boundary
+
+log = Logger(namespace="devpi_tx.releases")
+
+_UPLOAD_PATH = re.compile(r"^/([^/+][^/]*)/([^/+][^/]*)/?$")
+_CHUNK = 65536
+
+
+def _first(fields: dict[str, list[str]], name: str) -> str | None:
+    values = fields.get(name)
+    return values[0] if values else None
+
+
+def _upload_error(request: IRequest, status: int, message: str) -> bytes:
+    """
+    Upload errors carry their message in the reason phrase, which twine
+    and setuptools print.
+    """
+    return error(request, status, message, reason_is_message=True)
+
+
+class ReleaseRoutes:
+    """
+    Mixin with the routes of private indexes.
+    """
+
+    ctx: object
+
+    # -- helpers -----------------------------------------------------------
+
+    def _stage(self, user: str, index: str) -> dict:
+        return indexes.require_index(self.ctx.storage, user, index)
+
+    def _cleanup(self, digests) -> None:
+        """
+        Delete blobs that no link references (after a removal, or after an
+        upload that was refused once its file was already written).
+        """
+        for digest in digests:
+            if digest and not releases.blob_in_use(self.ctx.storage, digest):
+                self.ctx.files.remove(digest)
+
+    def _link_json(self, base: str, link: dict) -> dict:
+        shown = {
+            "rel": link["rel"],
+            "hash_spec": f"sha256={link['sha256']}",
+            "hashes": {"sha256": link["sha256"]},
+            "href": f"{base}/{link['relpath']}",
+            "log": link.get("log", []),
+        }
+        if link.get("for_relpath"):
+            shown["for_href"] = f"{base}/{link['for_relpath']}"
+        for key in ("yanked", "attestations"):
+            if link.get(key) not in (None, False):
+                shown[key] = link[key]
+        return shown
+
+    def _record_json(self, base: str, record: dict) -> dict:
+        shown = {k: v for k, v in record.items() if k != "+links"}
+        shown["+links"] = [self._link_json(base, link) for link in record.get("+links", [])]
+        return shown
+
+    # -- upload --------------------------------------------------------------
+
+    def upload_receiver(self, request: IRequest) -> UploadReceiver | None:
+        """
+        Called by the site when a request's headers are in: a streaming
+        receiver for multipart uploads to an index, else L{None}.
+        """
+        command = getattr(request.channel, "_command", None)
+        path = getattr(request.channel, "_path", None)
+        if command != b"POST" or not path:
+            return None
+        match = _UPLOAD_PATH.match(path.split(b"?", 1)[0].decode("utf-8", "replace"))
+        boundary = multipart_boundary(request.getHeader("content-type") or "")
+        if match is None or boundary is None:
+            return None
+        from urllib.parse import unquote
+
+        user, index = unquote(match.group(1)), unquote(match.group(2))
+        transport = request.channel.transport
+        return UploadReceiver(
+            self.ctx.files,
+            boundary,
+            authorize=lambda: self.authorize_upload(request, user, index),
+            pause=transport.pauseProducing,
+            resume=transport.resumeProducing,
+        )
+
+    async def authorize_upload(self, request: IRequest, user: str, index: str) -> None:
+        config = indexes.get_index(self.ctx.storage, user, index)
+        if config is None:
+            raise Refusal(lambda: _upload_error(request, 404, f"index '{user}/{index}' does not exist"))
+        if config["type"] == "mirror":
+            raise Refusal(lambda: _upload_error(request, 404, "cannot submit to mirror index"))
+        auth = await self.auth.authenticate(request)
+        if self.ctx.policy.may_upload(auth.identity, config.get("acl_upload", [])):
+            return
+        if auth.identity.authenticated:
+            raise Refusal(lambda: _upload_error(request, 403, "no permission to submit"))
+
+        def unauthorized() -> bytes:
+            request.setHeader("WWW-Authenticate", 'Basic realm="pypi"')
+            if auth.failed:
+                return _upload_error(request, 401, f"credentials for user {auth.sent_user!r} were rejected")
+            return _upload_error(request, 401, f"authentication required to upload to {user}/{index}")
+
+        raise Refusal(unauthorized)
+
+    @app.route("/<user>/<index>", methods=["POST", "PUSH"])
+    @app.route("/<user>/<index>/", methods=["POST", "PUSH"])
+    async def index_post(self, request: IRequest, user: str, index: str):
+        receiver = getattr(request, "devpi_upload", None)
+        if receiver is None:
+            boundary = multipart_boundary(request.getHeader("content-type") or "")
+            if boundary is None:
+                return await self.push(request, user, index)
+            receiver = UploadReceiver(
+                self.ctx.files, boundary, authorize=lambda: self.authorize_upload(request, user, index)
+            )
+            request.content.seek(0)
+            while chunk := request.content.read(_CHUNK):
+                receiver.feed(chunk)
+            receiver.body_complete()
+        await receiver.wait()
+        if receiver.refusal is not None:
+            return receiver.refusal.render()
+        if receiver.error is not None:
+            return _upload_error(request, 400, receiver.error)
+        try:
+            return await self._store_upload(request, user, index, receiver)
+        except ModelError as exc:
+            receiver.discard()
+            return _upload_error(request, exc.status, exc.message)
+
+    async def _store_upload(self, request: IRequest, user: str, index: str, receiver) -> bytes:
+        stage = f"{user}/{index}"
+        fields = receiver.fields
+        action = _first(fields, ":action")
+        if action is None:
+            raise InvalidInput(":action field not found")
+        if action not in ("file_upload", "doc_upload", "submit"):
+            raise InvalidInput(f"action {action!r} not supported")
+        name = _first(fields, "name")
+        if not name:
+            raise InvalidInput("name field not found")
+        releases.check_project_name(name)
+        metadata = releases.metadata_from_form(fields)
+        if action == "submit":
+            receiver.discard()
+            version = _first(fields, "version")
+            if not version:
+                raise InvalidInput("version field not found")
+            with self.ctx.storage.transaction() as tx:
+                releases.register(tx, stage, metadata, replace=True)
+            return self._upload_ok(request)
+        if receiver.file is None:
+            raise InvalidInput("content file field not found")
+        if receiver.file.size == 0:
+            raise InvalidInput("the uploaded file is empty")
+        config = self._stage(user, index)
+        if action == "doc_upload":
+            return await self._store_doczip(request, stage, config, metadata, receiver)
+        version = _first(fields, "version")
+        if not version:
+            raise InvalidInput("version field not found")
+        basename = receiver.filename or ""
+        kind = releases.check_filename_matches(basename, name, version)
+        writer, receiver.file = receiver.file, None
+        sha256, size, meta_sha = await self.ctx.run_in_thread(
+            self._commit_blob, writer, basename if kind == "wheel" else None
+        )
+        try:
+            sent = _first(fields, "sha256_digest")
+            if sent and sent.strip().lower() != sha256:
+                raise InvalidInput(f"sha256 digest mismatch for {basename}: sent {sent}, received {sha256}")
+            extra = {"core_metadata_sha256": meta_sha} if meta_sha else {}
+            attestations = _first(fields, "attestations")
+            if attestations:
+                try:
+                    extra["attestations"] = json.loads(attestations)
+                except ValueError:
+                    raise InvalidInput("attestations field is not valid JSON") from None
+            who = (await self.auth.authenticate(request)).identity.username
+            with self.ctx.storage.transaction() as tx:
+                outcome, _, unused = releases.add_file(
+                    tx,
+                    stage,
+                    config.get("volatile", True),
+                    metadata,
+                    rel="releasefile",
+                    basename=basename,
+                    sha256=sha256,
+                    size=size,
+                    who=who,
+                    extra=extra,
+                )
+        except BaseException:
+            self._cleanup([sha256, meta_sha])
+            raise
+        self._cleanup(unused)
+        if outcome == "identical":
+            return self._upload_ok(request, "Upload of identical file to non volatile index.")
+        log.info("stored {path}", path=releases.relpath(stage, sha256, basename))
+        return self._upload_ok(request)
+
+    def _commit_blob(self, writer, wheel_basename: str | None):
+        """
+        In a thread: make the file durable and, for a wheel, store its
+        METADATA as a blob of its own.
+        """
+        sha256 = writer.commit()
+        meta_sha = None
+        if wheel_basename is not None:
+            try:
+                data = wheel_metadata(self.ctx.files.path(sha256), wheel_basename)
+            except InvalidInput:
+                if not releases.blob_in_use(self.ctx.storage, sha256):
+                    self.ctx.files.remove(sha256)
+                raise
+            meta = self.ctx.files.writer()
+            meta.write(data)
+            meta_sha = meta.commit()
+        return sha256, writer.size, meta_sha
+
+    async def _store_doczip(self, request, stage, config, metadata, receiver) -> bytes:
+        name = metadata["name"]
+        version = metadata.get("version") or releases.latest_version(self.ctx.storage, stage, name)
+        if not version:
+            raise InvalidInput(f"doczip has no version and {name!r} has no releases to derive one from")
+        metadata["version"] = version
+        writer, receiver.file = receiver.file, None
+        sha256, size, _ = await self.ctx.run_in_thread(self._commit_blob, writer, None)
+        try:
+            if not is_zip(self.ctx.files.path(sha256)):
+                raise InvalidInput("the documentation upload is not a zip file")
+            who = (await self.auth.authenticate(request)).identity.username
+            with self.ctx.storage.transaction() as tx:
+                outcome, _, unused = releases.add_file(
+                    tx,
+                    stage,
+                    config.get("volatile", True),
+                    metadata,
+                    rel="doczip",
+                    basename=f"{name}-{version}.doc.zip",
+                    sha256=sha256,
+                    size=size,
+                    who=who,
+                )
+        except BaseException:
+            self._cleanup([sha256])
+            raise
+        self._cleanup(unused)
+        return self._upload_ok(request)
+
+    def _upload_ok(self, request: IRequest, reason: str = "OK") -> bytes:
+        request.setResponseCode(200, reason.encode("latin-1", "replace"))
+        request.setHeader("Content-Type", "text/html; charset=utf-8")
+        request.setHeader("Content-Length", "0")
+        return b""
+
+    # -- simple API ------------------------------------------------------------
+
+    def _absolute_base(self, request: IRequest) -> str | None:
+        if self.ctx.config.absolute_urls or request.getHeader("x-devpi-absolute-urls") is not None:
+            return self.outside_url(request)
+        return None
+
+    def _send_page(self, request: IRequest, page: Page) -> bytes:
+        request.setHeader("Vary", "Accept, User-Agent")
+        request.setHeader("ETag", page.etag)
+        request.setHeader("Content-Type", simple.content_type_for(page.fmt))
+        if simple.not_modified(request, page.etag):
+            request.setResponseCode(304)
+            return b""
+        request.setHeader("Content-Length", str(len(page.body)))
+        return page.body
+
+    def simple_list(self, request: IRequest, user: str, index: str) -> bytes:
+        self._stage(user, index)
+        try:
+            fmt = simple.choose_format(request)
+        except simple.NotAcceptable as exc:
+            return error(request, 406, str(exc))
+        stage = f"{user}/{index}"
+        key = (stage, None, fmt)
+        page = self.ctx.page_cache.get(key)
+        if page is None:
+            groups = stages.merged_project_list(self.ctx.storage, stage)
+            body = simple.render_project_list(fmt, stage, groups)
+            page = Page(body, simple.etag_for(body), fmt)
+            self.ctx.page_cache.put(key, page)
+        return self._send_page(request, page)
+
+    def simple_project(self, request: IRequest, user: str, index: str, project: str) -> bytes:
+        self._stage(user, index)
+        try:
+            fmt = simple.choose_format(request)
+        except simple.NotAcceptable as exc:
+            return error(request, 406, str(exc))
+        stage = f"{user}/{index}"
+        name = canonicalize_name(project)
+        page_dir = request.path.decode("utf-8", "replace")
+        if not page_dir.endswith("/"):
+            page_dir = page_dir.rsplit("/", 1)[0] + "/"
+        absolute = self._absolute_base(request)
+        key = (stage, name, fmt, page_dir, absolute)
+        page = self.ctx.page_cache.get(key)
+        if page is None:
+            contributions = stages.project_contributions(
+                self.ctx.storage, stage, name, self.ctx.mirror_links
+            )
+            if not any(c.links or c.versions for c in contributions):
+                return error(request, 404, f"no project {project!r} on index {stage} or its bases")
+            body = simple.render_project(fmt, stage, name, contributions, page_dir, absolute)
+            page = Page(body, simple.etag_for(body), fmt)
+            self.ctx.page_cache.put(key, page)
+        return self._send_page(request, page)
+
+    def _normalised_redirect(self, request: IRequest, project: str, slash: bool) -> bytes | None:
+        name = canonicalize_name(project)
+        if name == project and slash:
+            return None
+        path = request.path.decode("utf-8", "replace")
+        head = path.rstrip("/").rsplit("/", 1)[0]
+        target = f"{head}/{name}/"
+        if request.uri.find(b"?") >= 0:
+            target += "?" + request.uri.split(b"?", 1)[1].decode("latin-1")
+        request.setResponseCode(302)
+        request.setHeader("Location", target)
+        request.setHeader("Vary", "Accept, User-Agent")
+        return b""
+
+    @app.route("/<user>/<index>/+simple", methods=["GET", "HEAD"])
+    def simple_root_noslash(self, request: IRequest, user: str, index: str):
+        if simple.is_installer(request):
+            return self.simple_list(request, user, index)
+        request.setResponseCode(302)
+        request.setHeader("Location", f"/{user}/{index}/+simple/")
+        request.setHeader("Vary", "User-Agent")
+        return b""
+
+    @app.route("/<user>/<index>/+simple/", methods=["GET", "HEAD"])
+    def simple_root(self, request: IRequest, user: str, index: str):
+        return self.simple_list(request, user, index)
+
+    @app.route("/<user>/<index>/+simple/<project>", methods=["GET", "HEAD"])
+    def simple_project_noslash(self, request: IRequest, user: str, index: str, project: str):
+        if canonicalize_name(project) == project and simple.is_installer(request):
+            return self.simple_project(request, user, index, project)
+        return self._normalised_redirect(request, project, slash=False)
+
+    @app.route("/<user>/<index>/+simple/<project>/", methods=["GET", "HEAD"])
+    def simple_project_page(self, request: IRequest, user: str, index: str, project: str):
+        redirect = self._normalised_redirect(request, project, slash=True)
+        if redirect is not None:
+            return redirect
+        return self.simple_project(request, user, index, project)
+
+    @app.route("/<user>/<index>/+simple/<project>/refresh", methods=["POST"])
+    def simple_refresh(self, request: IRequest, user: str, index: str, project: str):
+        self._stage(user, index)
+        self.ctx.refresh_project(f"{user}/{index}", canonicalize_name(project))
+        request.setResponseCode(302)
+        request.setHeader("Location", f"/{user}/{index}/+simple/{canonicalize_name(project)}/")
+        return b""
+
+    # -- project and version JSON ------------------------------------------------
+
+    def _merged_versions(self, request: IRequest, user: str, index: str, project: str) -> dict:
+        stage = f"{user}/{index}"
+        self._stage(user, index)
+        order = (
+            [stage]
+            if has_flag(request, "ignore_bases")
+            else [s.name for s in stages.resolution_order(self.ctx.storage, stage) if not s.is_mirror]
+        )
+        merged: dict = {}
+        found = False
+        for name in order:
+            if releases.get_project(self.ctx.storage, name, project) is None:
+                continue
+            found = True
+            for version, record in releases.version_records(self.ctx.storage, name, project).items():
+                merged.setdefault(version, record)
+        if not found:
+            raise NotFound(f"no project {project!r}")
+        return merged
+
+    @app.route("/<user>/<index>/<project>", methods=["GET", "HEAD"])
+    @app.route("/<user>/<index>/<project>/", methods=["GET", "HEAD"])
+    def project_get(self, request: IRequest, user: str, index: str, project: str):
+        if simple.is_installer(request) and not wants_json(request):
+            return self.simple_project(request, user, index, project)
+        base = self.outside_url(request)
+        merged = self._merged_versions(request, user, index, canonicalize_name(project))
+        result = {version: self._record_json(base, record) for version, record in merged.items()}
+        return envelope(request, type="projectconfig", result=result)
+
+    @app.route("/<user>/<index>/<project>/<version>", methods=["GET", "HEAD"])
+    @app.route("/<user>/<index>/<project>/<version>/", methods=["GET", "HEAD"])
+    def version_get(self, request: IRequest, user: str, index: str, project: str, version: str):
+        name = canonicalize_name(project)
+        merged = self._merged_versions(request, user, index, name)
+        if version not in merged:
+            raise NotFound(f"The version {version} of project {name} does not exist.")
+        return envelope(
+            request, type="versiondata", result=self._record_json(self.outside_url(request), merged[version])
+        )
+
+    async def _may_delete(self, request: IRequest, user: str, index: str) -> tuple[dict, object]:
+        config = self._stage(user, index)
+        auth = await self.auth.authenticate(request)
+        allowed = self.ctx.policy.may_delete_entries(auth.identity, user, config.get("acl_upload", []))
+        return config, (None if allowed else auth)
+
+    @app.route("/<user>/<index>/<project>", methods=["DELETE"])
+    @app.route("/<user>/<index>/<project>/", methods=["DELETE"])
+    async def project_delete(self, request: IRequest, user: str, index: str, project: str):
+        config, denied = await self._may_delete(request, user, index)
+        if denied is not None:
+            return self.deny(request, denied, f"no permission to delete project {project}")
+        name = canonicalize_name(project)
+        with self.ctx.storage.transaction() as tx:
+            unused = releases.delete_project(
+                tx,
+                f"{user}/{index}",
+                name,
+                volatile=config.get("volatile", True),
+                force=has_flag(request, "force"),
+            )
+        self._cleanup(unused)
+        return envelope(request, message=f"project {name} deleted from stage {user}/{index}")
+
+    @app.route("/<user>/<index>/<project>/<version>", methods=["DELETE"])
+    @app.route("/<user>/<index>/<project>/<version>/", methods=["DELETE"])
+    async def version_delete(self, request: IRequest, user: str, index: str, project: str, version: str):
+        config, denied = await self._may_delete(request, user, index)
+        if denied is not None:
+            return self.deny(request, denied, f"no permission to delete {project} {version}")
+        name = canonicalize_name(project)
+        stage = f"{user}/{index}"
+        with self.ctx.storage.transaction() as tx:
+            unused = releases.delete_version(
+                tx,
+                stage,
+                name,
+                version,
+                volatile=config.get("volatile", True),
+                force=has_flag(request, "force"),
+            )
+            if not releases.version_records(tx, stage, name):
+                tx.delete(releases.project_key(stage, name))
+        self._cleanup(unused)
+        return envelope(request, message=f"project {name!r} version {version!r} deleted")
+
+    @app.route("/<user>/<index>/<project>/<version>", methods=["PATCH"])
+    @app.route("/<user>/<index>/<project>/<version>/", methods=["PATCH"])
+    async def version_yank(self, request: IRequest, user: str, index: str, project: str, version: str):
+        """
+        Yank (or unyank) every file of a version: C{{"yanked": "reason"}},
+        C{{"yanked": true}} or C{{"yanked": false}}.
+        """
+        config, denied = await self._may_delete(request, user, index)
+        if denied is not None:
+            return self.deny(request, denied, f"no permission to yank {project} {version}")
+        reason = self._yank_reason(request)
+        stage = f"{user}/{index}"
+        record = releases.get_version(self.ctx.storage, stage, project, version)
+        if record is None:
+            raise NotFound(f"The version {version} of project {canonicalize_name(project)} does not exist.")
+        with self.ctx.storage.transaction() as tx:
+            for link in record["+links"]:
+                if link["rel"] == "releasefile":
+                    releases.set_yanked(tx, stage, link["relpath"], reason)
+        state = "unyanked" if reason is None else "yanked"
+        return envelope(request, message=f"{canonicalize_name(project)} {version} {state}")
+
+    def _yank_reason(self, request: IRequest):
+        from .api import read_json
+
+        data = read_json(request)
+        if not isinstance(data, dict) or "yanked" not in data:
+            raise InvalidInput('expected {"yanked": "reason" | true | false}')
+        value = data["yanked"]
+        if value is False or value is None:
+            return None
+        if value is True or isinstance(value, str):
+            return value
+        raise InvalidInput("'yanked' must be a string (the reason), true or false")
+
+    # -- files -------------------------------------------------------------------
+
+    @app.route("/<user>/<index>/+f/<path:relpath>", methods=["GET", "HEAD"])
+    def file_get(self, request: IRequest, user: str, index: str, relpath: str):
+        path = f"{user}/{index}/+f/{relpath}"
+        storage = self.ctx.storage
+        entry = releases.get_file(storage, path)
+        if entry is None and path.endswith(".metadata"):
+            wheel = releases.get_file(storage, path[: -len(".metadata")])
+            if wheel is not None and wheel.get("core_metadata_sha256"):
+                digest = wheel["core_metadata_sha256"]
+                return self._serve_blob(request, digest, wheel["last_modified"], "text/plain; charset=utf-8")
+        if entry is None:
+            if storage.get(releases.gone_key(path)) is not None:
+                return error(request, 410, "file existed, deleted in later serial")
+            return error(request, 404, f"no file at {path}")
+        if wants_json(request):
+            result = {
+                "last_modified": releases.http_date(entry["last_modified"]),
+                "hash_spec": f"sha256={entry['sha256']}",
+                "hashes": {"sha256": entry["sha256"]},
+                "project": entry["project"],
+                "version": entry["version"],
+            }
+            return envelope(request, type="releasefilemeta", result=result)
+        content_type = "application/json" if entry["rel"] == "toxresult" else "application/octet-stream"
+        return self._serve_blob(request, entry["sha256"], entry["last_modified"], content_type)
+
+    def _serve_blob(self, request: IRequest, sha256: str, last_modified: float, content_type: str):
+        from .files import serve_file
+
+        path = self.ctx.files.path(sha256)
+        try:
+            import os
+
+            size = os.path.getsize(path)
+            return serve_file(
+                request,
+                path,
+                size=size,
+                sha256=sha256,
+                last_modified=last_modified,
+                content_type=content_type,
+            )
+        except FileNotFoundError:
+            log.error("file {sha256} is linked but missing on disk", sha256=sha256)
+            return error(request, 500, "file is missing on the server's disk")
+
+    @app.route("/<user>/<index>/+f/<path:relpath>", methods=["DELETE"])
+    async def file_delete(self, request: IRequest, user: str, index: str, relpath: str):
+        config, denied = await self._may_delete(request, user, index)
+        if denied is not None:
+            return self.deny(request, denied, "no permission to delete files")
+        path = f"{user}/{index}/+f/{relpath}"
+        if self.ctx.storage.get(releases.gone_key(path)) is not None:
+            return error(request, 410, "file existed, deleted in later serial")
+        with self.ctx.storage.transaction() as tx:
+            unused = releases.delete_file(
+                tx,
+                f"{user}/{index}",
+                path,
+                volatile=config.get("volatile", True),
+                force=has_flag(request, "force"),
+            )
+        self._cleanup(unused)
+        return envelope(request, message=f"package {path!r} deleted")
+
+    @app.route("/<user>/<index>/+f/<path:relpath>", methods=["PATCH"])
+    async def file_yank(self, request: IRequest, user: str, index: str, relpath: str):
+        """
+        Yank one file: C{{"yanked": "reason"}}, C{true} or C{false}.
+        """
+        _, denied = await self._may_delete(request, user, index)
+        if denied is not None:
+            return self.deny(request, denied, "no permission to yank files")
+        reason = self._yank_reason(request)
+        with self.ctx.storage.transaction() as tx:
+            link = releases.set_yanked(tx, f"{user}/{index}", f"{user}/{index}/+f/{relpath}", reason)
+        state = "unyanked" if reason is None else "yanked"
+        return envelope(request, message=f"{link['basename']} {state}")
+
+    @app.route("/<user>/<index>/+f/<path:relpath>", methods=["POST"])
+    async def toxresult_upload(self, request: IRequest, user: str, index: str, relpath: str):
+        from .api import read_json
+
+        config = self._stage(user, index)
+        stage = f"{user}/{index}"
+        path = f"{stage}/+f/{relpath}"
+        auth = await self.auth.authenticate(request)
+        acl = config.get("acl_toxresult_upload", [":ANONYMOUS:"])
+        if not self.ctx.policy.may_upload(auth.identity, acl):
+            return self.deny(
+                request, auth, "no permission to upload tox results (use 'devpi test --no-upload')"
+            )
+        entry = releases.get_file(self.ctx.storage, path)
+        if entry is None or entry["rel"] != "releasefile":
+            raise NotFound(f"no release file found at {path}")
+        read_json(request)  # must be JSON; the raw bytes are stored
+        request.content.seek(0)
+        data = request.content.read()
+        writer = self.ctx.files.writer()
+        writer.write(data)
+        sha256 = writer.commit()
+        record = releases.get_version(self.ctx.storage, stage, entry["project"], entry["version"])
+        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+        count = sum(1 for link in record["+links"] if link.get("for_relpath") == path)
+        basename = f"{path.rsplit('/', 1)[1]}.toxresult-{stamp}-{count}"
+        tox_path = f"{path.rsplit('/', 1)[0]}/{basename}"
+        try:
+            with self.ctx.storage.transaction() as tx:
+                releases.add_file(
+                    tx,
+                    stage,
+                    True,
+                    {"name": record["name"], "version": record["version"]},
+                    rel="toxresult",
+                    basename=basename,
+                    sha256=sha256,
+                    size=len(data),
+                    who=auth.identity.username,
+                    extra={"for_relpath": path},
+                    path=tox_path,
+                )
+        except BaseException:
+            self._cleanup([sha256])
+            raise
+        return envelope(request, type="toxresultpath", result=f"{tox_path}#sha256={sha256}")
+
+    # -- push ----------------------------------------------------------------------
+
+    async def push(self, request: IRequest, user: str, index: str) -> bytes:
+        from .api import read_json
+
+        stage = f"{user}/{index}"
+        self._stage(user, index)
+        content_type = request.getHeader("content-type") or ""
+        try:
+            data = read_json(request)
+        except InvalidInput:
+            if "json" in content_type:
+                raise
+            raise InvalidInput(
+                "expected a multipart/form-data upload or a JSON push request, "
+                f"got Content-Type {content_type!r}"
+            ) from None
+        if not isinstance(data, dict):
+            raise InvalidInput("Bad request: expected a JSON object")
+        name, version = data.get("name"), data.get("version")
+        if not isinstance(name, str) or not isinstance(version, str):
+            raise InvalidInput("push needs 'name' and 'version'")
+        no_docs, only_docs = bool(data.get("no_docs")), bool(data.get("only_docs"))
+        if no_docs and only_docs:
+            raise InvalidInput("can't use 'no_docs' and 'only_docs' together")
+        record = releases.get_version(self.ctx.storage, stage, name, version)
+        if record is None or not record["+links"]:
+            raise InvalidInput(f"there are no files for {name} {version} on stage {stage}")
+        if "targetindex" not in data:
+            raise InvalidInput("push to an external index (posturl) is not supported yet")
+        extra = set(data) - {"name", "version", "targetindex", "no_docs", "only_docs"}
+        if extra:
+            raise InvalidInput(f"unknown additional options: {', '.join(sorted(extra))}")
+        target = data["targetindex"]
+        target_user, target_index = indexes.split_stagename(target)
+        target_config = indexes.get_index(self.ctx.storage, target_user, target_index)
+        if target_config is None:
+            raise NotFound(f"target index {target!r} does not exist")
+        if target_config["type"] == "mirror":
+            raise InvalidInput(f"cannot push to mirror index {target}")
+        auth = await self.auth.authenticate(request)
+        if not self.ctx.policy.may_upload(auth.identity, target_config.get("acl_upload", [])):
+            if auth.failed:
+                return self.deny(request, auth, "")
+            return error(request, 401, f"user {auth.identity.username!r} cannot upload to {target!r}")
+        who = auth.identity.username
+        results: list = [[200, "register", name, version, "->", target]]
+        volatile = target_config.get("volatile", True)
+        metadata = {k: v for k, v in record.items() if k != "+links"}
+        remap: dict[str, str] = {}
+        with self.ctx.storage.transaction() as tx:
+            releases.register(tx, target, metadata, replace=False)
+            links = sorted(record["+links"], key=lambda link: link["rel"] == "toxresult")
+            for link in links:
+                if link["rel"] == "doczip" and no_docs:
+                    continue
+                if link["rel"] != "doczip" and only_docs:
+                    continue
+                path = None
+                extra = {k: link[k] for k in ("core_metadata_sha256", "attestations", "yanked") if k in link}
+                if link["rel"] == "toxresult":
+                    for_path = remap.get(link["for_relpath"])
+                    if for_path is None:
+                        continue
+                    extra["for_relpath"] = for_path
+                    path = f"{for_path.rsplit('/', 1)[0]}/{link['basename']}"
+                outcome, new, _ = releases.add_file(
+                    tx,
+                    target,
+                    volatile,
+                    metadata,
+                    rel=link["rel"],
+                    basename=link["basename"],
+                    sha256=link["sha256"],
+                    size=link["size"],
+                    who=who,
+                    extra=extra,
+                    log=[*link.get("log", []), releases.log_entry("push", who, src=stage, dst=target)][:-1],
+                    path=path,
+                )
+                remap[link["relpath"]] = new["relpath"]
+                if link["rel"] == "doczip":
+                    results.append([200, "store_doczip", name, version, "->", target])
+                else:
+                    results.append([200, f"store_{link['rel']}", new["relpath"]])
+        log.info(
+            "pushed {name} {version} from {src} to {dst}", name=name, version=version, src=stage, dst=target
+        )
+        return envelope(request, type="actionlog", result=results)
+
+
+__all__ = ["ReleaseRoutes", "Forbidden"]

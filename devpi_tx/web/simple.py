@@ -1,0 +1,202 @@
+"""
+The simple repository API: PEP 503 HTML and PEP 691 JSON (API version 1.1,
+with PEP 700's C{versions}, C{size} and C{upload-time}), PEP 592 yanking
+and PEP 658/714 core metadata, chosen by the C{Accept} header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import posixpath
+import re
+
+from twisted.web.iweb import IRequest
+
+from .negotiation import parse_accept
+
+JSON_V1 = "application/vnd.pypi.simple.v1+json"
+HTML_V1 = "application/vnd.pypi.simple.v1+html"
+API_VERSION = "1.1"
+
+_ALIASES = {
+    "application/vnd.pypi.simple.latest+json": JSON_V1,
+    "application/vnd.pypi.simple.latest+html": HTML_V1,
+}
+_FORMATS = {
+    "json": JSON_V1,
+    "html": "text/html",
+    JSON_V1: JSON_V1,
+    HTML_V1: HTML_V1,
+    "text/html": "text/html",
+}
+_INSTALLER = re.compile(r"([^ ]* )*(distribute|setuptools|pip|pex|uv)/.*")
+
+
+class NotAcceptable(Exception):
+    pass
+
+
+def choose_format(request: IRequest) -> str:
+    """
+    The media type to answer a simple request with: C{?format=} wins, then
+    the C{Accept} header by quality (JSON first on a tie, as PEP 691
+    clients list it first); no header or C{*/*} give HTML.
+
+    @raise NotAcceptable: the client accepts none of them.
+    """
+    forced = request.args.get(b"format")
+    if forced:
+        wanted = forced[0].decode("latin-1").lower()
+        if wanted not in _FORMATS:
+            raise NotAcceptable(f"unknown format {wanted!r}; use json or html")
+        return _FORMATS[wanted]
+    header = request.getHeader("accept")
+    if not header:
+        return "text/html"
+    best, best_q = None, 0.0
+    for media, quality in parse_accept(header):
+        media = _ALIASES.get(media, media)
+        if media in ("*/*", "text/*"):
+            candidate = "text/html"
+        elif media == "application/*":
+            candidate = JSON_V1
+        elif media in (JSON_V1, HTML_V1, "text/html"):
+            candidate = media
+        else:
+            continue
+        if quality > best_q:
+            best, best_q = candidate, quality
+    if best is None:
+        raise NotAcceptable(
+            f"none of the types in the Accept header can be served; use {JSON_V1}, {HTML_V1} or text/html"
+        )
+    return best
+
+
+def is_installer(request: IRequest) -> bool:
+    """
+    Whether the request comes from pip or friends (devpi's rule), or from
+    any client that asks for the simple API explicitly.
+    """
+    agent = request.getHeader("user-agent") or ""
+    accept = request.getHeader("accept") or ""
+    return bool(_INSTALLER.match(agent)) or "vnd.pypi.simple" in accept
+
+
+def link_url(page_dir: str, target: str, absolute_base: str | None) -> str:
+    """
+    A link from a page served under C{page_dir} (a path ending in C{/}) to
+    C{target} (a path from the server root): relative, as devpi makes
+    them, or absolute when asked.
+    """
+    if absolute_base is not None:
+        return absolute_base + "/" + target
+    rel = posixpath.relpath("/" + target, page_dir)
+    return rel
+
+
+def _file_entry(link: dict, url: str) -> dict:
+    entry: dict = {"filename": link["basename"], "url": url, "hashes": {}}
+    if link.get("sha256"):
+        entry["hashes"] = {"sha256": link["sha256"]}
+    if link.get("requires_python"):
+        entry["requires-python"] = link["requires_python"]
+    if link.get("core_metadata_sha256"):
+        meta = {"sha256": link["core_metadata_sha256"]}
+        entry["core-metadata"] = meta
+        entry["dist-info-metadata"] = meta
+    if link.get("yanked") not in (None, False):
+        entry["yanked"] = link["yanked"]
+    if link.get("size") is not None:
+        entry["size"] = link["size"]
+    if link.get("upload_time"):
+        entry["upload-time"] = link["upload_time"]
+    return entry
+
+
+def render_project(
+    fmt: str,
+    stagename: str,
+    name: str,
+    contributions: list,
+    page_dir: str,
+    absolute_base: str | None,
+) -> bytes:
+    files = []
+    versions: list[str] = []
+    for contribution in contributions:
+        for link in contribution.links:
+            url = link_url(page_dir, link["relpath"], absolute_base)
+            files.append((contribution.stage, _file_entry(link, url)))
+        for version in contribution.versions:
+            if version not in versions:
+                versions.append(version)
+    if fmt == JSON_V1:
+        return json.dumps(
+            {
+                "meta": {"api-version": API_VERSION},
+                "name": name,
+                "files": [entry for _, entry in files],
+                "versions": versions,
+            },
+            separators=(",", ":"),
+        ).encode("utf-8")
+    title = html.escape(f"{stagename}: links for {name}")
+    lines = [
+        f'<!DOCTYPE html><html lang="en"><head><meta name="pypi:repository-version" '
+        f'content="{API_VERSION}"><title>{title}</title></head><body><h1>{title}</h1>'
+    ]
+    for stage, entry in files:
+        url = entry["url"]
+        if "sha256" in entry["hashes"]:
+            url += "#sha256=" + entry["hashes"]["sha256"]
+        attrs = [f'href="{html.escape(url)}"']
+        if "requires-python" in entry:
+            attrs.append(f'data-requires-python="{html.escape(entry["requires-python"])}"')
+        if "yanked" in entry:
+            reason = "" if entry["yanked"] is True else str(entry["yanked"])
+            attrs.append(f'data-yanked="{html.escape(reason)}"')
+        if "core-metadata" in entry:
+            value = "sha256=" + entry["core-metadata"]["sha256"]
+            attrs.append(f'data-core-metadata="{value}" data-dist-info-metadata="{value}"')
+        lines.append(f"{html.escape(stage)} <a {' '.join(attrs)}>{html.escape(entry['filename'])}</a><br>")
+    lines.append("</body></html>\n")
+    return "\n".join(lines).encode("utf-8")
+
+
+def render_project_list(fmt: str, stagename: str, groups: list[tuple[str, list[str]]]) -> bytes:
+    if fmt == JSON_V1:
+        projects = [{"name": name} for _, names in groups for name in names]
+        return json.dumps(
+            {"meta": {"api-version": API_VERSION}, "projects": projects}, separators=(",", ":")
+        ).encode("utf-8")
+    title = html.escape(f"{stagename}: simple list (including inherited indices)")
+    parts = [
+        f'<!DOCTYPE html><html lang="en"><head><meta name="pypi:repository-version" '
+        f'content="{API_VERSION}"><title>{title}</title></head><body><h1>{title}</h1>'
+    ]
+    for stage, names in groups:
+        parts.append(f"<h2>{html.escape(stage)}</h2>")
+        parts.extend(f'<a href="{html.escape(n)}/">{html.escape(n)}</a><br>' for n in names)
+    parts.append("</body></html>\n")
+    return "\n".join(parts).encode("utf-8")
+
+
+def content_type_for(fmt: str) -> str:
+    if fmt == "text/html":
+        return "text/html; charset=utf-8"
+    return fmt
+
+
+def etag_for(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def not_modified(request: IRequest, etag: str) -> bool:
+    header = request.getHeader("if-none-match")
+    if not header:
+        return False
+    tags = [t.strip() for t in header.split(",")]
+    return "*" in tags or etag in tags or ("W/" + etag) in tags
