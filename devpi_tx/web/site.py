@@ -92,6 +92,12 @@ class DevpiRequest(Request):
             self.devpi_upload.body_complete()
         super().requestReceived(command, path, version)
 
+    def connectionLost(self, reason) -> None:
+        # A client that goes away mid-upload leaves no partial file.
+        if self.devpi_upload is not None:
+            self.devpi_upload.discard()
+        super().connectionLost(reason)
+
     # -- headers -----------------------------------------------------------
 
     def process(self) -> None:
