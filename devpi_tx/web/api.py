@@ -58,6 +58,7 @@ class ServerContext:
     files: IFileStore
     run_in_thread: Callable = deferToThread
     page_cache: PageCache = attrs.field(factory=PageCache)
+    http: object = attrs.field(factory=lambda: default_http_client())
     started: float = attrs.field(factory=time.time)
 
     @staticmethod
@@ -76,6 +77,17 @@ class ServerContext:
         Drop what is cached for a mirrored project (so far: its pages).
         """
         self.page_cache.invalidate_project(project)
+
+
+def default_http_client():
+    """
+    The treq client for outgoing requests: one persistent connection pool.
+    """
+    from treq.client import HTTPClient
+    from twisted.internet import reactor
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True)))
 
 
 def read_json(request: IRequest) -> object:

@@ -20,6 +20,7 @@ from twisted.web.iweb import IRequest
 from ..model import indexes, releases, stages
 from ..model.errors import Forbidden, InvalidInput, ModelError, NotFound
 from ..model.metadata import is_zip, wheel_metadata
+from ..remote.pypi_upload import PushTarget, push_release
 from . import simple
 from .negotiation import has_flag, wants_json
 from .pagecache import Page
@@ -673,7 +674,7 @@ class ReleaseRoutes:
         if record is None or not record["+links"]:
             raise InvalidInput(f"there are no files for {name} {version} on stage {stage}")
         if "targetindex" not in data:
-            raise InvalidInput("push to an external index (posturl) is not supported yet")
+            return await self._push_external(request, stage, data, record, no_docs, only_docs)
         extra = set(data) - {"name", "version", "targetindex", "no_docs", "only_docs"}
         if extra:
             raise InvalidInput(f"unknown additional options: {', '.join(sorted(extra))}")
@@ -733,6 +734,46 @@ class ReleaseRoutes:
             "pushed {name} {version} from {src} to {dst}", name=name, version=version, src=stage, dst=target
         )
         return envelope(request, type="actionlog", result=results)
+
+
+    async def _push_external(self, request, stage, data, record, no_docs, only_docs) -> bytes:
+        """
+        Act like twine against C{posturl}, streaming each file from disk.
+        """
+        extra = set(data) - {
+            "name", "version", "posturl", "username", "password", "register_project", "no_docs", "only_docs"
+        }  # fmt: skip
+        if extra:
+            raise InvalidInput(f"unknown additional options: {', '.join(sorted(extra))}")
+        posturl = data.get("posturl")
+        if not isinstance(posturl, str) or not posturl.startswith(("http://", "https://")):
+            raise InvalidInput("push needs 'targetindex', or 'posturl' with an http(s) URL")
+        auth = await self.auth.authenticate(request)
+        config = self._stage(*stage.split("/"))
+        if not self.ctx.policy.may_upload(auth.identity, config.get("acl_upload", [])):
+            return self.deny(request, auth, f"no permission to push from {stage}")
+        target = PushTarget(
+            posturl,
+            str(data.get("username") or ""),
+            str(data.get("password") or ""),
+            bool(data.get("register_project")),
+        )
+        metadata = {k: v for k, v in record.items() if k != "+links"}
+        status, results = await push_release(
+            self.ctx.http,
+            self.ctx.files,
+            target,
+            metadata,
+            record["+links"],
+            no_docs=no_docs,
+            only_docs=only_docs,
+            timeout=self.ctx.config.request_timeout * 6,
+        )
+        log.info(
+            "pushed {name} {version} from {src} to {url}: {status}",
+            name=record["name"], version=record["version"], src=stage, url=posturl, status=status,
+        )  # fmt: skip
+        return envelope(request, status, type="actionlog", result=results)
 
 
 __all__ = ["ReleaseRoutes", "Forbidden"]
