@@ -43,6 +43,10 @@ def stored_blobs(context) -> set[str]:
     return found
 
 
+def resolve(url: str, page: str = "/alice/dev/+simple/pkg-a/") -> str:
+    return posixpath.normpath(posixpath.join(page, url))
+
+
 def simple_json(client, path="/alice/dev/+simple/pkg-a/"):
     answer = client.get(path, accept=PIP_ACCEPT)
     assert answer.code == 200, answer.body
@@ -240,13 +244,13 @@ def test_core_metadata_served_for_wheels_only(client, dev):
     page = simple_json(client)
     wheel_entry, sdist_entry = sorted(page["files"], key=lambda f: not f["filename"].endswith(".whl"))
     assert "core-metadata" not in sdist_entry
-    meta = client.get("/alice/dev/+simple/pkg-a/" + wheel_entry["url"] + ".metadata", accept=None)
+    meta = client.get(resolve(wheel_entry["url"]) + ".metadata", accept=None)
     assert meta.code == 200
     assert b"Requires-Python: >=3.8" in meta.body
     digest = hashlib.sha256(meta.body).hexdigest()
     assert wheel_entry["core-metadata"] == {"sha256": digest}
     assert wheel_entry["dist-info-metadata"] == {"sha256": digest}
-    assert client.get("/alice/dev/+simple/pkg-a/" + sdist_entry["url"] + ".metadata").code == 404
+    assert client.get(resolve(sdist_entry["url"]) + ".metadata").code == 404
     html = client.get("/alice/dev/+simple/pkg-a/", accept="text/html").body.decode()
     assert f'data-core-metadata="sha256={digest}"' in html
     assert html.count("data-core-metadata") == 1
@@ -362,8 +366,7 @@ def test_inheritance(client, alice):
     upload(client, alice, "only-base", "1.0", filename, data, path="/alice/base/")
     page = simple_json(client)
     assert [f["filename"] for f in page["files"]] == ["pkg_a-2.0-py3-none-any.whl", "pkg_a-1.0-py3-none-any.whl"]
-    resolved = posixpath.normpath(posixpath.join("/alice/dev/+simple/pkg-a/", page["files"][1]["url"]))
-    assert resolved.startswith("/alice/base/+f/")
+    assert resolve(page["files"][1]["url"]).startswith("/alice/base/+f/")
     listing = simple_json(client, "/alice/dev/+simple/")
     assert listing["projects"] == [{"name": "pkg-a"}, {"name": "only-base"}]
     assert sorted(client.get("/alice/dev/pkg-a").json["result"]) == ["1.0", "2.0"]

@@ -10,6 +10,7 @@ C{outside_url} and C{deny}.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -22,6 +23,7 @@ from ..model.errors import Forbidden, InvalidInput, ModelError, NotFound
 from ..model.metadata import is_zip, wheel_metadata
 from ..remote.pypi_upload import PushTarget, push_release
 from . import simple
+from .files import serve_file
 from .negotiation import has_flag, wants_json
 from .pagecache import Page
 from .render import envelope, error
@@ -546,12 +548,8 @@ class ReleaseRoutes:
         return self._serve_blob(request, entry["sha256"], entry["last_modified"], content_type)
 
     def _serve_blob(self, request: IRequest, sha256: str, last_modified: float, content_type: str):
-        from .files import serve_file
-
         path = self.ctx.files.path(sha256)
         try:
-            import os
-
             size = os.path.getsize(path)
             return serve_file(
                 request,
