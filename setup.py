@@ -24,12 +24,17 @@ setup(
         "argon2-cffi>=23.1",
         # YAML config files (loaded with the safe loader), as devpi-server reads.
         "pyyaml>=6",
+        # Incremental (push) multipart parser for streaming uploads; already
+        # required by treq, named here because devpi-tx uses it directly.
+        "multipart>=1.0",
     ],
     extras_require={
         "test": [
             "pytest>=8",
             "pytest-twisted>=1.14",
             "devpi-client>=7.3,<8",
+            "twine>=5",
+            "uv>=0.4",
             "ruff>=0.6",
         ],
     },

@@ -244,3 +244,14 @@ def test_stray_temporary_files_are_removed_on_open(tmp_path):
 def test_no_path_outside_the_store(files, bad):
     with pytest.raises(ValueError):
         files.path(bad)
+
+
+def test_read_cache_is_bounded_and_reads_stay_right(tmp_path):
+    s = SQLiteStorage(str(tmp_path / "state.sqlite"), cache_size=10)
+    with s.transaction() as tx:
+        for i in range(50):
+            tx.set(f"k{i:02d}", i)
+    assert len(s._cache) <= 10
+    assert [s.get(f"k{i:02d}") for i in range(50)] == list(range(50))
+    assert len(s._cache) <= 10
+    s.close()

@@ -19,6 +19,7 @@ import json
 import os
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -94,14 +95,17 @@ class SQLiteStorage:
     An L{IStorage} in one SQLite file.
     """
 
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL", cache_size: int = 10000) -> None:
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._migrate()
-        self._cache: dict[str, str] = {}
+        # Encoded values of recently used keys, least recently used first;
+        # bounded like devpi's --keyfs-cache-size.
+        self._cache: OrderedDict[str, str] = OrderedDict()
+        self._cache_size = cache_size
         self._listeners: list = []
         self.serial = self._db_serial()
 
@@ -132,16 +136,24 @@ class SQLiteStorage:
         row = self._db.execute("SELECT MAX(serial) FROM changelog").fetchone()
         return -1 if row[0] is None else row[0]
 
+    def _remember(self, key: str, encoded: str) -> None:
+        self._cache[key] = encoded
+        self._cache.move_to_end(key)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
     def _encoded(self, key: str) -> str | None:
         try:
-            return self._cache[key]
+            encoded = self._cache[key]
+            self._cache.move_to_end(key)
+            return encoded
         except KeyError:
             row = self._db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
             if row is None:
                 # Absent keys are not cached, so that lookups of made-up
                 # names cannot grow the cache.
                 return None
-            self._cache[key] = row[0]
+            self._remember(key, row[0])
             return row[0]
 
     def get(self, key: str) -> object:
@@ -200,7 +212,7 @@ class SQLiteStorage:
             if encoded is None:
                 self._cache.pop(key, None)
             else:
-                self._cache[key] = encoded
+                self._remember(key, encoded)
         self.serial = serial
         for listener in list(self._listeners):
             listener(serial, frozenset(changes))
