@@ -155,8 +155,7 @@ def load_config_file(path: str) -> dict[str, object]:
     unknown_sections = set(data) - {"devpi-server", "devpi-tx"}
     if unknown_sections:
         raise ConfigError(
-            f"configfile {path}: unknown section {sorted(unknown_sections)[0]!r}"
-            " (expected 'devpi-server:')"
+            f"configfile {path}: unknown section {sorted(unknown_sections)[0]!r} (expected 'devpi-server:')"
         )
     options: dict[str, object] = {}
     for section in ("devpi-server", "devpi-tx"):
@@ -211,9 +210,7 @@ def build_config(
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"option port: {config.port} is not a port number")
     if config.role == "replica" or config.primary_url:
-        raise ConfigError(
-            "option role: the replica role is not implemented yet in devpi-tx"
-        )
+        raise ConfigError("option role: the replica role is not implemented yet in devpi-tx")
     if config.outside_url and not config.outside_url.startswith(("http://", "https://")):
         raise ConfigError(f"option outside-url: {config.outside_url!r} is not a URL")
     if config.mirror_url and not config.mirror_url.startswith(("http://", "https://")):

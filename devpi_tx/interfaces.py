@@ -50,9 +50,7 @@ class IStorage(Interface):
     The serial-numbered state of a server.
     """
 
-    serial = Attribute(
-        "The serial of the last committed transaction; -1 for a new state."
-    )
+    serial = Attribute("The serial of the last committed transaction; -1 for a new state.")
 
     def get(key: str) -> object:
         """
@@ -106,6 +104,11 @@ class IFileWriter(Interface):
     def write(data: bytes) -> None:
         """
         Append C{data}.
+        """
+
+    def hexdigest() -> str:
+        """
+        The sha256 of what was written so far.
         """
 
     def commit() -> str:

@@ -19,10 +19,7 @@ class ServerOptions(usage.Options):
     """
 
     synopsis = "[options]"
-    longdesc = (
-        "Run devpi-tx, a private package index and PyPI caching server "
-        "compatible with devpi-server."
-    )
+    longdesc = "Run devpi-tx, a private package index and PyPI caching server compatible with devpi-server."
 
     optParameters = [
         ["configfile", "c", None, "YAML config file with a 'devpi-server:' mapping."],
@@ -81,10 +78,7 @@ class ServerOptions(usage.Options):
             raise SystemExit(f"twistd devpi: error: {e}") from None
 
     def postOptions(self) -> None:
-        given = {
-            name: self.get(name)
-            for name in [p[0] for p in self.optParameters if p[0] != "configfile"]
-        }
+        given = {name: self.get(name) for name in [p[0] for p in self.optParameters if p[0] != "configfile"]}
         for long, *_ in self.optFlags:
             given[long] = True if self[long] else None
         given["listen"] = self["listen"] or None
@@ -92,4 +86,3 @@ class ServerOptions(usage.Options):
             self.config: ServerConfig = build_config(given, self["configfile"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
-

@@ -61,8 +61,7 @@ def ensure_secret(path: str) -> bytes:
     mode = stat.S_IMODE(os.stat(path).st_mode)
     if mode & 0o077:
         log.warn(
-            "secret file {path} is readable by others (mode {mode:o}); "
-            "chmod 600 it",
+            "secret file {path} is readable by others (mode {mode:o}); chmod 600 it",
             path=path,
             mode=mode,
         )
@@ -87,9 +86,7 @@ def root_pypi_config(mirror_url: str) -> dict:
     return config
 
 
-def initialize(
-    config: ServerConfig, hasher: PasswordHasher | None = None
-) -> list[str]:
+def initialize(config: ServerConfig, hasher: PasswordHasher | None = None) -> list[str]:
     """
     Create a new server directory: the state with user root and (unless
     C{no_root_pypi}) the root/pypi mirror, the node info and the secret.
@@ -129,9 +126,7 @@ def initialize(
     return done
 
 
-def _initial_state(
-    storage: SQLiteStorage, config: ServerConfig, pwhash: str, done: list[str]
-) -> None:
+def _initial_state(storage: SQLiteStorage, config: ServerConfig, pwhash: str, done: list[str]) -> None:
     with storage.transaction() as tx:
         users.create_user(tx, "root", {}, pwhash)
         done.append("created user root")
@@ -142,7 +137,5 @@ def _initial_state(
                     "no upstream index found in pip's configuration; "
                     "give one with --mirror-url or use --no-root-pypi"
                 )
-            indexes.create_index(
-                tx, default_registry(), "root", "pypi", root_pypi_config(mirror_url)
-            )
+            indexes.create_index(tx, default_registry(), "root", "pypi", root_pypi_config(mirror_url))
             done.append(f"created index root/pypi mirroring {mirror_url}")

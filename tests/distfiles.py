@@ -34,7 +34,9 @@ def make_wheel(
     files = {
         f"{dist}.py": f"VERSION = {version!r}\nPAYLOAD = {payload!r}\n".encode(),
         f"{distinfo}/METADATA": metadata_text(name, version, requires_python).encode(),
-        f"{distinfo}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{distinfo}/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
     }
     record = "".join(
         f"{path},sha256={hashlib.sha256(data).hexdigest()},{len(data)}\n" for path, data in files.items()
@@ -81,7 +83,7 @@ def multipart(fields: list[tuple[str, str]], file: tuple[str, bytes] | None = No
         filename, data = file
         parts.append(
             (
-                f"--{boundary}\r\nContent-Disposition: form-data; name=\"content\"; "
+                f'--{boundary}\r\nContent-Disposition: form-data; name="content"; '
                 f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
             ).encode()
             + data

@@ -211,9 +211,7 @@ class ServerProcess:
                     f"command {self.args}\n--- server log ---\n{self.log_text()}"
                 )
             try:
-                request = urllib.request.Request(
-                    self.url + "/+api", headers={"Accept": "application/json"}
-                )
+                request = urllib.request.Request(self.url + "/+api", headers={"Accept": "application/json"})
                 with urllib.request.urlopen(request, timeout=2, context=context) as response:
                     if response.status == 200:
                         return
@@ -291,7 +289,6 @@ def start_server(
         ssl_context=ssl_context,
         env=env,
     ).start(timeout)
-
 
 
 @pytest.fixture
@@ -416,8 +413,7 @@ class DevpiClient:
         self.executable = devpi_executable()
         if not self.executable.exists():
             raise FileNotFoundError(
-                f"devpi-client is not installed: no {self.executable} "
-                "(pip install 'devpi-client>=7.3,<8')"
+                f"devpi-client is not installed: no {self.executable} (pip install 'devpi-client>=7.3,<8')"
             )
         self.env = client_env(self.home, env)
         self.timeout = timeout
@@ -509,8 +505,7 @@ class DevpiClient:
                     proc.wait()
                     raise AssertionError(
                         f"devpi {' '.join(args)} did not finish in {timeout} s; "
-                        f"waiting for {pending[:1]}; terminal output:\n"
-                        + output.decode("utf-8", "replace")
+                        f"waiting for {pending[:1]}; terminal output:\n" + output.decode("utf-8", "replace")
                     )
                 ready, _, _ = select.select([master], [], [], 0.2)
                 if ready:

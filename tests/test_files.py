@@ -666,4 +666,3 @@ async def test_streamed_answers_on_one_connection(server):
     ports = {request.getClientAddress().port for request in server.requests}
     assert len(ports) == 1
     assert len(server.requests) == 7
-

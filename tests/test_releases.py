@@ -163,7 +163,7 @@ def test_malformed_multipart(client, context, dev):
     answer = client.request(
         "POST",
         "/alice/dev/",
-        raw=b"--xyz\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nunterminated",
+        raw=b'--xyz\r\nContent-Disposition: form-data; name="a"\r\n\r\nunterminated',
         headers={"Content-Type": "multipart/form-data; boundary=xyz", **dev},
     )
     assert answer.code == 400
@@ -341,7 +341,7 @@ def test_redirects_and_installer_routes(client, dev):
     answer = client.get("/alice/dev/+simple/pkg-a", accept=PIP_ACCEPT)
     assert answer.code == 200 and answer.json["files"][0]["url"].startswith("../+f/")
     assert client.get("/alice/dev/+simple", accept="text/html").code == 302
-    pip = {"User-Agent": "pip/24.0 {\"installer\": {}}"}
+    pip = {"User-Agent": 'pip/24.0 {"installer": {}}'}
     answer = client.get("/alice/dev/pkg-a/", accept="text/html", headers=pip)
     assert answer.code == 200 and b"pkg_a-1.0-py3-none-any.whl" in answer.body
     assert b'href="../+f/' in answer.body
@@ -365,7 +365,10 @@ def test_inheritance(client, alice):
     filename, data = make_wheel("only-base", "1.0")
     upload(client, alice, "only-base", "1.0", filename, data, path="/alice/base/")
     page = simple_json(client)
-    assert [f["filename"] for f in page["files"]] == ["pkg_a-2.0-py3-none-any.whl", "pkg_a-1.0-py3-none-any.whl"]
+    assert [f["filename"] for f in page["files"]] == [
+        "pkg_a-2.0-py3-none-any.whl",
+        "pkg_a-1.0-py3-none-any.whl",
+    ]
     assert resolve(page["files"][1]["url"]).startswith("/alice/base/+f/")
     listing = simple_json(client, "/alice/dev/+simple/")
     assert listing["projects"] == [{"name": "pkg-a"}, {"name": "only-base"}]
@@ -377,7 +380,9 @@ def test_inheritance(client, alice):
 def test_absolute_urls_on_request(client, dev):
     filename, data = make_wheel("pkg-a", "1.0")
     upload(client, dev, "pkg-a", "1.0", filename, data)
-    answer = client.get("/alice/dev/+simple/pkg-a/", accept=PIP_ACCEPT, headers={"X-Devpi-Absolute-Urls": "1"})
+    answer = client.get(
+        "/alice/dev/+simple/pkg-a/", accept=PIP_ACCEPT, headers={"X-Devpi-Absolute-Urls": "1"}
+    )
     assert answer.json["files"][0]["url"].startswith("http://127.0.0.1:3141/alice/dev/+f/")
 
 
@@ -513,7 +518,10 @@ def test_push_errors(client, alice):
     answer = client.request("PUSH", "/alice/dev", body, headers=alice)
     assert "there are no files for pkg-a 7.0 on stage alice/dev" in answer.message
     body = {"name": "pkg-a", "version": "1.0", "targetindex": "alice/dev", "bogus": 1}
-    assert "unknown additional options: bogus" in client.request("PUSH", "/alice/dev", body, headers=alice).message
+    assert (
+        "unknown additional options: bogus"
+        in client.request("PUSH", "/alice/dev", body, headers=alice).message
+    )
 
 
 def test_index_delete_removes_files(client, context, dev):
@@ -522,3 +530,24 @@ def test_index_delete_removes_files(client, context, dev):
     assert client.request("DELETE", "/alice/dev", headers=dev).code == 201
     assert stored_blobs(context) == set()
     assert context.storage.keys("version/alice/dev/") == []
+
+
+def test_broken_wheel_refused_and_removed(client, context, dev):
+    content_type, body = upload_form("pkg-a", "1.0", "pkg_a-1.0-py3-none-any.whl", b"not a zip at all")
+    answer = client.request("POST", "/alice/dev/", raw=body, headers={"Content-Type": content_type, **dev})
+    assert answer.code == 400
+    assert b"not a valid wheel" in answer.phrase
+    assert stored_blobs(context) == set()
+
+
+def test_cleanup_spares_blobs_of_uploads_in_flight(client, context, dev):
+    filename, data = make_wheel("pkg-a", "1.0")
+    writer = context.files.writer()
+    writer.write(data)
+    digest = writer.commit()
+    context.pending_blobs[digest] += 1
+    client.api._cleanup([digest])
+    assert context.files.exists(digest)
+    del context.pending_blobs[digest]
+    client.api._cleanup([digest])
+    assert not context.files.exists(digest)

@@ -34,9 +34,7 @@ DEVPI_HEADERS = [
 @pytest.fixture
 def listening(context):
     site = make_site(context)
-    port = pytest_twisted.blockon(
-        serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
-    )
+    port = pytest_twisted.blockon(serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site))
     yield f"http://127.0.0.1:{port.getHost().port}", context
     pytest_twisted.blockon(port.stopListening())
 

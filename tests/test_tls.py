@@ -99,9 +99,7 @@ def make_self_signed(directory: Path, name: str = "server") -> SelfSigned:
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), critical=False)
         .sign(key, hashes.SHA256())
     )
     directory.mkdir(parents=True, exist_ok=True)
@@ -188,9 +186,7 @@ async def test_tls_in_process(tls_server: str, certs: tuple[SelfSigned, SelfSign
     server_cert, _ = certs
     client, pool = http_client(TrustOnly(server_cert.cert_pem))
     try:
-        response = await client.get(
-            tls_server + "/+api", headers={"Accept": "application/json"}
-        )
+        response = await client.get(tls_server + "/+api", headers={"Accept": "application/json"})
         assert response.code == 200
         data = json.loads(await response.text("utf-8"))
         assert data["type"] == "apiconfig"
@@ -217,9 +213,7 @@ async def test_tls_in_process(tls_server: str, certs: tuple[SelfSigned, SelfSign
 
 
 @pytest_twisted.ensureDeferred
-async def test_tls_untrusted_client_fails(
-    tls_server: str, certs: tuple[SelfSigned, SelfSigned]
-) -> None:
+async def test_tls_untrusted_client_fails(tls_server: str, certs: tuple[SelfSigned, SelfSigned]) -> None:
     _, other_cert = certs
     client, pool = http_client(TrustOnly(other_cert.cert_pem))
     try:
@@ -236,9 +230,7 @@ async def test_tls_plain_http_to_tls_port_fails(tls_server: str) -> None:
     Plain HTTP to the TLS port gets no HTTP answer.
     """
     with pytest.raises((ResponseNeverReceived, ResponseFailed)):
-        await treq.get(
-            tls_server.replace("https://", "http://") + "/+api", timeout=10, persistent=False
-        )
+        await treq.get(tls_server.replace("https://", "http://") + "/+api", timeout=10, persistent=False)
 
 
 # -- end to end ----------------------------------------------------------------
@@ -263,9 +255,7 @@ def tls_subprocess(
 
 
 @pytest.mark.e2e
-def test_tls_devpi_client(
-    tmp_path: Path, tls_subprocess: tuple[ServerProcess, SelfSigned]
-) -> None:
+def test_tls_devpi_client(tmp_path: Path, tls_subprocess: tuple[ServerProcess, SelfSigned]) -> None:
     server, cert = tls_subprocess
     assert server.url.startswith("https://127.0.0.1:")
     devpi = DevpiClient(tmp_path, env={"REQUESTS_CA_BUNDLE": str(cert.cert_path)})

@@ -38,9 +38,7 @@ class CustomizerRegistry:
 
 
 def default_registry(default_mirror_url: str | None = None) -> CustomizerRegistry:
-    return CustomizerRegistry(
-        [StageCustomizer(), MirrorCustomizer(default_mirror_url=default_mirror_url)]
-    )
+    return CustomizerRegistry([StageCustomizer(), MirrorCustomizer(default_mirror_url=default_mirror_url)])
 
 
 __all__ = ["CustomizerRegistry", "MirrorCustomizer", "StageCustomizer", "default_registry"]

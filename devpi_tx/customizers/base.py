@@ -40,7 +40,5 @@ class TableCustomizer:
         try:
             parser = self.parsers[key]
         except KeyError:
-            raise InvalidInput(
-                f"indexconfig got unexpected keyword arguments: {key}={value}"
-            ) from None
+            raise InvalidInput(f"indexconfig got unexpected keyword arguments: {key}={value}") from None
         return parser(value)

@@ -35,10 +35,7 @@ class Identity:
     def principals(self) -> frozenset[str]:
         if self.username is None:
             return frozenset([ANONYMOUS])
-        return frozenset(
-            [ANONYMOUS, AUTHENTICATED, self.username]
-            + [":" + group for group in self.groups]
-        )
+        return frozenset([ANONYMOUS, AUTHENTICATED, self.username] + [":" + group for group in self.groups])
 
 
 ANONYMOUS_IDENTITY = Identity()
@@ -101,12 +98,8 @@ class Policy:
     def may_upload(self, identity: Identity, acl_upload: Iterable[str]) -> bool:
         return bool(identity.principals() & frozenset(acl_upload))
 
-    def may_delete_entries(
-        self, identity: Identity, owner: str, acl_upload: Iterable[str]
-    ) -> bool:
-        return self.may_upload(identity, acl_upload) or self._self_or_admin(
-            identity, owner
-        )
+    def may_delete_entries(self, identity: Identity, owner: str, acl_upload: Iterable[str]) -> bool:
+        return self.may_upload(identity, acl_upload) or self._self_or_admin(identity, owner)
 
 
 def parse_restrict_modify(spec: str | None) -> frozenset[str] | None:
@@ -115,6 +108,4 @@ def parse_restrict_modify(spec: str | None) -> frozenset[str] | None:
     """
     if spec is None:
         return None
-    return frozenset(
-        normalize_acl_entry(item.strip()) for item in spec.split(",") if item.strip()
-    )
+    return frozenset(normalize_acl_entry(item.strip()) for item in spec.split(",") if item.strip())

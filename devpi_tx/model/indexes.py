@@ -169,9 +169,7 @@ def _apply_operations(customizer, config: dict, operations: list) -> dict:
     return new
 
 
-def modify_index(
-    tx, registry, user: str, index: str, data: object, *, error_on_noop: bool = False
-) -> dict:
+def modify_index(tx, registry, user: str, index: str, data: object, *, error_on_noop: bool = False) -> dict:
     """
     Apply a PATCH: a JSON object of keys to set, or devpi-client's list of
     C{key=value}, C{key+=value}, C{key-=value} and C{key-=} operations.

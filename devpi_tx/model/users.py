@@ -76,9 +76,7 @@ def validate_create(reader, name: str, data: object) -> dict:
     check_username(name)
     if not isinstance(data, dict):
         raise InvalidInput("Bad request: expected a JSON object")
-    unknown = sorted(
-        set(data) - set(WRITABLE) - set(SERVER_SET) - {"password", "pwhash"}
-    )
+    unknown = sorted(set(data) - set(WRITABLE) - set(SERVER_SET) - {"password", "pwhash"})
     if unknown:
         raise InvalidInput(f"Unknown keys in user config: {', '.join(unknown)}")
     if get_user(reader, name) is not None:

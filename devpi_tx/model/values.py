@@ -63,8 +63,7 @@ def parse_whitelist_inheritance(value: object) -> str:
     if isinstance(value, str) and value.strip().lower() in ("intersection", "union"):
         return value.strip().lower()
     raise InvalidInput(
-        f"Unknown value {value!r} for mirror_whitelist_inheritance, "
-        "must be 'intersection' or 'union'."
+        f"Unknown value {value!r} for mirror_whitelist_inheritance, must be 'intersection' or 'union'."
     )
 
 

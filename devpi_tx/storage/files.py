@@ -46,6 +46,9 @@ class LocalFileWriter:
         self.size = 0
         self._done = False
 
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
     def write(self, data: bytes) -> None:
         self._file.write(data)
         self._hash.update(data)

@@ -114,9 +114,7 @@ class SQLiteStorage:
         self._db.executescript(_SCHEMA)
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            row = self._db.execute(
-                "SELECT value FROM meta WHERE name='schema_version'"
-            ).fetchone()
+            row = self._db.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
             if row is None:
                 self._db.execute(
                     "INSERT INTO meta (name, value) VALUES ('schema_version', ?)",
@@ -195,10 +193,14 @@ class SQLiteStorage:
                         "serial=excluded.serial",
                         (key, encoded, serial),
                     )
-            entry = "{" + ",".join(
-                f"{json.dumps(key)}:{'null' if enc is None else enc}"
-                for key, enc in sorted(changes.items())
-            ) + "}"
+            entry = (
+                "{"
+                + ",".join(
+                    f"{json.dumps(key)}:{'null' if enc is None else enc}"
+                    for key, enc in sorted(changes.items())
+                )
+                + "}"
+            )
             db.execute(
                 "INSERT INTO changelog (serial, timestamp, changes) VALUES (?, ?, ?)",
                 (serial, time.time(), entry),
@@ -229,9 +231,7 @@ class SQLiteStorage:
         return {"serial": serial, "timestamp": row[0], "changes": json.loads(row[1])}
 
     def last_commit_timestamp(self) -> float | None:
-        row = self._db.execute(
-            "SELECT timestamp FROM changelog ORDER BY serial DESC LIMIT 1"
-        ).fetchone()
+        row = self._db.execute("SELECT timestamp FROM changelog ORDER BY serial DESC LIMIT 1").fetchone()
         return None if row is None else row[0]
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ the model, and renders; the rules live in L{devpi_tx.model}.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import time
@@ -59,6 +60,9 @@ class ServerContext:
     run_in_thread: Callable = deferToThread
     page_cache: PageCache = attrs.field(factory=PageCache)
     http: object = attrs.field(factory=lambda: default_http_client())
+    #: Digests of blobs written to disk whose linking transaction has not
+    #: run yet; garbage collection must leave them alone.
+    pending_blobs: collections.Counter = attrs.field(factory=collections.Counter)
     started: float = attrs.field(factory=time.time)
 
     @staticmethod
@@ -140,9 +144,7 @@ class DevpiAPI(ReleaseRoutes):
                     f"credentials for user {auth.sent_user!r} were rejected: "
                     "the login token expired or is invalid, log in again",
                 )
-            return error(
-                request, 401, f"credentials for user {auth.sent_user!r} were rejected"
-            )
+            return error(request, 401, f"credentials for user {auth.sent_user!r} were rejected")
         return error(request, 403, message)
 
     @app.handle_errors(ModelError)
@@ -223,15 +225,15 @@ class DevpiAPI(ReleaseRoutes):
     @app.route("/+login", methods=["POST"])
     async def login(self, request: IRequest):
         data = read_json(request)
-        if not isinstance(data, dict) or not isinstance(data.get("user"), str) or not isinstance(
-            data.get("password"), str
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("user"), str)
+            or not isinstance(data.get("password"), str)
         ):
             raise InvalidInput("Bad request: no user/password specified")
         user, password = data["user"], data["password"]
         record = users.get_user(self.ctx.storage, user)
-        ok = record is not None and await self.ctx.passwords.verify(
-            user, record.get("pwhash"), password
-        )
+        ok = record is not None and await self.ctx.passwords.verify(user, record.get("pwhash"), password)
         if not ok:
             log.info("login of {user!r} rejected", user=user)
             return error(request, 401, f"user {user!r} could not be authenticated")
@@ -269,9 +271,7 @@ class DevpiAPI(ReleaseRoutes):
 
     @app.route("/", methods=["GET"])
     def user_list(self, request: IRequest):
-        return envelope(
-            request, type="list:userconfig", result=users.list_users(self.ctx.storage)
-        )
+        return envelope(request, type="list:userconfig", result=users.list_users(self.ctx.storage))
 
     @app.route("/<user>", methods=["GET"])
     @app.route("/<user>/", methods=["GET"])

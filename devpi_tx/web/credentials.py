@@ -99,8 +99,6 @@ class Authenticator:
         if self._signer.looks_like_token(secret):
             return AuthResult(ANONYMOUS_IDENTITY, "expired", user)
         record = users.get_user(self._storage, user)
-        if record is not None and await self._passwords.verify(
-            user, record.get("pwhash"), secret
-        ):
+        if record is not None and await self._passwords.verify(user, record.get("pwhash"), secret):
             return AuthResult(Identity(user), "ok", user)
         return AuthResult(ANONYMOUS_IDENTITY, "rejected", user)

@@ -67,8 +67,27 @@ class ReleaseRoutes:
         upload that was refused once its file was already written).
         """
         for digest in digests:
-            if digest and not releases.blob_in_use(self.ctx.storage, digest):
+            if (
+                digest
+                and not self.ctx.pending_blobs[digest]
+                and not releases.blob_in_use(self.ctx.storage, digest)
+            ):
                 self.ctx.files.remove(digest)
+
+    def _hold(self, *digests) -> None:
+        """
+        Keep blobs safe from garbage collection until L{_release}.
+        """
+        for digest in digests:
+            if digest:
+                self.ctx.pending_blobs[digest] += 1
+
+    def _release(self, *digests) -> None:
+        for digest in digests:
+            if digest:
+                self.ctx.pending_blobs[digest] -= 1
+                if self.ctx.pending_blobs[digest] <= 0:
+                    del self.ctx.pending_blobs[digest]
 
     def _link_json(self, base: str, link: dict) -> dict:
         shown = {
@@ -197,9 +216,18 @@ class ReleaseRoutes:
         basename = receiver.filename or ""
         kind = releases.check_filename_matches(basename, name, version)
         writer, receiver.file = receiver.file, None
-        sha256, size, meta_sha = await self.ctx.run_in_thread(
-            self._commit_blob, writer, basename if kind == "wheel" else None
-        )
+        # Held from before the file gets its final name until its link is
+        # committed, so that a concurrent cleanup never removes it.
+        self._hold(writer.hexdigest())
+        try:
+            sha256, size, meta_sha = await self.ctx.run_in_thread(
+                self._commit_blob, writer, basename if kind == "wheel" else None
+            )
+        except BaseException:
+            self._release(writer.hexdigest())
+            self._cleanup([writer.hexdigest()])
+            raise
+        self._hold(meta_sha)
         try:
             sent = _first(fields, "sha256_digest")
             if sent and sent.strip().lower() != sha256:
@@ -226,8 +254,10 @@ class ReleaseRoutes:
                     extra=extra,
                 )
         except BaseException:
+            self._release(sha256, meta_sha)
             self._cleanup([sha256, meta_sha])
             raise
+        self._release(sha256, meta_sha)
         self._cleanup(unused)
         if outcome == "identical":
             return self._upload_ok(request, "Upload of identical file to non volatile index.")
@@ -242,12 +272,9 @@ class ReleaseRoutes:
         sha256 = writer.commit()
         meta_sha = None
         if wheel_basename is not None:
-            try:
-                data = wheel_metadata(self.ctx.files.path(sha256), wheel_basename)
-            except InvalidInput:
-                if not releases.blob_in_use(self.ctx.storage, sha256):
-                    self.ctx.files.remove(sha256)
-                raise
+            # Raises InvalidInput for a broken wheel; the caller (on the
+            # reactor thread, which alone touches the state) cleans up.
+            data = wheel_metadata(self.ctx.files.path(sha256), wheel_basename)
             meta = self.ctx.files.writer()
             meta.write(data)
             meta_sha = meta.commit()
@@ -260,7 +287,13 @@ class ReleaseRoutes:
             raise InvalidInput(f"doczip has no version and {name!r} has no releases to derive one from")
         metadata["version"] = version
         writer, receiver.file = receiver.file, None
-        sha256, size, _ = await self.ctx.run_in_thread(self._commit_blob, writer, None)
+        self._hold(writer.hexdigest())
+        try:
+            sha256, size, _ = await self.ctx.run_in_thread(self._commit_blob, writer, None)
+        except BaseException:
+            self._release(writer.hexdigest())
+            self._cleanup([writer.hexdigest()])
+            raise
         try:
             if not is_zip(self.ctx.files.path(sha256)):
                 raise InvalidInput("the documentation upload is not a zip file")
@@ -278,8 +311,10 @@ class ReleaseRoutes:
                     who=who,
                 )
         except BaseException:
+            self._release(sha256)
             self._cleanup([sha256])
             raise
+        self._release(sha256)
         self._cleanup(unused)
         return self._upload_ok(request)
 
@@ -337,9 +372,7 @@ class ReleaseRoutes:
         key = (stage, name, fmt, page_dir, absolute)
         page = self.ctx.page_cache.get(key)
         if page is None:
-            contributions = stages.project_contributions(
-                self.ctx.storage, stage, name, self.ctx.mirror_links
-            )
+            contributions = stages.project_contributions(self.ctx.storage, stage, name, self.ctx.mirror_links)
             if not any(c.links or c.versions for c in contributions):
                 return error(request, 404, f"no project {project!r} on index {stage} or its bases")
             body = simple.render_project(fmt, stage, name, contributions, page_dir, absolute)
@@ -732,7 +765,6 @@ class ReleaseRoutes:
             "pushed {name} {version} from {src} to {dst}", name=name, version=version, src=stage, dst=target
         )
         return envelope(request, type="actionlog", result=results)
-
 
     async def _push_external(self, request, stage, data, record, no_docs, only_docs) -> bytes:
         """

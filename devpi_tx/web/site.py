@@ -67,9 +67,7 @@ class DevpiRequest(Request):
         alone storing) the rest of the body.
         """
         self._body_refused = True
-        message = (
-            f"request body too large: the limit is {self._body_limit} bytes"
-        )
+        message = f"request body too large: the limit is {self._body_limit} bytes"
         body = (json.dumps({"message": message}, indent=2) + "\n").encode("utf-8")
         headers = [
             (b"Content-Type", b"application/json"),
@@ -163,9 +161,7 @@ class DevpiSite(Site):
             status=request.code,
             bytes=request.sentLength,
             ms=(time.monotonic() - request.started) * 1000,
-            client=request.getClientAddress().host
-            if hasattr(request.getClientAddress(), "host")
-            else None,
+            client=request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else None,
         )
 
     def log_refused(self, request: DevpiRequest, size: int) -> None:
