@@ -477,45 +477,50 @@ class ReleaseRoutes:
         allowed = self.ctx.policy.may_delete_entries(auth.identity, user, config.get("acl_upload", []))
         return config, (None if allowed else auth)
 
-    @app.route("/<user>/<index>/<project>", methods=["DELETE"])
-    @app.route("/<user>/<index>/<project>/", methods=["DELETE"])
-    async def project_delete(self, request: IRequest, user: str, index: str, project: str):
+    async def _delete(self, request: IRequest, user: str, index: str, what: str, remove) -> bytes | None:
+        """
+        Check the C{del_*} permission, then run C{remove(tx, stage,
+        volatile=, force=)} in one transaction and drop unused blobs.
+
+        @return: the refusal to send, or L{None} when done.
+        """
         config, denied = await self._may_delete(request, user, index)
         if denied is not None:
-            return self.deny(request, denied, f"no permission to delete project {project}")
-        name = canonicalize_name(project)
+            return self.deny(request, denied, f"no permission to delete {what}")
         with self.ctx.storage.transaction() as tx:
-            unused = releases.delete_project(
+            unused = remove(
                 tx,
                 f"{user}/{index}",
-                name,
                 volatile=config.get("volatile", True),
                 force=has_flag(request, "force"),
             )
         self._cleanup(unused)
-        return envelope(request, message=f"project {name} deleted from stage {user}/{index}")
+        return None
+
+    @app.route("/<user>/<index>/<project>", methods=["DELETE"])
+    @app.route("/<user>/<index>/<project>/", methods=["DELETE"])
+    async def project_delete(self, request: IRequest, user: str, index: str, project: str):
+        name = canonicalize_name(project)
+
+        def remove(tx, stage, **rules):
+            return releases.delete_project(tx, stage, name, **rules)
+
+        refused = await self._delete(request, user, index, f"project {name}", remove)
+        return refused or envelope(request, message=f"project {name} deleted from stage {user}/{index}")
 
     @app.route("/<user>/<index>/<project>/<version>", methods=["DELETE"])
     @app.route("/<user>/<index>/<project>/<version>/", methods=["DELETE"])
     async def version_delete(self, request: IRequest, user: str, index: str, project: str, version: str):
-        config, denied = await self._may_delete(request, user, index)
-        if denied is not None:
-            return self.deny(request, denied, f"no permission to delete {project} {version}")
         name = canonicalize_name(project)
-        stage = f"{user}/{index}"
-        with self.ctx.storage.transaction() as tx:
-            unused = releases.delete_version(
-                tx,
-                stage,
-                name,
-                version,
-                volatile=config.get("volatile", True),
-                force=has_flag(request, "force"),
-            )
+
+        def remove(tx, stage, **rules):
+            unused = releases.delete_version(tx, stage, name, version, **rules)
             if not releases.version_records(tx, stage, name):
                 tx.delete(releases.project_key(stage, name))
-        self._cleanup(unused)
-        return envelope(request, message=f"project {name!r} version {version!r} deleted")
+            return unused
+
+        refused = await self._delete(request, user, index, f"{name} {version}", remove)
+        return refused or envelope(request, message=f"project {name!r} version {version!r} deleted")
 
     @app.route("/<user>/<index>/<project>/<version>", methods=["PATCH"])
     @app.route("/<user>/<index>/<project>/<version>/", methods=["PATCH"])
@@ -598,22 +603,15 @@ class ReleaseRoutes:
 
     @app.route("/<user>/<index>/+f/<path:relpath>", methods=["DELETE"])
     async def file_delete(self, request: IRequest, user: str, index: str, relpath: str):
-        config, denied = await self._may_delete(request, user, index)
-        if denied is not None:
-            return self.deny(request, denied, "no permission to delete files")
         path = f"{user}/{index}/+f/{relpath}"
         if self.ctx.storage.get(releases.gone_key(path)) is not None:
             return error(request, 410, "file existed, deleted in later serial")
-        with self.ctx.storage.transaction() as tx:
-            unused = releases.delete_file(
-                tx,
-                f"{user}/{index}",
-                path,
-                volatile=config.get("volatile", True),
-                force=has_flag(request, "force"),
-            )
-        self._cleanup(unused)
-        return envelope(request, message=f"package {path!r} deleted")
+
+        def remove(tx, stage, **rules):
+            return releases.delete_file(tx, stage, path, **rules)
+
+        refused = await self._delete(request, user, index, "files", remove)
+        return refused or envelope(request, message=f"package {path!r} deleted")
 
     @app.route("/<user>/<index>/+f/<path:relpath>", methods=["PATCH"])
     async def file_yank(self, request: IRequest, user: str, index: str, relpath: str):

@@ -116,6 +116,17 @@ def _file_entry(link: dict, url: str) -> dict:
     return entry
 
 
+def _html_head(title: str) -> str:
+    """
+    The start of a simple page, with PEP 629's version meta tag.
+    """
+    title = html.escape(title)
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta name="pypi:repository-version" '
+        f'content="{API_VERSION}"><title>{title}</title></head><body><h1>{title}</h1>'
+    )
+
+
 def render_project(
     fmt: str,
     stagename: str,
@@ -143,11 +154,7 @@ def render_project(
             },
             separators=(",", ":"),
         ).encode("utf-8")
-    title = html.escape(f"{stagename}: links for {name}")
-    lines = [
-        f'<!DOCTYPE html><html lang="en"><head><meta name="pypi:repository-version" '
-        f'content="{API_VERSION}"><title>{title}</title></head><body><h1>{title}</h1>'
-    ]
+    lines = [_html_head(f"{stagename}: links for {name}")]
     for stage, entry in files:
         url = entry["url"]
         if "sha256" in entry["hashes"]:
@@ -172,11 +179,7 @@ def render_project_list(fmt: str, stagename: str, groups: list[tuple[str, list[s
         return json.dumps(
             {"meta": {"api-version": API_VERSION}, "projects": projects}, separators=(",", ":")
         ).encode("utf-8")
-    title = html.escape(f"{stagename}: simple list (including inherited indices)")
-    parts = [
-        f'<!DOCTYPE html><html lang="en"><head><meta name="pypi:repository-version" '
-        f'content="{API_VERSION}"><title>{title}</title></head><body><h1>{title}</h1>'
-    ]
+    parts = [_html_head(f"{stagename}: simple list (including inherited indices)")]
     for stage, names in groups:
         parts.append(f"<h2>{html.escape(stage)}</h2>")
         parts.extend(f'<a href="{html.escape(n)}/">{html.escape(n)}</a><br>' for n in names)
