@@ -50,14 +50,23 @@ def make_wheel(
 
 
 def make_sdist(name: str, version: str) -> tuple[str, bytes]:
+    """
+    An sdist with C{PKG-INFO} and the module in its top directory.  (A
+    second member matters: twine takes the common path of all members as
+    the top directory, which for a single member is the member itself.)
+    """
     dist = name.replace("-", "_")
     base = f"{dist}-{version}"
+    members = {
+        f"{base}/PKG-INFO": metadata_text(name, version).encode(),
+        f"{base}/{dist}.py": f"VERSION = {version!r}\n".encode(),
+    }
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        data = metadata_text(name, version).encode()
-        info = tarfile.TarInfo(f"{base}/PKG-INFO")
-        info.size = len(data)
-        tf.addfile(info, io.BytesIO(data))
+        for path, data in members.items():
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
     return f"{base}.tar.gz", buf.getvalue()
 
 

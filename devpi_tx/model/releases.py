@@ -275,10 +275,14 @@ def add_file(
     who: str | None,
     extra: dict | None = None,
     log: list | None = None,
+    event: dict | None = None,
     path: str | None = None,
 ) -> tuple[str, dict, set[str]]:
     """
     Link a stored blob to a version.
+
+    @param log: earlier log entries of the file (a push carries them over).
+    @param event: the log entry for this change; an upload by default.
 
     @return: C{"stored"} or C{"identical"} (same file already there on a
         non-volatile index; nothing changed), the link, and the digests of
@@ -316,7 +320,7 @@ def add_file(
         "size": size,
         "last_modified": now,
         "upload_time": iso_time(now),
-        "log": list(log or []) + [log_entry("upload", who, dst=stage)],
+        "log": list(log or []) + [event or log_entry("upload", who, dst=stage)],
     }
     if overwrites:
         link["log"].append(log_entry("overwrite", who, count=overwrites))

@@ -751,7 +751,8 @@ class ReleaseRoutes:
                     size=link["size"],
                     who=who,
                     extra=extra,
-                    log=[*link.get("log", []), releases.log_entry("push", who, src=stage, dst=target)][:-1],
+                    log=[e for e in link.get("log", []) if e["what"] != "overwrite"],
+                    event=releases.log_entry("push", who, src=stage, dst=target),
                     path=path,
                 )
                 remap[link["relpath"]] = new["relpath"]
