@@ -86,6 +86,9 @@ class FileServer:
         return path, digest.hexdigest()
 
     def register(self, name: str, path: str, **kwargs) -> None:
+        # The producer path is what these tests look into; the sendfile path
+        # has tests of its own in test_sendfile.py.
+        kwargs.setdefault("use_sendfile", False)
         self.files[name] = dict(path=path, last_modified=MTIME, **kwargs)
 
     @app.route("/<name>", methods=["GET", "HEAD"])

@@ -24,6 +24,8 @@ from twisted.web.http import datetimeToString
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from .sendfile import SendfileBody
+
 log = Logger(namespace="devpi_tx.files")
 
 #: How much is read from disk per C{resumeProducing}: the transport's own
@@ -59,6 +61,7 @@ def serve_file(
     last_modified: float,
     content_type: str = "application/octet-stream",
     cache_control: str = IMMUTABLE,
+    use_sendfile: bool = True,
 ) -> bytes | Deferred[None]:
     """
     Answer a GET or HEAD for a file on disk, honouring conditional and
@@ -78,6 +81,9 @@ def serve_file(
     cancels the Deferred when the client disconnects, which stops the
     producer too. (Klein finishes a request whose handler returns
     C{NOT_DONE_YET}, so that cannot be used to say "the body follows".)
+    On plain TCP connections, bodies of a MiB or more go out with
+    C{sendfile(2)} from a worker thread (L{SendfileBody}) unless
+    C{use_sendfile} is false; otherwise a L{FileBody} producer sends them.
 
     @param size: the length recorded for the file; the answer promises
         this many bytes.
@@ -98,6 +104,7 @@ def serve_file(
             mtime=int(last_modified),
             content_type=content_type,
             cache_control=cache_control,
+            use_sendfile=use_sendfile,
         )
     except BaseException:
         file.close()
@@ -114,6 +121,7 @@ def _answer(
     mtime: int,
     content_type: str,
     cache_control: str,
+    use_sendfile: bool,
 ) -> bytes | Deferred[None]:
     """
     Decide the answer, then set its status and headers and send or start
@@ -174,6 +182,8 @@ def _answer(
         },
     )
     if streamed:
+        if use_sendfile and SendfileBody.usable(request, length):
+            return SendfileBody(request, file, offset, length, path=path).start()
         return FileBody(request, file, length, path=path).start()
     return body
 

@@ -1,0 +1,145 @@
+"""
+Reading upstream simple pages: PEP 691 JSON and PEP 503 HTML, into one
+list of links with what installers need (hash, requires-python, yanked,
+core metadata).
+"""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from urllib.parse import urldefrag, urljoin
+
+import attrs
+
+
+class PageError(ValueError):
+    """
+    The upstream answer is not a simple page.
+    """
+
+
+@attrs.frozen
+class UpstreamLink:
+    filename: str
+    url: str
+    sha256: str | None = None
+    requires_python: str | None = None
+    yanked: str | bool | None = None
+    core_metadata: str | bool | None = None  # sha256 of the metadata, or True
+    size: int | None = None
+    upload_time: str | None = None
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in attrs.asdict(self).items() if v is not None}
+
+
+def _hash_from_fragment(fragment: str) -> str | None:
+    name, _, value = fragment.partition("=")
+    if name == "sha256" and len(value) == 64:
+        return value.lower()
+    return None
+
+
+def _metadata_value(value) -> str | bool | None:
+    if value is None or value is False:
+        return None
+    if isinstance(value, dict):
+        return value.get("sha256") or True
+    if isinstance(value, str):
+        return _hash_from_fragment(value) or True
+    return True
+
+
+def parse_json(body: bytes, base_url: str) -> tuple[list[UpstreamLink], list[str]]:
+    try:
+        data = json.loads(body)
+        files = data["files"]
+    except (ValueError, KeyError, TypeError):
+        raise PageError("upstream answered invalid PEP 691 JSON") from None
+    links = []
+    for entry in files:
+        if not isinstance(entry, dict) or "filename" not in entry or "url" not in entry:
+            continue
+        url, _ = urldefrag(urljoin(base_url, entry["url"]))
+        hashes = entry.get("hashes") or {}
+        meta = entry.get("core-metadata", entry.get("dist-info-metadata"))
+        yanked = entry.get("yanked")
+        links.append(
+            UpstreamLink(
+                filename=entry["filename"],
+                url=url,
+                sha256=(hashes.get("sha256") or None),
+                requires_python=entry.get("requires-python") or None,
+                yanked=None if yanked in (None, False) else yanked,
+                core_metadata=_metadata_value(meta),
+                size=entry.get("size") if isinstance(entry.get("size"), int) else None,
+                upload_time=entry.get("upload-time") or None,
+            )
+        )
+    versions = [v for v in data.get("versions", []) if isinstance(v, str)]
+    return links, versions
+
+
+class _AnchorParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.anchors: list[tuple[dict, list[str]]] = []
+        self._current: tuple[dict, list[str]] | None = None
+        self.base: str | None = None
+
+    def handle_starttag(self, tag, attrs_):
+        if tag == "base":
+            self.base = dict(attrs_).get("href") or self.base
+        elif tag == "a":
+            self._current = (dict(attrs_), [])
+            self.anchors.append(self._current)
+
+    def handle_endtag(self, tag):
+        if tag == "a":
+            self._current = None
+
+    def handle_data(self, data):
+        if self._current is not None:
+            self._current[1].append(data)
+
+
+def parse_html(body: bytes, base_url: str) -> list[UpstreamLink]:
+    parser = _AnchorParser()
+    parser.feed(body.decode("utf-8", "replace"))
+    parser.close()
+    base = urljoin(base_url, parser.base) if parser.base else base_url
+    links = []
+    for attributes, text in parser.anchors:
+        href = attributes.get("href")
+        if not href:
+            continue
+        url, fragment = urldefrag(urljoin(base, href))
+        filename = "".join(text).strip() or url.rsplit("/", 1)[-1]
+        yanked = attributes.get("data-yanked")
+        meta = attributes.get("data-core-metadata", attributes.get("data-dist-info-metadata"))
+        links.append(
+            UpstreamLink(
+                filename=filename,
+                url=url,
+                sha256=_hash_from_fragment(fragment),
+                requires_python=attributes.get("data-requires-python") or None,
+                yanked=None if yanked is None else (yanked or True),
+                core_metadata=_metadata_value(meta),
+            )
+        )
+    return links
+
+
+def parse_project_list_json(body: bytes) -> list[str]:
+    try:
+        return [p["name"] for p in json.loads(body)["projects"]]
+    except (ValueError, KeyError, TypeError):
+        raise PageError("upstream answered an invalid PEP 691 project list") from None
+
+
+def parse_project_list_html(body: bytes) -> list[str]:
+    parser = _AnchorParser()
+    parser.feed(body.decode("utf-8", "replace"))
+    parser.close()
+    return ["".join(text).strip() for _, text in parser.anchors if "".join(text).strip()]

@@ -1,0 +1,174 @@
+"""
+Large file bodies with zero-copy C{sendfile(2)} in a worker thread.
+
+Copying a file through Python on the reactor thread caps a server at what
+one core can copy.  For plain TCP connections the kernel can move bytes
+from the page cache to the socket itself: once the response headers have
+left Twisted's buffer, a worker thread calls C{os.sendfile} on a duplicate
+of the socket's descriptor (the duplicate keeps the socket alive even if
+the reactor closes its own descriptor meanwhile), waiting with C{poll} when
+the socket is full.  The reactor thread does nothing for the file's bytes,
+so other requests are answered meanwhile and several downloads use several
+cores.  TLS connections, or transports that do not expose their buffer,
+use the ordinary producer instead (L{SendfileBody.usable} says which).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+from typing import IO
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.web.iweb import IRequest
+
+log = Logger(namespace="devpi_tx.sendfile")
+
+#: Bodies smaller than this are not worth a thread.
+MIN_SIZE = 1024 * 1024
+#: Bytes per sendfile call.
+STEP = 8 * 1024 * 1024
+
+_pool: ThreadPool | None = None
+#: Transfers in progress; told to stop at shutdown, so that the pool's
+#: threads end even when a client has stopped reading.
+_active: set[SendfileBody] = set()
+
+
+def _stop_all() -> None:
+    for body in list(_active):
+        body._stop()
+
+
+def _thread_pool() -> ThreadPool:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPool(minthreads=0, maxthreads=32, name="devpi-tx-sendfile")
+        _pool.start()
+        reactor.addSystemEventTrigger("before", "shutdown", _stop_all)
+        reactor.addSystemEventTrigger("during", "shutdown", _pool.stop)
+    return _pool
+
+
+def _pending(transport) -> int | None:
+    """
+    Bytes waiting in a TCP transport's own buffer, or L{None} if it keeps
+    them where we cannot see.
+    """
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except AttributeError:
+        return None
+
+
+class SendfileBody:
+    """
+    Send C{length} bytes of C{file} from C{offset} as the body of a request
+    whose headers are set.
+    """
+
+    @staticmethod
+    def usable(request: IRequest, length: int) -> bool:
+        transport = getattr(request.channel, "transport", None)
+        return (
+            hasattr(os, "sendfile")
+            and length >= MIN_SIZE
+            and transport is not None
+            and not ISSLTransport.providedBy(transport)
+            and hasattr(transport, "fileno")
+            and _pending(transport) is not None
+        )
+
+    def __init__(self, request: IRequest, file: IO[bytes], offset: int, length: int, *, path: str) -> None:
+        self._request = request
+        self._file = file
+        self._offset = offset
+        self._length = length
+        self._path = path
+        self._stopped = threading.Event()
+        self._keepalive = LoopingCall(self._touch)
+        self.done: Deferred[None] = Deferred(lambda d: self._stop())
+
+    def start(self) -> Deferred[None]:
+        self._request.notifyFinish().addErrback(lambda reason: self._stop())
+        self._request.write(b"")  # the headers
+        self._when_flushed()
+        return self.done
+
+    def _touch(self) -> None:
+        # Nothing passes through the channel while the thread sends, so
+        # keep its idle timeout from firing.
+        reset = getattr(self._request.channel, "resetTimeout", None)
+        if reset is not None:
+            reset()
+
+    def _stop(self) -> None:
+        self._stopped.set()
+
+    def _when_flushed(self) -> None:
+        if self._stopped.is_set():
+            self._file.close()
+            self._fire()
+            return
+        transport = self._request.channel.transport
+        if _pending(transport):
+            reactor.callLater(0.001, self._when_flushed)
+            return
+        sock = os.dup(transport.fileno())
+        self._keepalive.start(5, now=False)
+        _active.add(self)
+        d = deferToThreadPool(reactor, _thread_pool(), self._send, sock)
+        d.addBoth(self._sent, sock)
+
+    def _send(self, sock: int) -> int:
+        """
+        In the worker thread: the transfer itself.
+        """
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        source = self._file.fileno()
+        offset, remaining = self._offset, self._length
+        while remaining and not self._stopped.is_set():
+            try:
+                sent = os.sendfile(sock, source, offset, min(remaining, STEP))
+            except BlockingIOError:
+                poller.poll(1000)
+                continue
+            except OSError:
+                break  # the client went away
+            if sent == 0:
+                break  # the file is shorter than promised
+            offset += sent
+            remaining -= sent
+        return self._length - remaining
+
+    def _sent(self, result, sock: int) -> None:
+        _active.discard(self)
+        os.close(sock)
+        self._file.close()
+        if self._keepalive.running:
+            self._keepalive.stop()
+        if isinstance(result, int) and result == self._length and not self._stopped.is_set():
+            self._request.sentLength += result
+            self._request.finish()
+        elif not self._stopped.is_set():
+            if not isinstance(result, int):
+                log.failure("sendfile of {path}", result, path=self._path)
+            else:
+                log.error(
+                    "{path}: sent {sent} of {length} bytes", path=self._path, sent=result, length=self._length
+                )
+            # Never let a short body pass for a complete one.
+            self._request.channel.transport.abortConnection()
+        self._fire()
+
+    def _fire(self) -> None:
+        if not self.done.called:
+            self.done.callback(None)
