@@ -125,3 +125,23 @@ class DevpiTx(Adapter):
             {"type": "stage", "bases": [], "volatile": True},
             auth=self.upload_auth,
         )
+
+
+class DevpiTxHosted(DevpiTx):
+    """
+    devpi-tx as a hosted-only server: no mirror URL is given to the harness.
+
+    devpi-tx's root/pypi does not fetch from its upstream yet, so the mirror
+    scenarios (1, 2, 3, 5, 8) cannot run and scenario 4 would look for the
+    50 MB file on the mirror and get a 404.  Without a mirror URL the harness
+    treats the server like pypiserver: it uploads the 50 MB wheel to the hosted
+    index ``bench/dev`` and measures downloads from there, and the mirror
+    scenarios are recorded as n/a.
+    """
+
+    name = "devpi-tx (hosted)"
+    notes = DevpiTx.notes + " Hosted only (mirror not implemented): 50 MB file served from bench/dev."
+
+    @property
+    def mirror_url(self):
+        return None
