@@ -59,6 +59,7 @@ def build_context(
     config: ServerConfig,
     passwords: PasswordChecker | None = None,
     run_in_thread=None,
+    upstream_http=None,
 ) -> ServerContext:
     """
     Open (initialising on first start) the server directory and build what
@@ -83,6 +84,7 @@ def build_context(
         uuid=nodeinfo["uuid"],
         files=LocalFileStore(os.path.join(config.serverdir, "+files")),
         **({"run_in_thread": run_in_thread} if run_in_thread else {}),
+        **({"upstream_http": upstream_http} if upstream_http is not None else {}),
     )
 
 

@@ -18,6 +18,8 @@ from devpi_tx.config import ServerConfig
 from devpi_tx.service import build_context
 from devpi_tx.web.api import DevpiAPI
 
+from .fakeupstream import FakeUpstream
+
 UPSTREAM = "http://127.0.0.1:9/simple/"
 
 
@@ -113,11 +115,23 @@ class Client:
             data=data,
             allow_redirects=False,
         )
-        self.stub.flush()
+        self._flush(d)
         response = result_of(d)
         d = response.content()
-        self.stub.flush()
+        self._flush(d)
         return Answer(response, result_of(d))
+
+    def _flush(self, d) -> None:
+        """
+        Pump the server and its upstream until C{d} has fired.
+        """
+        upstream = self.context.upstream_http
+        for _ in range(20):
+            self.stub.flush()
+            if hasattr(upstream, "flush"):
+                upstream.flush()
+            if d.called:
+                return
 
     def get(self, path: str, **kw) -> Answer:
         return self.request("GET", path, **kw)
@@ -138,8 +152,22 @@ def config(tmp_path) -> ServerConfig:
 
 
 @pytest.fixture
-def context(config):
-    context = build_context(config, passwords=synchronous_passwords(), run_in_thread=synchronous)
+def upstream() -> FakeUpstream:
+    """
+    The upstream of root/pypi in memory tests (its URL's host is never
+    contacted: requests go to this resource through StubTreq).
+    """
+    return FakeUpstream()
+
+
+@pytest.fixture
+def context(config, upstream):
+    context = build_context(
+        config,
+        passwords=synchronous_passwords(),
+        run_in_thread=synchronous,
+        upstream_http=StubTreq(upstream),
+    )
     yield context
     context.storage.close()
 

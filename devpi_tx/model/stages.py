@@ -140,7 +140,9 @@ def project_contributions(
     return result
 
 
-def merged_project_list(reader, stagename: str) -> list[tuple[str, list[str]]]:
+def merged_project_list(
+    reader, stagename: str, mirror_projects: Callable[[Stage], list[str]] = lambda stage: []
+) -> list[tuple[str, list[str]]]:
     """
     Per stage of the chain, the projects it adds that an earlier stage has
     not listed yet.
@@ -149,9 +151,11 @@ def merged_project_list(reader, stagename: str) -> list[tuple[str, list[str]]]:
     result = []
     for stage in resolution_order(reader, stagename):
         if stage.is_mirror:
-            continue  # mirror project lists come with the mirror
+            candidates = mirror_projects(stage)
+        else:
+            candidates = releases.project_names(reader, stage.name)
         names = []
-        for name in releases.project_names(reader, stage.name):
+        for name in candidates:
             if name not in listed:
                 listed.add(name)
                 names.append(name)

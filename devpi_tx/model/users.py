@@ -44,8 +44,10 @@ def public_user(record: dict) -> dict:
     """
     The record as the API shows it: no password hash.
     """
+    from .indexes import public_config
+
     shown = {key: value for key, value in record.items() if key not in HIDDEN}
-    shown.setdefault("indexes", {})
+    shown["indexes"] = {name: public_config(c) for name, c in shown.get("indexes", {}).items()}
     return shown
 
 

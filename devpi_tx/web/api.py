@@ -26,6 +26,9 @@ from ..auth.tokens import TokenSigner
 from ..config import ServerConfig
 from ..customizers import CustomizerRegistry
 from ..interfaces import IFileStore
+from ..mirror.client import UpstreamClient, make_http_client
+from ..mirror.files import MirrorFiles
+from ..mirror.pages import MirrorPages
 from ..model import indexes, releases, users
 from ..model.acl import Policy
 from ..model.errors import InvalidInput, ModelError
@@ -65,22 +68,44 @@ class ServerContext:
     pending_blobs: collections.Counter = attrs.field(factory=collections.Counter)
     started: float = attrs.field(factory=time.time)
 
-    @staticmethod
-    def mirror_links(stage, project: str) -> tuple[list[dict], list[str]]:
-        """
-        Links a mirror stage contributes to a project page.  Mirroring is
-        not implemented yet, so mirrors contribute nothing.
-        """
-        return [], []
+    upstream_http: object = attrs.field(factory=lambda: make_http_client(_reactor()))
+    mirrors: MirrorPages = attrs.field(init=False)
+    mirror_files: MirrorFiles = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.storage.subscribe(self.page_cache.changed)
+        self.mirrors = MirrorPages(
+            self.storage,
+            UpstreamClient(self.upstream_http, self.config.request_timeout),
+            default_expiry=self.config.mirror_cache_expiry,
+            offline=self.config.offline_mode,
+        )
+        self.mirror_files = MirrorFiles(
+            self.storage,
+            self.files,
+            self.upstream_http,
+            timeout=self.config.request_timeout * 12,
+            run_in_thread=self.run_in_thread,
+        )
+
+    def mirror_links(self, stage, project: str) -> tuple[list[dict], list[str]]:
+        """
+        Links a mirror stage contributes to a project page: its cached page.
+        """
+        return self.mirrors.links(stage, project)
 
     def refresh_project(self, stage: str, project: str) -> None:
         """
-        Drop what is cached for a mirrored project (so far: its pages).
+        Make the next request fetch a mirrored project again.
         """
+        self.mirrors.forget(stage, project)
         self.page_cache.invalidate_project(project)
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
 
 
 def default_http_client():
@@ -349,8 +374,12 @@ class DevpiAPI(ReleaseRoutes):
         if simple.is_installer(request) and not wants_json(request):
             return self.simple_list(request, user, index)
         if not has_flag(request, "no_projects"):
-            config["projects"] = releases.project_names(self.ctx.storage, f"{user}/{index}")
-        return envelope(request, type="indexconfig", result=config)
+            stage = f"{user}/{index}"
+            if config["type"] == "mirror":
+                config["projects"] = self.ctx.mirrors.cached_projects(stage)
+            else:
+                config["projects"] = releases.project_names(self.ctx.storage, stage)
+        return envelope(request, type="indexconfig", result=indexes.public_config(config))
 
     @app.route("/<user>/<index>", methods=["PUT"])
     @app.route("/<user>/<index>/", methods=["PUT"])
@@ -362,7 +391,7 @@ class DevpiAPI(ReleaseRoutes):
         with self.ctx.storage.transaction() as tx:
             config = indexes.create_index(tx, self.ctx.registry, user, index, data)
         log.info("created index {stage}", stage=f"{user}/{index}")
-        return envelope(request, type="indexconfig", result=config)
+        return envelope(request, type="indexconfig", result=indexes.public_config(config))
 
     @app.route("/<user>/<index>", methods=["PATCH"])
     @app.route("/<user>/<index>/", methods=["PATCH"])
@@ -380,7 +409,7 @@ class DevpiAPI(ReleaseRoutes):
                 data,
                 error_on_noop=has_flag(request, "error_on_noop"),
             )
-        return envelope(request, type="indexconfig", result=config)
+        return envelope(request, type="indexconfig", result=indexes.public_config(config))
 
     @app.route("/<user>/<index>", methods=["DELETE"])
     @app.route("/<user>/<index>/", methods=["DELETE"])

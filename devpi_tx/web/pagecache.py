@@ -71,8 +71,9 @@ class PageCache:
             if kind == "user":
                 self.clear()
                 return
-            if kind in ("project", "version"):
-                # project/<user>/<index>/<name>, version/<user>/<index>/<name>/<v>
+            if kind in ("project", "version", "mirror"):
+                # project/<user>/<index>/<name>, version/<user>/<index>/<name>/<v>,
+                # mirror/<user>/<index>/<name>
                 parts = rest.split("/")
                 if len(parts) >= 3:
                     projects.add(parts[2])

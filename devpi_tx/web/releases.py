@@ -18,6 +18,8 @@ from packaging.utils import canonicalize_name
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from ..mirror.client import UpstreamError
+from ..mirror.pages import MirrorUnavailable
 from ..model import indexes, releases, stages
 from ..model.errors import Forbidden, InvalidInput, ModelError, NotFound
 from ..model.metadata import is_zip, wheel_metadata
@@ -351,13 +353,34 @@ class ReleaseRoutes:
         key = (stage, None, fmt)
         page = self.ctx.page_cache.get(key)
         if page is None:
-            groups = stages.merged_project_list(self.ctx.storage, stage)
+            groups = stages.merged_project_list(
+                self.ctx.storage, stage, lambda s: self.ctx.mirrors.cached_projects(s.name)
+            )
             body = simple.render_project_list(fmt, stage, groups)
             page = Page(body, simple.etag_for(body), fmt)
             self.ctx.page_cache.put(key, page)
         return self._send_page(request, page)
 
-    def simple_project(self, request: IRequest, user: str, index: str, project: str) -> bytes:
+    async def _refresh_mirrors(self, stage: str, project: str) -> list[str]:
+        """
+        Bring the mirror pages a project page draws on up to date (only the
+        mirrors the whitelist rule lets in); return warnings for stale ones.
+        """
+        consulted: list = []
+
+        def record(mirror, name):
+            consulted.append(mirror)
+            return [], []
+
+        stages.project_contributions(self.ctx.storage, stage, project, record)
+        warnings = []
+        for mirror in consulted:
+            warning = await self.ctx.mirrors.ensure(mirror, project)
+            if warning:
+                warnings.append(f"{mirror.name}: {warning}")
+        return warnings
+
+    async def simple_project(self, request: IRequest, user: str, index: str, project: str) -> bytes:
         self._stage(user, index)
         try:
             fmt = simple.choose_format(request)
@@ -365,6 +388,12 @@ class ReleaseRoutes:
             return error(request, 406, str(exc))
         stage = f"{user}/{index}"
         name = canonicalize_name(project)
+        try:
+            warnings = await self._refresh_mirrors(stage, name)
+        except MirrorUnavailable as exc:
+            return error(request, 502, str(exc))
+        for warning in warnings:
+            request.setHeader("X-Devpi-Mirror-Warning", warning.encode("latin-1", "replace"))
         page_dir = request.path.decode("utf-8", "replace")
         if not page_dir.endswith("/"):
             page_dir = page_dir.rsplit("/", 1)[0] + "/"
@@ -408,17 +437,17 @@ class ReleaseRoutes:
         return self.simple_list(request, user, index)
 
     @app.route("/<user>/<index>/+simple/<project>", methods=["GET", "HEAD"])
-    def simple_project_noslash(self, request: IRequest, user: str, index: str, project: str):
+    async def simple_project_noslash(self, request: IRequest, user: str, index: str, project: str):
         if canonicalize_name(project) == project and simple.is_installer(request):
-            return self.simple_project(request, user, index, project)
+            return await self.simple_project(request, user, index, project)
         return self._normalised_redirect(request, project, slash=False)
 
     @app.route("/<user>/<index>/+simple/<project>/", methods=["GET", "HEAD"])
-    def simple_project_page(self, request: IRequest, user: str, index: str, project: str):
+    async def simple_project_page(self, request: IRequest, user: str, index: str, project: str):
         redirect = self._normalised_redirect(request, project, slash=True)
         if redirect is not None:
             return redirect
-        return self.simple_project(request, user, index, project)
+        return await self.simple_project(request, user, index, project)
 
     @app.route("/<user>/<index>/+simple/<project>/refresh", methods=["POST"])
     def simple_refresh(self, request: IRequest, user: str, index: str, project: str):
@@ -452,9 +481,9 @@ class ReleaseRoutes:
 
     @app.route("/<user>/<index>/<project>", methods=["GET", "HEAD"])
     @app.route("/<user>/<index>/<project>/", methods=["GET", "HEAD"])
-    def project_get(self, request: IRequest, user: str, index: str, project: str):
+    async def project_get(self, request: IRequest, user: str, index: str, project: str):
         if simple.is_installer(request) and not wants_json(request):
-            return self.simple_project(request, user, index, project)
+            return await self.simple_project(request, user, index, project)
         base = self.outside_url(request)
         merged = self._merged_versions(request, user, index, canonicalize_name(project))
         result = {version: self._record_json(base, record) for version, record in merged.items()}
@@ -559,11 +588,32 @@ class ReleaseRoutes:
 
     # -- files -------------------------------------------------------------------
 
+    @app.route("/<user>/<index>/+e/<path:relpath>", methods=["GET", "HEAD"])
+    async def mirror_file_get(self, request: IRequest, user: str, index: str, relpath: str):
+        return await self.file_get(request, user, index, relpath, kind="+e")
+
     @app.route("/<user>/<index>/+f/<path:relpath>", methods=["GET", "HEAD"])
-    def file_get(self, request: IRequest, user: str, index: str, relpath: str):
-        path = f"{user}/{index}/+f/{relpath}"
+    async def file_get(self, request: IRequest, user: str, index: str, relpath: str, kind: str = "+f"):
+        path = f"{user}/{index}/{kind}/{relpath}"
         storage = self.ctx.storage
         entry = releases.get_file(storage, path)
+        if entry is not None and entry.get("mirror") and not self.ctx.mirror_files.is_stored(entry):
+            if wants_json(request):
+                result = {"url": indexes.redact_url(entry["url"]), "project": entry["project"]}
+                if entry.get("sha256"):
+                    result["hashes"] = {"sha256": entry["sha256"]}
+                return envelope(request, type="releasefilemeta", result=result)
+            if self.ctx.config.offline_mode:
+                return error(request, 404, f"{path} is not cached and the server is offline")
+            try:
+                if request.method == b"HEAD":
+                    for name, value in (await self.ctx.mirror_files.head(entry)).items():
+                        request.setHeader(name, value)
+                    request.setHeader("Content-Type", "application/octet-stream")
+                    return b""
+                entry = await self.ctx.mirror_files.ensure(path)
+            except UpstreamError as exc:
+                return error(request, 502, str(exc))
         if entry is None and path.endswith(".metadata"):
             wheel = releases.get_file(storage, path[: -len(".metadata")])
             if wheel is not None and wheel.get("core_metadata_sha256"):

@@ -1,0 +1,123 @@
+"""
+The upstream HTTP client: one treq client over a persistent connection
+pool, with gzip, a bounded number of redirects, timeouts, upstream
+credentials taken from the mirror URL, and conditional requests.
+"""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+from treq.client import HTTPClient
+from twisted.logger import Logger
+from twisted.web.client import (
+    Agent,
+    BrowserLikeRedirectAgent,
+    ContentDecoderAgent,
+    GzipDecoder,
+    HTTPConnectionPool,
+)
+
+from ..model.indexes import redact_url as redact
+from .parse import PageError, UpstreamLink, parse_html, parse_json
+
+log = Logger(namespace="devpi_tx.mirror")
+
+JSON_V1 = "application/vnd.pypi.simple.v1+json"
+#: PEP 691 JSON first, HTML as the fallback.
+ACCEPT = f"{JSON_V1}, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
+
+
+class UpstreamError(Exception):
+    """
+    Upstream could not be asked, or answered with an error.
+    """
+
+
+@attrs.frozen
+class Fetched:
+    links: list[UpstreamLink]
+    versions: list[str]
+    etag: str | None
+    serial: int | None
+
+
+class NotModified(Exception):
+    pass
+
+
+class NotFoundUpstream(Exception):
+    pass
+
+
+def split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """
+    Remove C{user:password@} from a URL and return it with the header that
+    carries those credentials instead.
+    """
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, {}
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=netloc)), {"Authorization": f"Basic {token}"}
+
+
+def make_http_client(reactor, pool: HTTPConnectionPool | None = None) -> HTTPClient:
+    pool = pool or HTTPConnectionPool(reactor, persistent=True)
+    agent = Agent(reactor, pool=pool)
+    agent = BrowserLikeRedirectAgent(agent, redirectLimit=5)
+    agent = ContentDecoderAgent(agent, [(b"gzip", GzipDecoder)])
+    return HTTPClient(agent)
+
+
+class UpstreamClient:
+    """
+    Fetch project pages from one upstream simple index.
+    """
+
+    def __init__(self, http: HTTPClient, timeout: float) -> None:
+        self._http = http
+        self._timeout = timeout
+
+    async def project_page(self, mirror_url: str, project: str, etag: str | None = None) -> Fetched:
+        """
+        @raise NotModified: upstream answered 304 to C{etag}.
+        @raise NotFoundUpstream: upstream has no such project.
+        @raise UpstreamError: anything else went wrong.
+        """
+        base, auth = split_credentials(mirror_url.rstrip("/") + "/")
+        url = f"{base}{project}/"
+        headers = {"Accept": ACCEPT, **auth}
+        if etag:
+            headers["If-None-Match"] = etag
+        try:
+            response = await self._http.get(url, headers=headers, timeout=self._timeout)
+            body = await response.content()
+        except Exception as exc:
+            raise UpstreamError(f"{redact(url)}: {exc.__class__.__name__}: {exc}") from None
+        if response.code == 304:
+            raise NotModified()
+        if response.code == 404:
+            raise NotFoundUpstream()
+        if response.code != 200:
+            raise UpstreamError(f"{redact(url)}: upstream answered {response.code}")
+        content_type = (response.headers.getRawHeaders("content-type") or [""])[0]
+        serial_header = (response.headers.getRawHeaders("x-pypi-last-serial") or [None])[0]
+        try:
+            serial = int(serial_header) if serial_header is not None else None
+        except ValueError:
+            serial = None
+        try:
+            if content_type.startswith(JSON_V1):
+                links, versions = parse_json(body, url)
+            else:
+                links, versions = parse_html(body, url), []
+        except PageError as exc:
+            raise UpstreamError(f"{redact(url)}: {exc}") from None
+        new_etag = (response.headers.getRawHeaders("etag") or [None])[0]
+        return Fetched(links, versions, new_etag, serial)

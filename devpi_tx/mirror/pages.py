@@ -1,0 +1,219 @@
+"""
+Mirrored project pages: fetched on first request and whenever older than
+the index's C{mirror_cache_expiry}, one upstream fetch per project however
+many requests wait for it, kept in the state so that they survive
+restarts and serve while upstream is down.
+
+State keys::
+
+    mirror/<user>/<index>/<project>   {"links": [...], "versions": [...],
+                                       "etag": ..., "serial": ...}
+    file/<user>/<index>/+f/<h>/<name> what a mirrored file's URL points to
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from ..model import releases
+from ..model.stages import Stage
+from .client import NotFoundUpstream, NotModified, UpstreamClient, UpstreamError, redact
+
+log = Logger(namespace="devpi_tx.mirror")
+
+#: How long an upstream 404 is remembered, in seconds.
+NOT_FOUND_TTL = 60.0
+
+
+class MirrorUnavailable(Exception):
+    """
+    Upstream failed and nothing is cached: the caller answers 502.
+    """
+
+
+def mirror_key(stage: str, project: str) -> str:
+    return f"mirror/{stage}/{project}"
+
+
+def link_relpath(stage: str, link: dict) -> str:
+    if link.get("sha256"):
+        return releases.relpath(stage, link["sha256"], link["filename"])
+    # No hash upstream: an address of its own, derived from the URL.
+    mangled = hashlib.sha256(link["url"].encode()).hexdigest()[:16]
+    return f"{stage}/+e/{mangled}/{link['filename']}"
+
+
+class MirrorPages:
+    def __init__(
+        self,
+        storage,
+        client: UpstreamClient,
+        *,
+        default_expiry: int,
+        offline: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._storage = storage
+        self._client = client
+        self._default_expiry = default_expiry
+        self._offline = offline
+        self._clock = clock
+        self._checked: dict[tuple[str, str], float] = {}
+        self._missing: dict[tuple[str, str], float] = {}
+        self._inflight: dict[tuple[str, str], list[Deferred]] = {}
+
+    def forget(self, stage: str, project: str) -> None:
+        """
+        Make the next request fetch the project again (devpi refresh).
+        """
+        self._checked.pop((stage, project), None)
+        self._missing.pop((stage, project), None)
+
+    def cached(self, stage: str, project: str) -> dict | None:
+        return self._storage.get(mirror_key(stage, project))
+
+    def cached_projects(self, stage: str) -> list[str]:
+        prefix = f"mirror/{stage}/"
+        return [key[len(prefix) :] for key in self._storage.keys(prefix)]
+
+    async def ensure(self, stage: Stage, project: str) -> str | None:
+        """
+        Make the cached page of C{project} fresh enough.
+
+        @return: a warning when a stale page is served because upstream
+            failed, else L{None}.
+        @raise MirrorUnavailable: upstream failed and nothing is cached.
+        """
+        key = (stage.name, project)
+        if self._offline:
+            return None
+        now = self._clock()
+        expiry = stage.config.get("mirror_cache_expiry", self._default_expiry)
+        checked = self._checked.get(key)
+        if checked is not None and now - checked < expiry:
+            return None
+        missing_until = self._missing.get(key)
+        if missing_until is not None and now < missing_until:
+            return None
+        if key in self._inflight:
+            waiter: Deferred = Deferred()
+            self._inflight[key].append(waiter)
+            return await waiter
+        self._inflight[key] = []
+        try:
+            result = await self._refresh(stage, project)
+        except BaseException as exc:
+            for waiter in self._inflight.pop(key):
+                waiter.errback(exc)
+            raise
+        for waiter in self._inflight.pop(key):
+            waiter.callback(result)
+        return result
+
+    async def _refresh(self, stage: Stage, project: str) -> str | None:
+        key = (stage.name, project)
+        stored = self.cached(stage.name, project)
+        url = stage.config.get("mirror_url", "")
+        try:
+            fetched = await self._client.project_page(url, project, etag=(stored or {}).get("etag"))
+        except NotModified:
+            self._checked[key] = self._clock()
+            return None
+        except NotFoundUpstream:
+            self._missing[key] = self._clock() + NOT_FOUND_TTL
+            if stored is not None:
+                with self._storage.transaction() as tx:
+                    tx.delete(mirror_key(stage.name, project))
+            return None
+        except UpstreamError as exc:
+            log.warn("mirror {stage}: {error}", stage=stage.name, error=str(exc))
+            if stored is None:
+                raise MirrorUnavailable(f"upstream {redact(url)} failed: {exc}") from None
+            return f"upstream failed, serving the cached page ({exc})"
+        self._checked[key] = self._clock()
+        self._missing.pop(key, None)
+        if (
+            stored is not None
+            and fetched.serial is not None
+            and stored.get("serial") is not None
+            and fetched.serial < stored["serial"]
+            and not stage.config.get("mirror_ignore_serial_header", False)
+        ):
+            log.warn(
+                "mirror {stage}: upstream serial {new} for {project} is older than "
+                "the cached {old}; keeping the cached page",
+                stage=stage.name,
+                project=project,
+                new=fetched.serial,
+                old=stored["serial"],
+            )
+            return None
+        page = {
+            "links": [link.to_json() for link in fetched.links],
+            "versions": fetched.versions,
+            "etag": fetched.etag,
+            "serial": fetched.serial,
+        }
+        if stored == page:
+            return None
+        self._store(stage.name, project, page, stored)
+        return None
+
+    def _store(self, stage: str, project: str, page: dict, stored: dict | None) -> None:
+        old = {link_relpath(stage, link): link for link in (stored or {}).get("links", [])}
+        with self._storage.transaction() as tx:
+            tx.set(mirror_key(stage, project), page)
+            for link in page["links"]:
+                path = link_relpath(stage, link)
+                old.pop(path, None)
+                entry = tx.get(releases.file_key(path)) or {}
+                wanted = {
+                    "rel": "releasefile",
+                    "project": project,
+                    "version": None,
+                    "url": link["url"],
+                    "sha256": link.get("sha256") or entry.get("sha256"),
+                    "size": entry.get("size"),
+                    "last_modified": entry.get("last_modified", time.time()),
+                    "mirror": True,
+                }
+                if entry.get("stored"):
+                    wanted["stored"] = True
+                if entry != wanted:
+                    tx.set(releases.file_key(path), wanted)
+            for path in old:
+                entry = tx.get(releases.file_key(path))
+                if entry is not None and not entry.get("stored"):
+                    tx.delete(releases.file_key(path))
+
+    def links(self, stage: Stage, project: str) -> tuple[list[dict], list[str]]:
+        """
+        The links of the cached page, shaped like private links, pointing
+        to this server.
+        """
+        page = self.cached(stage.name, project)
+        if page is None:
+            return [], []
+        links = []
+        for link in page["links"]:
+            shown = {
+                "rel": "releasefile",
+                "basename": link["filename"],
+                "relpath": link_relpath(stage.name, link),
+                "sha256": link.get("sha256"),
+            }
+            for source, target in (
+                ("requires_python", "requires_python"),
+                ("yanked", "yanked"),
+                ("size", "size"),
+                ("upload_time", "upload_time"),
+            ):
+                if link.get(source) is not None:
+                    shown[target] = link[source]
+            links.append(shown)
+        return links, list(page.get("versions", []))

@@ -1,0 +1,189 @@
+"""
+The caching mirror in memory: the fake upstream is reached through StubTreq.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+
+import pytest
+
+from .distfiles import make_wheel
+from .fakeupstream import Release
+
+PIP_ACCEPT = (
+    "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
+)
+
+
+@pytest.fixture
+def hello(upstream):
+    filename, data = make_wheel("hello", "1.0")
+    upstream.add("hello", Release(filename, data, requires_python=">=3.8"), serial=5)
+    return filename, data
+
+
+def page(client, path="/root/pypi/+simple/hello/"):
+    return client.get(path, accept=PIP_ACCEPT)
+
+
+def absolute(url: str, base: str = "/root/pypi/+simple/hello/") -> str:
+    return posixpath.normpath(posixpath.join(base, url))
+
+
+def test_project_page_from_upstream(client, upstream, hello):
+    filename, data = hello
+    answer = page(client)
+    assert answer.code == 200, answer.body
+    (entry,) = answer.json["files"]
+    sha = hashlib.sha256(data).hexdigest()
+    assert entry["filename"] == filename
+    assert entry["hashes"] == {"sha256": sha}
+    assert entry["requires-python"] == ">=3.8"
+    assert absolute(entry["url"]) == f"/root/pypi/+f/{sha[:3]}/{sha[3:16]}/{filename}"
+    html = client.get("/root/pypi/+simple/hello/", accept="text/html").body.decode()
+    assert f"#sha256={sha}" in html and 'data-requires-python="&gt;=3.8"' in html
+
+
+def test_html_only_upstream(client, upstream, hello):
+    upstream.mode = "html"
+    (entry,) = page(client).json["files"]
+    assert entry["filename"] == hello[0]
+    assert entry["requires-python"] == ">=3.8"
+
+
+def test_cached_page_is_not_fetched_again_until_expiry(client, upstream, hello, root):
+    page(client)
+    page(client)
+    assert upstream.count("/simple/") == 1
+    client.request("PATCH", "/root/pypi", ["mirror_cache_expiry=0"], headers=root)
+    assert page(client).code == 200
+    assert upstream.count("/simple/") == 2
+    # The refetch was conditional and upstream answered 304.
+    assert client.context.storage.get("mirror/root/pypi/hello")["etag"]
+
+
+def test_upstream_failure_serves_cache_with_warning_else_502(client, upstream, hello, root):
+    assert page(client).code == 200
+    client.request("PATCH", "/root/pypi", ["mirror_cache_expiry=0"], headers=root)
+    upstream.fail_status = 503
+    answer = page(client)
+    assert answer.code == 200
+    assert "upstream failed" in answer.header("X-Devpi-Mirror-Warning")
+    answer = client.get("/root/pypi/+simple/other/", accept=PIP_ACCEPT)
+    assert answer.code == 502
+
+
+def test_upstream_404_is_remembered(client, upstream):
+    assert page(client, "/root/pypi/+simple/nope/").code == 404
+    assert page(client, "/root/pypi/+simple/nope/").code == 404
+    assert upstream.count("/simple/") == 1
+
+
+def test_older_serial_never_replaces_newer_page(client, upstream, hello, root):
+    page(client)
+    client.request("PATCH", "/root/pypi", ["mirror_cache_expiry=0"], headers=root)
+    filename, data = make_wheel("hello", "2.0")
+    upstream.add("hello", Release(filename, data), serial=3)
+    assert [f["filename"] for f in page(client).json["files"]] == [hello[0]]
+
+
+def test_file_download_is_cached_and_verified(client, upstream, hello):
+    filename, data = hello
+    url = absolute(page(client).json["files"][0]["url"])
+    answer = client.get(url, accept=None)
+    assert answer.code == 200
+    assert answer.body == data
+    assert client.get(url, accept=None).body == data
+    assert upstream.count("/files/") == 1
+
+
+def test_wrong_hash_is_refused_and_nothing_stored(client, upstream):
+    filename, data = make_wheel("bad", "1.0")
+    upstream.add("bad", Release(filename, data, wrong_hash=True))
+    url = absolute(page(client, "/root/pypi/+simple/bad/").json["files"][0]["url"], "/root/pypi/+simple/bad/")
+    answer = client.get(url, accept=None)
+    assert answer.code == 502
+    assert "sha256 mismatch" in answer.body.decode()
+    assert [k for k in client.context.storage.keys("blob/")] == []
+
+
+def test_head_of_uncached_file_downloads_nothing(client, upstream, hello):
+    url = absolute(page(client).json["files"][0]["url"])
+    answer = client.request("HEAD", url, accept=None)
+    assert answer.code == 200
+    assert answer.header("Content-Length") == str(len(hello[1]))
+    assert upstream.count("/files/") == 1
+    assert [k for k in client.context.storage.keys("blob/")] == []
+
+
+def test_private_project_hides_mirror_unless_whitelisted(client, upstream, hello, alice):
+    client.request("PUT", "/alice/dev", {"bases": "root/pypi"}, headers=alice)
+    path = "/alice/dev/+simple/hello/"
+    assert [f["filename"] for f in page(client, path).json["files"]] == [hello[0]]
+    from .distfiles import upload_form
+
+    filename, data = make_wheel("hello", "9.0")
+    content_type, body = upload_form("hello", "9.0", filename, data)
+    client.request("POST", "/alice/dev/", raw=body, headers={"Content-Type": content_type, **alice})
+    assert [f["filename"] for f in page(client, path).json["files"]] == [filename]
+    client.request("PATCH", "/alice/dev", ["mirror_whitelist=hello"], headers=alice)
+    assert sorted(f["filename"] for f in page(client, path).json["files"]) == sorted([filename, hello[0]])
+
+
+def test_refresh_forces_a_fetch(client, upstream, hello):
+    page(client)
+    answer = client.request("POST", "/root/pypi/+simple/hello/refresh")
+    assert answer.code == 302
+    page(client)
+    assert upstream.count("/simple/") == 2
+
+
+def test_mirror_credentials_are_used_but_never_shown(client, upstream, hello, root):
+    client.request("PATCH", "/root/pypi", ["mirror_url=http://user:secret@127.0.0.1:9/simple/"], headers=root)
+    assert client.get("/root/pypi").json["result"]["mirror_url"] == "http://***@127.0.0.1:9/simple/"
+    assert "secret" not in client.get("/").body.decode()
+    assert page(client).code == 200
+
+
+def test_cached_projects_listed(client, upstream, hello):
+    page(client)
+    assert client.get("/root/pypi").json["result"]["projects"] == ["hello"]
+    listing = client.get("/root/pypi/+simple/", accept=PIP_ACCEPT).json
+    assert listing["projects"] == [{"name": "hello"}]
+
+
+def test_offline_mode_never_asks_upstream(tmp_path, upstream, hello):
+    from treq.testing import StubTreq
+
+    from devpi_tx.auth.passwords import fast_hasher
+    from devpi_tx.config import ServerConfig
+    from devpi_tx.service import build_context
+
+    from .conftest import Client, synchronous, synchronous_passwords
+
+    config = ServerConfig(
+        serverdir=str(tmp_path / "s"),
+        mirror_url="http://127.0.0.1:9/simple/",
+        root_passwd_hash=fast_hasher().hash("rootpw"),
+        offline_mode=True,
+    )
+    context = build_context(
+        config, passwords=synchronous_passwords(), run_in_thread=synchronous, upstream_http=StubTreq(upstream)
+    )
+    client = Client(context)
+    assert page(client).code == 404
+    assert upstream.requests == []
+    context.storage.close()
+
+
+def test_truncated_download_leaves_nothing_and_is_retried(client, upstream, hello):
+    url = absolute(page(client).json["files"][0]["url"])
+    upstream.cut_files = True
+    assert client.get(url, accept=None).code == 502
+    assert list(client.context.storage.keys("blob/")) == []
+    assert os.listdir(client.context.files.tmpdir) == []
+    upstream.cut_files = False
+    assert client.get(url, accept=None).body == hello[1]
