@@ -187,3 +187,45 @@ def test_truncated_download_leaves_nothing_and_is_retried(client, upstream, hell
     assert os.listdir(client.context.files.tmpdir) == []
     upstream.cut_files = False
     assert client.get(url, accept=None).body == hello[1]
+
+
+def _upload(client, auth, stage, name, version):
+    from .distfiles import upload_form
+
+    filename, data = make_wheel(name, version)
+    content_type, body = upload_form(name, version, filename, data)
+    answer = client.request("POST", f"/{stage}/", raw=body, headers={"Content-Type": content_type, **auth})
+    assert answer.code == 200
+    return filename
+
+
+# (whitelist of alice/base, whitelist of alice/dev, inheritance, private copy in, mirror served?)
+WHITELIST_TABLE = [
+    ("", "", "intersection", None, True),  # only upstream has it
+    ("", "", "intersection", "alice/base", False),  # private copy hides the mirror
+    ("", "", "intersection", "alice/dev", False),
+    ("", "hello", "intersection", "alice/dev", False),  # not in every whitelist met
+    ("hello", "hello", "intersection", "alice/dev", True),
+    ("", "hello", "union", "alice/dev", True),  # one whitelist is enough
+    ("*", "*", "intersection", "alice/base", True),
+    ("hello", "", "union", "alice/base", True),
+]
+
+
+@pytest.mark.parametrize("base_wl, dev_wl, inheritance, private, served", WHITELIST_TABLE)
+def test_whitelist_table(client, upstream, hello, alice, base_wl, dev_wl, inheritance, private, served):
+    client.request("PUT", "/alice/base", {"bases": "root/pypi", "mirror_whitelist": base_wl}, headers=alice)
+    client.request(
+        "PUT",
+        "/alice/dev",
+        {"bases": "alice/base", "mirror_whitelist": dev_wl, "mirror_whitelist_inheritance": inheritance},
+        headers=alice,
+    )
+    if private:
+        _upload(client, alice, private, "hello", "9.0")
+    files = [f["filename"] for f in page(client, "/alice/dev/+simple/hello/").json["files"]]
+    assert (hello[0] in files) is served
+    explained = client.get("/alice/dev/+explain/hello").json["result"]
+    (mirror,) = [s for s in explained["stages"] if s["index"] == "root/pypi"]
+    assert bool(mirror["files"]) is served
+    assert ("mirror_whitelist" in mirror["reason"]) is (not served)

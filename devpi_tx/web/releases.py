@@ -457,6 +457,37 @@ class ReleaseRoutes:
         request.setHeader("Location", f"/{user}/{index}/+simple/{canonicalize_name(project)}/")
         return b""
 
+    @app.route("/<user>/<index>/+explain/<project>", methods=["GET"])
+    async def explain(self, request: IRequest, user: str, index: str, project: str):
+        """
+        Which index of the chain serves which files of a project, and why
+        (beyond devpi): the inheritance and whitelist rule made visible.
+        """
+        self._stage(user, index)
+        stage = f"{user}/{index}"
+        name = canonicalize_name(project)
+        try:
+            await self._refresh_mirrors(stage, name)
+        except MirrorUnavailable as exc:
+            return error(request, 502, str(exc))
+        contributions = stages.project_contributions(self.ctx.storage, stage, name, self.ctx.mirror_links)
+        result = {
+            "index": stage,
+            "project": name,
+            "mirror_whitelist_inheritance": self._stage(user, index).get(
+                "mirror_whitelist_inheritance", "intersection"
+            ),
+            "stages": [
+                {
+                    "index": c.stage,
+                    "reason": c.reason,
+                    "files": [link["basename"] for link in c.links],
+                }
+                for c in contributions
+            ],
+        }
+        return envelope(request, type="explain", result=result)
+
     # -- project and version JSON ------------------------------------------------
 
     def _merged_versions(self, request: IRequest, user: str, index: str, project: str) -> dict:
