@@ -41,6 +41,9 @@ class FakeUpstream(Resource):
         self.mode = "json"  # or "html"
         self.fail_status: int | None = None
         self.cut_files = False
+        #: Serve files in 64 KiB pieces this many seconds apart (needs a
+        #: running reactor: real-port tests only).
+        self.file_delay: float | None = None
         self.requests: list[tuple[str, str]] = []
 
     def add(self, project: str, *releases: Release, serial: int = 1) -> None:
@@ -112,6 +115,9 @@ class FakeUpstream(Resource):
                     request.setHeader("Content-Length", str(len(r.data)))
                     if request.method == b"HEAD":
                         return b""
+                    if self.file_delay is not None:
+                        self._trickle(request, r.data, 0)
+                        return NOT_DONE_YET
                     if self.cut_files:
                         request.write(r.data[: len(r.data) // 2])
                         request.channel.transport.loseConnection()
@@ -119,3 +125,20 @@ class FakeUpstream(Resource):
                     return r.data
         request.setResponseCode(404)
         return b"no such file\n"
+
+    def _trickle(self, request, data: bytes, offset: int) -> None:
+        from twisted.internet import reactor
+
+        if request._disconnected:
+            return
+        end = len(data) // 2 if self.cut_files else len(data)
+        piece = data[offset : min(offset + 65536, end)]
+        if piece:
+            request.write(piece)
+        if offset + len(piece) >= end:
+            if self.cut_files:
+                request.channel.transport.loseConnection()
+            else:
+                request.finish()
+            return
+        reactor.callLater(self.file_delay, self._trickle, request, data, offset + len(piece))

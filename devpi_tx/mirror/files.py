@@ -1,7 +1,10 @@
 """
-Mirrored files: downloaded from upstream on first request (one download
-however many clients ask at once), checked against the upstream sha256,
-then stored like any other file and linked in the state.
+Mirrored files: the first request starts one upstream download, written
+to a temporary file and hashed as it arrives; that request and any others
+for the same file read the growing file and get its bytes as they come.
+The hash is checked before the file is linked into the state; a failed,
+truncated or mismatching download aborts the clients' connections (never
+a short 200), leaves no file, and the next request tries again.
 """
 
 from __future__ import annotations
@@ -10,12 +13,167 @@ import time
 
 import treq
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
 
 from ..model import releases
 from .client import UpstreamError, redact, split_credentials
 
 log = Logger(namespace="devpi_tx.mirror")
+
+#: Bytes read from the growing file per step.
+STEP = 256 * 1024
+
+
+class Download:
+    """
+    One upstream download in progress.
+
+    @ivar received: bytes written to the temporary file so far.
+    @ivar total: the length upstream announced, if it did.
+    """
+
+    def __init__(self, writer) -> None:
+        self.writer = writer
+        self.received = 0
+        self.total: int | None = None
+        self.committing = False
+        self._listeners: list = []
+        self._waiting: dict[str, list[Deferred]] = {"started": [], "finished": []}
+        self._outcome: dict[str, tuple[bool, object]] = {}
+
+    def wait(self, stage: str) -> Deferred:
+        """
+        A Deferred that fires when the download reaches C{stage}
+        (C{"started"}: upstream's headers are in; C{"finished"}: the file is
+        stored, with its entry) or fails with L{UpstreamError}.
+        """
+        d: Deferred = Deferred()
+        if stage in self._outcome:
+            ok, value = self._outcome[stage]
+            d.callback(value) if ok else d.errback(value)
+        else:
+            self._waiting[stage].append(d)
+        return d
+
+    def reached(self, stage: str, ok: bool, value: object) -> None:
+        if stage in self._outcome:
+            return
+        self._outcome[stage] = (ok, value)
+        for d in self._waiting.pop(stage):
+            d.callback(value) if ok else d.errback(value)
+
+    @property
+    def done(self) -> bool:
+        return "finished" in self._outcome
+
+    def listen(self, listener) -> None:
+        self._listeners.append(listener)
+
+    def forget(self, listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def data(self, chunk: bytes) -> None:
+        self.writer.write(chunk)
+        self.writer.flush()
+        self.received += len(chunk)
+        for listener in list(self._listeners):
+            listener.more()
+
+    def end(self, error: Exception | None) -> None:
+        for listener in list(self._listeners):
+            listener.ended(error)
+        self._listeners.clear()
+
+
+@implementer(IPushProducer)
+class GrowingFileBody:
+    """
+    Send a file that is still being downloaded: what has arrived is read
+    from the temporary file and written, respecting the client's pace;
+    the rest follows as it comes.
+    """
+
+    def __init__(self, request: IRequest, download: Download) -> None:
+        self._request = request
+        self._download = download
+        self._file = open(download.writer.partial_path, "rb")
+        self._sent = 0
+        self._paused = False
+        self._ended = False
+        self._error: Exception | None = None
+        self.done: Deferred = Deferred(lambda d: self.stopProducing())
+
+    def start(self) -> Deferred:
+        self._request.registerProducer(self, True)
+        self._request.notifyFinish().addErrback(lambda reason: self.stopProducing())
+        self._download.listen(self)
+        self._pump()
+        return self.done
+
+    # -- from the download -----------------------------------------------------
+
+    def more(self) -> None:
+        if not self._paused:
+            self._pump()
+
+    def ended(self, error: Exception | None) -> None:
+        self._ended = True
+        self._error = error
+        if not self._paused or error is not None:
+            self._pump()
+
+    # -- from the consumer -----------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        if self._file is not None:
+            self._close()
+            self._request.unregisterProducer()
+        self._fire()
+
+    # ---------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        if self._file is None:
+            return
+        if self._error is not None:
+            # Never let a short body pass for a complete one.
+            self._close()
+            self._request.unregisterProducer()
+            self._request.channel.transport.abortConnection()
+            self._fire()
+            return
+        while not self._paused and self._sent < self._download.received:
+            data = self._file.read(min(STEP, self._download.received - self._sent))
+            if not data:
+                break
+            self._sent += len(data)
+            self._request.write(data)
+        if self._ended and self._sent >= self._download.received:
+            self._close()
+            self._request.unregisterProducer()
+            self._request.finish()
+            self._fire()
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self._download.forget(self)
+
+    def _fire(self) -> None:
+        if not self.done.called:
+            self.done.callback(None)
 
 
 class MirrorFiles:
@@ -25,10 +183,22 @@ class MirrorFiles:
         self._http = http
         self._timeout = timeout
         self._run = run_in_thread
-        self._inflight: dict[str, list[Deferred]] = {}
+        self._downloads: dict[str, Download] = {}
 
     def is_stored(self, entry: dict) -> bool:
         return bool(entry.get("stored")) and self._files.exists(entry["sha256"])
+
+    def download(self, path: str, entry: dict) -> Download:
+        """
+        The download of C{path}, started now unless one is running.
+        """
+        download = self._downloads.get(path)
+        if download is None:
+            download = Download(self._files.writer())
+            self._downloads[path] = download
+            d = Deferred.fromCoroutine(self._run_download(path, entry, download))
+            d.addErrback(lambda failure: None)  # reported through the download
+        return download
 
     async def ensure(self, path: str) -> dict:
         """
@@ -39,20 +209,7 @@ class MirrorFiles:
         entry = releases.get_file(self._storage, path)
         if entry is not None and self.is_stored(entry):
             return entry
-        if path in self._inflight:
-            waiter: Deferred = Deferred()
-            self._inflight[path].append(waiter)
-            return await waiter
-        self._inflight[path] = []
-        try:
-            result = await self._download(path, entry)
-        except BaseException as exc:
-            for waiter in self._inflight.pop(path):
-                waiter.errback(exc)
-            raise
-        for waiter in self._inflight.pop(path):
-            waiter.callback(result)
-        return result
+        return await self.download(path, entry).wait("finished")
 
     async def head(self, entry: dict) -> dict[str, str]:
         """
@@ -65,37 +222,49 @@ class MirrorFiles:
             raise UpstreamError(f"{redact(url)}: {exc}") from None
         if response.code != 200:
             raise UpstreamError(f"{redact(url)}: upstream answered {response.code}")
-        return {
-            name: value[0].decode("latin-1") if isinstance(value[0], bytes) else value[0]
-            for name in ("Content-Length",)
-            if (value := response.headers.getRawHeaders(name))
-        }
+        length = response.headers.getRawHeaders("content-length")
+        return {"Content-Length": length[0]} if length else {}
 
-    async def _download(self, path: str, entry: dict) -> dict:
+    async def _run_download(self, path: str, entry: dict, download: Download) -> None:
         url, auth = split_credentials(entry["url"])
-        writer = self._files.writer()
+        writer = download.writer
         try:
-            response = await self._http.get(url, headers=auth, timeout=self._timeout, unbuffered=True)
+            try:
+                response = await self._http.get(url, headers=auth, timeout=self._timeout, unbuffered=True)
+            except Exception as exc:
+                raise UpstreamError(f"{redact(url)}: {exc.__class__.__name__}: {exc}") from None
             if response.code != 200:
                 raise UpstreamError(f"{redact(url)}: upstream answered {response.code}")
-            await treq.collect(response, writer.write)
+            if response.length is not None and response.length >= 0:
+                download.total = response.length
+            download.reached("started", True, download)
+            try:
+                await treq.collect(response, download.data)
+            except Exception as exc:
+                raise UpstreamError(f"{redact(url)}: download failed: {exc.__class__.__name__}") from None
             digest = writer.hexdigest()
             if entry.get("sha256") and digest != entry["sha256"]:
                 raise UpstreamError(
                     f"{redact(url)}: sha256 mismatch, expected {entry['sha256']}, got {digest}"
                 )
-        except UpstreamError:
+            download.committing = True
+            sha256 = await self._run(writer.commit)
+        except UpstreamError as exc:
+            log.warn("mirror download failed: {error}", error=str(exc))
             writer.abort()
-            raise
-        except Exception as exc:
-            writer.abort()
-            raise UpstreamError(f"{redact(url)}: download failed: {exc.__class__.__name__}: {exc}") from None
-        sha256 = await self._run(writer.commit)
+            del self._downloads[path]
+            download.reached("started", False, exc)
+            download.end(exc)
+            download.reached("finished", False, exc)
+            return
         with self._storage.transaction() as tx:
             current = tx.get(releases.file_key(path)) or entry
+            was_stored = current.get("stored")
             current = dict(current, sha256=sha256, size=writer.size, last_modified=time.time(), stored=True)
             tx.set(releases.file_key(path), current)
-            if not entry.get("stored"):
+            if not was_stored:
                 tx.set(releases.blob_key(sha256), (tx.get(releases.blob_key(sha256)) or 0) + 1)
+        del self._downloads[path]
         log.info("mirrored {url} ({size} bytes)", url=redact(url), size=writer.size)
-        return current
+        download.end(None)
+        download.reached("finished", True, current)

@@ -92,15 +92,10 @@ def private_links(reader, stage: str, project: str) -> tuple[list[dict], list[st
     return links, versions
 
 
-def project_contributions(
-    reader,
-    stagename: str,
-    project: str,
-    mirror_links: MirrorLinks = _no_mirror_links,
-) -> list[Contribution]:
+def plan(reader, stagename: str, project: str) -> list[tuple[Stage, bool, str]]:
     """
-    For each stage of the chain: the links it contributes for C{project},
-    and why (or why not).
+    For each stage of the chain: whether it serves C{project}, and why.
+    Cheap (no links are read), so that it can run on every request.
     """
     project = canonicalize_name(project)
     order = resolution_order(reader, stagename)
@@ -112,17 +107,10 @@ def project_contributions(
     for stage in order:
         if stage.is_mirror:
             if private_has_project and not (whitelist and ("*" in whitelist or project in whitelist)):
-                result.append(
-                    Contribution(
-                        stage.name,
-                        [],
-                        [],
-                        "a private index of the chain has the project and it is not in mirror_whitelist",
-                    )
-                )
-                continue
-            links, versions = mirror_links(stage, project)
-            result.append(Contribution(stage.name, links, versions, "mirror"))
+                reason = "a private index of the chain has the project and it is not in mirror_whitelist"
+                result.append((stage, False, reason))
+            else:
+                result.append((stage, True, "mirror"))
             continue
         names = set(stage.config.get("mirror_whitelist", []))
         if whitelist is None:
@@ -133,10 +121,40 @@ def project_contributions(
             whitelist &= names
         if releases.get_project(reader, stage.name, project) is not None:
             private_has_project = True
-            links, versions = private_links(reader, stage.name, project)
-            result.append(Contribution(stage.name, links, versions, "private index has the project"))
+            result.append((stage, True, "private index has the project"))
         else:
-            result.append(Contribution(stage.name, [], [], "no such project here"))
+            result.append((stage, False, "no such project here"))
+    return result
+
+
+def consulted_mirrors(reader, stagename: str, project: str) -> list[Stage]:
+    """
+    The mirrors a project page of C{stagename} draws on.
+    """
+    return [stage for stage, serves, _ in plan(reader, stagename, project) if serves and stage.is_mirror]
+
+
+def project_contributions(
+    reader,
+    stagename: str,
+    project: str,
+    mirror_links: MirrorLinks = _no_mirror_links,
+) -> list[Contribution]:
+    """
+    For each stage of the chain: the links it contributes for C{project},
+    and why (or why not).
+    """
+    project = canonicalize_name(project)
+    result = []
+    for stage, serves, reason in plan(reader, stagename, project):
+        if not serves:
+            result.append(Contribution(stage.name, [], [], reason))
+            continue
+        if stage.is_mirror:
+            links, versions = mirror_links(stage, project)
+        else:
+            links, versions = private_links(reader, stage.name, project)
+        result.append(Contribution(stage.name, links, versions, reason))
     return result
 
 

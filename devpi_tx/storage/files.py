@@ -49,6 +49,20 @@ class LocalFileWriter:
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
 
+    def flush(self) -> None:
+        """
+        Push what was written into the file, for readers of the growing
+        file (a mirror download served while it arrives).
+        """
+        self._file.flush()
+
+    @property
+    def partial_path(self) -> str:
+        """
+        Where the file grows until it is committed.
+        """
+        return self._tmp_path
+
     def write(self, data: bytes) -> None:
         self._file.write(data)
         self._hash.update(data)

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from ..mirror.client import UpstreamError
+from ..mirror.files import GrowingFileBody
 from ..mirror.pages import MirrorUnavailable
 from ..model import indexes, releases, stages
 from ..model.errors import Forbidden, InvalidInput, ModelError, NotFound
@@ -366,15 +367,8 @@ class ReleaseRoutes:
         Bring the mirror pages a project page draws on up to date (only the
         mirrors the whitelist rule lets in); return warnings for stale ones.
         """
-        consulted: list = []
-
-        def record(mirror, name):
-            consulted.append(mirror)
-            return [], []
-
-        stages.project_contributions(self.ctx.storage, stage, project, record)
         warnings = []
-        for mirror in consulted:
+        for mirror in stages.consulted_mirrors(self.ctx.storage, stage, project):
             warning = await self.ctx.mirrors.ensure(mirror, project)
             if warning:
                 warnings.append(f"{mirror.name}: {warning}")
@@ -642,7 +636,12 @@ class ReleaseRoutes:
                         request.setHeader(name, value)
                     request.setHeader("Content-Type", "application/octet-stream")
                     return b""
-                entry = await self.ctx.mirror_files.ensure(path)
+                download = self.ctx.mirror_files.download(path, entry)
+                await download.wait("started")
+                if download.committing or download.done:
+                    entry = await download.wait("finished")
+                else:
+                    return self._send_growing(request, download, entry)
             except UpstreamError as exc:
                 return error(request, 502, str(exc))
         if entry is None and path.endswith(".metadata"):
@@ -665,6 +664,19 @@ class ReleaseRoutes:
             return envelope(request, type="releasefilemeta", result=result)
         content_type = "application/json" if entry["rel"] == "toxresult" else "application/octet-stream"
         return self._serve_blob(request, entry["sha256"], entry["last_modified"], content_type)
+
+    def _send_growing(self, request: IRequest, download, entry: dict):
+        """
+        Answer with a file while its download from upstream is running.
+        """
+        request.setResponseCode(200)
+        request.setHeader("Content-Type", "application/octet-stream")
+        if download.total is not None:
+            request.setHeader("Content-Length", str(download.total))
+        if entry.get("sha256"):
+            request.setHeader("ETag", f'"{entry["sha256"]}"')
+            request.setHeader("Cache-Control", "max-age=365000000, immutable, public")
+        return GrowingFileBody(request, download).start()
 
     def _serve_blob(self, request: IRequest, sha256: str, last_modified: float, content_type: str):
         path = self.ctx.files.path(sha256)

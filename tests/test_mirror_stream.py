@@ -1,0 +1,109 @@
+"""
+A mirrored file's first download, over real connections: served to its
+requesters while it arrives, shared between them, and never passed off as
+complete when upstream fails halfway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from urllib.parse import urljoin
+
+import pytest
+import pytest_twisted
+import treq
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
+
+from devpi_tx.auth.passwords import fast_hasher
+from devpi_tx.config import ServerConfig
+from devpi_tx.mirror.client import make_http_client
+from devpi_tx.service import build_context, make_site
+
+from .conftest import synchronous_passwords
+from .distfiles import make_wheel
+from .fakeupstream import FakeUpstream, Release
+
+SIZE = 2 * 1024 * 1024
+
+
+@pytest.fixture
+def setup(tmp_path):
+    upstream = FakeUpstream()
+    filename, data = make_wheel("big", "1.0", payload=os.urandom(SIZE))
+    upstream.add("big", Release(filename, data))
+    up_port = pytest_twisted.blockon(
+        serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Site(upstream))
+    )
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    config = ServerConfig(
+        serverdir=str(tmp_path / "s"),
+        mirror_url=f"http://127.0.0.1:{up_port.getHost().port}/simple/",
+        root_passwd_hash=fast_hasher().hash("rootpw"),
+    )
+    context = build_context(
+        config, passwords=synchronous_passwords(), upstream_http=make_http_client(reactor, pool)
+    )
+    port = pytest_twisted.blockon(
+        serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(make_site(context))
+    )
+    client_pool = HTTPConnectionPool(reactor, persistent=False)
+    client = HTTPClient(Agent(reactor, pool=client_pool))
+    yield upstream, context, f"http://127.0.0.1:{port.getHost().port}", client, (filename, data)
+    pytest_twisted.blockon(port.stopListening())
+    pytest_twisted.blockon(up_port.stopListening())
+    context.storage.close()
+
+
+async def file_url(client, base: str) -> str:
+    response = await client.get(
+        base + "/root/pypi/+simple/big/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
+    page = await response.json()
+    return urljoin(base + "/root/pypi/+simple/big/", page["files"][0]["url"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_first_bytes_arrive_before_the_download_ends_and_are_shared(setup):
+    upstream, context, base, client, (filename, data) = setup
+    url = await file_url(client, base)
+    upstream.file_delay = 0.01
+    first = await client.get(url, unbuffered=True)
+    assert first.code == 200
+    assert first.length == len(data)
+    # Headers came before upstream finished: the file is not stored yet.
+    assert list(context.storage.keys("blob/")) == []
+    second = await client.get(url, unbuffered=True)
+    bodies = [await treq.content(first), await treq.content(second)]
+    assert bodies == [data, data]
+    assert upstream.count("/files/") == 1
+    # The clients may have every byte before the server has fsynced and
+    # linked the file; it is linked right after.
+    for _ in range(200):
+        if list(context.storage.keys("blob/")):
+            break
+        await deferLater(reactor, 0.01, lambda: None)
+    assert list(context.storage.keys("blob/")) == [f"blob/{hashlib.sha256(data).hexdigest()}"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_cut_halfway_aborts_the_client(setup):
+    upstream, context, base, client, (filename, data) = setup
+    url = await file_url(client, base)
+    upstream.file_delay = 0.005
+    upstream.cut_files = True
+    response = await client.get(url, unbuffered=True)
+    assert response.code == 200
+    with pytest.raises(Exception):  # noqa: B017 - any failure, never a clean short body
+        await treq.content(response)
+    assert list(context.storage.keys("blob/")) == []
+    assert os.listdir(context.files.tmpdir) == []
+    upstream.cut_files = False
+    upstream.file_delay = None
+    again = await client.get(url)
+    assert await again.content() == data
