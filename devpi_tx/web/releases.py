@@ -219,19 +219,8 @@ class ReleaseRoutes:
         basename = receiver.filename or ""
         kind = releases.check_filename_matches(basename, name, version)
         writer, receiver.file = receiver.file, None
-        # Held from before the file gets its final name until its link is
-        # committed, so that a concurrent cleanup never removes it.
-        self._hold(writer.hexdigest())
-        try:
-            sha256, size, meta_sha = await self.ctx.run_in_thread(
-                self._commit_blob, writer, basename if kind == "wheel" else None
-            )
-        except BaseException:
-            self._release(writer.hexdigest())
-            self._cleanup([writer.hexdigest()])
-            raise
-        self._hold(meta_sha)
-        try:
+
+        def checked(sha256: str, meta_sha: str | None) -> dict:
             sent = _first(fields, "sha256_digest")
             if sent and sent.strip().lower() != sha256:
                 raise InvalidInput(f"sha256 digest mismatch for {basename}: sent {sent}, received {sha256}")
@@ -242,6 +231,40 @@ class ReleaseRoutes:
                     extra["attestations"] = json.loads(attestations)
                 except ValueError:
                     raise InvalidInput("attestations field is not valid JSON") from None
+            return extra
+
+        outcome, sha256 = await self._store_file(
+            request, stage, config, metadata, writer, "releasefile", basename, kind == "wheel", checked
+        )
+        if outcome == "identical":
+            return self._upload_ok(request, "Upload of identical file to non volatile index.")
+        log.info("stored {path}", path=releases.relpath(stage, sha256, basename))
+        return self._upload_ok(request)
+
+    async def _store_file(
+        self, request, stage, config, metadata, writer, rel, basename, wheel, checked
+    ) -> tuple[str, str]:
+        """
+        Make an uploaded file durable, let C{checked(sha256, metadata sha)}
+        vet it (and return extra link fields), and link it in one
+        transaction.  Whatever fails leaves no file behind.
+
+        @return: C{"stored"} or C{"identical"}, and the file's sha256.
+        """
+        # Held from before the file gets its final name until its link is
+        # committed, so that a concurrent cleanup never removes it.
+        self._hold(writer.hexdigest())
+        try:
+            sha256, size, meta_sha = await self.ctx.run_in_thread(
+                self._commit_blob, writer, basename if wheel else None
+            )
+        except BaseException:
+            self._release(writer.hexdigest())
+            self._cleanup([writer.hexdigest()])
+            raise
+        self._hold(meta_sha)
+        try:
+            extra = checked(sha256, meta_sha)
             who = (await self.auth.authenticate(request)).identity.username
             with self.ctx.storage.transaction() as tx:
                 outcome, _, unused = releases.add_file(
@@ -249,7 +272,7 @@ class ReleaseRoutes:
                     stage,
                     config.get("volatile", True),
                     metadata,
-                    rel="releasefile",
+                    rel=rel,
                     basename=basename,
                     sha256=sha256,
                     size=size,
@@ -262,10 +285,7 @@ class ReleaseRoutes:
             raise
         self._release(sha256, meta_sha)
         self._cleanup(unused)
-        if outcome == "identical":
-            return self._upload_ok(request, "Upload of identical file to non volatile index.")
-        log.info("stored {path}", path=releases.relpath(stage, sha256, basename))
-        return self._upload_ok(request)
+        return outcome, sha256
 
     def _commit_blob(self, writer, wheel_basename: str | None):
         """
@@ -290,35 +310,14 @@ class ReleaseRoutes:
             raise InvalidInput(f"doczip has no version and {name!r} has no releases to derive one from")
         metadata["version"] = version
         writer, receiver.file = receiver.file, None
-        self._hold(writer.hexdigest())
-        try:
-            sha256, size, _ = await self.ctx.run_in_thread(self._commit_blob, writer, None)
-        except BaseException:
-            self._release(writer.hexdigest())
-            self._cleanup([writer.hexdigest()])
-            raise
-        try:
+
+        def checked(sha256: str, meta_sha: str | None) -> dict:
             if not is_zip(self.ctx.files.path(sha256)):
                 raise InvalidInput("the documentation upload is not a zip file")
-            who = (await self.auth.authenticate(request)).identity.username
-            with self.ctx.storage.transaction() as tx:
-                outcome, _, unused = releases.add_file(
-                    tx,
-                    stage,
-                    config.get("volatile", True),
-                    metadata,
-                    rel="doczip",
-                    basename=f"{name}-{version}.doc.zip",
-                    sha256=sha256,
-                    size=size,
-                    who=who,
-                )
-        except BaseException:
-            self._release(sha256)
-            self._cleanup([sha256])
-            raise
-        self._release(sha256)
-        self._cleanup(unused)
+            return {}
+
+        basename = f"{name}-{version}.doc.zip"
+        await self._store_file(request, stage, config, metadata, writer, "doczip", basename, False, checked)
         return self._upload_ok(request)
 
     def _upload_ok(self, request: IRequest, reason: str = "OK") -> bytes:
