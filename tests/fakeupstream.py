@@ -44,6 +44,8 @@ class FakeUpstream(Resource):
         #: Serve files in 64 KiB pieces this many seconds apart (needs a
         #: running reactor: real-port tests only).
         self.file_delay: float | None = None
+        #: Offer PEP 658 metadata for wheels (advertised with its hash).
+        self.metadata = False
         self.requests: list[tuple[str, str]] = []
 
     def add(self, project: str, *releases: Release, serial: int = 1) -> None:
@@ -85,6 +87,8 @@ class FakeUpstream(Resource):
                     entry["requires-python"] = r.requires_python
                 if r.yanked:
                     entry["yanked"] = r.yanked
+                if self.metadata and r.filename.endswith(".whl"):
+                    entry["core-metadata"] = {"sha256": hashlib.sha256(_wheel_metadata(r.data)).hexdigest()}
                 files.append(entry)
             body = json.dumps({"meta": {"api-version": "1.1"}, "name": project, "files": files}).encode()
             content_type = JSON_V1
@@ -109,6 +113,11 @@ class FakeUpstream(Resource):
         return body
 
     def _file(self, request, filename: str):
+        if filename.endswith(".metadata") and self.metadata:
+            for releases in self.projects.values():
+                for r in releases:
+                    if r.filename == filename[: -len(".metadata")]:
+                        return _wheel_metadata(r.data)
         for releases in self.projects.values():
             for r in releases:
                 if r.filename == filename:
@@ -142,3 +151,12 @@ class FakeUpstream(Resource):
                 request.finish()
             return
         reactor.callLater(self.file_delay, self._trickle, request, data, offset + len(piece))
+
+
+def _wheel_metadata(data: bytes) -> bytes:
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as wheel:
+        (name,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+        return wheel.read(name)

@@ -229,3 +229,28 @@ def test_whitelist_table(client, upstream, hello, alice, base_wl, dev_wl, inheri
     (mirror,) = [s for s in explained["stages"] if s["index"] == "root/pypi"]
     assert bool(mirror["files"]) is served
     assert ("mirror_whitelist" in mirror["reason"]) is (not served)
+
+
+def test_metadata_taken_from_the_wheel_when_upstream_has_none(client, upstream, hello):
+    (entry,) = page(client).json["files"]
+    assert entry["core-metadata"] is True
+    html = client.get("/root/pypi/+simple/hello/", accept="text/html").body.decode()
+    assert 'data-core-metadata="true"' in html
+    answer = client.get(absolute(entry["url"]) + ".metadata", accept=None)
+    assert answer.code == 200
+    assert answer.body.startswith(b"Metadata-Version: 2.1\nName: hello\nVersion: 1.0\n")
+    client.get(absolute(entry["url"]) + ".metadata", accept=None)
+    assert upstream.count("/files/") == 1  # the wheel, once
+
+
+def test_metadata_passed_through_from_upstream(client, upstream, hello):
+    upstream.metadata = True
+    (entry,) = page(client).json["files"]
+    digest = entry["core-metadata"]["sha256"]
+    answer = client.get(absolute(entry["url"]) + ".metadata", accept=None)
+    assert answer.code == 200
+    assert hashlib.sha256(answer.body).hexdigest() == digest
+    # Only the .metadata file was fetched, not the wheel.
+    assert [path for _, path in upstream.requests if path.startswith("/files/")] == [
+        f"/files/{hello[0]}.metadata"
+    ]

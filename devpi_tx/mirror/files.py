@@ -9,6 +9,7 @@ a short 200), leaves no file, and the next request tries again.
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import treq
@@ -19,6 +20,7 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from ..model import releases
+from ..model.metadata import wheel_metadata
 from .client import UpstreamError, redact, split_credentials
 
 log = Logger(namespace="devpi_tx.mirror")
@@ -210,6 +212,46 @@ class MirrorFiles:
         if entry is not None and self.is_stored(entry):
             return entry
         return await self.download(path, entry).wait("finished")
+
+    async def metadata(self, path: str) -> str:
+        """
+        The sha256 of the stored core metadata (PEP 658) of the mirrored
+        wheel at C{path}: passed through from upstream when it offers it,
+        else taken from the wheel (downloaded first if need be).
+
+        @raise UpstreamError: neither worked.
+        """
+        entry = releases.get_file(self._storage, path)
+        if entry is None:
+            raise UpstreamError(f"no file at {path}")
+        digest = entry.get("core_metadata_sha256")
+        if digest and self._files.exists(digest):
+            return digest
+        upstream = entry.get("upstream_metadata")
+        data = None
+        if upstream:
+            url, auth = split_credentials(entry["url"] + ".metadata")
+            try:
+                response = await self._http.get(url, headers=auth, timeout=self._timeout)
+                body = await response.content()
+            except Exception as exc:
+                raise UpstreamError(f"{redact(url)}: {exc.__class__.__name__}: {exc}") from None
+            if response.code == 200:
+                if isinstance(upstream, str) and hashlib.sha256(body).hexdigest() != upstream:
+                    raise UpstreamError(f"{redact(url)}: metadata sha256 mismatch")
+                data = body
+        if data is None:
+            entry = await self.ensure(path)
+            data = await self._run(wheel_metadata, self._files.path(entry["sha256"]), path.rsplit("/", 1)[1])
+        writer = self._files.writer()
+        writer.write(data)
+        digest = await self._run(writer.commit)
+        with self._storage.transaction() as tx:
+            current = tx.get(releases.file_key(path)) or entry
+            if current.get("core_metadata_sha256") != digest:
+                tx.set(releases.file_key(path), dict(current, core_metadata_sha256=digest))
+                tx.set(releases.blob_key(digest), (tx.get(releases.blob_key(digest)) or 0) + 1)
+        return digest
 
     async def head(self, entry: dict) -> dict[str, str]:
         """

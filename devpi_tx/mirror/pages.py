@@ -182,8 +182,11 @@ class MirrorPages:
                     "last_modified": entry.get("last_modified", time.time()),
                     "mirror": True,
                 }
-                if entry.get("stored"):
-                    wanted["stored"] = True
+                if link.get("core_metadata"):
+                    wanted["upstream_metadata"] = link["core_metadata"]
+                for kept in ("stored", "core_metadata_sha256"):
+                    if entry.get(kept):
+                        wanted[kept] = entry[kept]
                 if entry != wanted:
                     tx.set(releases.file_key(path), wanted)
             for path in old:
@@ -207,6 +210,13 @@ class MirrorPages:
                 "relpath": link_relpath(stage.name, link),
                 "sha256": link.get("sha256"),
             }
+            meta = link.get("core_metadata")
+            if isinstance(meta, str):
+                shown["core_metadata_sha256"] = meta
+            elif meta or link["filename"].endswith(".whl"):
+                # Upstream has it without a hash, or devpi-tx takes it from
+                # the wheel itself when asked.
+                shown["core_metadata"] = True
             for source, target in (
                 ("requires_python", "requires_python"),
                 ("yanked", "yanked"),

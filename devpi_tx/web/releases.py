@@ -645,6 +645,15 @@ class ReleaseRoutes:
                 return error(request, 502, str(exc))
         if entry is None and path.endswith(".metadata"):
             wheel = releases.get_file(storage, path[: -len(".metadata")])
+            if wheel is not None and wheel.get("mirror") and wheel["url"].endswith(".whl"):
+                if self.ctx.config.offline_mode and not wheel.get("core_metadata_sha256"):
+                    return error(request, 404, f"{path} is not cached and the server is offline")
+                try:
+                    digest = await self.ctx.mirror_files.metadata(path[: -len(".metadata")])
+                except (UpstreamError, InvalidInput) as exc:
+                    return error(request, 502, str(exc.message if isinstance(exc, InvalidInput) else exc))
+                return self._serve_blob(request, digest, wheel["last_modified"], "text/plain; charset=utf-8")
+            wheel = releases.get_file(storage, path[: -len(".metadata")])
             if wheel is not None and wheel.get("core_metadata_sha256"):
                 digest = wheel["core_metadata_sha256"]
                 return self._serve_blob(request, digest, wheel["last_modified"], "text/plain; charset=utf-8")

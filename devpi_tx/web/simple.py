@@ -103,8 +103,9 @@ def _file_entry(link: dict, url: str) -> dict:
         entry["hashes"] = {"sha256": link["sha256"]}
     if link.get("requires_python"):
         entry["requires-python"] = link["requires_python"]
-    if link.get("core_metadata_sha256"):
-        meta = {"sha256": link["core_metadata_sha256"]}
+    if link.get("core_metadata_sha256") or link.get("core_metadata") is True:
+        # PEP 714: a dict of hashes, or true when the hash is not known.
+        meta = {"sha256": link["core_metadata_sha256"]} if link.get("core_metadata_sha256") else True
         entry["core-metadata"] = meta
         entry["dist-info-metadata"] = meta
     if link.get("yanked") not in (None, False):
@@ -166,7 +167,8 @@ def render_project(
             reason = "" if entry["yanked"] is True else str(entry["yanked"])
             attrs.append(f'data-yanked="{html.escape(reason)}"')
         if "core-metadata" in entry:
-            value = "sha256=" + entry["core-metadata"]["sha256"]
+            meta = entry["core-metadata"]
+            value = "true" if meta is True else "sha256=" + meta["sha256"]
             attrs.append(f'data-core-metadata="{value}" data-dist-info-metadata="{value}"')
         lines.append(f"{html.escape(stage)} <a {' '.join(attrs)}>{html.escape(entry['filename'])}</a><br>")
     lines.append("</body></html>\n")
