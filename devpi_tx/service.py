@@ -19,6 +19,7 @@ from .auth.passwords import PasswordChecker
 from .auth.tokens import TokenSigner
 from .config import ServerConfig
 from .customizers import default_registry
+from .mirror.projectlist import project_list_service
 from .model.acl import Policy, parse_restrict_modify
 from .pipconfig import default_mirror_url
 from .serverdir import ensure_secret, initialize, is_initialized, read_nodeinfo
@@ -108,6 +109,9 @@ def make_service(config: ServerConfig, reactor=global_reactor) -> MultiService:
     context = build_context(config)
     root = StorageService(context.storage)
     site = make_site(context)
+    if not config.offline_mode:
+        lists = project_list_service(context.project_lists, config.mirror_cache_expiry)
+        lists.setServiceParent(root)
     for description in config.endpoints:
         endpoint = serverFromString(reactor, description)
         service = StreamServerEndpointService(endpoint, site)

@@ -62,12 +62,24 @@ class FakeUpstream(Resource):
             request.setResponseCode(self.fail_status)
             return b"upstream is broken\n"
         parts = [p for p in path.split("/") if p]
+        if parts == ["simple"]:
+            return self._root(request)
         if len(parts) == 2 and parts[0] == "simple":
             return self._page(request, parts[1])
         if len(parts) == 2 and parts[0] == "files":
             return self._file(request, parts[1])
         request.setResponseCode(404)
         return b"not found\n"
+
+    def _root(self, request) -> bytes:
+        names = sorted(self.projects)
+        if self.mode == "json" and JSON_V1 in (request.getHeader("accept") or ""):
+            request.setHeader("Content-Type", JSON_V1)
+            projects = [{"name": name} for name in names]
+            return json.dumps({"meta": {"api-version": "1.1"}, "projects": projects}).encode()
+        request.setHeader("Content-Type", "text/html")
+        anchors = "".join(f'<a href="/simple/{n}/">{n}</a>\n' for n in names)
+        return f"<!DOCTYPE html><html><body>{anchors}</body></html>".encode()
 
     def _page(self, request, project: str) -> bytes:
         releases = self.projects.get(project)

@@ -254,3 +254,45 @@ def test_metadata_passed_through_from_upstream(client, upstream, hello):
     assert [path for _, path in upstream.requests if path.startswith("/files/")] == [
         f"/files/{hello[0]}.metadata"
     ]
+
+
+@pytest.mark.parametrize("mode", ["json", "html"])
+def test_upstream_project_list_fetched_in_background(client, upstream, mode):
+    from twisted.internet.defer import ensureDeferred
+
+    from devpi_tx.model.stages import Stage
+
+    from .conftest import result_of
+
+    upstream.mode = mode
+    for name in ("alpha", "beta", "gamma"):
+        upstream.add(name, Release(*make_wheel(name, "1.0")))
+    lists = client.context.project_lists
+    (stage,) = lists.mirrors()
+    assert stage == Stage("root/pypi", client.context.storage.get("user/root")["indexes"]["pypi"])
+    d = ensureDeferred(lists.refresh(stage))
+    client._flush(d)
+    assert result_of(d) == 3
+    assert client.get("/root/pypi").json["result"]["projects"] == ["alpha", "beta", "gamma"]
+    listing = client.get("/root/pypi/+simple/", accept=PIP_ACCEPT).json
+    assert [p["name"] for p in listing["projects"]] == ["alpha", "beta", "gamma"]
+
+
+def test_no_project_list_when_disabled(client, root):
+    client.request("PATCH", "/root/pypi", ["mirror_no_project_list=true"], headers=root)
+    assert client.context.project_lists.mirrors() == []
+
+
+def test_name_scanner_survives_chunk_boundaries():
+    import io
+
+    from devpi_tx.mirror.projectlist import NameScanner
+
+    body = (
+        b'{"meta": {}, "projects": [' + b", ".join(b'{"name": "proj-%04d"}' % i for i in range(500)) + b"]}"
+    )
+    out = io.StringIO()
+    scanner = NameScanner("application/vnd.pypi.simple.v1+json", out)
+    for start in range(0, len(body), 7):
+        scanner.feed(body[start : start + 7])
+    assert out.getvalue().split() == [f"proj-{i:04d}" for i in range(500)]

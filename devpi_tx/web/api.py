@@ -29,9 +29,11 @@ from ..interfaces import IFileStore
 from ..mirror.client import UpstreamClient, make_http_client
 from ..mirror.files import MirrorFiles
 from ..mirror.pages import MirrorPages
+from ..mirror.projectlist import ProjectLists
 from ..model import indexes, releases, users
 from ..model.acl import Policy
 from ..model.errors import InvalidInput, ModelError
+from ..model.stages import Stage
 from . import simple
 from .credentials import Authenticator, AuthResult
 from .negotiation import has_flag, wants_json
@@ -71,6 +73,7 @@ class ServerContext:
     upstream_http: object = attrs.field(factory=lambda: make_http_client(_reactor()))
     mirrors: MirrorPages = attrs.field(init=False)
     mirror_files: MirrorFiles = attrs.field(init=False)
+    project_lists: ProjectLists = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.storage.subscribe(self.page_cache.changed)
@@ -87,6 +90,24 @@ class ServerContext:
             timeout=self.config.request_timeout * 12,
             run_in_thread=self.run_in_thread,
         )
+        self.project_lists = ProjectLists(
+            self.storage,
+            self.upstream_http,
+            self.config.serverdir,
+            timeout=self.config.request_timeout * 12,
+            on_change=lambda: self.page_cache.invalidate_project(None),
+        )
+
+    def mirror_projects(self, stage) -> list[str]:
+        """
+        A mirror's projects: the upstream list when one was fetched, else
+        the projects cached so far.
+        """
+        if not stage.config.get("mirror_no_project_list"):
+            names = self.project_lists.names(stage.name)
+            if names is not None:
+                return names
+        return self.mirrors.cached_projects(stage.name)
 
     def mirror_links(self, stage, project: str) -> tuple[list[dict], list[str]]:
         """
@@ -376,7 +397,7 @@ class DevpiAPI(ReleaseRoutes):
         if not has_flag(request, "no_projects"):
             stage = f"{user}/{index}"
             if config["type"] == "mirror":
-                config["projects"] = self.ctx.mirrors.cached_projects(stage)
+                config["projects"] = self.ctx.mirror_projects(Stage(stage, config))
             else:
                 config["projects"] = releases.project_names(self.ctx.storage, stage)
         return envelope(request, type="indexconfig", result=indexes.public_config(config))

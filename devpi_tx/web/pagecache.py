@@ -38,6 +38,8 @@ class PageCache:
         return page
 
     def put(self, key: tuple, page: Page) -> None:
+        if len(page.body) > self._max_bytes // 8:
+            return  # a whole upstream project list: not worth the memory
         self._drop(key)
         self._pages[key] = page
         self._bytes += len(page.body)

@@ -353,9 +353,7 @@ class ReleaseRoutes:
         key = (stage, None, fmt)
         page = self.ctx.page_cache.get(key)
         if page is None:
-            groups = stages.merged_project_list(
-                self.ctx.storage, stage, lambda s: self.ctx.mirrors.cached_projects(s.name)
-            )
+            groups = stages.merged_project_list(self.ctx.storage, stage, self.ctx.mirror_projects)
             body = simple.render_project_list(fmt, stage, groups)
             page = Page(body, simple.etag_for(body), fmt)
             self.ctx.page_cache.put(key, page)

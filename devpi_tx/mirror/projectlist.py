@@ -1,0 +1,139 @@
+"""
+The upstream project list of each mirror, fetched in the background (never
+on a request's path), parsed while it streams in, and kept on disk: for a
+public index it is tens of megabytes, too much to hold in memory or to put
+into the state.
+
+Files: C{<serverdir>/+mirrorlists/<user>+<index>.txt}, one name a line,
+replaced atomically after each complete fetch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import treq
+from twisted.application.internet import TimerService
+from twisted.internet.defer import ensureDeferred
+from twisted.logger import Logger
+
+from ..model.stages import Stage
+from .client import ACCEPT, JSON_V1, redact, split_credentials
+
+log = Logger(namespace="devpi_tx.mirror")
+
+_JSON_NAME = re.compile(rb'"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_HTML_NAME = re.compile(rb"<a\b[^>]*>([^<]*)</a>", re.I)
+
+
+class NameScanner:
+    """
+    Pull project names out of a simple index root as its bytes arrive,
+    holding only the unfinished tail of the last chunk.
+    """
+
+    def __init__(self, content_type: str, out) -> None:
+        self._pattern = _JSON_NAME if content_type.startswith(JSON_V1) else _HTML_NAME
+        self._json = self._pattern is _JSON_NAME
+        self._buffer = b""
+        self._out = out
+        self.count = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        end = 0
+        for match in self._pattern.finditer(self._buffer):
+            raw = match.group(1)
+            name = json.loads(b'"' + raw + b'"') if self._json else raw.decode("utf-8", "replace").strip()
+            if name:
+                self._out.write(name + "\n")
+                self.count += 1
+            end = match.end()
+        # Keep what may be the start of a name cut by the chunk boundary.
+        self._buffer = self._buffer[end:][-4096:]
+
+
+class ProjectLists:
+    def __init__(self, storage, http, serverdir: str, *, timeout: float, on_change=lambda: None) -> None:
+        self._storage = storage
+        self._on_change = on_change
+        self._http = http
+        self._dir = os.path.join(serverdir, "+mirrorlists")
+        self._timeout = timeout
+        self._running: set[str] = set()
+
+    def path(self, stage: str) -> str:
+        return os.path.join(self._dir, stage.replace("/", "+") + ".txt")
+
+    def names(self, stage: str) -> list[str] | None:
+        """
+        The last complete upstream list, or L{None} if there is none yet.
+        """
+        try:
+            with open(self.path(stage), encoding="utf-8") as f:
+                return [line.rstrip("\n") for line in f]
+        except FileNotFoundError:
+            return None
+
+    def mirrors(self) -> list[Stage]:
+        """
+        The mirror indexes whose upstream list is wanted.
+        """
+        found = []
+        for key in self._storage.keys("user/"):
+            user = key[len("user/") :]
+            for name, config in self._storage.get(key).get("indexes", {}).items():
+                if config.get("type") == "mirror" and not config.get("mirror_no_project_list"):
+                    found.append(Stage(f"{user}/{name}", config))
+        return found
+
+    def refresh_all(self):
+        return ensureDeferred(self._refresh_all())
+
+    async def _refresh_all(self) -> None:
+        for stage in self.mirrors():
+            if stage.name not in self._running:
+                await self.refresh(stage)
+
+    async def refresh(self, stage: Stage) -> int | None:
+        """
+        Fetch one mirror's list; return how many names it had.
+        """
+        self._running.add(stage.name)
+        url, auth = split_credentials(stage.config.get("mirror_url", "").rstrip("/") + "/")
+        os.makedirs(self._dir, exist_ok=True)
+        tmp = self.path(stage.name) + ".tmp"
+        try:
+            response = await self._http.get(
+                url, headers={"Accept": ACCEPT, **auth}, timeout=self._timeout, unbuffered=True
+            )
+            if response.code != 200:
+                log.warn(
+                    "project list of {url}: upstream answered {code}", url=redact(url), code=response.code
+                )
+                await response.content()
+                return None
+            content_type = (response.headers.getRawHeaders("content-type") or [""])[0]
+            with open(tmp, "w", encoding="utf-8") as out:
+                scanner = NameScanner(content_type, out)
+                await treq.collect(response, scanner.feed)
+            os.replace(tmp, self.path(stage.name))
+            self._on_change()
+            log.info("project list of {stage}: {count} names", stage=stage.name, count=scanner.count)
+            return scanner.count
+        except Exception as exc:
+            log.warn("project list of {url} failed: {error}", url=redact(url), error=str(exc))
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            return None
+        finally:
+            self._running.discard(stage.name)
+
+
+def project_list_service(lists: ProjectLists, interval: float) -> TimerService:
+    """
+    Refresh every mirror's list at start and then every C{interval}.
+    """
+    return TimerService(interval, lists.refresh_all)
