@@ -7,10 +7,12 @@ credentials taken from the mirror URL, and conditional requests.
 from __future__ import annotations
 
 import base64
+import os
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 from treq.client import HTTPClient
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 from twisted.web.client import (
     Agent,
@@ -18,7 +20,10 @@ from twisted.web.client import (
     ContentDecoderAgent,
     GzipDecoder,
     HTTPConnectionPool,
+    ProxyAgent,
 )
+from twisted.web.iweb import IAgent
+from zope.interface import implementer
 
 from ..model.indexes import redact_url as redact
 from .parse import PageError, UpstreamLink, parse_html, parse_json
@@ -67,9 +72,46 @@ def split_credentials(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(netloc=netloc)), {"Authorization": f"Basic {token}"}
 
 
-def make_http_client(reactor, pool: HTTPConnectionPool | None = None) -> HTTPClient:
+@implementer(IAgent)
+class ProxyChoosingAgent:
+    """
+    Send each request directly or through the HTTP proxy that
+    C{http_proxy} names, honouring C{no_proxy} (read from the environment,
+    as urllib does).  Twisted has no CONNECT tunnel, so C{https} URLs
+    always go directly; a C{https_proxy} setting is logged and ignored.
+    """
+
+    def __init__(self, reactor, pool: HTTPConnectionPool, environ=None) -> None:
+        environ = os.environ if environ is None else environ
+        self._direct = Agent(reactor, pool=pool)
+        self._proxy = None
+        self._no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
+        proxy_url = environ.get("http_proxy") or environ.get("HTTP_PROXY")
+        if proxy_url:
+            parts = urlsplit(proxy_url if "://" in proxy_url else "http://" + proxy_url)
+            endpoint = HostnameEndpoint(reactor, parts.hostname, parts.port or 80)
+            self._proxy = ProxyAgent(endpoint, reactor=reactor, pool=pool)
+        if environ.get("https_proxy") or environ.get("HTTPS_PROXY"):
+            log.warn("https_proxy is set but not supported; https upstreams are reached directly")
+
+    def _bypass(self, host: str) -> bool:
+        for entry in (item.strip().lower() for item in self._no_proxy.split(",")):
+            if entry == "*" or (
+                entry and (host == entry.lstrip(".") or host.endswith("." + entry.lstrip(".")))
+            ):
+                return True
+        return False
+
+    def request(self, method, uri, headers=None, bodyProducer=None):
+        parts = urlsplit(uri.decode("ascii") if isinstance(uri, bytes) else uri)
+        if self._proxy is not None and parts.scheme == "http" and not self._bypass(parts.hostname or ""):
+            return self._proxy.request(method, uri, headers, bodyProducer)
+        return self._direct.request(method, uri, headers, bodyProducer)
+
+
+def make_http_client(reactor, pool: HTTPConnectionPool | None = None, environ=None) -> HTTPClient:
     pool = pool or HTTPConnectionPool(reactor, persistent=True)
-    agent = Agent(reactor, pool=pool)
+    agent = ProxyChoosingAgent(reactor, pool, environ)
     agent = BrowserLikeRedirectAgent(agent, redirectLimit=5)
     agent = ContentDecoderAgent(agent, [(b"gzip", GzipDecoder)])
     return HTTPClient(agent)

@@ -1,0 +1,69 @@
+"""
+Upstream requests honour http_proxy and no_proxy.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from devpi_tx.mirror.client import UpstreamClient, UpstreamError, make_http_client
+
+
+class Proxy(Resource):
+    """
+    Answers every request itself, as a proxy in front of upstream would,
+    and keeps the request URIs (absolute when sent to a proxy).
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.uris: list[bytes] = []
+
+    def render_GET(self, request):
+        self.uris.append(request.uri)
+        request.setHeader("Content-Type", "application/vnd.pypi.simple.v1+json")
+        files = [{"filename": "hello-1.0.tar.gz", "url": "hello-1.0.tar.gz", "hashes": {}}]
+        return json.dumps({"meta": {"api-version": "1.1"}, "name": "hello", "files": files}).encode()
+
+
+@pytest.fixture
+def proxy():
+    resource = Proxy()
+    port = pytest_twisted.blockon(
+        serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Site(resource))
+    )
+    yield resource, f"http://127.0.0.1:{port.getHost().port}"
+    pytest_twisted.blockon(port.stopListening())
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_upstream_goes_through_the_proxy(proxy):
+    resource, proxy_url = proxy
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    client = UpstreamClient(make_http_client(reactor, pool, {"http_proxy": proxy_url}), timeout=5)
+    page = await client.project_page("http://upstream.invalid/simple/", "hello")
+    assert resource.uris == [b"http://upstream.invalid/simple/hello/"]
+    assert [link.filename for link in page.links] == ["hello-1.0.tar.gz"]
+    assert page.links[0].url == "http://upstream.invalid/simple/hello/hello-1.0.tar.gz"
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_proxy_hosts_are_reached_directly(proxy):
+    resource, proxy_url = proxy
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    environ = {"http_proxy": proxy_url, "no_proxy": "localhost,127.0.0.1"}
+    client = UpstreamClient(make_http_client(reactor, pool, environ), timeout=5)
+    # Directly to a closed loopback port: refused, and the proxy saw nothing.
+    with pytest.raises(UpstreamError, match="refused"):
+        await client.project_page("http://127.0.0.1:9/simple/", "hello")
+    assert resource.uris == []
