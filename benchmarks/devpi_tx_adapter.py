@@ -131,9 +131,9 @@ class DevpiTxHosted(DevpiTx):
     """
     devpi-tx as a hosted-only server: no mirror URL is given to the harness.
 
-    devpi-tx's root/pypi does not fetch from its upstream yet, so the mirror
-    scenarios (1, 2, 3, 5, 8) cannot run and scenario 4 would look for the
-    50 MB file on the mirror and get a 404.  Without a mirror URL the harness
+    Runs 1 and 2 used it, from before root/pypi fetched from upstream; it
+    still serves to compare hosted file serving with pypiserver.  Without a
+    mirror URL the harness
     treats the server like pypiserver: it uploads the 50 MB wheel to the hosted
     index ``bench/dev`` and measures downloads from there, and the mirror
     scenarios are recorded as n/a.
