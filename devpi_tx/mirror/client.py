@@ -72,6 +72,31 @@ def split_credentials(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(netloc=netloc)), {"Authorization": f"Basic {token}"}
 
 
+async def ask_upstream(http, method: str, url: str, *, timeout: float, headers=None, **kwargs):
+    """
+    Send one request upstream, with credentials from the URL moved into
+    an Authorization header.
+
+    @return: the URL without credentials and the response.
+    @raise UpstreamError: the request could not be made.
+    """
+    plain, auth = split_credentials(url)
+    try:
+        response = await http.request(
+            method, plain, headers={**(headers or {}), **auth}, timeout=timeout, **kwargs
+        )
+    except Exception as exc:
+        raise UpstreamError(f"{redact(plain)}: {exc.__class__.__name__}: {exc}") from None
+    return plain, response
+
+
+async def read_body(url: str, response) -> bytes:
+    try:
+        return await response.content()
+    except Exception as exc:
+        raise UpstreamError(f"{redact(url)}: {exc.__class__.__name__}: {exc}") from None
+
+
 @implementer(IAgent)
 class ProxyChoosingAgent:
     """
@@ -132,16 +157,13 @@ class UpstreamClient:
         @raise NotFoundUpstream: upstream has no such project.
         @raise UpstreamError: anything else went wrong.
         """
-        base, auth = split_credentials(mirror_url.rstrip("/") + "/")
-        url = f"{base}{project}/"
-        headers = {"Accept": ACCEPT, **auth}
+        headers = {"Accept": ACCEPT}
         if etag:
             headers["If-None-Match"] = etag
-        try:
-            response = await self._http.get(url, headers=headers, timeout=self._timeout)
-            body = await response.content()
-        except Exception as exc:
-            raise UpstreamError(f"{redact(url)}: {exc.__class__.__name__}: {exc}") from None
+        url, response = await ask_upstream(
+            self._http, "GET", f"{mirror_url.rstrip('/')}/{project}/", headers=headers, timeout=self._timeout
+        )
+        body = await read_body(url, response)
         if response.code == 304:
             raise NotModified()
         if response.code == 404:

@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from ..model import releases
 from ..model.metadata import wheel_metadata
-from .client import UpstreamError, redact, split_credentials
+from .client import UpstreamError, ask_upstream, read_body, redact
 
 log = Logger(namespace="devpi_tx.mirror")
 
@@ -230,12 +230,10 @@ class MirrorFiles:
         upstream = entry.get("upstream_metadata")
         data = None
         if upstream:
-            url, auth = split_credentials(entry["url"] + ".metadata")
-            try:
-                response = await self._http.get(url, headers=auth, timeout=self._timeout)
-                body = await response.content()
-            except Exception as exc:
-                raise UpstreamError(f"{redact(url)}: {exc.__class__.__name__}: {exc}") from None
+            url, response = await ask_upstream(
+                self._http, "GET", entry["url"] + ".metadata", timeout=self._timeout
+            )
+            body = await read_body(url, response)
             if response.code == 200:
                 if isinstance(upstream, str) and hashlib.sha256(body).hexdigest() != upstream:
                     raise UpstreamError(f"{redact(url)}: metadata sha256 mismatch")
@@ -257,24 +255,19 @@ class MirrorFiles:
         """
         Ask upstream about a file without downloading it.
         """
-        url, auth = split_credentials(entry["url"])
-        try:
-            response = await self._http.head(url, headers=auth, timeout=self._timeout)
-        except Exception as exc:
-            raise UpstreamError(f"{redact(url)}: {exc}") from None
+        url, response = await ask_upstream(self._http, "HEAD", entry["url"], timeout=self._timeout)
         if response.code != 200:
             raise UpstreamError(f"{redact(url)}: upstream answered {response.code}")
         length = response.headers.getRawHeaders("content-length")
         return {"Content-Length": length[0]} if length else {}
 
     async def _run_download(self, path: str, entry: dict, download: Download) -> None:
-        url, auth = split_credentials(entry["url"])
+        url = entry["url"]
         writer = download.writer
         try:
-            try:
-                response = await self._http.get(url, headers=auth, timeout=self._timeout, unbuffered=True)
-            except Exception as exc:
-                raise UpstreamError(f"{redact(url)}: {exc.__class__.__name__}: {exc}") from None
+            _, response = await ask_upstream(
+                self._http, "GET", entry["url"], timeout=self._timeout, unbuffered=True
+            )
             if response.code != 200:
                 raise UpstreamError(f"{redact(url)}: upstream answered {response.code}")
             if response.length is not None and response.length >= 0:

@@ -129,17 +129,3 @@ def parse_html(body: bytes, base_url: str) -> list[UpstreamLink]:
             )
         )
     return links
-
-
-def parse_project_list_json(body: bytes) -> list[str]:
-    try:
-        return [p["name"] for p in json.loads(body)["projects"]]
-    except (ValueError, KeyError, TypeError):
-        raise PageError("upstream answered an invalid PEP 691 project list") from None
-
-
-def parse_project_list_html(body: bytes) -> list[str]:
-    parser = _AnchorParser()
-    parser.feed(body.decode("utf-8", "replace"))
-    parser.close()
-    return ["".join(text).strip() for _, text in parser.anchors if "".join(text).strip()]

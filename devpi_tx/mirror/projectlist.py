@@ -20,7 +20,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 
 from ..model.stages import Stage
-from .client import ACCEPT, JSON_V1, redact, split_credentials
+from .client import ACCEPT, JSON_V1, ask_upstream, redact
 
 log = Logger(namespace="devpi_tx.mirror")
 
@@ -102,12 +102,12 @@ class ProjectLists:
         Fetch one mirror's list; return how many names it had.
         """
         self._running.add(stage.name)
-        url, auth = split_credentials(stage.config.get("mirror_url", "").rstrip("/") + "/")
+        url = stage.config.get("mirror_url", "").rstrip("/") + "/"
         os.makedirs(self._dir, exist_ok=True)
         tmp = self.path(stage.name) + ".tmp"
         try:
-            response = await self._http.get(
-                url, headers={"Accept": ACCEPT, **auth}, timeout=self._timeout, unbuffered=True
+            url, response = await ask_upstream(
+                self._http, "GET", url, headers={"Accept": ACCEPT}, timeout=self._timeout, unbuffered=True
             )
             if response.code != 200:
                 log.warn(

@@ -7,7 +7,6 @@ the model, and renders; the rules live in L{devpi_tx.model}.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from ..model.errors import InvalidInput, ModelError
 from ..model.stages import Stage
 from . import simple
 from .credentials import Authenticator, AuthResult
-from .negotiation import has_flag, wants_json
+from .negotiation import has_flag, read_json, wants_json
 from .pagecache import PageCache
 from .releases import ReleaseRoutes
 from .render import envelope, error
@@ -138,15 +137,6 @@ def default_http_client():
     from twisted.web.client import Agent, HTTPConnectionPool
 
     return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True)))
-
-
-def read_json(request: IRequest) -> object:
-    request.content.seek(0)
-    raw = request.content.read()
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidInput("Bad request: could not decode json") from None
 
 
 class DevpiAPI(ReleaseRoutes):

@@ -4,7 +4,11 @@ Choosing a representation from the C{Accept} header, as devpi-server does.
 
 from __future__ import annotations
 
+import json
+
 from twisted.web.iweb import IRequest
+
+from ..model.errors import InvalidInput
 
 
 def parse_accept(header: str) -> list[tuple[str, float]]:
@@ -56,3 +60,12 @@ def has_flag(request: IRequest, name: str) -> bool:
     _, _, query = request.uri.partition(b"?")
     wanted = name.encode("ascii")
     return any(item.split(b"=", 1)[0] == wanted for item in query.split(b"&"))
+
+
+def read_json(request: IRequest) -> object:
+    request.content.seek(0)
+    raw = request.content.read()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidInput("Bad request: could not decode json") from None

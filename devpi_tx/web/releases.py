@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+from urllib.parse import unquote
 
 from packaging.utils import canonicalize_name
 from twisted.logger import Logger
@@ -22,12 +23,12 @@ from ..mirror.client import UpstreamError
 from ..mirror.files import GrowingFileBody
 from ..mirror.pages import MirrorUnavailable
 from ..model import indexes, releases, stages
-from ..model.errors import Forbidden, InvalidInput, ModelError, NotFound
+from ..model.errors import InvalidInput, ModelError, NotFound
 from ..model.metadata import is_zip, wheel_metadata
 from ..remote.pypi_upload import PushTarget, push_release
 from . import simple
 from .files import serve_file
-from .negotiation import has_flag, wants_json
+from .negotiation import has_flag, read_json, wants_json
 from .pagecache import Page
 from .render import envelope, error
 from .router import app
@@ -127,8 +128,6 @@ class ReleaseRoutes:
         boundary = multipart_boundary(request.getHeader("content-type") or "")
         if match is None or boundary is None:
             return None
-        from urllib.parse import unquote
-
         user, index = unquote(match.group(1)), unquote(match.group(2))
         transport = request.channel.transport
         return UploadReceiver(
@@ -596,8 +595,6 @@ class ReleaseRoutes:
         return envelope(request, message=f"{canonicalize_name(project)} {version} {state}")
 
     def _yank_reason(self, request: IRequest):
-        from .api import read_json
-
         data = read_json(request)
         if not isinstance(data, dict) or "yanked" not in data:
             raise InvalidInput('expected {"yanked": "reason" | true | false}')
@@ -728,8 +725,6 @@ class ReleaseRoutes:
 
     @app.route("/<user>/<index>/+f/<path:relpath>", methods=["POST"])
     async def toxresult_upload(self, request: IRequest, user: str, index: str, relpath: str):
-        from .api import read_json
-
         config = self._stage(user, index)
         stage = f"{user}/{index}"
         path = f"{stage}/+f/{relpath}"
@@ -747,7 +742,11 @@ class ReleaseRoutes:
         data = request.content.read()
         writer = self.ctx.files.writer()
         writer.write(data)
-        sha256 = writer.commit()
+        self._hold(writer.hexdigest())
+        try:
+            sha256 = await self.ctx.run_in_thread(writer.commit)  # fsync: off the reactor
+        finally:
+            self._release(writer.hexdigest())
         record = releases.get_version(self.ctx.storage, stage, entry["project"], entry["version"])
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
         count = sum(1 for link in record["+links"] if link.get("for_relpath") == path)
@@ -776,8 +775,6 @@ class ReleaseRoutes:
     # -- push ----------------------------------------------------------------------
 
     async def push(self, request: IRequest, user: str, index: str) -> bytes:
-        from .api import read_json
-
         stage = f"{user}/{index}"
         self._stage(user, index)
         content_type = request.getHeader("content-type") or ""
@@ -902,6 +899,3 @@ class ReleaseRoutes:
             name=record["name"], version=record["version"], src=stage, url=posturl, status=status,
         )  # fmt: skip
         return envelope(request, status, type="actionlog", result=results)
-
-
-__all__ = ["ReleaseRoutes", "Forbidden"]
