@@ -16,17 +16,19 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 from twisted.web.client import (
     Agent,
+    BrowserLikePolicyForHTTPS,
     BrowserLikeRedirectAgent,
     ContentDecoderAgent,
     GzipDecoder,
     HTTPConnectionPool,
     ProxyAgent,
 )
-from twisted.web.iweb import IAgent
+from twisted.web.iweb import IAgent, IPolicyForHTTPS
 from zope.interface import implementer
 
 from ..model.indexes import redact_url as redact
 from .parse import PageError, UpstreamLink, parse_html, parse_json
+from .tunnel import HTTPProxy, tunnelling_agent
 
 log = Logger(namespace="devpi_tx.mirror")
 
@@ -100,24 +102,48 @@ async def read_body(url: str, response) -> bytes:
 @implementer(IAgent)
 class ProxyChoosingAgent:
     """
-    Send each request directly or through the HTTP proxy that
-    C{http_proxy} names, honouring C{no_proxy} (read from the environment,
-    as urllib does).  Twisted has no CONNECT tunnel, so C{https} URLs
-    always go directly; a C{https_proxy} setting is logged and ignored.
+    Send each request directly or through a proxy, as urllib reads
+    the environment: plain C{http} URLs through the proxy that C{http_proxy}
+    names (as absolute-URI requests), C{https} URLs through a C{CONNECT}
+    tunnel of the proxy that C{https_proxy} names (TLS end to end, checked
+    against the target host), and hosts that C{no_proxy} matches directly.
+
+    All routes share one connection pool.  The direct and the tunnelled
+    route both key connections by (scheme, target host, target port); they
+    cannot mix, because which route a request takes depends on its host
+    only.
+
+    @param tls_policy: the L{IPolicyForHTTPS} for C{https} upstreams, direct
+        or tunnelled; L{None} is the platform's trust store.
     """
 
-    def __init__(self, reactor, pool: HTTPConnectionPool, environ=None) -> None:
+    def __init__(
+        self,
+        reactor,
+        pool: HTTPConnectionPool,
+        environ=None,
+        *,
+        tls_policy: IPolicyForHTTPS | None = None,
+    ) -> None:
         environ = os.environ if environ is None else environ
-        self._direct = Agent(reactor, pool=pool)
+        tls_policy = tls_policy or BrowserLikePolicyForHTTPS()
+        self._direct = Agent(reactor, contextFactory=tls_policy, pool=pool)
         self._proxy = None
+        self._tunnel = None
         self._no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
         proxy_url = environ.get("http_proxy") or environ.get("HTTP_PROXY")
         if proxy_url:
             parts = urlsplit(proxy_url if "://" in proxy_url else "http://" + proxy_url)
             endpoint = HostnameEndpoint(reactor, parts.hostname, parts.port or 80)
             self._proxy = ProxyAgent(endpoint, reactor=reactor, pool=pool)
-        if environ.get("https_proxy") or environ.get("HTTPS_PROXY"):
-            log.warn("https_proxy is set but not supported; https upstreams are reached directly")
+        tunnel_url = environ.get("https_proxy") or environ.get("HTTPS_PROXY")
+        if tunnel_url:
+            try:
+                proxy = HTTPProxy.from_url(tunnel_url)
+            except ValueError as exc:
+                log.warn("https_proxy ignored, https upstreams are reached directly: {error}", error=exc)
+            else:
+                self._tunnel = tunnelling_agent(reactor, proxy, pool, tls_policy)
 
     def _bypass(self, host: str) -> bool:
         for entry in (item.strip().lower() for item in self._no_proxy.split(",")):
@@ -129,14 +155,21 @@ class ProxyChoosingAgent:
 
     def request(self, method, uri, headers=None, bodyProducer=None):
         parts = urlsplit(uri.decode("ascii") if isinstance(uri, bytes) else uri)
-        if self._proxy is not None and parts.scheme == "http" and not self._bypass(parts.hostname or ""):
-            return self._proxy.request(method, uri, headers, bodyProducer)
+        agent = {"http": self._proxy, "https": self._tunnel}.get(parts.scheme)
+        if agent is not None and not self._bypass(parts.hostname or ""):
+            return agent.request(method, uri, headers, bodyProducer)
         return self._direct.request(method, uri, headers, bodyProducer)
 
 
-def make_http_client(reactor, pool: HTTPConnectionPool | None = None, environ=None) -> HTTPClient:
+def make_http_client(
+    reactor,
+    pool: HTTPConnectionPool | None = None,
+    environ=None,
+    *,
+    tls_policy: IPolicyForHTTPS | None = None,
+) -> HTTPClient:
     pool = pool or HTTPConnectionPool(reactor, persistent=True)
-    agent = ProxyChoosingAgent(reactor, pool, environ)
+    agent = ProxyChoosingAgent(reactor, pool, environ, tls_policy=tls_policy)
     agent = BrowserLikeRedirectAgent(agent, redirectLimit=5)
     agent = ContentDecoderAgent(agent, [(b"gzip", GzipDecoder)])
     return HTTPClient(agent)
