@@ -40,6 +40,7 @@ class ServerConfig:
     role: str = "auto"
     primary_url: str | None = None
     logger_cfg: str | None = None
+    access_log: str = "-"
     mirror_url: str | None = None
     mirror_cache_expiry: int = 1800
     max_request_body_size: int = DEFAULT_MAX_BODY
@@ -127,6 +128,7 @@ OPTIONS: dict[str, tuple[str, object]] = {
     "primary-url": ("primary_url", _str),
     "master-url": ("primary_url", _str),
     "logger-cfg": ("logger_cfg", _str),
+    "access-log": ("access_log", _str),
     "mirror-url": ("mirror_url", _str),
     "mirror-cache-expiry": ("mirror_cache_expiry", _int),
     "max-request-body-size": ("max_request_body_size", _int),

@@ -34,6 +34,12 @@ class ServerOptions(usage.Options):
         ["primary-url", None, None, "Primary to replicate (not implemented yet)."],
         ["master-url", None, None, "Old name of --primary-url."],
         ["logger-cfg", None, None, "JSON or YAML file for logging.config.dictConfig."],
+        [
+            "access-log",
+            None,
+            None,
+            "Request log: - (stdout, the default), a file, or off.",
+        ],
         ["mirror-url", None, None, "Upstream of root/pypi when it is created (default: pip's index)."],
         ["mirror-cache-expiry", None, None, "Seconds a mirrored project page stays fresh (default 1800)."],
         ["max-request-body-size", None, None, "Largest request body in bytes (default 1 GiB)."],

@@ -25,6 +25,7 @@ from .pipconfig import default_mirror_url
 from .serverdir import ensure_secret, initialize, is_initialized, read_nodeinfo
 from .storage.files import LocalFileStore
 from .storage.sqlite import open_storage
+from .web.accesslog import open_access_log
 from .web.api import DevpiAPI, ServerContext
 from .web.site import DevpiSite
 
@@ -97,6 +98,7 @@ def make_site(context: ServerContext) -> DevpiSite:
         storage=context.storage,
         uuid=context.uuid,
         config=context.config,
+        access_log=open_access_log(context.config.access_log),
         timeout=120,
     )
     site.noisy = False

@@ -133,18 +133,49 @@ async def test_chunked_body_over_limit_refused(small_json_limit, listening):
 
 
 @pytest_twisted.ensureDeferred
-async def test_one_structured_log_event_per_request(listening):
-    url, _ = listening
+async def test_one_structured_log_event_per_request(context, tmp_path):
+    """
+    Each request is one event with its fields, written as one line to the
+    access log (a file here; stdout by default) and not to the global log.
+    """
+    access_log = tmp_path / "access.log"
+    context.config = attrs.evolve(context.config, access_log=str(access_log))
+    site = make_site(context)
     events = []
-    observer = events.append
-    globalLogPublisher.addObserver(observer)
+    site._access.observer = _Tee(site._access.observer, events.append)
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
+    url = f"http://127.0.0.1:{port.getHost().port}"
+    global_events = []
+    globalLogPublisher.addObserver(global_events.append)
     try:
         await get(url, "/+api?x=1", headers=basic("root", "rootpw"))
+        await get(url, "/nosuchuser")
     finally:
-        globalLogPublisher.removeObserver(observer)
-    logged = [e for e in events if e.get("log_namespace") == "devpi_tx.request"]
-    assert len(logged) == 1
-    event = logged[0]
-    assert (event["method"], event["path"], event["status"]) == ("GET", "/+api?x=1", 200)
-    assert event["bytes"] > 0
-    assert event["ms"] >= 0
+        globalLogPublisher.removeObserver(global_events.append)
+        await port.stopListening()
+    assert [(e["method"], e["path"], e["status"]) for e in events] == [
+        ("GET", "/+api?x=1", 200),
+        ("GET", "/nosuchuser", 404),
+    ]
+    assert events[0]["bytes"] > 0
+    assert events[0]["ms"] >= 0
+    assert events[0]["client"] == "127.0.0.1"
+    lines = access_log.read_text().splitlines()
+    assert len(lines) == 2
+    assert " [devpi_tx.request#info] GET /+api?x=1 200 " in lines[0]
+    assert lines[1].split(" ", 1)[1].startswith("[devpi_tx.request#info] GET /nosuchuser 404 ")
+    assert not [e for e in global_events if e.get("log_namespace") == "devpi_tx.request"]
+
+
+def test_access_log_off(context):
+    context.config = attrs.evolve(context.config, access_log="off")
+    assert make_site(context)._access is None
+
+
+class _Tee:
+    def __init__(self, *observers):
+        self._observers = observers
+
+    def __call__(self, event):
+        for observer in self._observers:
+            observer(event)

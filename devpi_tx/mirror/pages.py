@@ -81,6 +81,23 @@ class MirrorPages:
         prefix = f"mirror/{stage}/"
         return [key[len(prefix) :] for key in self._storage.keys(prefix)]
 
+    def is_fresh(self, stage: Stage, project: str) -> bool:
+        """
+        Whether the cached page of C{project} (or the memory that upstream
+        has no such project) is recent enough to answer from without asking
+        upstream; offline, everything is.
+        """
+        if self._offline:
+            return True
+        key = (stage.name, project)
+        now = self._clock()
+        expiry = stage.config.get("mirror_cache_expiry", self._default_expiry)
+        checked = self._checked.get(key)
+        if checked is not None and now - checked < expiry:
+            return True
+        missing_until = self._missing.get(key)
+        return missing_until is not None and now < missing_until
+
     async def ensure(self, stage: Stage, project: str) -> str | None:
         """
         Make the cached page of C{project} fresh enough.
@@ -90,15 +107,7 @@ class MirrorPages:
         @raise MirrorUnavailable: upstream failed and nothing is cached.
         """
         key = (stage.name, project)
-        if self._offline:
-            return None
-        now = self._clock()
-        expiry = stage.config.get("mirror_cache_expiry", self._default_expiry)
-        checked = self._checked.get(key)
-        if checked is not None and now - checked < expiry:
-            return None
-        missing_until = self._missing.get(key)
-        if missing_until is not None and now < missing_until:
+        if self.is_fresh(stage, project):
             return None
         if key in self._inflight:
             waiter: Deferred = Deferred()

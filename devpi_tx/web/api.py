@@ -32,6 +32,7 @@ from ..mirror.projectlist import ProjectLists
 from ..model import indexes, releases, users
 from ..model.acl import Policy
 from ..model.errors import InvalidInput, ModelError
+from ..model.memo import StateMemo
 from ..model.stages import Stage
 from . import simple
 from .credentials import Authenticator, AuthResult
@@ -70,12 +71,14 @@ class ServerContext:
     started: float = attrs.field(factory=time.time)
 
     upstream_http: object = attrs.field(factory=lambda: make_http_client(_reactor()))
+    memo: StateMemo = attrs.field(init=False)
     mirrors: MirrorPages = attrs.field(init=False)
     mirror_files: MirrorFiles = attrs.field(init=False)
     project_lists: ProjectLists = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.storage.subscribe(self.page_cache.changed)
+        self.memo = StateMemo(self.storage)
         self.mirrors = MirrorPages(
             self.storage,
             UpstreamClient(self.upstream_http, self.config.request_timeout),

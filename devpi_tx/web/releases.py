@@ -16,6 +16,7 @@ import time
 from urllib.parse import unquote
 
 from packaging.utils import canonicalize_name
+from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
@@ -63,7 +64,22 @@ class ReleaseRoutes:
     # -- helpers -----------------------------------------------------------
 
     def _stage(self, user: str, index: str) -> dict:
-        return indexes.require_index(self.ctx.storage, user, index)
+        """
+        The configuration of an index (shared: read it, do not change it).
+
+        @raise NotFound: there is no such index.
+        """
+        config = self.ctx.memo.get(
+            ("index", user, index), lambda: indexes.get_index(self.ctx.storage, user, index)
+        )
+        if config is None:
+            raise NotFound(f"index '{user}/{index}' does not exist")
+        return config
+
+    def _consulted_mirrors(self, stage: str, project: str) -> list:
+        return self.ctx.memo.get(
+            ("mirrors", stage, project), lambda: stages.consulted_mirrors(self.ctx.storage, stage, project)
+        )
 
     def _cleanup(self, digests) -> None:
         """
@@ -364,13 +380,18 @@ class ReleaseRoutes:
         mirrors the whitelist rule lets in); return warnings for stale ones.
         """
         warnings = []
-        for mirror in stages.consulted_mirrors(self.ctx.storage, stage, project):
+        for mirror in self._consulted_mirrors(stage, project):
             warning = await self.ctx.mirrors.ensure(mirror, project)
             if warning:
                 warnings.append(f"{mirror.name}: {warning}")
         return warnings
 
-    async def simple_project(self, request: IRequest, user: str, index: str, project: str) -> bytes:
+    def simple_project(self, request: IRequest, user: str, index: str, project: str):
+        """
+        A project page: answered at once when every mirror it draws on is
+        fresh (the common case, kept free of coroutine machinery), else
+        once those mirrors have been asked.
+        """
         self._stage(user, index)
         try:
             fmt = simple.choose_format(request)
@@ -378,12 +399,22 @@ class ReleaseRoutes:
             return error(request, 406, str(exc))
         stage = f"{user}/{index}"
         name = canonicalize_name(project)
+        if all(self.ctx.mirrors.is_fresh(m, name) for m in self._consulted_mirrors(stage, name)):
+            return self._project_page(request, stage, name, project, fmt)
+        return ensureDeferred(self._refreshed_project_page(request, stage, name, project, fmt))
+
+    async def _refreshed_project_page(
+        self, request: IRequest, stage: str, name: str, project: str, fmt: str
+    ) -> bytes:
         try:
             warnings = await self._refresh_mirrors(stage, name)
         except MirrorUnavailable as exc:
             return error(request, 502, str(exc))
         for warning in warnings:
             request.setHeader("X-Devpi-Mirror-Warning", warning.encode("latin-1", "replace"))
+        return self._project_page(request, stage, name, project, fmt)
+
+    def _project_page(self, request: IRequest, stage: str, name: str, project: str, fmt: str) -> bytes:
         page_dir = request.path.decode("utf-8", "replace")
         if not page_dir.endswith("/"):
             page_dir = page_dir.rsplit("/", 1)[0] + "/"
@@ -427,17 +458,17 @@ class ReleaseRoutes:
         return self.simple_list(request, user, index)
 
     @app.route("/<user>/<index>/+simple/<project>", methods=["GET", "HEAD"])
-    async def simple_project_noslash(self, request: IRequest, user: str, index: str, project: str):
+    def simple_project_noslash(self, request: IRequest, user: str, index: str, project: str):
         if canonicalize_name(project) == project and simple.is_installer(request):
-            return await self.simple_project(request, user, index, project)
+            return self.simple_project(request, user, index, project)
         return self._normalised_redirect(request, project, slash=False)
 
     @app.route("/<user>/<index>/+simple/<project>/", methods=["GET", "HEAD"])
-    async def simple_project_page(self, request: IRequest, user: str, index: str, project: str):
+    def simple_project_page(self, request: IRequest, user: str, index: str, project: str):
         redirect = self._normalised_redirect(request, project, slash=True)
         if redirect is not None:
             return redirect
-        return await self.simple_project(request, user, index, project)
+        return self.simple_project(request, user, index, project)
 
     @app.route("/<user>/<index>/+simple/<project>/refresh", methods=["POST"])
     def simple_refresh(self, request: IRequest, user: str, index: str, project: str):
@@ -502,9 +533,9 @@ class ReleaseRoutes:
 
     @app.route("/<user>/<index>/<project>", methods=["GET", "HEAD"])
     @app.route("/<user>/<index>/<project>/", methods=["GET", "HEAD"])
-    async def project_get(self, request: IRequest, user: str, index: str, project: str):
+    def project_get(self, request: IRequest, user: str, index: str, project: str):
         if simple.is_installer(request) and not wants_json(request):
-            return await self.simple_project(request, user, index, project)
+            return self.simple_project(request, user, index, project)
         base = self.outside_url(request)
         merged = self._merged_versions(request, user, index, canonicalize_name(project))
         result = {version: self._record_json(base, record) for version, record in merged.items()}

@@ -1,6 +1,7 @@
 """
 The HTTP site: devpi's headers on every response, a cap on request bodies
-enforced before they are read, and one structured log event per request.
+enforced before they are read, and one structured log event per request
+(sent to the access log, L{accesslog}).
 """
 
 from __future__ import annotations
@@ -9,12 +10,10 @@ import io
 import json
 import time
 
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.web.server import Request, Site
 
 from .. import COMPATIBLE_SERVER_VERSION
-
-log = Logger(namespace="devpi_tx.request")
 
 
 class DevpiRequest(Request):
@@ -99,16 +98,18 @@ class DevpiRequest(Request):
     # -- headers -----------------------------------------------------------
 
     def process(self) -> None:
-        for name, value in self.channel.site.devpi_headers().items():
-            self.setHeader(name, value)
+        headers = self.responseHeaders
+        for name, value in self.channel.site.static_headers:
+            headers.setRawHeaders(name, [value])
         super().process()
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
             # The serial of the state this answer was computed from: the
             # handler ran to here without yielding after its last read or
-            # commit, so the current serial is exactly that.
-            self.setHeader(b"X-Devpi-Serial", str(self.channel.site.serial()).encode())
+            # commit, so the current serial is exactly that.  (finish()
+            # writes b"" first when nothing was written.)
+            self.responseHeaders.setRawHeaders(b"X-Devpi-Serial", [b"%d" % self.channel.site.serial()])
         super().write(data)
 
 
@@ -121,9 +122,19 @@ class DevpiSite(Site):
     displayTracebacks = False
 
     def __init__(
-        self, resource, *, storage, uuid: str, config, stream_receiver=lambda request: None, **kwargs
+        self,
+        resource,
+        *,
+        storage,
+        uuid: str,
+        config,
+        stream_receiver=lambda request: None,
+        access_log: ILogObserver | None = globalLogPublisher,
+        **kwargs,
     ) -> None:
         super().__init__(resource, **kwargs)
+        #: Receives one event per request (see L{accesslog}).
+        self._access = Logger(namespace="devpi_tx.request", observer=access_log) if access_log else None
         #: Given a request whose headers are in, returns an object to feed
         #: its body to as it arrives (uploads), or None.
         self.stream_receiver = stream_receiver
@@ -136,6 +147,11 @@ class DevpiSite(Site):
             "X-Devpi-Master-Uuid": uuid,
             "X-Devpi-Primary-Uuid": uuid,
         }
+        self._static_raw = [(name.encode(), value.encode()) for name, value in self._static_headers.items()]
+
+    @property
+    def static_headers(self) -> list[tuple[bytes, bytes]]:
+        return self._static_raw
 
     def devpi_headers(self) -> dict[str, str]:
         return dict(self._static_headers, **{"X-Devpi-Serial": str(self.serial())})
@@ -154,18 +170,23 @@ class DevpiSite(Site):
         return min(self._config.max_json_body_size, self._config.max_request_body_size)
 
     def log(self, request: DevpiRequest) -> None:
-        log.info(
+        if self._access is None:
+            return
+        address = request.getClientAddress()
+        self._access.info(
             "{method} {path} {status} {bytes}B {ms:.1f}ms",
             method=request.method.decode("ascii", "replace"),
             path=request.uri.decode("utf-8", "replace"),
             status=request.code,
             bytes=request.sentLength,
             ms=(time.monotonic() - request.started) * 1000,
-            client=request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else None,
+            client=getattr(address, "host", None),
         )
 
     def log_refused(self, request: DevpiRequest, size: int) -> None:
-        log.info(
+        if self._access is None:
+            return
+        self._access.info(
             "{method} {path} {status} {bytes}B {ms:.1f}ms",
             method=self._pending_method(request),
             path="-",

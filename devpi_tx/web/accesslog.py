@@ -1,0 +1,66 @@
+"""
+The access log: one line per request (method, path, status, bytes, ms).
+
+Requests are logged as structured C{twisted.logger} events in the
+C{devpi_tx.request} namespace, but not through the global log publisher:
+there every event is formatted by twistd's text observer, whose
+timestamp and format handling cost more than serving a cached page.  The
+events go to an observer of their own that writes the same text lines
+with the timestamp text computed once per second, as C{twisted.web}'s
+own access log does.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from twisted.logger import ILogObserver, LogEvent, formatTime
+from zope.interface import implementer
+
+#: What C{--access-log} accepts besides a file path.
+STDOUT = "-"
+OFF = "off"
+
+
+@implementer(ILogObserver)
+class AccessLogWriter:
+    """
+    Write request events as lines shaped like twistd's own log lines.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._second = -1
+        self._stamp = ""
+
+    def __call__(self, event: LogEvent) -> None:
+        when = event.get("log_time") or 0.0
+        second = int(when)
+        if second != self._second:
+            self._second = second
+            self._stamp = formatTime(second)
+        line = "{} [devpi_tx.request#{}] {} {} {} {}B {:.1f}ms\n".format(
+            self._stamp,
+            event["log_level"].name,
+            event["method"],
+            event["path"],
+            event["status"],
+            event["bytes"],
+            event["ms"],
+        )
+        self._out.write(line)
+        self._out.flush()
+
+
+def open_access_log(where: str) -> ILogObserver | None:
+    """
+    The observer for C{--access-log}: C{-} is the process's standard
+    output (the real one: twistd redirects C{sys.stdout} into its log
+    publisher), C{off} none, anything else a file to append to.
+    """
+    if where == OFF:
+        return None
+    if where == STDOUT:
+        return AccessLogWriter(sys.__stdout__ or sys.stdout)
+    return AccessLogWriter(open(where, "a", encoding="utf-8"))
