@@ -1,19 +1,22 @@
 """
 A fake upstream simple index, served in memory (StubTreq) or on a loopback
-port: PEP 691 JSON or HTML only, ETags and 304, X-PyPI-Last-Serial, and
-faults on demand (5xx, a body cut halfway, a wrong hash, going away).
+port: PEP 691 JSON or HTML only, ETags and 304, X-PyPI-Last-Serial, single
+byte ranges of files (or none, on demand), and faults on demand (5xx, a
+body cut halfway, a wrong hash, going away).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import attrs
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
+RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 @attrs.define
@@ -46,6 +49,14 @@ class FakeUpstream(Resource):
         self.file_delay: float | None = None
         #: Offer PEP 658 metadata for wheels (advertised with its hash).
         self.metadata = False
+        #: Honour single C{Range: bytes=...} requests for files (206, or 416
+        #: when unsatisfiable); when false, files are always answered whole
+        #: with 200, as by a server without range support.
+        self.ranges = True
+        #: Body bytes sent per file name (HEAD and .metadata not counted).
+        self.served: dict[str, int] = {}
+        #: The Range header of each file request, None when there was none.
+        self.ranges_asked: list[tuple[str, str | None]] = []
         self.requests: list[tuple[str, str]] = []
 
     def add(self, project: str, *releases: Release, serial: int = 1) -> None:
@@ -133,21 +144,43 @@ class FakeUpstream(Resource):
         for releases in self.projects.values():
             for r in releases:
                 if r.filename == filename:
-                    request.setHeader("Content-Length", str(len(r.data)))
-                    if request.method == b"HEAD":
-                        return b""
-                    if self.file_delay is not None:
-                        self._trickle(request, r.data, 0)
-                        return NOT_DONE_YET
-                    if self.cut_files:
-                        request.write(r.data[: len(r.data) // 2])
-                        request.channel.transport.loseConnection()
-                        return NOT_DONE_YET
-                    return r.data
+                    return self._send(request, filename, r.data)
         request.setResponseCode(404)
         return b"no such file\n"
 
-    def _trickle(self, request, data: bytes, offset: int) -> None:
+    def _send(self, request, filename: str, data: bytes):
+        header = request.getHeader("range")
+        self.ranges_asked.append((filename, header))
+        if self.ranges:
+            request.setHeader("Accept-Ranges", "bytes")
+            span = _byte_range(header, len(data)) if header else None
+            if span == "unsatisfiable":
+                request.setResponseCode(416)
+                request.setHeader("Content-Range", f"bytes */{len(data)}")
+                return b""
+            if span is not None:
+                start, stop = span
+                request.setResponseCode(206)
+                request.setHeader("Content-Range", f"bytes {start}-{stop - 1}/{len(data)}")
+                data = data[start:stop]
+        request.setHeader("Content-Length", str(len(data)))
+        if request.method == b"HEAD":
+            return b""
+        if self.file_delay is not None:
+            self._trickle(request, filename, data, 0)
+            return NOT_DONE_YET
+        if self.cut_files:
+            self._count(filename, len(data) // 2)
+            request.write(data[: len(data) // 2])
+            request.channel.transport.loseConnection()
+            return NOT_DONE_YET
+        self._count(filename, len(data))
+        return data
+
+    def _count(self, filename: str, size: int) -> None:
+        self.served[filename] = self.served.get(filename, 0) + size
+
+    def _trickle(self, request, filename: str, data: bytes, offset: int) -> None:
         from twisted.internet import reactor
 
         if request._disconnected:
@@ -155,6 +188,7 @@ class FakeUpstream(Resource):
         end = len(data) // 2 if self.cut_files else len(data)
         piece = data[offset : min(offset + 65536, end)]
         if piece:
+            self._count(filename, len(piece))
             request.write(piece)
         if offset + len(piece) >= end:
             if self.cut_files:
@@ -162,7 +196,28 @@ class FakeUpstream(Resource):
             else:
                 request.finish()
             return
-        reactor.callLater(self.file_delay, self._trickle, request, data, offset + len(piece))
+        reactor.callLater(self.file_delay, self._trickle, request, filename, data, offset + len(piece))
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | str | None:
+    """
+    The span C{[start, stop)} of a single C{bytes=a-b}, C{bytes=a-} or
+    C{bytes=-n} range, C{"unsatisfiable"}, or None for a header to ignore
+    (several ranges, or not understood), as RFC 9110 allows.
+    """
+    match = RANGE.fullmatch(header.strip())
+    if match is None or match.group() == "bytes=-":
+        return None
+    first, last = match.groups()
+    if not first:
+        suffix = int(last)
+        return (max(0, size - suffix), size) if suffix and size else "unsatisfiable"
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        return "unsatisfiable"
+    return start, min(size, int(last) + 1) if last else size
 
 
 def _wheel_metadata(data: bytes) -> bytes:

@@ -22,6 +22,8 @@ from zope.interface import implementer
 from ..model import releases
 from ..model.metadata import wheel_metadata
 from .client import UpstreamError, ask_upstream, read_body, redact
+from .pages import mirror_key
+from .remotezip import fetch_wheel_metadata
 
 log = Logger(namespace="devpi_tx.mirror")
 
@@ -216,16 +218,22 @@ class MirrorFiles:
     async def metadata(self, path: str) -> str:
         """
         The sha256 of the stored core metadata (PEP 658) of the mirrored
-        wheel at C{path}: passed through from upstream when it offers it,
-        else taken from the wheel (downloaded first if need be).
+        wheel at C{path}, taken from the first of: what is stored already;
+        upstream's, when it offers it (hash-checked); the wheel, when it is
+        stored; the wheel upstream, read with range requests (its tail,
+        where the zip directory is, then METADATA alone); the wheel,
+        downloaded first when upstream has no range support or the ranges
+        do not add up.
 
-        @raise UpstreamError: neither worked.
+        @raise UpstreamError: none worked.
+        @raise InvalidInput: the wheel has no single METADATA or too large a one.
         """
         entry = releases.get_file(self._storage, path)
         if entry is None:
             raise UpstreamError(f"no file at {path}")
         digest = entry.get("core_metadata_sha256")
         if digest and self._files.exists(digest):
+            log.debug("core metadata of {path}: stored", path=path, source="stored")
             return digest
         upstream = entry.get("upstream_metadata")
         data = None
@@ -238,9 +246,9 @@ class MirrorFiles:
                 if isinstance(upstream, str) and hashlib.sha256(body).hexdigest() != upstream:
                     raise UpstreamError(f"{redact(url)}: metadata sha256 mismatch")
                 data = body
+                log.debug("core metadata of {path}: from upstream", path=path, source="upstream")
         if data is None:
-            entry = await self.ensure(path)
-            data = await self._run(wheel_metadata, self._files.path(entry["sha256"]), path.rsplit("/", 1)[1])
+            data = await self._metadata_from_wheel(path, entry)
         writer = self._files.writer()
         writer.write(data)
         digest = await self._run(writer.commit)
@@ -250,6 +258,57 @@ class MirrorFiles:
                 tx.set(releases.file_key(path), dict(current, core_metadata_sha256=digest))
                 tx.set(releases.blob_key(digest), (tx.get(releases.blob_key(digest)) or 0) + 1)
         return digest
+
+    async def _metadata_from_wheel(self, path: str, entry: dict) -> bytes:
+        """
+        The METADATA of the wheel at C{path}: from the stored wheel if it
+        is stored (no request upstream), else with range requests, else
+        from the wheel downloaded in full.
+        """
+        basename = path.rsplit("/", 1)[1]
+        if self.is_stored(entry):
+            source = "cache"
+        else:
+            try:
+                data = await fetch_wheel_metadata(
+                    self._http,
+                    entry["url"],
+                    timeout=self._timeout,
+                    basename=basename,
+                    size=self._upstream_size(path, entry),
+                )
+            except UpstreamError as exc:
+                # RemoteZipError (no range support, an odd archive) or a
+                # failed request: the download may still work, and is
+                # checked against the wheel's sha256.
+                log.info(
+                    "core metadata of {path}: range requests failed ({error}), downloading the wheel",
+                    path=path,
+                    error=str(exc),
+                )
+                entry = await self.ensure(path)
+                source = "download"
+            else:
+                log.info("core metadata of {path}: read with range requests", path=path, source="range")
+                return data
+        data = await self._run(wheel_metadata, self._files.path(entry["sha256"]), basename)
+        log.info("core metadata of {path}: taken from the wheel ({source})", path=path, source=source)
+        return data
+
+    def _upstream_size(self, path: str, entry: dict) -> int | None:
+        """
+        The wheel's length, if known: once downloaded, or from the size
+        upstream's JSON page gave (PEP 700) in the cached page.
+        """
+        if isinstance(entry.get("size"), int):
+            return entry["size"]
+        stage = "/".join(path.split("/", 2)[:2])
+        page = self._storage.get(mirror_key(stage, entry.get("project", ""))) or {}
+        for link in page.get("links", []):
+            if link.get("url") == entry["url"]:
+                size = link.get("size")
+                return size if isinstance(size, int) and not isinstance(size, bool) else None
+        return None
 
     async def head(self, entry: dict) -> dict[str, str]:
         """
