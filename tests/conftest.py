@@ -148,6 +148,9 @@ def config(tmp_path) -> ServerConfig:
         serverdir=str(tmp_path / "server"),
         mirror_url=UPSTREAM,
         root_passwd_hash=fast_hasher().hash("rootpw"),
+        # The access log has its own tests; elsewhere it would write past
+        # pytest's capture onto the real stdout.
+        access_log="off",
     )
 
 

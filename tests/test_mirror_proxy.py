@@ -4,6 +4,7 @@ Upstream requests honour http_proxy and no_proxy.
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -28,9 +29,11 @@ class Proxy(Resource):
     def __init__(self) -> None:
         super().__init__()
         self.uris: list[bytes] = []
+        self.authorizations: list[bytes | None] = []
 
     def render_GET(self, request):
         self.uris.append(request.uri)
+        self.authorizations.append(request.getHeader(b"proxy-authorization"))
         request.setHeader("Content-Type", "application/vnd.pypi.simple.v1+json")
         files = [{"filename": "hello-1.0.tar.gz", "url": "hello-1.0.tar.gz", "hashes": {}}]
         return json.dumps({"meta": {"api-version": "1.1"}, "name": "hello", "files": files}).encode()
@@ -55,6 +58,17 @@ async def test_http_upstream_goes_through_the_proxy(proxy):
     assert resource.uris == [b"http://upstream.invalid/simple/hello/"]
     assert [link.filename for link in page.links] == ["hello-1.0.tar.gz"]
     assert page.links[0].url == "http://upstream.invalid/simple/hello/hello-1.0.tar.gz"
+    assert resource.authorizations == [None]
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_proxy_credentials_are_sent_to_the_proxy(proxy):
+    resource, proxy_url = proxy
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    with_credentials = proxy_url.replace("http://", "http://alice:s%40cret@")
+    client = UpstreamClient(make_http_client(reactor, pool, {"http_proxy": with_credentials}), timeout=5)
+    await client.project_page("http://upstream.invalid/simple/", "hello")
+    assert resource.authorizations == [b"Basic " + base64.b64encode(b"alice:s@cret")]
 
 
 @pytest_twisted.ensureDeferred

@@ -23,6 +23,7 @@ from twisted.web.client import (
     HTTPConnectionPool,
     ProxyAgent,
 )
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -104,7 +105,8 @@ class ProxyChoosingAgent:
     """
     Send each request directly or through a proxy, as urllib reads
     the environment: plain C{http} URLs through the proxy that C{http_proxy}
-    names (as absolute-URI requests), C{https} URLs through a C{CONNECT}
+    names (as absolute-URI requests, with C{Proxy-Authorization} when its URL
+    has credentials), C{https} URLs through a C{CONNECT}
     tunnel of the proxy that C{https_proxy} names (TLS end to end, checked
     against the target host), and hosts that C{no_proxy} matches directly.
 
@@ -131,11 +133,17 @@ class ProxyChoosingAgent:
         self._proxy = None
         self._tunnel = None
         self._no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
+        self._proxy_authorization: bytes | None = None
         proxy_url = environ.get("http_proxy") or environ.get("HTTP_PROXY")
         if proxy_url:
-            parts = urlsplit(proxy_url if "://" in proxy_url else "http://" + proxy_url)
-            endpoint = HostnameEndpoint(reactor, parts.hostname, parts.port or 80)
-            self._proxy = ProxyAgent(endpoint, reactor=reactor, pool=pool)
+            try:
+                proxy = HTTPProxy.from_url(proxy_url)
+            except ValueError as exc:
+                log.warn("http_proxy ignored, http upstreams are reached directly: {error}", error=exc)
+            else:
+                endpoint = HostnameEndpoint(reactor, proxy.host, proxy.port)
+                self._proxy = ProxyAgent(endpoint, reactor=reactor, pool=pool)
+                self._proxy_authorization = proxy.authorization
         tunnel_url = environ.get("https_proxy") or environ.get("HTTPS_PROXY")
         if tunnel_url:
             try:
@@ -157,6 +165,11 @@ class ProxyChoosingAgent:
         parts = urlsplit(uri.decode("ascii") if isinstance(uri, bytes) else uri)
         agent = {"http": self._proxy, "https": self._tunnel}.get(parts.scheme)
         if agent is not None and not self._bypass(parts.hostname or ""):
+            if agent is self._proxy and self._proxy_authorization is not None:
+                # ProxyAgent sends the request to the proxy as is: the
+                # proxy's credentials go along as a header.
+                headers = headers.copy() if headers is not None else Headers()
+                headers.setRawHeaders(b"Proxy-Authorization", [self._proxy_authorization])
             return agent.request(method, uri, headers, bodyProducer)
         return self._direct.request(method, uri, headers, bodyProducer)
 
