@@ -62,11 +62,16 @@ class IStorage(Interface):
         Return the sorted committed keys starting with C{prefix}.
         """
 
-    def transaction() -> ITransaction:
+    def transaction(durable: bool = True) -> ITransaction:
         """
         Return a context manager yielding an L{ITransaction}.  Leaving the
         block normally commits (one changelog entry, the next serial, if
         anything changed); leaving it with an exception rolls back.
+
+        A commit survives a crash of the process either way.  With
+        C{durable} false it may be lost with the machine (power loss) until
+        the next durable commit, which makes everything before it durable
+        too: for what can be fetched again, such as mirrored pages.
         """
 
     def changelog_entry(serial: int) -> dict | None:

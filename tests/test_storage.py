@@ -108,6 +108,30 @@ def test_reopen_keeps_state_and_serial(tmp_path):
     s.close()
 
 
+def test_non_durable_commit_is_a_commit_and_leaves_full_sync_on(tmp_path):
+    """
+    durable=False only skips the fsync of that commit: the entry, serial and
+    value are as for any commit, and later commits sync again.
+    """
+    path = str(tmp_path / "state.sqlite")
+    s = SQLiteStorage(path)
+    with s.transaction(durable=False) as tx:
+        tx.set("mirror/x", {"links": []})
+    assert s.serial == 0
+    assert s.changelog_entry(0)["changes"] == {"mirror/x": {"links": []}}
+    assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with pytest.raises(RuntimeError):
+        with s.transaction(durable=False) as tx:
+            tx.set("mirror/y", 1)
+            raise RuntimeError("boom")
+    assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert s.get("mirror/y") is None
+    s.close()
+    s = SQLiteStorage(path)
+    assert (s.serial, s.get("mirror/x")) == (0, {"links": []})
+    s.close()
+
+
 def test_refuses_newer_schema(tmp_path):
     path = str(tmp_path / "state.sqlite")
     SQLiteStorage(path).close()

@@ -7,14 +7,22 @@ credentials taken from the mirror URL, and conditional requests.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 from treq.client import HTTPClient
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.web.client import (
+    URI,
     Agent,
     BrowserLikePolicyForHTTPS,
     BrowserLikeRedirectAgent,
@@ -23,12 +31,14 @@ from twisted.web.client import (
     HTTPConnectionPool,
     ProxyAgent,
 )
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IPolicyForHTTPS
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
 from ..model.indexes import redact_url as redact
 from .parse import PageError, UpstreamLink, parse_html, parse_json
+from .quickack import QuickAckEndpoint
 from .tunnel import HTTPProxy, tunnelling_agent
 
 log = Logger(namespace="devpi_tx.mirror")
@@ -100,6 +110,40 @@ async def read_body(url: str, response) -> bytes:
         raise UpstreamError(f"{redact(url)}: {exc.__class__.__name__}: {exc}") from None
 
 
+def _tcp_endpoint(reactor, host: str, port: int) -> IStreamClientEndpoint:
+    """
+    A plain endpoint for an IP address (nothing to resolve), else a
+    L{HostnameEndpoint} (resolution, and happy eyeballs over the addresses).
+    """
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return HostnameEndpoint(reactor, host, port)
+    if address.version == 6:
+        return TCP6ClientEndpoint(reactor, str(address), port)
+    return TCP4ClientEndpoint(reactor, str(address), port)
+
+
+@implementer(IAgentEndpointFactory)
+class DirectEndpoints:
+    """
+    What L{Agent} connects with by default (TCP, TLS on top for C{https}),
+    with connections that acknowledge at once (L{QuickAckEndpoint}).
+    """
+
+    def __init__(self, reactor, tls_policy: IPolicyForHTTPS) -> None:
+        self._reactor = reactor
+        self._tls_policy = tls_policy
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        tcp = QuickAckEndpoint(_tcp_endpoint(self._reactor, uri.host.decode("ascii"), uri.port))
+        if uri.scheme == b"http":
+            return tcp
+        if uri.scheme == b"https":
+            return wrapClientTLS(self._tls_policy.creatorForNetloc(uri.host, uri.port), tcp)
+        raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
+
+
 @implementer(IAgent)
 class ProxyChoosingAgent:
     """
@@ -129,7 +173,7 @@ class ProxyChoosingAgent:
     ) -> None:
         environ = os.environ if environ is None else environ
         tls_policy = tls_policy or BrowserLikePolicyForHTTPS()
-        self._direct = Agent(reactor, contextFactory=tls_policy, pool=pool)
+        self._direct = Agent.usingEndpointFactory(reactor, DirectEndpoints(reactor, tls_policy), pool=pool)
         self._proxy = None
         self._tunnel = None
         self._no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
@@ -141,7 +185,7 @@ class ProxyChoosingAgent:
             except ValueError as exc:
                 log.warn("http_proxy ignored, http upstreams are reached directly: {error}", error=exc)
             else:
-                endpoint = HostnameEndpoint(reactor, proxy.host, proxy.port)
+                endpoint = QuickAckEndpoint(HostnameEndpoint(reactor, proxy.host, proxy.port))
                 self._proxy = ProxyAgent(endpoint, reactor=reactor, pool=pool)
                 self._proxy_authorization = proxy.authorization
         tunnel_url = environ.get("https_proxy") or environ.get("HTTPS_PROXY")
@@ -181,7 +225,11 @@ def make_http_client(
     *,
     tls_policy: IPolicyForHTTPS | None = None,
 ) -> HTTPClient:
-    pool = pool or HTTPConnectionPool(reactor, persistent=True)
+    if pool is None:
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        # Installers fetch many pages at once (uv: dozens); keep enough
+        # connections open that the next burst does not reconnect.
+        pool.maxPersistentPerHost = 16
     agent = ProxyChoosingAgent(reactor, pool, environ, tls_policy=tls_policy)
     agent = BrowserLikeRedirectAgent(agent, redirectLimit=5)
     agent = ContentDecoderAgent(agent, [(b"gzip", GzipDecoder)])

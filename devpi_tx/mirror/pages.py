@@ -136,7 +136,7 @@ class MirrorPages:
         except NotFoundUpstream:
             self._missing[key] = self._clock() + NOT_FOUND_TTL
             if stored is not None:
-                with self._storage.transaction() as tx:
+                with self._storage.transaction(durable=False) as tx:
                     tx.delete(mirror_key(stage.name, project))
             return None
         except UpstreamError as exc:
@@ -175,7 +175,9 @@ class MirrorPages:
 
     def _store(self, stage: str, project: str, page: dict, stored: dict | None) -> None:
         old = {link_relpath(stage, link): link for link in (stored or {}).get("links", [])}
-        with self._storage.transaction() as tx:
+        # A cached page can be fetched again: no fsync for it (the next
+        # durable commit makes it durable too).
+        with self._storage.transaction(durable=False) as tx:
             tx.set(mirror_key(stage, project), page)
             for link in page["links"]:
                 path = link_relpath(stage, link)

@@ -27,6 +27,8 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import implementer
 
+from .quickack import QuickAckEndpoint
+
 #: The most header bytes taken from a proxy's answer to CONNECT.
 MAX_ANSWER_BYTES = 64 * 1024
 
@@ -225,7 +227,7 @@ class TunnellingEndpointFactory:
             return HostnameEndpoint(self._reactor, host, uri.port)
         if uri.scheme != b"https":
             raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
-        proxy_endpoint = HostnameEndpoint(self._reactor, self._proxy.host, self._proxy.port)
+        proxy_endpoint = QuickAckEndpoint(HostnameEndpoint(self._reactor, self._proxy.host, self._proxy.port))
         tunnel = TunnelEndpoint(self._proxy, proxy_endpoint, host.strip("[]"), uri.port)
         return wrapClientTLS(self._tls_policy.creatorForNetloc(uri.host, uri.port), tunnel)
 

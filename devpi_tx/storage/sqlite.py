@@ -100,6 +100,7 @@ class SQLiteStorage:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._synchronous = synchronous
         self._db.execute("PRAGMA busy_timeout=10000")
         self._migrate()
         # Encoded values of recently used keys, least recently used first;
@@ -168,11 +169,20 @@ class SQLiteStorage:
         return [row[0] for row in rows]
 
     @contextmanager
-    def transaction(self) -> Iterator[SQLiteTransaction]:
+    def transaction(self, durable: bool = True) -> Iterator[SQLiteTransaction]:
         tx = SQLiteTransaction(self)
         yield tx
         if tx.changes:
-            self._commit(tx.changes)
+            if durable or self._synchronous != "FULL":
+                self._commit(tx.changes)
+                return
+            # In WAL mode, NORMAL skips the fsync of the log at this commit;
+            # the next FULL commit syncs the log, this commit included.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._commit(tx.changes)
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     def _commit(self, changes: dict[str, str | None]) -> None:
         db = self._db
