@@ -27,6 +27,7 @@ from .storage.files import LocalFileStore
 from .storage.sqlite import open_storage
 from .web.accesslog import open_access_log
 from .web.api import DevpiAPI, ServerContext
+from .web.installer import InstallerFastPath
 from .web.site import DevpiSite
 
 log = Logger(namespace="devpi_tx.service")
@@ -93,7 +94,7 @@ def build_context(
 def make_site(context: ServerContext) -> DevpiSite:
     api = DevpiAPI(context)
     site = DevpiSite(
-        api.app.resource(),
+        InstallerFastPath(api.app.resource(), api),
         stream_receiver=api.upload_receiver,
         storage=context.storage,
         uuid=context.uuid,

@@ -17,6 +17,7 @@ from devpi_tx.auth.passwords import PasswordChecker, fast_hasher
 from devpi_tx.config import ServerConfig
 from devpi_tx.service import build_context
 from devpi_tx.web.api import DevpiAPI
+from devpi_tx.web.installer import InstallerFastPath
 
 from .fakeupstream import FakeUpstream
 
@@ -91,7 +92,9 @@ class Client:
     def __init__(self, context) -> None:
         self.context = context
         self.api = DevpiAPI(context)
-        self.stub = StubTreq(self.api.app.resource())
+        # The resource tree the server runs: the installer fast path in
+        # front of the Klein app.
+        self.stub = StubTreq(InstallerFastPath(self.api.app.resource(), self.api))
 
     def request(
         self,

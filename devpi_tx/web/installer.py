@@ -1,0 +1,65 @@
+"""
+The root resource: the installer's request, straight to its handler.
+
+pip and uv ask for a project's simple page (C{GET /{user}/{index}/+simple/
+{project}/}) for every requirement of every install; on a busy index it is
+nearly all the traffic.  Klein's routing (binding a werkzeug map, matching,
+two C{notifyFinish} Deferreds and error-handler chains per request) cost
+about as much as the handler itself does with the page cached.  This
+resource recognises that one path shape with a regular expression and
+calls the same handler Klein would.  Anything else, and any request the
+handler raises for (so that Klein's error handlers answer it, the handler
+having changed nothing), goes through Klein.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+#: Plain segments only: anything percent-encoded (or a leading "+")
+#: is left to Klein, which decodes and reports it.
+_PROJECT_PAGE = re.compile(rb"/([^/%+][^/%]*)/([^/%+][^/%]*)/\+simple/([^/%]+)/")
+
+
+class InstallerFastPath(Resource):
+    isLeaf = True
+
+    def __init__(self, klein_resource: Resource, routes) -> None:
+        """
+        @param klein_resource: the Klein app's resource, for everything else.
+        @param routes: the object whose C{simple_project_page} Klein routes
+            project pages to.
+        """
+        super().__init__()
+        self._klein = klein_resource
+        self._routes = routes
+
+    def render(self, request):
+        if request.method in (b"GET", b"HEAD"):
+            match = _PROJECT_PAGE.fullmatch(request.path)
+            if match is not None:
+                try:
+                    user, index, project = (part.decode("utf-8") for part in match.groups())
+                    result = self._routes.simple_project_page(request, user, index, project)
+                except Exception:
+                    return self._klein.render(request)
+                if isinstance(result, bytes):
+                    return _send(request, result)
+                # Upstream is being asked: answer when it has, unless the
+                # client has gone away meanwhile.
+                gone: list = []
+                request.notifyFinish().addBoth(gone.append)
+                result.addCallback(lambda body: None if gone else _send(request, body))
+                result.addErrback(lambda failure: None if gone else request.processingFailed(failure))
+                return NOT_DONE_YET
+        return self._klein.render(request)
+
+
+def _send(request, body: bytes):
+    # As Klein sends a handler's bytes (Twisted drops the body of a HEAD).
+    request.write(body)
+    request.finish()
+    return NOT_DONE_YET
