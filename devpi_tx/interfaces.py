@@ -116,11 +116,15 @@ class IFileWriter(Interface):
         The sha256 of what was written so far.
         """
 
-    def commit() -> str:
+    def commit(durable: bool = True) -> str:
         """
         Make the file durable under its content address and return its
         sha256 hex digest.  A file with the same content that is already
         stored is kept as it is.
+
+        With C{durable} false the file is stored but not synced to disk: for
+        files derived from others (a wheel's METADATA), which a power loss
+        may leave missing or short and which are then made again.
         """
 
     def abort() -> None:

@@ -256,6 +256,31 @@ def test_core_metadata_served_for_wheels_only(client, dev):
     assert html.count("data-core-metadata") == 1
 
 
+@pytest.mark.parametrize("damage", ["missing", "short"])
+def test_metadata_blob_lost_to_a_power_loss_is_made_again(client, dev, damage):
+    """
+    METADATA blobs are stored without fsync (they derive from the durable
+    wheel): one that a power loss left missing or short is checked and
+    made again before it is served.
+    """
+    filename, data = make_wheel("pkg-a", "1.0", requires_python=">=3.8")
+    upload(client, dev, "pkg-a", "1.0", filename, data)
+    (entry,) = simple_json(client)["files"]
+    digest = entry["core-metadata"]["sha256"]
+    path = client.context.files.path(digest)
+    if damage == "missing":
+        os.unlink(path)
+    else:
+        with open(path, "r+b") as blob:
+            blob.truncate(10)
+    client.context.sound_blobs.clear()  # as after a restart
+    meta = client.get(resolve(entry["url"]) + ".metadata", accept=None)
+    assert meta.code == 200
+    assert hashlib.sha256(meta.body).hexdigest() == digest
+    with open(path, "rb") as blob:
+        assert hashlib.sha256(blob.read()).hexdigest() == digest
+
+
 def test_simple_json_page(client, dev):
     filename, data = make_wheel("pkg-a", "1.0", requires_python=">=3.8")
     upload(client, dev, "pkg-a", "1.0", filename, data, extra=[("requires_python", ">=3.8")])

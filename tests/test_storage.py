@@ -229,6 +229,21 @@ def test_written_file_is_stored_under_its_sha256(files):
     assert os.listdir(files.tmpdir) == []
 
 
+def test_file_committed_without_sync_is_stored_alike(files, monkeypatch):
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    writer = files.writer()
+    writer.write(b"Metadata-Version: 2.1\n")
+    digest = writer.commit(durable=False)
+    assert synced == []
+    with open(files.path(digest), "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == digest
+    writer = files.writer()
+    writer.write(b"a wheel")
+    writer.commit()
+    assert len(synced) == 2  # the file, then its directory
+
+
 def test_aborted_file_leaves_nothing(files):
     writer = files.writer()
     writer.write(b"partial")

@@ -68,14 +68,15 @@ class LocalFileWriter:
         self._hash.update(data)
         self.size += len(data)
 
-    def commit(self) -> str:
+    def commit(self, durable: bool = True) -> str:
         if self._done:
             raise RuntimeError("file already committed or aborted")
         self._done = True
         digest = self._hash.hexdigest()
         try:
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if durable:
+                os.fsync(self._file.fileno())
             self._file.close()
             final = self._store.path(digest)
             os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -83,7 +84,8 @@ class LocalFileWriter:
                 os.unlink(self._tmp_path)
             else:
                 os.replace(self._tmp_path, final)
-                _fsync_dir(os.path.dirname(final))
+                if durable:
+                    _fsync_dir(os.path.dirname(final))
         except BaseException:
             self._discard()
             raise

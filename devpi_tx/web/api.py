@@ -68,6 +68,8 @@ class ServerContext:
     #: Digests of blobs written to disk whose linking transaction has not
     #: run yet; garbage collection must leave them alone.
     pending_blobs: collections.Counter = attrs.field(factory=collections.Counter)
+    #: Digests of blobs stored without fsync that were found intact.
+    sound_blobs: set = attrs.field(factory=set)
     started: float = attrs.field(factory=time.time)
 
     upstream_http: object = attrs.field(factory=lambda: make_http_client(_reactor()))
