@@ -67,6 +67,9 @@ class ProjectLists:
     def path(self, stage: str) -> str:
         return os.path.join(self._dir, stage.replace("/", "+") + ".txt")
 
+    def has_list(self, stage: str) -> bool:
+        return os.path.exists(self.path(stage))
+
     def names(self, stage: str) -> list[str] | None:
         """
         The last complete upstream list, or L{None} if there is none yet.

@@ -29,13 +29,14 @@ from ..mirror.client import UpstreamClient, make_http_client
 from ..mirror.files import MirrorFiles
 from ..mirror.pages import MirrorPages
 from ..mirror.projectlist import ProjectLists
-from ..model import indexes, releases, users
+from ..model import indexes, releases, stages, users
 from ..model.acl import Policy
 from ..model.errors import InvalidInput, ModelError
 from ..model.memo import StateMemo
 from ..model.stages import Stage
 from . import simple
 from .credentials import Authenticator, AuthResult
+from .listpages import ListPages
 from .negotiation import has_flag, read_json, wants_json
 from .pagecache import PageCache
 from .releases import ReleaseRoutes
@@ -74,6 +75,7 @@ class ServerContext:
 
     upstream_http: object = attrs.field(factory=lambda: make_http_client(_reactor()))
     memo: StateMemo = attrs.field(init=False)
+    list_pages: ListPages = attrs.field(init=False)
     mirrors: MirrorPages = attrs.field(init=False)
     mirror_files: MirrorFiles = attrs.field(init=False)
     project_lists: ProjectLists = attrs.field(init=False)
@@ -81,6 +83,10 @@ class ServerContext:
     def __attrs_post_init__(self) -> None:
         self.storage.subscribe(self.page_cache.changed)
         self.memo = StateMemo(self.storage)
+        self.list_pages = ListPages(
+            os.path.join(self.config.serverdir, "+mirrorlists", "pages"), self.run_in_thread
+        )
+        self.list_pages.clear_directory()
         self.mirrors = MirrorPages(
             self.storage,
             UpstreamClient(self.upstream_http, self.config.request_timeout),
@@ -112,6 +118,22 @@ class ServerContext:
             if names is not None:
                 return names
         return self.mirrors.cached_projects(stage.name)
+
+    def list_sources(self, stagename: str) -> list[tuple[str, list[str] | str]]:
+        """
+        Where each stage of the chain takes its project names from: the
+        state (a list), or for a mirror with an upstream list, that list's
+        file (a path).
+        """
+        sources: list[tuple[str, list[str] | str]] = []
+        for stage in stages.resolution_order(self.storage, stagename):
+            if not stage.is_mirror:
+                sources.append((stage.name, releases.project_names(self.storage, stage.name)))
+            elif not stage.config.get("mirror_no_project_list") and self.project_lists.has_list(stage.name):
+                sources.append((stage.name, self.project_lists.path(stage.name)))
+            else:
+                sources.append((stage.name, self.mirrors.cached_projects(stage.name)))
+        return sources
 
     def mirror_links(self, stage, project: str) -> tuple[list[dict], list[str]]:
         """

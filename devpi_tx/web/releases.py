@@ -405,11 +405,28 @@ class ReleaseRoutes:
         key = (stage, None, fmt)
         page = self.ctx.page_cache.get(key)
         if page is None:
+            sources = self.ctx.list_sources(stage)
+            if any(isinstance(names, str) for _, names in sources):
+                # An upstream's list: written to disk by a thread.
+                return ensureDeferred(self._large_list(request, stage, fmt, sources))
             groups = stages.merged_project_list(self.ctx.storage, stage, self.ctx.mirror_projects)
             body = simple.render_project_list(fmt, stage, groups)
             page = Page(body, simple.etag_for(body), fmt)
             self.ctx.page_cache.put(key, page)
         return self._send_page(request, page)
+
+    async def _large_list(self, request: IRequest, stage: str, fmt: str, sources):
+        rendered = await self.ctx.list_pages.get(stage, fmt, sources)
+        request.setHeader("Vary", "Accept, User-Agent")
+        return serve_file(
+            request,
+            rendered.path,
+            size=rendered.size,
+            sha256=rendered.sha256,
+            last_modified=rendered.mtime,
+            content_type=simple.content_type_for(fmt),
+            cache_control="no-cache",
+        )
 
     async def _refresh_mirrors(self, stage: str, project: str) -> list[str]:
         """

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import html
+import io
 import json
 import posixpath
 import re
+from collections.abc import Iterable
+from typing import BinaryIO
 
 from twisted.web.iweb import IRequest
 
@@ -176,17 +179,34 @@ def render_project(
 
 
 def render_project_list(fmt: str, stagename: str, groups: list[tuple[str, list[str]]]) -> bytes:
+    out = io.BytesIO()
+    write_project_list(out, fmt, stagename, groups)
+    return out.getvalue()
+
+
+def write_project_list(
+    out: BinaryIO, fmt: str, stagename: str, groups: Iterable[tuple[str, Iterable[str]]]
+) -> None:
+    """
+    Write a project list page, one name at a time, so that a list of
+    hundreds of thousands of names (an upstream's) never sits in memory.
+    """
     if fmt == JSON_V1:
-        projects = [{"name": name} for _, names in groups for name in names]
-        return json.dumps(
-            {"meta": {"api-version": API_VERSION}, "projects": projects}, separators=(",", ":")
-        ).encode("utf-8")
-    parts = [_html_head(f"{stagename}: simple list (including inherited indices)")]
+        out.write(b'{"meta":{"api-version":"' + API_VERSION.encode() + b'"},"projects":[')
+        separator = b""
+        for _, names in groups:
+            for name in names:
+                out.write(separator + b'{"name":' + json.dumps(name).encode("utf-8") + b"}")
+                separator = b","
+        out.write(b"]}")
+        return
+    out.write(_html_head(f"{stagename}: simple list (including inherited indices)").encode("utf-8"))
     for stage, names in groups:
-        parts.append(f"<h2>{html.escape(stage)}</h2>")
-        parts.extend(f'<a href="{html.escape(n)}/">{html.escape(n)}</a><br>' for n in names)
-    parts.append("</body></html>\n")
-    return "\n".join(parts).encode("utf-8")
+        out.write(f"\n<h2>{html.escape(stage)}</h2>".encode())
+        for name in names:
+            escaped = html.escape(name)
+            out.write(f'\n<a href="{escaped}/">{escaped}</a><br>'.encode())
+    out.write(b"\n</body></html>\n")
 
 
 def content_type_for(fmt: str) -> str:

@@ -1,0 +1,140 @@
+"""
+Project list pages that draw on an upstream's list of names.
+
+A public index lists hundreds of thousands of projects: built in memory on
+the reactor, its page would stall every other request for a second and
+take a hundred megabytes.  Such pages are written by a worker thread, one
+name at a time, into a file under C{+mirrorlists/pages/}, and sent from
+disk like any file.  A page is made again when what it is made from
+changes: the names of the private indexes of the chain (read on the
+reactor, which alone touches the state) or an upstream list file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import attrs
+from twisted.internet.defer import Deferred
+
+from . import simple
+
+#: A source of names: a list (from the state) or the path of a list file.
+Source = tuple[str, "list[str] | str"]
+
+
+@attrs.frozen
+class RenderedList:
+    path: str
+    size: int
+    sha256: str
+    mtime: float
+
+
+class _HashingFile:
+    def __init__(self, file) -> None:
+        self._file = file
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self.hash.update(data)
+        self.size += len(data)
+
+
+def merged_names(sources: list[Source]) -> Iterator[tuple[str, Iterable[str]]]:
+    """
+    Per stage, the names that no earlier stage listed.  The names of a
+    list file are remembered only when another source follows it.
+    """
+    listed: set[str] = set()
+    for position, (stage, names) in enumerate(sources):
+        remember = isinstance(names, list) or position < len(sources) - 1
+        yield stage, _unlisted(_names_of(names), listed, remember)
+
+
+def _names_of(names: list[str] | str) -> Iterable[str]:
+    if isinstance(names, list):
+        yield from names
+        return
+    with open(names, encoding="utf-8") as lines:
+        for line in lines:
+            yield line.rstrip("\n")
+
+
+def _unlisted(names: Iterable[str], listed: set[str], remember: bool) -> Iterator[str]:
+    for name in names:
+        if name and name not in listed:
+            if remember:
+                listed.add(name)
+            yield name
+
+
+class ListPages:
+    def __init__(self, directory: str, run_in_thread: Callable) -> None:
+        self._dir = directory
+        self._run = run_in_thread
+        self._pages: dict[tuple, tuple[object, RenderedList]] = {}
+        self._inflight: dict[tuple, list[Deferred]] = {}
+
+    async def get(self, stagename: str, fmt: str, sources: list[Source]) -> RenderedList:
+        """
+        The page of C{stagename}'s project list in C{fmt}, made from
+        C{sources} (in chain order) unless it was made from the same.
+        """
+        key = (stagename, fmt)
+        token = tuple(
+            (stage, tuple(names) if isinstance(names, list) else (names, os.stat(names).st_mtime_ns))
+            for stage, names in sources
+        )
+        cached = self._pages.get(key)
+        if cached is not None and cached[0] == token:
+            return cached[1]
+        if key in self._inflight:
+            waiter: Deferred[RenderedList] = Deferred()
+            self._inflight[key].append(waiter)
+            return await waiter
+        self._inflight[key] = []
+        try:
+            rendered = await self._run(self._render, stagename, fmt, sources)
+        except BaseException as exc:
+            for waiter in self._inflight.pop(key):
+                waiter.errback(exc)
+            raise
+        previous = self._pages.get(key)
+        self._pages[key] = (token, rendered)
+        if previous is not None and previous[1].path != rendered.path:
+            # Requests being answered hold the old file open already.
+            os.unlink(previous[1].path)
+        for waiter in self._inflight.pop(key):
+            waiter.callback(rendered)
+        return rendered
+
+    def _render(self, stagename: str, fmt: str, sources: list[Source]) -> RenderedList:
+        """
+        In a worker thread: write the page to a file of its own.
+        """
+        os.makedirs(self._dir, exist_ok=True)
+        prefix = stagename.replace("/", "+") + (".json." if fmt == simple.JSON_V1 else ".html.")
+        fd, path = tempfile.mkstemp(prefix=prefix, dir=self._dir)
+        try:
+            with os.fdopen(fd, "wb", buffering=1024 * 1024) as file:
+                out = _HashingFile(file)
+                simple.write_project_list(out, fmt, stagename, merged_names(sources))
+        except BaseException:
+            os.unlink(path)
+            raise
+        return RenderedList(path, out.size, out.hash.hexdigest(), time.time())
+
+    def clear_directory(self) -> None:
+        """
+        Remove pages left by an earlier run (made again on demand).
+        """
+        if os.path.isdir(self._dir):
+            for name in os.listdir(self._dir):
+                os.unlink(os.path.join(self._dir, name))

@@ -1,0 +1,91 @@
+"""
+Project lists drawing on an upstream list are written to disk by a thread
+and sent from there, with the same bytes as a list built in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from devpi_tx.web import simple
+from devpi_tx.web.listpages import merged_names
+
+from .distfiles import make_wheel, upload_form
+
+PIP_ACCEPT = "application/vnd.pypi.simple.v1+json"
+
+
+@pytest.fixture
+def dev(client, alice):
+    assert client.request("PUT", "/alice/dev", {"bases": "root/pypi"}, headers=alice).code == 200
+    return alice
+
+
+def upload(client, auth, name):
+    filename, data = make_wheel(name, "1.0")
+    content_type, body = upload_form(name, "1.0", filename, data)
+    answer = client.request(
+        "POST", "/alice/dev/", raw=body, headers={"Content-Type": content_type, **auth}, accept=None
+    )
+    assert answer.code == 200, answer.body
+
+
+def write_upstream_list(client, names):
+    path = client.context.project_lists.path("root/pypi")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(name + "\n" for name in names)
+    # A new list always gets a new mtime, even within the clock's tick.
+    stamp = time.time_ns() + 10**9 * len(names)
+    os.utime(path, ns=(stamp, stamp))
+
+
+def test_merged_names_skips_what_earlier_stages_listed(tmp_path):
+    upstream = tmp_path / "list.txt"
+    upstream.write_text("a\nb\nc\n")
+    groups = [
+        (stage, list(names))
+        for stage, names in merged_names([("x/dev", ["b"]), ("root/pypi", str(upstream))])
+    ]
+    assert groups == [("x/dev", ["b"]), ("root/pypi", ["a", "c"])]
+
+
+@pytest.mark.parametrize("fmt, accept", [(simple.JSON_V1, PIP_ACCEPT), ("text/html", "text/html")])
+def test_large_list_same_bytes_as_in_memory(client, dev, fmt, accept):
+    upload(client, dev, "pkg-a")
+    write_upstream_list(client, ["alpha", "pkg-a", "beta"])
+    answer = client.get("/alice/dev/+simple/", accept=accept)
+    assert answer.code == 200
+    expected = simple.render_project_list(
+        fmt, "alice/dev", [("alice/dev", ["pkg-a"]), ("root/pypi", ["alpha", "beta"])]
+    )
+    assert answer.body == expected
+    assert answer.header("cache-control") == "no-cache"
+    etag = answer.header("etag")
+    again = client.get("/alice/dev/+simple/", accept=accept, headers={"If-None-Match": etag})
+    assert again.code == 304
+
+
+def test_large_list_follows_the_state_and_the_upstream_list(client, dev):
+    write_upstream_list(client, ["alpha"])
+    names = lambda: [p["name"] for p in client.get("/alice/dev/+simple/", accept=PIP_ACCEPT).json["projects"]]  # noqa: E731
+    assert names() == ["alpha"]
+    upload(client, dev, "pkg-b")
+    assert names() == ["pkg-b", "alpha"]
+    write_upstream_list(client, ["alpha", "gamma"])
+    assert names() == ["pkg-b", "alpha", "gamma"]
+    pages = os.listdir(os.path.join(client.context.config.serverdir, "+mirrorlists", "pages"))
+    assert len(pages) == 1  # older renderings are removed
+
+
+def test_large_list_is_not_built_in_memory(client, dev, monkeypatch):
+    write_upstream_list(client, ["alpha"])
+
+    def refuse(*args):
+        raise AssertionError("rendered in memory")
+
+    monkeypatch.setattr(simple, "render_project_list", refuse)
+    assert client.get("/root/pypi/+simple/", accept=PIP_ACCEPT).code == 200
