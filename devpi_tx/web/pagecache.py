@@ -27,6 +27,9 @@ class Page:
 class PageCache:
     def __init__(self, max_entries: int = 2000, max_bytes: int = 64 * 1024 * 1024) -> None:
         self._pages: OrderedDict[tuple, Page] = OrderedDict()
+        #: Keys by project (key[1]; None for project lists), so that a
+        #: commit drops a project's pages without looking at every page.
+        self._by_project: dict[str | None, set[tuple]] = {}
         self._bytes = 0
         self._max_entries = max_entries
         self._max_bytes = max_bytes
@@ -42,6 +45,7 @@ class PageCache:
             return  # a whole upstream project list: not worth the memory
         self._drop(key)
         self._pages[key] = page
+        self._by_project.setdefault(key[1], set()).add(key)
         self._bytes += len(page.body)
         while self._pages and (len(self._pages) > self._max_entries or self._bytes > self._max_bytes):
             oldest = next(iter(self._pages))
@@ -51,17 +55,23 @@ class PageCache:
         page = self._pages.pop(key, None)
         if page is not None:
             self._bytes -= len(page.body)
+            keys = self._by_project[key[1]]
+            keys.discard(key)
+            if not keys:
+                del self._by_project[key[1]]
 
     def clear(self) -> None:
         self._pages.clear()
+        self._by_project.clear()
         self._bytes = 0
 
     def invalidate_project(self, project: str | None) -> None:
         """
         Drop every page of C{project} and every project list.
         """
-        for key in [k for k in self._pages if k[1] is None or k[1] == project]:
-            self._drop(key)
+        for name in {None, project}:
+            for key in list(self._by_project.get(name, ())):
+                self._drop(key)
 
     def changed(self, serial: int, keys: frozenset[str]) -> None:
         """

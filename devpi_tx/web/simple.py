@@ -6,6 +6,7 @@ and PEP 658/714 core metadata, chosen by the C{Accept} header.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import io
@@ -58,6 +59,20 @@ def choose_format(request: IRequest) -> str:
     header = request.getHeader("accept")
     if not header:
         return "text/html"
+    best = _format_for_accept(header)
+    if best is None:
+        raise NotAcceptable(
+            f"none of the types in the Accept header can be served; use {JSON_V1}, {HTML_V1} or text/html"
+        )
+    return best
+
+
+@functools.lru_cache(maxsize=256)
+def _format_for_accept(header: str) -> str | None:
+    """
+    The best format for an C{Accept} header (installers send the same
+    few headers on every request, hence the cache).
+    """
     best, best_q = None, 0.0
     for media, quality in parse_accept(header):
         media = _ALIASES.get(media, media)
@@ -71,10 +86,6 @@ def choose_format(request: IRequest) -> str:
             continue
         if quality > best_q:
             best, best_q = candidate, quality
-    if best is None:
-        raise NotAcceptable(
-            f"none of the types in the Accept header can be served; use {JSON_V1}, {HTML_V1} or text/html"
-        )
     return best
 
 
