@@ -274,9 +274,10 @@ def test_fake_upstream_ranges(spec, code, content_range, body):
 # -- through the mirror ------------------------------------------------------------
 
 
-def metadata_url(client) -> str:
-    (entry,) = client.get("/root/pypi/+simple/hello/", accept=JSON).json["files"]
-    return posixpath.normpath(posixpath.join("/root/pypi/+simple/hello/", entry["url"])) + ".metadata"
+def metadata_url(client, project: str = "hello") -> str:
+    page = f"/root/pypi/+simple/{project}/"
+    (entry,) = client.get(page, accept=JSON).json["files"]
+    return posixpath.normpath(posixpath.join(page, entry["url"])) + ".metadata"
 
 
 def wheel_entry(client, url: str) -> dict:
@@ -341,6 +342,7 @@ def test_upstream_size_is_checked(client, upstream, monkeypatch):
         return await real(*args, **kw)
 
     monkeypatch.setattr("devpi_tx.mirror.files.fetch_wheel_metadata", spy)
+    monkeypatch.setattr(client.context.mirror_files, "_range_threshold", 0)
     # The fake gives no size (PEP 700); a page that gives one has it passed on.
     page = client.context.storage.get("mirror/root/pypi/hello")
     with client.context.storage.transaction() as tx:
@@ -350,6 +352,37 @@ def test_upstream_size_is_checked(client, upstream, monkeypatch):
     assert sizes == [len(data) + 1]
     assert answer.body == METADATA
     assert wheel_entry(client, url)["stored"]
+
+
+def test_small_wheel_of_known_size_is_downloaded_whole(client, upstream, sources):
+    """
+    The installer asks for the wheel next: below the threshold, the wheel
+    is downloaded (and kept) rather than read with ranges.
+    """
+    filename, data = hello_wheel()
+    upstream.add("hello", Release(filename, data))
+    url = metadata_url(client)
+    page = client.context.storage.get("mirror/root/pypi/hello")
+    with client.context.storage.transaction() as tx:
+        tx.set("mirror/root/pypi/hello", dict(page, links=[dict(page["links"][0], size=len(data))]))
+    assert client.get(url, accept=None).body == METADATA
+    assert [asked for _, asked in upstream.ranges_asked if asked] == []
+    assert wheel_entry(client, url)["stored"]
+    assert sources == ["download"]
+
+
+def test_host_without_range_support_is_not_asked_with_ranges_again(client, upstream, sources):
+    upstream.ranges = False
+    upstream.add("hello", Release(*hello_wheel()))
+    upstream.add("other", Release(*make_wheel("other", "1.0")))
+    ranges = lambda: [asked for _, asked in upstream.ranges_asked if asked]  # noqa: E731
+    assert client.get(metadata_url(client), accept=None).code == 200
+    assert len(ranges()) == 1
+    assert client.get(metadata_url(client, "other"), accept=None).code == 200
+    assert len(ranges()) == 1
+    # The first answer to a range is abandoned for a download; the second
+    # wheel is downloaded at once.
+    assert sources == ["download", "download"]
 
 
 def test_no_range_support_falls_back_to_downloading_the_wheel(client, upstream, sources):

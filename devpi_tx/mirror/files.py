@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from urllib.parse import urlsplit
 
 import treq
 from twisted.internet.defer import Deferred
@@ -23,7 +24,7 @@ from ..model import releases
 from ..model.metadata import wheel_metadata
 from .client import UpstreamError, ask_upstream, read_body, redact
 from .pages import mirror_key
-from .remotezip import fetch_wheel_metadata
+from .remotezip import RangeNotSupported, fetch_wheel_metadata
 
 log = Logger(namespace="devpi_tx.mirror")
 
@@ -180,14 +181,34 @@ class GrowingFileBody:
             self.done.callback(None)
 
 
+#: Wheels smaller than this (when upstream gives their size) are downloaded
+#: whole for their METADATA: the installer asks for the wheel next.
+RANGE_THRESHOLD = 8 * 1024 * 1024
+#: How long a host that ignored a range request is not asked with ranges.
+NO_RANGES_TTL = 3600.0
+
+
 class MirrorFiles:
-    def __init__(self, storage, files, http, *, timeout: float, run_in_thread) -> None:
+    def __init__(
+        self,
+        storage,
+        files,
+        http,
+        *,
+        timeout: float,
+        run_in_thread,
+        range_threshold: int = RANGE_THRESHOLD,
+    ) -> None:
         self._storage = storage
         self._files = files
         self._http = http
         self._timeout = timeout
         self._run = run_in_thread
         self._downloads: dict[str, Download] = {}
+        self._range_threshold = range_threshold
+        #: Upstream hosts that answered a range request with the whole
+        #: file, and until when to believe it.
+        self._no_ranges: dict[str, float] = {}
 
     def is_stored(self, entry: dict) -> bool:
         return bool(entry.get("stored")) and self._files.exists(entry["sha256"])
@@ -259,15 +280,35 @@ class MirrorFiles:
                 tx.set(releases.blob_key(digest), (tx.get(releases.blob_key(digest)) or 0) + 1)
         return digest
 
+    def _ranges_worth_it(self, url: str, size: int | None) -> bool:
+        """
+        Whether to read a wheel's METADATA with range requests rather than
+        download the wheel.  Installers ask for a wheel right after its
+        metadata unless their resolver moves on, so a small wheel is
+        downloaded (and kept) whole; ranges pay off for large wheels, and
+        not at all on a host that answered a range with the whole file.
+        """
+        if size is not None and size < self._range_threshold:
+            return False
+        host = urlsplit(url).netloc
+        until = self._no_ranges.get(host)
+        if until is not None and time.monotonic() < until:
+            return False
+        return True
+
     async def _metadata_from_wheel(self, path: str, entry: dict) -> bytes:
         """
         The METADATA of the wheel at C{path}: from the stored wheel if it
-        is stored (no request upstream), else with range requests, else
-        from the wheel downloaded in full.
+        is stored (no request upstream), else with range requests when they
+        are worth it, else from the wheel downloaded in full.
         """
         basename = path.rsplit("/", 1)[1]
+        size = self._upstream_size(path, entry)
         if self.is_stored(entry):
             source = "cache"
+        elif not self._ranges_worth_it(entry["url"], size):
+            entry = await self.ensure(path)
+            source = "download"
         else:
             try:
                 data = await fetch_wheel_metadata(
@@ -275,9 +316,11 @@ class MirrorFiles:
                     entry["url"],
                     timeout=self._timeout,
                     basename=basename,
-                    size=self._upstream_size(path, entry),
+                    size=size,
                 )
             except UpstreamError as exc:
+                if isinstance(exc, RangeNotSupported):
+                    self._no_ranges[urlsplit(entry["url"]).netloc] = time.monotonic() + NO_RANGES_TTL
                 # RemoteZipError (no range support, an odd archive) or a
                 # failed request: the download may still work, and is
                 # checked against the wheel's sha256.
