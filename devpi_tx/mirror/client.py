@@ -144,6 +144,25 @@ class DirectEndpoints:
         raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
 
 
+def _proxy_from(environ, scheme: str) -> HTTPProxy | None:
+    """
+    The proxy that C{<scheme>_proxy} (or its upper-case form) names, if
+    any; one that is not an C{http://} URL is logged and ignored.
+    """
+    url = environ.get(f"{scheme}_proxy") or environ.get(f"{scheme.upper()}_PROXY")
+    if not url:
+        return None
+    try:
+        return HTTPProxy.from_url(url)
+    except ValueError as exc:
+        log.warn(
+            "{scheme}_proxy ignored, {scheme} upstreams are reached directly: {error}",
+            scheme=scheme,
+            error=exc,
+        )
+        return None
+
+
 @implementer(IAgent)
 class ProxyChoosingAgent:
     """
@@ -178,24 +197,14 @@ class ProxyChoosingAgent:
         self._tunnel = None
         self._no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
         self._proxy_authorization: bytes | None = None
-        proxy_url = environ.get("http_proxy") or environ.get("HTTP_PROXY")
-        if proxy_url:
-            try:
-                proxy = HTTPProxy.from_url(proxy_url)
-            except ValueError as exc:
-                log.warn("http_proxy ignored, http upstreams are reached directly: {error}", error=exc)
-            else:
-                endpoint = QuickAckEndpoint(HostnameEndpoint(reactor, proxy.host, proxy.port))
-                self._proxy = ProxyAgent(endpoint, reactor=reactor, pool=pool)
-                self._proxy_authorization = proxy.authorization
-        tunnel_url = environ.get("https_proxy") or environ.get("HTTPS_PROXY")
-        if tunnel_url:
-            try:
-                proxy = HTTPProxy.from_url(tunnel_url)
-            except ValueError as exc:
-                log.warn("https_proxy ignored, https upstreams are reached directly: {error}", error=exc)
-            else:
-                self._tunnel = tunnelling_agent(reactor, proxy, pool, tls_policy)
+        proxy = _proxy_from(environ, "http")
+        if proxy is not None:
+            endpoint = QuickAckEndpoint(HostnameEndpoint(reactor, proxy.host, proxy.port))
+            self._proxy = ProxyAgent(endpoint, reactor=reactor, pool=pool)
+            self._proxy_authorization = proxy.authorization
+        proxy = _proxy_from(environ, "https")
+        if proxy is not None:
+            self._tunnel = tunnelling_agent(reactor, proxy, pool, tls_policy)
 
     def _bypass(self, host: str) -> bool:
         for entry in (item.strip().lower() for item in self._no_proxy.split(",")):
