@@ -254,7 +254,6 @@ class MirrorFiles:
             raise UpstreamError(f"no file at {path}")
         digest = entry.get("core_metadata_sha256")
         if digest and self._files.exists(digest):
-            log.debug("core metadata of {path}: stored", path=path, source="stored")
             return digest
         upstream = entry.get("upstream_metadata")
         data = None
