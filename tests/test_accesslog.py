@@ -38,3 +38,14 @@ def test_open_access_log(tmp_path):
     writer(event(time.time()))
     assert path.read_text().splitlines()[0] == "earlier"
     assert path.read_text().splitlines()[1].endswith(" 200 539B 0.4ms")
+
+
+def test_broken_stream_disables_the_log_once():
+    class Broken(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    writer = AccessLogWriter(Broken())
+    writer(event(time.time()))  # no exception reaches the request
+    writer(event(time.time()))
+    assert writer._out is None

@@ -15,8 +15,10 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from twisted.logger import ILogObserver, LogEvent, formatTime
+from twisted.logger import ILogObserver, LogEvent, Logger, formatTime
 from zope.interface import implementer
+
+log = Logger(namespace="devpi_tx.accesslog")
 
 #: What C{--access-log} accepts besides a file path.
 STDOUT = "-"
@@ -30,7 +32,7 @@ class AccessLogWriter:
     """
 
     def __init__(self, out: TextIO) -> None:
-        self._out = out
+        self._out: TextIO | None = out
         self._second = -1
         self._stamp = ""
 
@@ -49,8 +51,16 @@ class AccessLogWriter:
             event["bytes"],
             event["ms"],
         )
-        self._out.write(line)
-        self._out.flush()
+        if self._out is None:
+            return
+        try:
+            self._out.write(line)
+            self._out.flush()
+        except (OSError, ValueError) as exc:
+            # A closed or broken stream (a daemon's stdout, a full disk):
+            # say so once rather than fail every request.
+            self._out = None
+            log.warn("access log disabled: {error}", error=str(exc))
 
 
 def open_access_log(where: str) -> ILogObserver | None:
