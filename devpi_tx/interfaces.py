@@ -138,9 +138,11 @@ class IFileStore(Interface):
     Content-addressed storage of release files, doc zips and tox results.
     """
 
-    def writer() -> IFileWriter:
+    def writer(spool: int = 0) -> IFileWriter:
         """
-        Start writing a new file.
+        Start writing a new file.  With C{spool}, up to that many bytes may
+        be kept in memory, so that a small file reaches the disk only when
+        it is committed.
         """
 
     def exists(sha256: str) -> bool:

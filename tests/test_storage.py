@@ -244,6 +244,32 @@ def test_file_committed_without_sync_is_stored_alike(files, monkeypatch):
     assert len(synced) == 2  # the file, then its directory
 
 
+def test_spooled_writer_touches_the_disk_only_when_it_must(files):
+    tmp = lambda: os.listdir(files.tmpdir)  # noqa: E731
+    small = files.writer(spool=10)
+    small.write(b"12345")
+    assert tmp() == []
+    digest = small.commit()
+    with open(files.path(digest), "rb") as f:
+        assert f.read() == b"12345"
+    big = files.writer(spool=10)
+    big.write(b"123456")
+    big.write(b"789012")  # past the spool: a temporary file now
+    assert len(tmp()) == 1
+    assert hashlib.sha256(b"123456789012").hexdigest() == big.commit()
+    dropped = files.writer(spool=10)
+    dropped.write(b"abc")
+    dropped.abort()
+    assert tmp() == []
+    growing = files.writer(spool=10)
+    growing.write(b"abc")
+    growing.flush()  # as a mirror download does for its readers
+    with open(growing.partial_path, "rb") as f:
+        assert f.read() == b"abc"
+    growing.abort()
+    assert tmp() == []
+
+
 def test_aborted_file_leaves_nothing(files):
     writer = files.writer()
     writer.write(b"partial")

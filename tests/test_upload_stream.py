@@ -17,6 +17,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from devpi_tx.service import make_site
+from devpi_tx.web.upload import SPOOL
 
 from .conftest import basic
 from .distfiles import make_wheel, upload_form
@@ -89,7 +90,8 @@ async def test_refused_upload_writes_nothing_and_answers_401(server):
 @pytest_twisted.ensureDeferred
 async def test_file_is_written_only_once_allowed_and_removed_on_disconnect(server):
     port, context = server
-    filename, data = make_wheel("pkg-a", "1.0", payload=os.urandom(400_000))
+    # Larger than what is kept in memory: half of it reaches the disk.
+    filename, data = make_wheel("pkg-a", "1.0", payload=os.urandom(3 * SPOOL))
     content_type, body = upload_form("pkg-a", "1.0", filename, data)
     half = len(body) // 2
 

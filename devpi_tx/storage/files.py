@@ -36,15 +36,32 @@ def _check_digest(sha256: str) -> str:
 class LocalFileWriter:
     """
     A file being written into a L{LocalFileStore}.
+
+    With C{spool}, up to that many bytes are kept in memory and the
+    temporary file is created only when more arrive, or at the commit
+    (which runs in a worker thread): creating a file can wait on the
+    filesystem's journal for as long as an fsync takes, and an upload's
+    writer is made on the reactor thread.
     """
 
-    def __init__(self, store: LocalFileStore) -> None:
+    def __init__(self, store: LocalFileStore, spool: int = 0) -> None:
         self._store = store
-        fd, self._tmp_path = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=store.tmpdir)
-        self._file = os.fdopen(fd, "wb")
+        self._spool = spool
+        self._buffer: bytearray | None = bytearray() if spool > 0 else None
+        self._file = None
+        self._tmp_path: str | None = None
+        if self._buffer is None:
+            self._open()
         self._hash = hashlib.sha256()
         self.size = 0
         self._done = False
+
+    def _open(self) -> None:
+        fd, self._tmp_path = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self._store.tmpdir)
+        self._file = os.fdopen(fd, "wb")
+        if self._buffer:
+            self._file.write(self._buffer)
+        self._buffer = None
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
@@ -54,6 +71,8 @@ class LocalFileWriter:
         Push what was written into the file, for readers of the growing
         file (a mirror download served while it arrives).
         """
+        if self._file is None:
+            self._open()
         self._file.flush()
 
     @property
@@ -61,10 +80,17 @@ class LocalFileWriter:
         """
         Where the file grows until it is committed.
         """
+        if self._file is None:
+            self._open()
         return self._tmp_path
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
+        if self._buffer is not None:
+            self._buffer += data
+            if len(self._buffer) > self._spool:
+                self._open()
+        else:
+            self._file.write(data)
         self._hash.update(data)
         self.size += len(data)
 
@@ -74,6 +100,8 @@ class LocalFileWriter:
         self._done = True
         digest = self._hash.hexdigest()
         try:
+            if self._file is None:
+                self._open()
             self._file.flush()
             if durable:
                 os.fsync(self._file.fileno())
@@ -97,6 +125,9 @@ class LocalFileWriter:
             self._discard()
 
     def _discard(self) -> None:
+        self._buffer = None
+        if self._file is None:
+            return
         self._file.close()
         try:
             os.unlink(self._tmp_path)
@@ -127,8 +158,8 @@ class LocalFileStore:
             if name.startswith(_TMP_PREFIX):
                 os.unlink(os.path.join(self.tmpdir, name))
 
-    def writer(self) -> LocalFileWriter:
-        return LocalFileWriter(self)
+    def writer(self, spool: int = 0) -> LocalFileWriter:
+        return LocalFileWriter(self, spool)
 
     def path(self, sha256: str) -> str:
         _check_digest(sha256)

@@ -47,6 +47,11 @@ def multipart_boundary(content_type: str) -> str | None:
     return options.get("boundary") or None
 
 
+#: Uploads up to this size stay in memory until they are committed (in a
+#: worker thread); larger ones go to a temporary file as they arrive.
+SPOOL = 512 * 1024
+
+
 class UploadReceiver:
     """
     The state of one upload body.
@@ -187,4 +192,4 @@ class UploadReceiver:
                 self._fail("more than one file in field 'content'")
                 return
             self.filename = event.filename
-            self.file = self._files.writer()
+            self.file = self._files.writer(spool=SPOOL)
