@@ -10,8 +10,10 @@ import time
 
 import pytest
 
+from devpi_tx.mirror.projectlist import ProjectLists
 from devpi_tx.web import simple
 from devpi_tx.web.listpages import merged_names
+from devpi_tx.web.render import dump_json
 
 from .distfiles import make_wheel, upload_form
 
@@ -89,3 +91,18 @@ def test_large_list_is_not_built_in_memory(client, dev, monkeypatch):
 
     monkeypatch.setattr(simple, "render_project_list", refuse)
     assert client.get("/root/pypi/+simple/", accept=PIP_ACCEPT).code == 200
+
+
+def test_mirror_index_json_streams_the_upstream_list(client, dev, monkeypatch):
+    """
+    GET of a mirror index (JSON) lists the upstream's names from a file
+    written by a thread, byte for byte as the envelope would be.
+    """
+    write_upstream_list(client, ["alpha", "bé", "gamma"])
+    config = client.get("/root/pypi?no_projects=").json["result"]
+    expected = dump_json({"type": "indexconfig", "result": dict(config, projects=["alpha", "bé", "gamma"])})
+    monkeypatch.setattr(ProjectLists, "names", lambda *args: pytest.fail("list read on the reactor"))
+    answer = client.get("/root/pypi")
+    assert answer.code == 200
+    assert answer.body == expected
+    assert client.get("/root/pypi", headers={"If-None-Match": answer.header("etag")}).code == 304

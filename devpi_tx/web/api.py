@@ -13,6 +13,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import attrs
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -33,9 +34,9 @@ from ..model import indexes, releases, stages, users
 from ..model.acl import Policy
 from ..model.errors import InvalidInput, ModelError
 from ..model.memo import StateMemo
-from ..model.stages import Stage
 from . import simple
 from .credentials import Authenticator, AuthResult
+from .files import serve_file
 from .listpages import ListPages
 from .negotiation import has_flag, read_json, wants_json
 from .pagecache import PageCache
@@ -111,7 +112,8 @@ class ServerContext:
     def mirror_projects(self, stage) -> list[str]:
         """
         A mirror's projects: the upstream list when one was fetched, else
-        the projects cached so far.
+        the projects cached so far.  Reads a whole upstream list: for
+        pages that include one, see L{list_sources} and L{ListPages}.
         """
         if not stage.config.get("mirror_no_project_list"):
             names = self.project_lists.names(stage.name)
@@ -414,10 +416,27 @@ class DevpiAPI(ReleaseRoutes):
         if not has_flag(request, "no_projects"):
             stage = f"{user}/{index}"
             if config["type"] == "mirror":
-                config["projects"] = self.ctx.mirror_projects(Stage(stage, config))
+                if not config.get("mirror_no_project_list") and self.ctx.project_lists.has_list(stage):
+                    # An upstream's list: written to disk by a thread.
+                    return ensureDeferred(self._mirror_index_json(request, stage, config))
+                config["projects"] = self.ctx.mirrors.cached_projects(stage)
             else:
                 config["projects"] = releases.project_names(self.ctx.storage, stage)
         return envelope(request, type="indexconfig", result=indexes.public_config(config))
+
+    async def _mirror_index_json(self, request: IRequest, stage: str, config: dict):
+        rendered = await self.ctx.list_pages.index_json(
+            stage, indexes.public_config(config), self.ctx.project_lists.path(stage)
+        )
+        return serve_file(
+            request,
+            rendered.path,
+            size=rendered.size,
+            sha256=rendered.sha256,
+            last_modified=rendered.mtime,
+            content_type="application/json",
+            cache_control="no-cache",
+        )
 
     @app.route("/<user>/<index>", methods=["PUT"])
     @app.route("/<user>/<index>/", methods=["PUT"])

@@ -13,7 +13,9 @@ reactor, which alone touches the state) or an upstream list file.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +24,7 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from . import simple
+from .render import dump_json
 
 #: A source of names: a list (from the state) or the path of a list file.
 Source = tuple[str, "list[str] | str"]
@@ -45,6 +48,24 @@ class _HashingFile:
         self._file.write(data)
         self.hash.update(data)
         self.size += len(data)
+
+
+def write_index_json(out, config: dict, names: Iterable[str]) -> None:
+    """
+    Write C{envelope(type="indexconfig", result=config + projects)} byte
+    for byte as L{render.dump_json} makes it, one name at a time.
+    """
+    marker = "\0projects\0"
+    head, tail = dump_json({"type": "indexconfig", "result": dict(config, projects=marker)}).split(
+        json.dumps(marker).encode(), 1
+    )
+    out.write(head)
+    separator = b"[\n      "
+    for name in names:
+        out.write(separator + json.dumps(name).encode())
+        separator = b",\n      "
+    out.write(b"[]" if separator.startswith(b"[") else b"\n    ]")
+    out.write(tail)
 
 
 def merged_names(sources: list[Source]) -> Iterator[tuple[str, Iterable[str]]]:
@@ -84,14 +105,35 @@ class ListPages:
 
     async def get(self, stagename: str, fmt: str, sources: list[Source]) -> RenderedList:
         """
-        The page of C{stagename}'s project list in C{fmt}, made from
+        The simple page of C{stagename}'s project list in C{fmt}, made from
         C{sources} (in chain order) unless it was made from the same.
         """
-        key = (stagename, fmt)
-        token = tuple(
+
+        def write(out) -> None:
+            simple.write_project_list(out, fmt, stagename, merged_names(sources))
+
+        return await self._get((stagename, fmt), self._token(sources), write)
+
+    async def index_json(self, stagename: str, config: dict, names_file: str) -> RenderedList:
+        """
+        The JSON view of a mirror index (devpi's C{indexconfig} envelope
+        with C{projects}), the names taken from its upstream list file.
+        """
+        token = (json.dumps(config, sort_keys=True), self._token([(stagename, names_file)]))
+
+        def write(out) -> None:
+            write_index_json(out, config, _names_of(names_file))
+
+        return await self._get((stagename, "indexconfig"), token, write)
+
+    @staticmethod
+    def _token(sources: list[Source]) -> tuple:
+        return tuple(
             (stage, tuple(names) if isinstance(names, list) else (names, os.stat(names).st_mtime_ns))
             for stage, names in sources
         )
+
+    async def _get(self, key: tuple, token: object, write: Callable) -> RenderedList:
         cached = self._pages.get(key)
         if cached is not None and cached[0] == token:
             return cached[1]
@@ -101,7 +143,7 @@ class ListPages:
             return await waiter
         self._inflight[key] = []
         try:
-            rendered = await self._run(self._render, stagename, fmt, sources)
+            rendered = await self._run(self._render, key, write)
         except BaseException as exc:
             for waiter in self._inflight.pop(key):
                 waiter.errback(exc)
@@ -115,17 +157,18 @@ class ListPages:
             waiter.callback(rendered)
         return rendered
 
-    def _render(self, stagename: str, fmt: str, sources: list[Source]) -> RenderedList:
+    def _render(self, key: tuple, write: Callable) -> RenderedList:
         """
         In a worker thread: write the page to a file of its own.
         """
         os.makedirs(self._dir, exist_ok=True)
-        prefix = stagename.replace("/", "+") + (".json." if fmt == simple.JSON_V1 else ".html.")
+        stagename, kind = key
+        prefix = stagename.replace("/", "+") + "." + re.sub(r"[^a-z0-9]+", "-", kind) + "."
         fd, path = tempfile.mkstemp(prefix=prefix, dir=self._dir)
         try:
             with os.fdopen(fd, "wb", buffering=1024 * 1024) as file:
                 out = _HashingFile(file)
-                simple.write_project_list(out, fmt, stagename, merged_names(sources))
+                write(out)
         except BaseException:
             os.unlink(path)
             raise
