@@ -49,6 +49,8 @@ class FakeUpstream(Resource):
         self.file_delay: float | None = None
         #: Offer PEP 658 metadata for wheels (advertised with its hash).
         self.metadata = False
+        #: Give each file's PEP 700 size in JSON pages.
+        self.sizes = False
         #: Honour single C{Range: bytes=...} requests for files (206, or 416
         #: when unsatisfiable); when false, files are always answered whole
         #: with 200, as by a server without range support.
@@ -110,6 +112,8 @@ class FakeUpstream(Resource):
                     entry["requires-python"] = r.requires_python
                 if r.yanked:
                     entry["yanked"] = r.yanked
+                if self.sizes:
+                    entry["size"] = len(r.data)
                 if self.metadata and r.filename.endswith(".whl"):
                     entry["core-metadata"] = {"sha256": hashlib.sha256(_wheel_metadata(r.data)).hexdigest()}
                 files.append(entry)

@@ -231,7 +231,11 @@ def test_whitelist_table(client, upstream, hello, alice, base_wl, dev_wl, inheri
     assert ("mirror_whitelist" in mirror["reason"]) is (not served)
 
 
-def test_metadata_taken_from_the_wheel_when_upstream_has_none(client, upstream, hello):
+def test_metadata_taken_from_the_wheel_when_upstream_has_none(client, upstream, hello, monkeypatch):
+    upstream.sizes = True
+    # As if the wheel were large enough for its metadata to be advertised.
+    monkeypatch.setattr(client.context.mirrors, "_metadata_min_size", len(hello[1]))
+    monkeypatch.setattr(client.context.mirror_files, "_range_threshold", len(hello[1]))
     (entry,) = page(client).json["files"]
     assert entry["core-metadata"] is True
     html = client.get("/root/pypi/+simple/hello/", accept="text/html").body.decode()
@@ -244,6 +248,29 @@ def test_metadata_taken_from_the_wheel_when_upstream_has_none(client, upstream, 
     # then from the store.  (tests/test_mirror_remotezip.py has the rest.)
     assert upstream.count("/files/") == 1
     assert upstream.ranges_asked[0][1].startswith("bytes=-")
+
+
+@pytest.mark.parametrize(
+    "sizes, min_size, advertised", [(False, 0, False), (True, 10**9, False), (True, 0, True)]
+)
+def test_synthesized_metadata_advertised_for_large_wheels_only(
+    client, upstream, hello, monkeypatch, sizes, min_size, advertised
+):
+    """
+    Without upstream metadata, a wheel's page entry advertises the
+    metadata devpi-tx can read from it only when upstream says the wheel
+    is large (small ones cost an installer no more to download); the
+    .metadata URL answers either way.
+    """
+    upstream.sizes = sizes
+    monkeypatch.setattr(client.context.mirrors, "_metadata_min_size", min_size)
+    (entry,) = page(client).json["files"]
+    assert ("core-metadata" in entry) is advertised
+    html = client.get("/root/pypi/+simple/hello/", accept="text/html").body.decode()
+    assert ("data-core-metadata" in html) is advertised
+    answer = client.get(absolute(entry["url"]) + ".metadata", accept=None)
+    assert answer.code == 200
+    assert answer.body.startswith(b"Metadata-Version: 2.1\nName: hello\n")
 
 
 def test_metadata_passed_through_from_upstream(client, upstream, hello):

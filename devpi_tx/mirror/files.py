@@ -23,7 +23,7 @@ from zope.interface import implementer
 from ..model import releases
 from ..model.metadata import wheel_metadata
 from .client import UpstreamError, ask_upstream, read_body, redact
-from .pages import mirror_key
+from .pages import SYNTHESIZED_METADATA_MIN_SIZE, mirror_key
 from .remotezip import RangeNotSupported, fetch_wheel_metadata
 
 log = Logger(namespace="devpi_tx.mirror")
@@ -182,8 +182,9 @@ class GrowingFileBody:
 
 
 #: Wheels smaller than this (when upstream gives their size) are downloaded
-#: whole for their METADATA: the installer asks for the wheel next.
-RANGE_THRESHOLD = 8 * 1024 * 1024
+#: whole for their METADATA: the installer asks for the wheel next.  The
+#: same size decides whether a page advertises that METADATA.
+RANGE_THRESHOLD = SYNTHESIZED_METADATA_MIN_SIZE
 #: How long a host that ignored a range request is not asked with ranges.
 NO_RANGES_TTL = 3600.0
 

@@ -29,6 +29,14 @@ log = Logger(namespace="devpi_tx.mirror")
 #: How long an upstream 404 is remembered, in seconds.
 NOT_FOUND_TTL = 60.0
 
+#: Wheels at least this large (by upstream's PEP 700 size) have their core
+#: metadata advertised even when upstream offers none: it is read from the
+#: wheel's zip directory with range requests, which spares an installer
+#: whose resolver passes the wheel over a large download.  For smaller
+#: wheels the download costs about what the extra request does, so their
+#: pages say nothing (their .metadata is still served when asked for).
+SYNTHESIZED_METADATA_MIN_SIZE = 8 * 1024 * 1024
+
 
 class MirrorUnavailable(Exception):
     """
@@ -57,8 +65,10 @@ class MirrorPages:
         default_expiry: int,
         offline: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        metadata_min_size: int = SYNTHESIZED_METADATA_MIN_SIZE,
     ) -> None:
         self._storage = storage
+        self._metadata_min_size = metadata_min_size
         self._client = client
         self._default_expiry = default_expiry
         self._offline = offline
@@ -222,11 +232,16 @@ class MirrorPages:
                 "sha256": link.get("sha256"),
             }
             meta = link.get("core_metadata")
+            size = link.get("size")
             if isinstance(meta, str):
                 shown["core_metadata_sha256"] = meta
-            elif meta or link["filename"].endswith(".whl"):
-                # Upstream has it without a hash, or devpi-tx takes it from
-                # the wheel itself when asked.
+            elif meta or (
+                link["filename"].endswith(".whl")
+                and isinstance(size, int)
+                and size >= self._metadata_min_size
+            ):
+                # Upstream has it without a hash, or devpi-tx reads it from
+                # the large wheel itself when asked.
                 shown["core_metadata"] = True
             for source, target in (
                 ("requires_python", "requires_python"),
