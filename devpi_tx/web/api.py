@@ -36,7 +36,6 @@ from ..model.errors import InvalidInput, ModelError
 from ..model.memo import StateMemo
 from . import simple
 from .credentials import Authenticator, AuthResult
-from .files import serve_file
 from .listpages import ListPages
 from .negotiation import has_flag, read_json, wants_json
 from .pagecache import PageCache
@@ -428,15 +427,7 @@ class DevpiAPI(ReleaseRoutes):
         rendered = await self.ctx.list_pages.index_json(
             stage, indexes.public_config(config), self.ctx.project_lists.path(stage)
         )
-        return serve_file(
-            request,
-            rendered.path,
-            size=rendered.size,
-            sha256=rendered.sha256,
-            last_modified=rendered.mtime,
-            content_type="application/json",
-            cache_control="no-cache",
-        )
+        return rendered.serve(request, "application/json")
 
     @app.route("/<user>/<index>", methods=["PUT"])
     @app.route("/<user>/<index>/", methods=["PUT"])

@@ -24,6 +24,7 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from . import simple
+from .files import serve_file
 from .render import dump_json
 
 #: A source of names: a list (from the state) or the path of a list file.
@@ -36,6 +37,21 @@ class RenderedList:
     size: int
     sha256: str
     mtime: float
+
+    def serve(self, request, content_type: str):
+        """
+        Answer C{request} with this page (ETag, 304, ranges), to be
+        revalidated on every use: it changes with its sources.
+        """
+        return serve_file(
+            request,
+            self.path,
+            size=self.size,
+            sha256=self.sha256,
+            last_modified=self.mtime,
+            content_type=content_type,
+            cache_control="no-cache",
+        )
 
 
 class _HashingFile:

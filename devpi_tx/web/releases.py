@@ -418,15 +418,7 @@ class ReleaseRoutes:
     async def _large_list(self, request: IRequest, stage: str, fmt: str, sources):
         rendered = await self.ctx.list_pages.get(stage, fmt, sources)
         request.setHeader("Vary", "Accept, User-Agent")
-        return serve_file(
-            request,
-            rendered.path,
-            size=rendered.size,
-            sha256=rendered.sha256,
-            last_modified=rendered.mtime,
-            content_type=simple.content_type_for(fmt),
-            cache_control="no-cache",
-        )
+        return rendered.serve(request, simple.content_type_for(fmt))
 
     async def _refresh_mirrors(self, stage: str, project: str) -> list[str]:
         """
