@@ -9,6 +9,14 @@ from unittest import mock
 
 import pytest
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
+
+from devpi_tx.web.installer import InstallerFastPath
 
 from .conftest import Answer, result_of
 from .distfiles import make_wheel
@@ -76,3 +84,46 @@ def test_project_pages_skip_klein_and_the_rest_do_not(client, hello):
         assert render.call_count == 0
         assert client.get("/root/pypi/+simple/hello", accept=PIP_ACCEPT).code == 200
         assert render.call_count == 1
+
+
+class Routes:
+    """
+    A stand-in for the handlers: project pages answer with a Deferred
+    (as when upstream is being asked).
+    """
+
+    def __init__(self):
+        self.pending = Deferred()
+
+    def simple_project_page(self, request, user, index, project):
+        return self.pending
+
+
+def fast_request(path=b"/root/pypi/+simple/hello/"):
+    request = DummyRequest(path.split(b"/")[1:])
+    request.path = path
+    request.method = b"GET"
+    return request
+
+
+def test_answer_after_the_client_left_is_dropped():
+    routes = Routes()
+    resource = InstallerFastPath(Resource(), routes)
+    request = fast_request()
+    assert resource.render(request) is NOT_DONE_YET
+    request.processingFailed(Failure(ConnectionDone()))  # the client went away
+    routes.pending.callback(b"the page")
+    assert request.written == []
+    assert request.finished == 0
+
+
+def test_failed_answer_is_a_processing_failure():
+    routes = Routes()
+    resource = InstallerFastPath(Resource(), routes)
+    request = fast_request()
+    failures = []
+    request.processingFailed = failures.append
+    assert resource.render(request) is NOT_DONE_YET
+    routes.pending.errback(RuntimeError("bug"))
+    assert [f.value.args for f in failures] == [("bug",)]
+    assert request.written == []

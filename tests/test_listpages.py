@@ -9,12 +9,14 @@ import os
 import time
 
 import pytest
+from twisted.internet.defer import Deferred, ensureDeferred
 
 from devpi_tx.mirror.projectlist import ProjectLists
 from devpi_tx.web import simple
-from devpi_tx.web.listpages import merged_names
+from devpi_tx.web.listpages import ListPages, merged_names
 from devpi_tx.web.render import dump_json
 
+from .conftest import result_of
 from .distfiles import make_wheel, upload_form
 
 PIP_ACCEPT = "application/vnd.pypi.simple.v1+json"
@@ -106,3 +108,30 @@ def test_mirror_index_json_streams_the_upstream_list(client, dev, monkeypatch):
     assert answer.code == 200
     assert answer.body == expected
     assert client.get("/root/pypi", headers={"If-None-Match": answer.header("etag")}).code == 304
+
+
+def test_list_pages_are_made_once_for_concurrent_requests(tmp_path):
+    calls = []
+
+    def run_in_thread(function, *args):
+        calls.append(Deferred())
+        calls[-1].addCallback(lambda _: function(*args))
+        return calls[-1]
+
+    pages = ListPages(str(tmp_path / "pages"), run_in_thread)
+    upstream = tmp_path / "list.txt"
+    upstream.write_text("a\nb\n")
+    sources = [("root/pypi", str(upstream))]
+    first = ensureDeferred(pages.get("root/pypi", simple.JSON_V1, sources))
+    second = ensureDeferred(pages.get("root/pypi", simple.JSON_V1, sources))
+    assert len(calls) == 1
+    calls[0].callback(None)
+    rendered = result_of(first)
+    assert result_of(second) == rendered
+    with open(rendered.path, "rb") as page:
+        assert page.read() == simple.render_project_list(
+            simple.JSON_V1, "root/pypi", [("root/pypi", ["a", "b"])]
+        )
+    # Unchanged sources: the same file, no new rendering.
+    assert result_of(ensureDeferred(pages.get("root/pypi", simple.JSON_V1, sources))) == rendered
+    assert len(calls) == 1
