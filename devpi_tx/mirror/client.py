@@ -26,8 +26,6 @@ from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
     BrowserLikeRedirectAgent,
-    ContentDecoderAgent,
-    GzipDecoder,
     HTTPConnectionPool,
     ProxyAgent,
 )
@@ -44,6 +42,8 @@ from .tunnel import HTTPProxy, tunnelling_agent
 log = Logger(namespace="devpi_tx.mirror")
 
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
+#: Redirects followed for one upstream request.
+MAX_REDIRECTS = 5
 #: PEP 691 JSON first, HTML as the fallback.
 ACCEPT = f"{JSON_V1}, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.1"
 
@@ -95,8 +95,15 @@ async def ask_upstream(http, method: str, url: str, *, timeout: float, headers=N
     """
     plain, auth = split_credentials(url)
     try:
+        # Redirects are followed by the client's own agent (make_http_client),
+        # with a limit; treq's would only stack a second one on top.
         response = await http.request(
-            method, plain, headers={**(headers or {}), **auth}, timeout=timeout, **kwargs
+            method,
+            plain,
+            headers={**(headers or {}), **auth},
+            timeout=timeout,
+            allow_redirects=False,
+            **kwargs,
         )
     except Exception as exc:
         raise UpstreamError(f"{redact(plain)}: {exc.__class__.__name__}: {exc}") from None
@@ -240,9 +247,8 @@ def make_http_client(
         # connections open that the next burst does not reconnect.
         pool.maxPersistentPerHost = 16
     agent = ProxyChoosingAgent(reactor, pool, environ, tls_policy=tls_policy)
-    agent = BrowserLikeRedirectAgent(agent, redirectLimit=5)
-    agent = ContentDecoderAgent(agent, [(b"gzip", GzipDecoder)])
-    return HTTPClient(agent)
+    # treq adds gzip decoding (and its cookie jar) to every request itself.
+    return HTTPClient(BrowserLikeRedirectAgent(agent, redirectLimit=MAX_REDIRECTS))
 
 
 class UpstreamClient:

@@ -1,0 +1,87 @@
+"""
+The upstream client over a real loopback connection: gzip, redirects (to
+a limit), credentials moved out of the URL.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from devpi_tx.mirror.client import JSON_V1, MAX_REDIRECTS, UpstreamClient, UpstreamError, make_http_client
+
+PAGE = {
+    "meta": {"api-version": "1.1"},
+    "name": "hello",
+    "files": [{"filename": "hello-1.0.tar.gz", "url": "hello-1.0.tar.gz", "hashes": {}}],
+}
+
+
+class Upstream(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[bytes, bytes | None, bytes | None]] = []
+
+    def render_GET(self, request):
+        self.seen.append(
+            (request.path, request.getHeader(b"accept-encoding"), request.getHeader(b"authorization"))
+        )
+        parts = request.path.strip(b"/").split(b"/")
+        if parts[0] == b"hop":
+            # /hop/N/...: redirect N more times, then to the page.
+            left = int(parts[1])
+            target = b"/hop/%d/" % (left - 1) if left > 1 else b"/simple/hello/"
+            request.setResponseCode(302)
+            request.setHeader(b"Location", target)
+            return b""
+        body = json.dumps(PAGE).encode()
+        request.setHeader(b"Content-Type", JSON_V1.encode())
+        if b"gzip" in (request.getHeader(b"accept-encoding") or b""):
+            request.setHeader(b"Content-Encoding", b"gzip")
+            return gzip.compress(body)
+        return body
+
+
+@pytest.fixture
+def upstream():
+    resource = Upstream()
+    port = pytest_twisted.blockon(
+        serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Site(resource))
+    )
+    yield resource, f"http://127.0.0.1:{port.getHost().port}"
+    pytest_twisted.blockon(port.stopListening())
+
+
+def client():
+    return UpstreamClient(make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False)), timeout=5)
+
+
+@pytest_twisted.ensureDeferred
+async def test_gzip_answers_are_decoded_and_credentials_sent_as_basic(upstream):
+    resource, url = upstream
+    page = await client().project_page(url.replace("http://", "http://u:p@") + "/simple/", "hello")
+    assert [link.filename for link in page.links] == ["hello-1.0.tar.gz"]
+    ((path, encoding, authorization),) = resource.seen
+    assert path == b"/simple/hello/"
+    assert b"gzip" in encoding
+    assert authorization == b"Basic dTpw"
+
+
+@pytest_twisted.ensureDeferred
+async def test_redirects_are_followed_up_to_the_limit(upstream):
+    resource, url = upstream
+    page = await client().project_page(f"{url}/hop/{MAX_REDIRECTS}/", "x")
+    assert [link.filename for link in page.links] == ["hello-1.0.tar.gz"]
+    assert len(resource.seen) == MAX_REDIRECTS + 1
+    with pytest.raises(UpstreamError, match="Infinite redirection|redirect"):
+        await client().project_page(f"{url}/hop/{MAX_REDIRECTS + 1}/", "x")
