@@ -8,6 +8,7 @@ import hashlib
 import os
 import posixpath
 
+import attrs
 import pytest
 
 from .distfiles import make_wheel
@@ -177,6 +178,19 @@ def test_offline_mode_never_asks_upstream(tmp_path, upstream, hello):
     assert page(client).code == 404
     assert upstream.requests == []
     context.storage.close()
+
+
+def test_offline_metadata_of_a_cached_wheel_comes_from_the_wheel(client, upstream, hello, monkeypatch):
+    upstream.metadata = True  # offered upstream, but offline it is not asked
+    url = absolute(page(client).json["files"][0]["url"])
+    assert client.get(url, accept=None).code == 200  # the wheel is cached
+    monkeypatch.setattr(client.context, "config", attrs.evolve(client.context.config, offline_mode=True))
+    monkeypatch.setattr(client.context.mirror_files, "_offline", True)
+    asked = len(upstream.requests)
+    answer = client.get(url + ".metadata", accept=None)
+    assert answer.code == 200
+    assert answer.body.startswith(b"Metadata-Version: 2.1\nName: hello\n")
+    assert len(upstream.requests) == asked
 
 
 def test_truncated_download_leaves_nothing_and_is_retried(client, upstream, hello):

@@ -199,6 +199,7 @@ class MirrorFiles:
         timeout: float,
         run_in_thread,
         range_threshold: int = RANGE_THRESHOLD,
+        offline: bool = False,
     ) -> None:
         self._storage = storage
         self._files = files
@@ -207,6 +208,8 @@ class MirrorFiles:
         self._run = run_in_thread
         self._downloads: dict[str, Download] = {}
         self._range_threshold = range_threshold
+        #: Never ask upstream (--offline-mode): metadata of stored wheels only.
+        self._offline = offline
         #: Upstream hosts that answered a range request with the whole
         #: file, and until when to believe it.
         self._no_ranges: dict[str, float] = {}
@@ -258,7 +261,9 @@ class MirrorFiles:
             return digest
         upstream = entry.get("upstream_metadata")
         data = None
-        if upstream:
+        if self._offline and not self.is_stored(entry):
+            raise UpstreamError(f"{path}: not cached and the server is offline")
+        if upstream and not self._offline:
             url, response = await ask_upstream(
                 self._http, "GET", entry["url"] + ".metadata", timeout=self._timeout
             )

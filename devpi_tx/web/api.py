@@ -99,6 +99,7 @@ class ServerContext:
             self.upstream_http,
             timeout=self.config.request_timeout * 12,
             run_in_thread=self.run_in_thread,
+            offline=self.config.offline_mode,
         )
         self.project_lists = ProjectLists(
             self.storage,

@@ -718,7 +718,12 @@ class ReleaseRoutes:
         if entry is None and path.endswith(".metadata"):
             wheel = releases.get_file(storage, path[: -len(".metadata")])
             if wheel is not None and wheel.get("mirror") and wheel["url"].endswith(".whl"):
-                if self.ctx.config.offline_mode and not wheel.get("core_metadata_sha256"):
+                if (
+                    self.ctx.config.offline_mode
+                    and not wheel.get("core_metadata_sha256")
+                    and not self.ctx.mirror_files.is_stored(wheel)
+                ):
+                    # Offline, metadata comes from the store or the stored wheel.
                     return error(request, 404, f"{path} is not cached and the server is offline")
                 try:
                     digest = await self.ctx.mirror_files.metadata(path[: -len(".metadata")])
