@@ -331,6 +331,21 @@ def test_uncached_wheel_metadata_read_with_ranges(client, upstream, sources):
     assert store(client, url)["sha256"] == hashlib.sha256(data).hexdigest()
 
 
+def test_concurrent_requests_share_one_reading(client, upstream, sources):
+    filename, data = big_wheel()
+    upstream.add("hello", Release(filename, data))
+    path = metadata_url(client)[1 : -len(".metadata")]
+    files = client.context.mirror_files
+    first = Deferred.fromCoroutine(files.metadata(path))
+    second = Deferred.fromCoroutine(files.metadata(path))
+    client._flush(first)
+    client._flush(second)
+    assert result_of(first) == result_of(second) == hashlib.sha256(METADATA).hexdigest()
+    # One reading: the tail and METADATA, not twice that.
+    assert len([asked for _, asked in upstream.ranges_asked if asked]) == 2
+    assert sources == ["range"]
+
+
 def test_upstream_size_is_checked(client, upstream, monkeypatch):
     filename, data = hello_wheel()
     upstream.add("hello", Release(filename, data))

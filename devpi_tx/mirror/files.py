@@ -207,6 +207,7 @@ class MirrorFiles:
         self._timeout = timeout
         self._run = run_in_thread
         self._downloads: dict[str, Download] = {}
+        self._metadata_waiting: dict[str, list[Deferred]] = {}
         self._range_threshold = range_threshold
         #: Never ask upstream (--offline-mode): metadata of stored wheels only.
         self._offline = offline
@@ -241,6 +242,27 @@ class MirrorFiles:
         return await self.download(path, entry).wait("finished")
 
     async def metadata(self, path: str) -> str:
+        """
+        As L{_metadata}, one at a time per wheel: concurrent requests for
+        the metadata of one wheel share its work (and its range requests).
+        """
+        waiting = self._metadata_waiting.get(path)
+        if waiting is not None:
+            waiter: Deferred[str] = Deferred()
+            waiting.append(waiter)
+            return await waiter
+        self._metadata_waiting[path] = []
+        try:
+            digest = await self._metadata(path)
+        except BaseException as exc:
+            for waiter in self._metadata_waiting.pop(path):
+                waiter.errback(exc)
+            raise
+        for waiter in self._metadata_waiting.pop(path):
+            waiter.callback(digest)
+        return digest
+
+    async def _metadata(self, path: str) -> str:
         """
         The sha256 of the stored core metadata (PEP 658) of the mirrored
         wheel at C{path}, taken from the first of: what is stored already;
