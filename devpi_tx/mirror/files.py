@@ -267,10 +267,10 @@ class MirrorFiles:
         The sha256 of the stored core metadata (PEP 658) of the mirrored
         wheel at C{path}, taken from the first of: what is stored already;
         upstream's, when it offers it (hash-checked); the wheel, when it is
-        stored; the wheel upstream, read with range requests (its tail,
-        where the zip directory is, then METADATA alone); the wheel,
-        downloaded first when upstream has no range support or the ranges
-        do not add up.
+        stored; the wheel upstream, read with range requests when that is
+        worth it (L{_ranges_worth_it}: its tail, where the zip directory
+        is, then METADATA alone); the wheel, downloaded first.  Offline,
+        only the first and the stored wheel.
 
         @raise UpstreamError: none worked.
         @raise InvalidInput: the wheel has no single METADATA or too large a one.
