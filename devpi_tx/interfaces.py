@@ -116,6 +116,12 @@ class IFileWriter(Interface):
         The sha256 of what was written so far.
         """
 
+    def in_memory() -> bytes | None:
+        """
+        A copy of everything written, if all of it is still held in memory
+        (see L{IFileStore.writer}'s C{spool}), else L{None}.
+        """
+
     def commit(durable: bool = True) -> str:
         """
         Make the file durable under its content address and return its

@@ -5,6 +5,7 @@ Core metadata inside distribution files (PEP 658 serves it beside wheels).
 from __future__ import annotations
 
 import zipfile
+from typing import IO
 
 from .errors import InvalidInput
 
@@ -12,9 +13,9 @@ from .errors import InvalidInput
 MAX_METADATA = 16 * 1024 * 1024
 
 
-def wheel_metadata(path: str, basename: str) -> bytes:
+def wheel_metadata(path: str | IO[bytes], basename: str) -> bytes:
     """
-    The C{.dist-info/METADATA} of a wheel on disk.
+    The C{.dist-info/METADATA} of a wheel (on disk, or a file object).
 
     @raise InvalidInput: the file is no zip or has no such member.
     """

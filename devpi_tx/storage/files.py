@@ -66,6 +66,13 @@ class LocalFileWriter:
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
 
+    def in_memory(self) -> bytes | None:
+        """
+        A copy of what was written while all of it is still in memory
+        (spooled, not committed), else L{None}.
+        """
+        return None if self._buffer is None or self._done else bytes(self._buffer)
+
     def flush(self) -> None:
         """
         Push what was written into the file, for readers of the growing

@@ -10,6 +10,7 @@ C{outside_url} and C{deny}.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -70,12 +71,15 @@ class ReleaseRoutes:
 
         @raise NotFound: there is no such index.
         """
-        config = self.ctx.memo.get(
-            ("index", user, index), lambda: indexes.get_index(self.ctx.storage, user, index)
-        )
+        config = self._index_config(user, index)
         if config is None:
             raise NotFound(f"index '{user}/{index}' does not exist")
         return config
+
+    def _index_config(self, user: str, index: str) -> dict | None:
+        return self.ctx.memo.get(
+            ("index", user, index), lambda: indexes.get_index(self.ctx.storage, user, index)
+        )
 
     def _consulted_mirrors(self, stage: str, project: str) -> list:
         return self.ctx.memo.get(
@@ -156,7 +160,7 @@ class ReleaseRoutes:
         )
 
     async def authorize_upload(self, request: IRequest, user: str, index: str) -> None:
-        config = indexes.get_index(self.ctx.storage, user, index)
+        config = self._index_config(user, index)
         if config is None:
             raise Refusal(lambda: _upload_error(request, 404, f"index '{user}/{index}' does not exist"))
         if config["type"] == "mirror":
@@ -270,11 +274,22 @@ class ReleaseRoutes:
         # Held from before the file gets its final name until its link is
         # committed, so that a concurrent cleanup never removes it.
         self._hold(writer.hexdigest())
+        content = writer.in_memory() if wheel else None
+        meta_data = None
         try:
-            sha256, size, meta_sha = await self.ctx.run_in_thread(
-                self._commit_blob, writer, basename if wheel else None
-            )
+            if content is not None:
+                # A small wheel, still in memory: its METADATA is read now,
+                # and its blob written after the link is committed (it is
+                # derived data, see _sound_metadata), off the upload's path.
+                meta_data = wheel_metadata(io.BytesIO(content), basename)
+                sha256, size, _ = await self.ctx.run_in_thread(self._commit_blob, writer, None)
+                meta_sha = hashlib.sha256(meta_data).hexdigest()
+            else:
+                sha256, size, meta_sha = await self.ctx.run_in_thread(
+                    self._commit_blob, writer, basename if wheel else None
+                )
         except BaseException:
+            writer.abort()  # nothing to do once committed
             self._release(writer.hexdigest())
             self._cleanup([writer.hexdigest()])
             raise
@@ -301,7 +316,20 @@ class ReleaseRoutes:
             raise
         self._release(sha256, meta_sha)
         self._cleanup(unused)
+        if meta_data is not None:
+            stored = self.ctx.run_in_thread(self._store_blob, meta_data)
+            stored.addErrback(
+                lambda failure: log.failure("storing METADATA of {name}", failure, name=basename)
+            )
         return outcome, sha256
+
+    def _store_blob(self, data: bytes) -> str:
+        """
+        In a thread: store derived data as a blob, not synced.
+        """
+        blob = self.ctx.files.writer()
+        blob.write(data)
+        return blob.commit(durable=False)
 
     def _commit_blob(self, writer, wheel_basename: str | None):
         """
