@@ -281,6 +281,23 @@ def test_metadata_blob_lost_to_a_power_loss_is_made_again(client, dev, damage):
         assert hashlib.sha256(blob.read()).hexdigest() == digest
 
 
+def test_metadata_asked_for_before_its_blob_is_written(client, dev, monkeypatch):
+    """
+    A small wheel's METADATA blob is written after the upload answers: a
+    request that comes first gets it made from the wheel.
+    """
+    from devpi_tx.web.releases import ReleaseRoutes
+
+    monkeypatch.setattr(ReleaseRoutes, "_store_blob", lambda self, data: "not written yet")
+    filename, data = make_wheel("pkg-a", "1.0")
+    assert upload(client, dev, "pkg-a", "1.0", filename, data).code == 200
+    (entry,) = simple_json(client)["files"]
+    assert not os.path.exists(client.context.files.path(entry["core-metadata"]["sha256"]))
+    meta = client.get(resolve(entry["url"]) + ".metadata", accept=None)
+    assert meta.code == 200
+    assert hashlib.sha256(meta.body).hexdigest() == entry["core-metadata"]["sha256"]
+
+
 def test_simple_json_page(client, dev):
     filename, data = make_wheel("pkg-a", "1.0", requires_python=">=3.8")
     upload(client, dev, "pkg-a", "1.0", filename, data, extra=[("requires_python", ">=3.8")])
