@@ -26,6 +26,9 @@ class Release:
     requires_python: str | None = None
     yanked: str | None = None
     wrong_hash: bool = False
+    #: The size the JSON page announces (PEP 700, with C{sizes}), when it
+    #: is not the true one.
+    size: int | None = None
 
     @property
     def sha256(self) -> str:
@@ -113,7 +116,7 @@ class FakeUpstream(Resource):
                 if r.yanked:
                     entry["yanked"] = r.yanked
                 if self.sizes:
-                    entry["size"] = len(r.data)
+                    entry["size"] = len(r.data) if r.size is None else r.size
                 if self.metadata and r.filename.endswith(".whl"):
                     entry["core-metadata"] = {"sha256": hashlib.sha256(_wheel_metadata(r.data)).hexdigest()}
                 files.append(entry)

@@ -358,7 +358,9 @@ def test_concurrent_requests_share_one_reading(client, upstream, sources, monkey
 
 def test_upstream_size_is_checked(client, upstream, monkeypatch):
     filename, data = hello_wheel()
-    upstream.add("hello", Release(filename, data))
+    # upstream's page announces a wrong size (PEP 700)
+    upstream.add("hello", Release(filename, data, size=len(data) + 1))
+    upstream.sizes = True
     url = metadata_url(client)
     sizes = []
     real = remotezip.fetch_wheel_metadata
@@ -369,10 +371,6 @@ def test_upstream_size_is_checked(client, upstream, monkeypatch):
 
     monkeypatch.setattr("devpi_tx.mirror.files.fetch_wheel_metadata", spy)
     monkeypatch.setattr(client.context.mirror_files, "_range_threshold", 0)
-    # The fake gives no size (PEP 700); a page that gives one has it passed on.
-    page = client.context.storage.get("mirror/root/pypi/hello")
-    with client.context.storage.transaction() as tx:
-        tx.set("mirror/root/pypi/hello", dict(page, links=[dict(page["links"][0], size=len(data) + 1)]))
     answer = client.get(url, accept=None)
     # The wrong size made the range answer suspicious: the wheel was downloaded.
     assert sizes == [len(data) + 1]
@@ -387,10 +385,8 @@ def test_small_wheel_of_known_size_is_downloaded_whole(client, upstream, sources
     """
     filename, data = hello_wheel()
     upstream.add("hello", Release(filename, data))
+    upstream.sizes = True
     url = metadata_url(client)
-    page = client.context.storage.get("mirror/root/pypi/hello")
-    with client.context.storage.transaction() as tx:
-        tx.set("mirror/root/pypi/hello", dict(page, links=[dict(page["links"][0], size=len(data))]))
     assert client.get(url, accept=None).body == METADATA
     assert [asked for _, asked in upstream.ranges_asked if asked] == []
     assert wheel_entry(client, url)["stored"]

@@ -26,6 +26,8 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.threads import deferToThread
 
+from ..singleflight import SingleFlight
+
 
 def default_hasher() -> PasswordHasher:
     """
@@ -63,7 +65,8 @@ class PasswordChecker:
         self._ttl = ttl
         self._max_entries = max_entries
         self._verified: OrderedDict[bytes, float] = OrderedDict()
-        self._pending: dict[bytes, list[Deferred]] = {}
+        #: Checks under way: the same credentials at once are checked once.
+        self._pending: SingleFlight[bool] = SingleFlight()
         self._limit = DeferredSemaphore(max_parallel)
         self._run = run_in_thread
         self._clock = clock
@@ -91,21 +94,12 @@ class PasswordChecker:
             if expires > now:
                 return True
             del self._verified[key]
-        if key in self._pending:
-            waiter: Deferred = Deferred()
-            self._pending[key].append(waiter)
-            return await waiter
-        self._pending[key] = []
-        try:
-            ok = await self._limit.run(self._run, self._verify_sync, pwhash, password)
-        except BaseException as exc:
-            for waiter in self._pending.pop(key):
-                waiter.errback(exc)
-            raise
+        return await self._pending.run(key, lambda: self._check(key, pwhash, password))
+
+    async def _check(self, key: bytes, pwhash: str, password: str) -> bool:
+        ok = await self._limit.run(self._run, self._verify_sync, pwhash, password)
         if ok:
             self._remember(key)
-        for waiter in self._pending.pop(key):
-            waiter.callback(ok)
         return ok
 
     def _remember(self, key: bytes) -> None:

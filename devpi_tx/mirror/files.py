@@ -22,8 +22,9 @@ from zope.interface import implementer
 
 from ..model import releases
 from ..model.metadata import wheel_metadata
+from ..singleflight import SingleFlight
 from .client import UpstreamError, ask_upstream, read_body, redact
-from .pages import SYNTHESIZED_METADATA_MIN_SIZE, mirror_key
+from .pages import SYNTHESIZED_METADATA_MIN_SIZE
 from .remotezip import RangeNotSupported, fetch_wheel_metadata
 
 log = Logger(namespace="devpi_tx.mirror")
@@ -181,10 +182,6 @@ class GrowingFileBody:
             self.done.callback(None)
 
 
-#: Wheels smaller than this (when upstream gives their size) are downloaded
-#: whole for their METADATA: the installer asks for the wheel next.  The
-#: same size decides whether a page advertises that METADATA.
-RANGE_THRESHOLD = SYNTHESIZED_METADATA_MIN_SIZE
 #: How long a host that ignored a range request is not asked with ranges.
 NO_RANGES_TTL = 3600.0
 
@@ -198,7 +195,10 @@ class MirrorFiles:
         *,
         timeout: float,
         run_in_thread,
-        range_threshold: int = RANGE_THRESHOLD,
+        # Smaller wheels (by upstream's size) are downloaded whole for their
+        # METADATA: the installer asks for the wheel next.  The same size
+        # decides whether a page advertises that METADATA.
+        range_threshold: int = SYNTHESIZED_METADATA_MIN_SIZE,
         offline: bool = False,
     ) -> None:
         self._storage = storage
@@ -207,7 +207,7 @@ class MirrorFiles:
         self._timeout = timeout
         self._run = run_in_thread
         self._downloads: dict[str, Download] = {}
-        self._metadata_waiting: dict[str, list[Deferred]] = {}
+        self._metadata_readings: SingleFlight[str] = SingleFlight()
         self._range_threshold = range_threshold
         #: Never ask upstream (--offline-mode): metadata of stored wheels only.
         self._offline = offline
@@ -246,21 +246,7 @@ class MirrorFiles:
         As L{_metadata}, one at a time per wheel: concurrent requests for
         the metadata of one wheel share its work (and its range requests).
         """
-        waiting = self._metadata_waiting.get(path)
-        if waiting is not None:
-            waiter: Deferred[str] = Deferred()
-            waiting.append(waiter)
-            return await waiter
-        self._metadata_waiting[path] = []
-        try:
-            digest = await self._metadata(path)
-        except BaseException as exc:
-            for waiter in self._metadata_waiting.pop(path):
-                waiter.errback(exc)
-            raise
-        for waiter in self._metadata_waiting.pop(path):
-            waiter.callback(digest)
-        return digest
+        return await self._metadata_readings.run(path, lambda: self._metadata(path))
 
     async def _metadata(self, path: str) -> str:
         """
@@ -330,7 +316,7 @@ class MirrorFiles:
         are worth it, else from the wheel downloaded in full.
         """
         basename = path.rsplit("/", 1)[1]
-        size = self._upstream_size(path, entry)
+        size = entry.get("size")
         if self.is_stored(entry):
             source = "cache"
         elif not self._ranges_worth_it(entry["url"], size):
@@ -364,21 +350,6 @@ class MirrorFiles:
         data = await self._run(wheel_metadata, self._files.path(entry["sha256"]), basename)
         log.info("core metadata of {path}: taken from the wheel ({source})", path=path, source=source)
         return data
-
-    def _upstream_size(self, path: str, entry: dict) -> int | None:
-        """
-        The wheel's length, if known: once downloaded, or from the size
-        upstream's JSON page gave (PEP 700) in the cached page.
-        """
-        if isinstance(entry.get("size"), int):
-            return entry["size"]
-        stage = "/".join(path.split("/", 2)[:2])
-        page = self._storage.get(mirror_key(stage, entry.get("project", ""))) or {}
-        for link in page.get("links", []):
-            if link.get("url") == entry["url"]:
-                size = link.get("size")
-                return size if isinstance(size, int) and not isinstance(size, bool) else None
-        return None
 
     async def head(self, entry: dict) -> dict[str, str]:
         """

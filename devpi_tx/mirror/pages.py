@@ -17,11 +17,11 @@ import hashlib
 import time
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from ..model import releases
 from ..model.stages import Stage
+from ..singleflight import SingleFlight
 from .client import NotFoundUpstream, NotModified, UpstreamClient, UpstreamError, redact
 
 log = Logger(namespace="devpi_tx.mirror")
@@ -75,7 +75,7 @@ class MirrorPages:
         self._clock = clock
         self._checked: dict[tuple[str, str], float] = {}
         self._missing: dict[tuple[str, str], float] = {}
-        self._inflight: dict[tuple[str, str], list[Deferred]] = {}
+        self._fetches: SingleFlight[str | None] = SingleFlight()
 
     def forget(self, stage: str, project: str) -> None:
         """
@@ -119,20 +119,7 @@ class MirrorPages:
         key = (stage.name, project)
         if self.is_fresh(stage, project):
             return None
-        if key in self._inflight:
-            waiter: Deferred = Deferred()
-            self._inflight[key].append(waiter)
-            return await waiter
-        self._inflight[key] = []
-        try:
-            result = await self._refresh(stage, project)
-        except BaseException as exc:
-            for waiter in self._inflight.pop(key):
-                waiter.errback(exc)
-            raise
-        for waiter in self._inflight.pop(key):
-            waiter.callback(result)
-        return result
+        return await self._fetches.run(key, lambda: self._refresh(stage, project))
 
     async def _refresh(self, stage: Stage, project: str) -> str | None:
         key = (stage.name, project)
@@ -199,7 +186,8 @@ class MirrorPages:
                     "version": None,
                     "url": link["url"],
                     "sha256": link.get("sha256") or entry.get("sha256"),
-                    "size": entry.get("size"),
+                    # Known once stored; until then, what upstream says (PEP 700).
+                    "size": entry.get("size") if entry.get("stored") else link.get("size"),
                     "last_modified": entry.get("last_modified", time.time()),
                     "mirror": True,
                 }

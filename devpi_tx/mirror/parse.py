@@ -73,7 +73,9 @@ def parse_json(body: bytes, base_url: str) -> tuple[list[UpstreamLink], list[str
                 requires_python=entry.get("requires-python") or None,
                 yanked=None if yanked in (None, False) else yanked,
                 core_metadata=_metadata_value(meta),
-                size=entry.get("size") if isinstance(entry.get("size"), int) else None,
+                size=entry.get("size")
+                if isinstance(entry.get("size"), int) and not isinstance(entry.get("size"), bool)
+                else None,
                 upload_time=entry.get("upload-time") or None,
             )
         )

@@ -70,16 +70,6 @@ class ProjectLists:
     def has_list(self, stage: str) -> bool:
         return os.path.exists(self.path(stage))
 
-    def names(self, stage: str) -> list[str] | None:
-        """
-        The last complete upstream list, or L{None} if there is none yet.
-        """
-        try:
-            with open(self.path(stage), encoding="utf-8") as f:
-                return [line.rstrip("\n") for line in f]
-        except FileNotFoundError:
-            return None
-
     def mirrors(self) -> list[Stage]:
         """
         The mirror indexes whose upstream list is wanted.

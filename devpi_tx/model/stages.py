@@ -156,26 +156,3 @@ def project_contributions(
             links, versions = private_links(reader, stage.name, project)
         result.append(Contribution(stage.name, links, versions, reason))
     return result
-
-
-def merged_project_list(
-    reader, stagename: str, mirror_projects: Callable[[Stage], list[str]] = lambda stage: []
-) -> list[tuple[str, list[str]]]:
-    """
-    Per stage of the chain, the projects it adds that an earlier stage has
-    not listed yet.
-    """
-    listed: set[str] = set()
-    result = []
-    for stage in resolution_order(reader, stagename):
-        if stage.is_mirror:
-            candidates = mirror_projects(stage)
-        else:
-            candidates = releases.project_names(reader, stage.name)
-        names = []
-        for name in candidates:
-            if name not in listed:
-                listed.add(name)
-                names.append(name)
-        result.append((stage.name, names))
-    return result

@@ -109,18 +109,6 @@ class ServerContext:
             on_change=lambda: self.page_cache.invalidate_project(None),
         )
 
-    def mirror_projects(self, stage) -> list[str]:
-        """
-        A mirror's projects: the upstream list when one was fetched, else
-        the projects cached so far.  Reads a whole upstream list: for
-        pages that include one, see L{list_sources} and L{ListPages}.
-        """
-        if not stage.config.get("mirror_no_project_list"):
-            names = self.project_lists.names(stage.name)
-            if names is not None:
-                return names
-        return self.mirrors.cached_projects(stage.name)
-
     def list_sources(self, stagename: str) -> list[tuple[str, list[str] | str]]:
         """
         Where each stage of the chain takes its project names from: the

@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 import attrs
-from twisted.internet.defer import Deferred
 
+from ..singleflight import SingleFlight
 from . import simple
 from .files import serve_file
 from .render import dump_json
@@ -117,7 +117,7 @@ class ListPages:
         self._dir = directory
         self._run = run_in_thread
         self._pages: dict[tuple, tuple[object, RenderedList]] = {}
-        self._inflight: dict[tuple, list[Deferred]] = {}
+        self._renderings: SingleFlight[RenderedList] = SingleFlight()
 
     async def get(self, stagename: str, fmt: str, sources: list[Source]) -> RenderedList:
         """
@@ -153,24 +153,15 @@ class ListPages:
         cached = self._pages.get(key)
         if cached is not None and cached[0] == token:
             return cached[1]
-        if key in self._inflight:
-            waiter: Deferred[RenderedList] = Deferred()
-            self._inflight[key].append(waiter)
-            return await waiter
-        self._inflight[key] = []
-        try:
-            rendered = await self._run(self._render, key, write)
-        except BaseException as exc:
-            for waiter in self._inflight.pop(key):
-                waiter.errback(exc)
-            raise
+        return await self._renderings.run(key, lambda: self._make(key, token, write))
+
+    async def _make(self, key: tuple, token: object, write: Callable) -> RenderedList:
+        rendered = await self._run(self._render, key, write)
         previous = self._pages.get(key)
         self._pages[key] = (token, rendered)
         if previous is not None and previous[1].path != rendered.path:
             # Requests being answered hold the old file open already.
             os.unlink(previous[1].path)
-        for waiter in self._inflight.pop(key):
-            waiter.callback(rendered)
         return rendered
 
     def _render(self, key: tuple, write: Callable) -> RenderedList:

@@ -31,6 +31,7 @@ from ..model.metadata import is_zip, wheel_metadata
 from ..remote.pypi_upload import PushTarget, push_release
 from . import simple
 from .files import serve_file
+from .listpages import merged_names
 from .negotiation import has_flag, read_json, wants_json
 from .pagecache import Page
 from .render import envelope, error
@@ -437,7 +438,7 @@ class ReleaseRoutes:
             if any(isinstance(names, str) for _, names in sources):
                 # An upstream's list: written to disk by a thread.
                 return ensureDeferred(self._large_list(request, stage, fmt, sources))
-            groups = stages.merged_project_list(self.ctx.storage, stage, self.ctx.mirror_projects)
+            groups = [(name, list(names)) for name, names in merged_names(sources)]
             body = simple.render_project_list(fmt, stage, groups)
             page = Page(body, simple.etag_for(body), fmt)
             self.ctx.page_cache.put(key, page)

@@ -72,10 +72,7 @@ class DevpiRequest(Request):
             (b"Content-Type", b"application/json"),
             (b"Content-Length", str(len(body)).encode("ascii")),
             (b"Connection", b"close"),
-        ] + [
-            (name.encode("ascii"), value.encode("ascii"))
-            for name, value in self.channel.site.devpi_headers().items()
-        ]
+        ] + self.channel.site.devpi_headers()
         head = b"HTTP/1.1 413 " + message.encode("ascii") + b"\r\n"
         head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
         self.channel.transport.write(head + b"\r\n" + body)
@@ -140,21 +137,17 @@ class DevpiSite(Site):
         self.stream_receiver = stream_receiver
         self._storage = storage
         self._config = config
-        self._static_headers = {
-            "X-Devpi-Api-Version": "2",
-            "X-Devpi-Server-Version": COMPATIBLE_SERVER_VERSION,
-            "X-Devpi-Uuid": uuid,
-            "X-Devpi-Master-Uuid": uuid,
-            "X-Devpi-Primary-Uuid": uuid,
-        }
-        self._static_raw = [(name.encode(), value.encode()) for name, value in self._static_headers.items()]
+        #: The X-Devpi-* headers that do not change (all but the serial).
+        self.static_headers: list[tuple[bytes, bytes]] = [
+            (b"X-Devpi-Api-Version", b"2"),
+            (b"X-Devpi-Server-Version", COMPATIBLE_SERVER_VERSION.encode("ascii")),
+            (b"X-Devpi-Uuid", uuid.encode("ascii")),
+            (b"X-Devpi-Master-Uuid", uuid.encode("ascii")),
+            (b"X-Devpi-Primary-Uuid", uuid.encode("ascii")),
+        ]
 
-    @property
-    def static_headers(self) -> list[tuple[bytes, bytes]]:
-        return self._static_raw
-
-    def devpi_headers(self) -> dict[str, str]:
-        return dict(self._static_headers, **{"X-Devpi-Serial": str(self.serial())})
+    def devpi_headers(self) -> list[tuple[bytes, bytes]]:
+        return self.static_headers + [(b"X-Devpi-Serial", b"%d" % self.serial())]
 
     def serial(self) -> int:
         return self._storage.serial
