@@ -68,10 +68,11 @@ class IStorage(Interface):
         block normally commits (one changelog entry, the next serial, if
         anything changed); leaving it with an exception rolls back.
 
-        A commit survives a crash of the process either way.  With
-        C{durable} false it may be lost with the machine (power loss) until
-        the next durable commit, which makes everything before it durable
-        too: for what can be fetched again, such as mirrored pages.
+        A durable commit survives a crash of the machine.  With C{durable}
+        false, for what can be fetched again (mirrored pages), a commit may
+        be written a little later, together with others, and lost if the
+        process or the machine dies first; it is visible to readers at
+        once either way, and the next durable commit writes it first.
         """
 
     def changelog_entry(serial: int) -> dict | None:

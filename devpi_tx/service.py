@@ -63,10 +63,12 @@ def build_context(
     passwords: PasswordChecker | None = None,
     run_in_thread=None,
     upstream_http=None,
+    clock=None,
 ) -> ServerContext:
     """
     Open (initialising on first start) the server directory and build what
-    request handlers share.
+    request handlers share.  With a C{clock}, non-durable transactions
+    (mirrored pages) are written in batches.
     """
     if not is_initialized(config.serverdir):
         for line in initialize(config):
@@ -76,7 +78,7 @@ def build_context(
                 log.info("init: {line}", line=line)
     nodeinfo = read_nodeinfo(config.serverdir)
     secret = ensure_secret(config.secret_path)
-    storage = open_storage(config.serverdir)
+    storage = open_storage(config.serverdir, clock=clock)
     return ServerContext(
         config=config,
         storage=storage,
@@ -109,7 +111,7 @@ def make_site(context: ServerContext) -> DevpiSite:
 def make_service(config: ServerConfig, reactor=global_reactor) -> MultiService:
     if config.logger_cfg:
         _configure_stdlib_logging(config.logger_cfg)
-    context = build_context(config)
+    context = build_context(config, clock=reactor)
     root = StorageService(context.storage)
     site = make_site(context)
     if not config.offline_mode:

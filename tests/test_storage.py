@@ -320,3 +320,113 @@ def test_read_cache_is_bounded_and_reads_stay_right(tmp_path):
     assert [s.get(f"k{i:02d}") for i in range(50)] == list(range(50))
     assert len(s._cache) <= 10
     s.close()
+
+
+# -- batched non-durable transactions -----------------------------------------
+
+
+@pytest.fixture
+def batching(tmp_path):
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    s = SQLiteStorage(str(tmp_path / "state.sqlite"), clock=clock, batch_delay=0.05)
+    yield s, clock
+    s.close()
+
+
+def _on_disk(s) -> int:
+    row = s._db.execute("SELECT MAX(serial) FROM changelog").fetchone()
+    return -1 if row[0] is None else row[0]
+
+
+def test_batched_transactions_are_visible_at_once_and_written_together(batching):
+    s, clock = batching
+    seen = []
+    s.subscribe(lambda serial, keys: seen.append((serial, keys)))
+    with s.transaction(durable=False) as tx:
+        tx.set("mirror/a", 1)
+    with s.transaction(durable=False) as tx:
+        tx.set("mirror/b", 2)
+        tx.delete("mirror/a")
+    # Each has its serial, its listeners' call and its values now ...
+    assert s.serial == 1
+    assert seen == [(0, frozenset({"mirror/a"})), (1, frozenset({"mirror/a", "mirror/b"}))]
+    assert (s.get("mirror/a"), s.get("mirror/b")) == (None, 2)
+    assert s.keys("mirror/") == ["mirror/b"]
+    # ... and nothing is in the database until the batch is written.
+    assert _on_disk(s) == -1
+    clock.advance(0.05)
+    assert _on_disk(s) == 1
+    assert s.changelog_entry(0)["changes"] == {"mirror/a": 1}
+    assert s.changelog_entry(1)["changes"] == {"mirror/a": None, "mirror/b": 2}
+    assert s.keys("mirror/") == ["mirror/b"]
+    assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+
+
+def test_durable_commit_writes_pending_transactions_first(batching):
+    s, clock = batching
+    with s.transaction(durable=False) as tx:
+        tx.set("file/x", {"stored": False})
+    with s.transaction() as tx:
+        entry = tx.get("file/x")
+        tx.set("file/x", {**entry, "stored": True})
+    assert s.serial == 1
+    assert _on_disk(s) == 1
+    assert s.changelog_entry(0)["changes"] == {"file/x": {"stored": False}}
+    assert s.changelog_entry(1)["changes"] == {"file/x": {"stored": True}}
+    assert clock.getDelayedCalls() == []  # nothing left to write
+
+
+def test_close_writes_pending_transactions(tmp_path):
+    from twisted.internet.task import Clock
+
+    path = str(tmp_path / "state.sqlite")
+    s = SQLiteStorage(path, clock=Clock())
+    with s.transaction(durable=False) as tx:
+        tx.set("mirror/a", 1)
+    s.close()
+    s = SQLiteStorage(path)
+    assert (s.serial, s.get("mirror/a")) == (0, 1)
+    s.close()
+
+
+def test_pending_transactions_renumbered_after_another_writer(tmp_path):
+    """
+    Another process committed while transactions were pending: they take
+    the serials after its commit, and stale cached values are dropped.
+    """
+    from twisted.internet.task import Clock
+
+    path = str(tmp_path / "state.sqlite")
+    clock = Clock()
+    a, b = SQLiteStorage(path, clock=clock), SQLiteStorage(path)
+    with a.transaction() as tx:
+        tx.set("user/x", "old")
+    assert a.get("user/x") == "old"
+    with a.transaction(durable=False) as tx:
+        tx.set("mirror/p", 1)
+    with b.transaction() as tx:
+        tx.set("user/x", "new")
+    clock.advance(1)
+    assert a.serial == 2
+    assert a.changelog_entry(1)["changes"] == {"user/x": "new"}
+    assert a.changelog_entry(2)["changes"] == {"mirror/p": 1}
+    assert (a.get("user/x"), a.get("mirror/p")) == ("new", 1)
+    a.close()
+    b.close()
+
+
+def test_failed_batch_write_is_retried(batching, monkeypatch):
+    s, clock = batching
+    with s.transaction(durable=False) as tx:
+        tx.set("mirror/a", 1)
+    real_write_entry = s._write_entry
+    monkeypatch.setattr(s, "_write_entry", lambda *args: (_ for _ in ()).throw(OSError("disk full")))
+    clock.advance(0.05)
+    assert _on_disk(s) == -1
+    assert s.get("mirror/a") == 1  # still visible, still pending
+    monkeypatch.setattr(s, "_write_entry", real_write_entry)
+    clock.advance(0.05)
+    assert _on_disk(s) == 0
+    assert s.changelog_entry(0)["changes"] == {"mirror/a": 1}

@@ -11,6 +11,15 @@ There is one writer: the server's reactor thread.  Reads are served from an
 in-memory cache of encoded values that the writer keeps up to date; when
 another process (C{devpi-tx passwd} on a stopped server, say) has committed
 in between, the cache is dropped at the start of the next transaction.
+
+Given a clock, non-durable transactions (mirrored pages: what can be
+fetched again) are batched: each gets its serial, is visible to readers
+and reported to listeners at once, and is written with the others that
+follow within C{batch_delay} in one SQLite transaction.  Fifty cold pages
+fetched at once used to pay fifty SQLite commits in the middle of
+answering their installers; now they pay one, after.  A durable commit
+writes whatever is pending before itself, in the same SQLite transaction,
+so nothing durable can depend on a write a crash could lose.
 """
 
 from __future__ import annotations
@@ -23,9 +32,13 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..interfaces import IStorage, ITransaction
+
+log = Logger(namespace="devpi_tx.storage")
 
 SCHEMA_VERSION = 1
 
@@ -95,7 +108,21 @@ class SQLiteStorage:
     An L{IStorage} in one SQLite file.
     """
 
-    def __init__(self, path: str, *, synchronous: str = "FULL", cache_size: int = 10000) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: str = "FULL",
+        cache_size: int = 10000,
+        clock: IReactorTime | None = None,
+        batch_delay: float = 0.05,
+    ) -> None:
+        """
+        @param clock: schedules the writing of batched non-durable
+            transactions; without one, each is written when it commits.
+        @param batch_delay: how long a non-durable transaction may wait in
+            memory for others to join it.
+        """
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -109,6 +136,15 @@ class SQLiteStorage:
         self._cache_size = cache_size
         self._listeners: list = []
         self.serial = self._db_serial()
+        #: The last serial written to the database.
+        self._written = self.serial
+        self._clock = clock
+        self._batch_delay = batch_delay
+        #: Committed non-durable transactions not yet written, in serial
+        #: order: (serial, timestamp, changes); and their latest values.
+        self._pending: list[tuple[int, float, dict[str, str | None]]] = []
+        self._pending_values: dict[str, str | None] = {}
+        self._flush_call: IDelayedCall | None = None
 
     def _migrate(self) -> None:
         # Idempotent DDL; executescript runs outside any transaction.
@@ -142,6 +178,10 @@ class SQLiteStorage:
             self._cache.popitem(last=False)
 
     def _encoded(self, key: str) -> str | None:
+        if self._pending_values:
+            encoded = self._pending_values.get(key, _MISSING)
+            if encoded is not _MISSING:
+                return encoded  # type: ignore[return-value]
         try:
             encoded = self._cache[key]
             self._cache.move_to_end(key)
@@ -166,66 +206,135 @@ class SQLiteStorage:
             "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key",
             (prefix, upper),
         )
-        return [row[0] for row in rows]
+        found = [row[0] for row in rows]
+        if not any(key.startswith(prefix) for key in self._pending_values):
+            return found
+        keys = set(found)
+        for key, encoded in self._pending_values.items():
+            if key.startswith(prefix):
+                if encoded is None:
+                    keys.discard(key)
+                else:
+                    keys.add(key)
+        return sorted(keys)
 
     @contextmanager
     def transaction(self, durable: bool = True) -> Iterator[SQLiteTransaction]:
         tx = SQLiteTransaction(self)
         yield tx
-        if tx.changes:
-            if durable or self._synchronous != "FULL":
-                self._commit(tx.changes)
-                return
+        if not tx.changes:
+            return
+        if not durable and self._clock is not None:
+            self._defer(tx.changes)
+        else:
+            self._commit(tx.changes, durable)
+
+    def _defer(self, changes: dict[str, str | None]) -> None:
+        """
+        Commit a non-durable transaction in memory; it is written with the
+        next batch (or the next durable commit).
+        """
+        self.serial += 1
+        self._pending.append((self.serial, time.time(), changes))
+        self._pending_values.update(changes)
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(self._batch_delay, self._flush_batch)
+        self._notify(self.serial, changes)
+
+    def _flush_batch(self) -> None:
+        self._flush_call = None
+        try:
+            self.flush()
+        except Exception:
+            log.failure("writing {count} batched transactions", count=len(self._pending))
+            if self._pending and self._clock is not None:
+                self._flush_call = self._clock.callLater(self._batch_delay, self._flush_batch)
+
+    def flush(self) -> None:
+        """
+        Write the pending non-durable transactions now.
+        """
+        if self._pending:
+            self._commit({}, durable=False)
+
+    def _commit(self, changes: dict[str, str | None], durable: bool = True) -> None:
+        relaxed = not durable and self._synchronous == "FULL"
+        if relaxed:
             # In WAL mode, NORMAL skips the fsync of the log at this commit;
             # the next FULL commit syncs the log, this commit included.
             self._db.execute("PRAGMA synchronous=NORMAL")
-            try:
-                self._commit(tx.changes)
-            finally:
+        try:
+            self._write(changes)
+        finally:
+            if relaxed:
                 self._db.execute("PRAGMA synchronous=FULL")
 
-    def _commit(self, changes: dict[str, str | None]) -> None:
+    def _write(self, changes: dict[str, str | None]) -> None:
+        """
+        Write the pending transactions and then C{changes} (if any, as a
+        new transaction) in one SQLite transaction.
+        """
         db = self._db
+        entries = list(self._pending)
         db.execute("BEGIN IMMEDIATE")
         try:
-            serial = self._db_serial()
-            if serial != self.serial:
-                # Someone else wrote; our cache may be stale.
+            on_disk = self._db_serial()
+            if on_disk != self._written:
+                # Someone else wrote: our cache may be stale, and the
+                # serials given to pending transactions are taken.
                 self._cache.clear()
-            serial += 1
-            for key, encoded in changes.items():
-                if encoded is None:
-                    db.execute("DELETE FROM kv WHERE key=?", (key,))
-                else:
-                    db.execute(
-                        "INSERT INTO kv (key, value, serial) VALUES (?, ?, ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value=excluded.value, "
-                        "serial=excluded.serial",
-                        (key, encoded, serial),
-                    )
-            entry = (
-                "{"
-                + ",".join(
-                    f"{json.dumps(key)}:{'null' if enc is None else enc}"
-                    for key, enc in sorted(changes.items())
-                )
-                + "}"
-            )
-            db.execute(
-                "INSERT INTO changelog (serial, timestamp, changes) VALUES (?, ?, ?)",
-                (serial, time.time(), entry),
-            )
+                entries = [(on_disk + 1 + i, ts, pending) for i, (_, ts, pending) in enumerate(entries)]
+            serial = entries[-1][0] if entries else on_disk
+            if changes:
+                serial += 1
+                entries.append((serial, time.time(), changes))
+            for entry_serial, timestamp, entry_changes in entries:
+                self._write_entry(entry_serial, timestamp, entry_changes)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             self._cache.clear()
             raise
+        for _, _, entry_changes in entries:
+            for key, encoded in entry_changes.items():
+                if encoded is None:
+                    self._cache.pop(key, None)
+                else:
+                    self._remember(key, encoded)
+        self._pending.clear()
+        self._pending_values.clear()
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+            self._flush_call = None
+        self._written = self.serial = serial
+        if changes:
+            self._notify(serial, changes)
+
+    def _write_entry(self, serial: int, timestamp: float, changes: dict[str, str | None]) -> None:
+        db = self._db
         for key, encoded in changes.items():
             if encoded is None:
-                self._cache.pop(key, None)
+                db.execute("DELETE FROM kv WHERE key=?", (key,))
             else:
-                self._remember(key, encoded)
-        self.serial = serial
+                db.execute(
+                    "INSERT INTO kv (key, value, serial) VALUES (?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value, "
+                    "serial=excluded.serial",
+                    (key, encoded, serial),
+                )
+        entry = (
+            "{"
+            + ",".join(
+                f"{json.dumps(key)}:{'null' if enc is None else enc}" for key, enc in sorted(changes.items())
+            )
+            + "}"
+        )
+        db.execute(
+            "INSERT INTO changelog (serial, timestamp, changes) VALUES (?, ?, ?)",
+            (serial, timestamp, entry),
+        )
+
+    def _notify(self, serial: int, changes: dict[str, str | None]) -> None:
         for listener in list(self._listeners):
             listener(serial, frozenset(changes))
 
@@ -233,6 +342,7 @@ class SQLiteStorage:
         self._listeners.append(listener)
 
     def changelog_entry(self, serial: int) -> dict | None:
+        self.flush()
         row = self._db.execute(
             "SELECT timestamp, changes FROM changelog WHERE serial=?", (serial,)
         ).fetchone()
@@ -241,15 +351,24 @@ class SQLiteStorage:
         return {"serial": serial, "timestamp": row[0], "changes": json.loads(row[1])}
 
     def last_commit_timestamp(self) -> float | None:
+        if self._pending:
+            return self._pending[-1][1]
         row = self._db.execute("SELECT timestamp FROM changelog ORDER BY serial DESC LIMIT 1").fetchone()
         return None if row is None else row[0]
 
     def close(self) -> None:
-        self._db.close()
+        """
+        Write what is pending and close the database.
+        """
+        try:
+            self.flush()
+        finally:
+            self._db.close()
 
 
-def open_storage(serverdir: str) -> SQLiteStorage:
+def open_storage(serverdir: str, clock: IReactorTime | None = None) -> SQLiteStorage:
     """
-    Open (creating if needed) the state database of a server directory.
+    Open (creating if needed) the state database of a server directory;
+    with a C{clock}, non-durable transactions are written in batches.
     """
-    return SQLiteStorage(os.path.join(serverdir, ".sqlite"))
+    return SQLiteStorage(os.path.join(serverdir, ".sqlite"), clock=clock)
