@@ -1,6 +1,7 @@
 """
 The upstream client over a real loopback connection: gzip, redirects (to
-a limit), credentials moved out of the URL.
+a limit), credentials moved out of the URL, timeouts, URLs that are not
+ASCII.
 """
 
 from __future__ import annotations
@@ -14,9 +15,16 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
-from devpi_tx.mirror.client import JSON_V1, MAX_REDIRECTS, UpstreamClient, UpstreamError, make_http_client
+from devpi_tx.mirror.client import (
+    JSON_V1,
+    MAX_REDIRECTS,
+    UpstreamClient,
+    UpstreamError,
+    ask_upstream,
+    make_http_client,
+)
 
 PAGE = {
     "meta": {"api-version": "1.1"},
@@ -37,6 +45,8 @@ class Upstream(Resource):
             (request.path, request.getHeader(b"accept-encoding"), request.getHeader(b"authorization"))
         )
         parts = request.path.strip(b"/").split(b"/")
+        if parts[0] == b"silent":
+            return NOT_DONE_YET  # never answers
         if parts[0] == b"hop":
             # /hop/N/...: redirect N more times, then to the page.
             left = int(parts[1])
@@ -85,3 +95,27 @@ async def test_redirects_are_followed_up_to_the_limit(upstream):
     assert len(resource.seen) == MAX_REDIRECTS + 1
     with pytest.raises(UpstreamError, match="Infinite redirection|redirect"):
         await client().project_page(f"{url}/hop/{MAX_REDIRECTS + 1}/", "x")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_url_that_is_not_ascii_is_sent_percent_encoded(upstream):
+    resource, url = upstream
+    http = make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False))
+    _, response = await ask_upstream(http, "GET", f"{url}/simple/h\u00e9llo/", timeout=5)
+    assert response.code == 200
+    assert resource.seen[0][0] == b"/simple/h%C3%A9llo/"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upstream_that_does_not_answer_times_out(upstream):
+    resource, url = upstream
+    http = make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False))
+    with pytest.raises(UpstreamError, match="silent.*Cancel"):
+        await ask_upstream(http, "GET", f"{url}/silent/", timeout=0.2)
+    assert [seen[0] for seen in resource.seen] == [b"/silent/"]
+
+
+def test_redirects_are_the_agents_business():
+    http = make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False))
+    with pytest.raises(ValueError, match="agent"):
+        http.request("GET", "http://127.0.0.1:1/", allow_redirects=True)

@@ -284,7 +284,7 @@ async def test_untrusted_target_certificate_is_refused(running: Running, trust: 
     policy = TrustOnly(running.other_cert.cert_pem) if trust == "other" else None
     http = make_http_client(reactor, pool, {"https_proxy": running.proxy_url}, tls_policy=policy)
     with pytest.raises(ResponseNeverReceived) as info:
-        await http.get(running.upstream_url + "hello/", timeout=5)
+        await http.request("GET", running.upstream_url + "hello/", timeout=5)
     assert "certificate verify failed" in str(info.value.reasons[0].value)
     assert running.proxy.seen == [connect_line(running.upstream_port)]
 

@@ -1,7 +1,8 @@
 """
-The upstream HTTP client: one treq client over a persistent connection
-pool, with gzip, a bounded number of redirects, timeouts, upstream
-credentials taken from the mirror URL, and conditional requests.
+The upstream HTTP client: one agent over a persistent connection pool, with
+gzip, a bounded number of redirects, proxies, timeouts, upstream
+credentials taken from the mirror URL, and conditional requests; bodies are
+read with treq.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import os
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
-from treq.client import HTTPClient
+import treq
+from hyperlink import EncodedURL
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -26,12 +29,14 @@ from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
     BrowserLikeRedirectAgent,
+    ContentDecoderAgent,
+    GzipDecoder,
     HTTPConnectionPool,
     ProxyAgent,
 )
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from ..model.indexes import redact_url as redact
@@ -96,7 +101,7 @@ async def ask_upstream(http, method: str, url: str, *, timeout: float, headers=N
     plain, auth = split_credentials(url)
     try:
         # Redirects are followed by the client's own agent (make_http_client),
-        # with a limit; treq's would only stack a second one on top.
+        # with a limit; treq's (with StubTreq in tests) would stack another.
         response = await http.request(
             method,
             plain,
@@ -112,7 +117,7 @@ async def ask_upstream(http, method: str, url: str, *, timeout: float, headers=N
 
 async def read_body(url: str, response) -> bytes:
     try:
-        return await response.content()
+        return await treq.content(response)
     except Exception as exc:
         raise UpstreamError(f"{redact(url)}: {exc.__class__.__name__}: {exc}") from None
 
@@ -234,21 +239,83 @@ class ProxyChoosingAgent:
         return self._direct.request(method, uri, headers, bodyProducer)
 
 
+class UpstreamHTTP:
+    """
+    Requests to upstream, straight to an agent stack; bodies are read with
+    L{treq.content} and L{treq.collect}.
+
+    treq's C{HTTPClient.request} takes every URL through hyperlink (the
+    checks and IDNA encoding of each component, twice) and makes a cookie
+    jar per request: 0.28 ms of CPU per request, measured with 50 page
+    fetches at once on loopback, against 0.75 ms for the whole exchange
+    through the agent.  The URLs asked for here are already URIs (the
+    mirror URL and the links of upstream pages), and indexes use no
+    cookies.  The keyword arguments are treq's, so that tests can pass
+    L{treq.testing.StubTreq} instead.
+    """
+
+    def __init__(self, agent: IAgent, reactor) -> None:
+        """
+        @param agent: follows redirects and decodes gzip itself.
+        """
+        self._agent = agent
+        self._reactor = reactor
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        allow_redirects: bool = False,
+        unbuffered: bool = False,
+    ) -> Deferred[IResponse]:
+        """
+        Send a request without a body.
+
+        @param timeout: seconds until the response's headers, after which
+            the request is cancelled.
+        @param allow_redirects: must be false; the agent follows redirects.
+        @param unbuffered: ignored; a response's body can be read once.
+        """
+        if allow_redirects:
+            raise ValueError("redirects are followed by the agent, not per request")
+        try:
+            uri = url.encode("ascii")
+        except UnicodeEncodeError:
+            uri = EncodedURL.from_text(url).to_uri().to_text().encode("ascii")
+        raw = Headers()
+        for name, value in (headers or {}).items():
+            raw.setRawHeaders(name.encode("latin-1"), [value.encode("latin-1")])
+        d = self._agent.request(method.encode("ascii"), uri, raw)
+        if timeout:
+            call = self._reactor.callLater(timeout, d.cancel)
+
+            def answered(result):
+                if call.active():
+                    call.cancel()
+                return result
+
+            d.addBoth(answered)
+        return d
+
+
 def make_http_client(
     reactor,
     pool: HTTPConnectionPool | None = None,
     environ=None,
     *,
     tls_policy: IPolicyForHTTPS | None = None,
-) -> HTTPClient:
+) -> UpstreamHTTP:
     if pool is None:
         pool = HTTPConnectionPool(reactor, persistent=True)
         # Installers fetch many pages at once (uv: dozens); keep enough
         # connections open that the next burst does not reconnect.
         pool.maxPersistentPerHost = 16
     agent = ProxyChoosingAgent(reactor, pool, environ, tls_policy=tls_policy)
-    # treq adds gzip decoding (and its cookie jar) to every request itself.
-    return HTTPClient(BrowserLikeRedirectAgent(agent, redirectLimit=MAX_REDIRECTS))
+    redirecting = BrowserLikeRedirectAgent(agent, redirectLimit=MAX_REDIRECTS)
+    return UpstreamHTTP(ContentDecoderAgent(redirecting, [(b"gzip", GzipDecoder)]), reactor)
 
 
 class UpstreamClient:
@@ -256,7 +323,7 @@ class UpstreamClient:
     Fetch project pages from one upstream simple index.
     """
 
-    def __init__(self, http: HTTPClient, timeout: float) -> None:
+    def __init__(self, http: UpstreamHTTP, timeout: float) -> None:
         self._http = http
         self._timeout = timeout
 

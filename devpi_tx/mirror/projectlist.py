@@ -106,7 +106,7 @@ class ProjectLists:
                 log.warn(
                     "project list of {url}: upstream answered {code}", url=redact(url), code=response.code
                 )
-                await response.content()
+                await treq.content(response)
                 return None
             content_type = (response.headers.getRawHeaders("content-type") or [""])[0]
             with open(tmp, "w", encoding="utf-8") as out:
