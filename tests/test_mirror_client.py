@@ -119,3 +119,18 @@ def test_redirects_are_the_agents_business():
     http = make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False))
     with pytest.raises(ValueError, match="agent"):
         http.request("GET", "http://127.0.0.1:1/", allow_redirects=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_connections_are_not_announced_in_the_log(upstream):
+    from twisted.logger import globalLogPublisher
+
+    resource, url = upstream
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        page = await client().project_page(url + "/simple/", "hello")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [link.filename for link in page.links] == ["hello-1.0.tar.gz"]
+    assert [e for e in events if "factory" in e.get("log_format", "")] == []

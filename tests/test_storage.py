@@ -330,7 +330,7 @@ def batching(tmp_path):
     from twisted.internet.task import Clock
 
     clock = Clock()
-    s = SQLiteStorage(str(tmp_path / "state.sqlite"), clock=clock, batch_delay=0.05)
+    s = SQLiteStorage(str(tmp_path / "state.sqlite"), clock=clock, batch_delay=0.05, batch_size=3)
     yield s, clock
     s.close()
 
@@ -430,3 +430,13 @@ def test_failed_batch_write_is_retried(batching, monkeypatch):
     clock.advance(0.05)
     assert _on_disk(s) == 0
     assert s.changelog_entry(0)["changes"] == {"mirror/a": 1}
+
+
+def test_a_full_batch_is_written_at_once(batching):
+    s, clock = batching
+    for n in range(3):
+        with s.transaction(durable=False) as tx:
+            tx.set(f"mirror/{n}", n)
+    clock.advance(0)
+    assert _on_disk(s) == 2
+    assert clock.getDelayedCalls() == []

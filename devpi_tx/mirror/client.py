@@ -175,6 +175,26 @@ def _proxy_from(environ, scheme: str) -> HTTPProxy | None:
         return None
 
 
+def _quiet(pool: HTTPConnectionPool) -> None:
+    """
+    Stop C{pool} from logging "Starting factory" and "Stopping factory"
+    for every connection it opens and closes: two formatted lines per
+    upstream connection, a hundred for fifty cold pages at once.  The pool
+    documents its C{_factory} as what it makes connection factories with.
+    """
+    make = pool._factory
+    if getattr(make, "quiet", False):
+        return
+
+    def quiet_factory(*args, **kwargs):
+        factory = make(*args, **kwargs)
+        factory.noisy = False
+        return factory
+
+    quiet_factory.quiet = True  # type: ignore[attr-defined]
+    pool._factory = quiet_factory  # type: ignore[assignment]
+
+
 @implementer(IAgent)
 class ProxyChoosingAgent:
     """
@@ -204,6 +224,7 @@ class ProxyChoosingAgent:
     ) -> None:
         environ = os.environ if environ is None else environ
         tls_policy = tls_policy or BrowserLikePolicyForHTTPS()
+        _quiet(pool)
         self._direct = Agent.usingEndpointFactory(reactor, DirectEndpoints(reactor, tls_policy), pool=pool)
         self._proxy = None
         self._tunnel = None

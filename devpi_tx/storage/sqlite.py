@@ -17,7 +17,9 @@ fetched again) are batched: each gets its serial, is visible to readers
 and reported to listeners at once, and is written with the others that
 follow within C{batch_delay} in one SQLite transaction.  Fifty cold pages
 fetched at once used to pay fifty SQLite commits in the middle of
-answering their installers; now they pay one, after.  A durable commit
+answering their installers; now they pay one, after the burst (an
+installer's burst of page requests lasts a few hundred ms; a longer one
+is written every C{batch_delay}, or at C{batch_size} transactions).  A durable commit
 writes whatever is pending before itself, in the same SQLite transaction,
 so nothing durable can depend on a write a crash could lose.
 """
@@ -115,13 +117,16 @@ class SQLiteStorage:
         synchronous: str = "FULL",
         cache_size: int = 10000,
         clock: IReactorTime | None = None,
-        batch_delay: float = 0.05,
+        batch_delay: float = 0.5,
+        batch_size: int = 1000,
     ) -> None:
         """
         @param clock: schedules the writing of batched non-durable
             transactions; without one, each is written when it commits.
         @param batch_delay: how long a non-durable transaction may wait in
             memory for others to join it.
+        @param batch_size: how many may wait; one more and they are
+            written at the next turn of the reactor.
         """
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -140,6 +145,7 @@ class SQLiteStorage:
         self._written = self.serial
         self._clock = clock
         self._batch_delay = batch_delay
+        self._batch_size = batch_size
         #: Committed non-durable transactions not yet written, in serial
         #: order: (serial, timestamp, changes); and their latest values.
         self._pending: list[tuple[int, float, dict[str, str | None]]] = []
@@ -237,7 +243,11 @@ class SQLiteStorage:
         self.serial += 1
         self._pending.append((self.serial, time.time(), changes))
         self._pending_values.update(changes)
-        if self._flush_call is None:
+        if len(self._pending) >= self._batch_size:
+            if self._flush_call is not None:
+                self._flush_call.cancel()
+            self._flush_call = self._clock.callLater(0, self._flush_batch)
+        elif self._flush_call is None:
             self._flush_call = self._clock.callLater(self._batch_delay, self._flush_batch)
         self._notify(self.serial, changes)
 
