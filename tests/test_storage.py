@@ -440,3 +440,23 @@ def test_a_full_batch_is_written_at_once(batching):
     clock.advance(0)
     assert _on_disk(s) == 2
     assert clock.getDelayedCalls() == []
+
+
+def test_absent_keys_are_remembered_within_bounds_and_forgotten_when_set(tmp_path):
+    s = SQLiteStorage(str(tmp_path / "state.sqlite"), cache_size=10)
+    queries = []
+    s._db.set_trace_callback(queries.append)
+    assert s.get("mirror/nothing") is None
+    assert s.get("mirror/nothing") is None
+    assert len([q for q in queries if q.startswith("SELECT value")]) == 1
+    for n in range(50):
+        s.get(f"made-up/{n}")
+    assert len(s._absent) == 10
+    s._db.set_trace_callback(None)
+    with s.transaction() as tx:
+        tx.set("mirror/nothing", 1)
+    assert s.get("mirror/nothing") == 1
+    with s.transaction() as tx:
+        tx.delete("mirror/nothing")
+    assert s.get("mirror/nothing") is None
+    s.close()

@@ -92,7 +92,10 @@ def private_links(reader, stage: str, project: str) -> tuple[list[dict], list[st
     return links, versions
 
 
-def plan(reader, stagename: str, project: str) -> list[tuple[Stage, bool, str]]:
+Plan = list[tuple[Stage, bool, str]]
+
+
+def plan(reader, stagename: str, project: str) -> Plan:
     """
     For each stage of the chain: whether it serves C{project}, and why.
     Cheap (no links are read), so that it can run on every request.
@@ -127,11 +130,14 @@ def plan(reader, stagename: str, project: str) -> list[tuple[Stage, bool, str]]:
     return result
 
 
-def consulted_mirrors(reader, stagename: str, project: str) -> list[Stage]:
+def consulted_mirrors(reader, stagename: str, project: str, planned: Plan | None = None) -> list[Stage]:
     """
-    The mirrors a project page of C{stagename} draws on.
+    The mirrors a project page of C{stagename} draws on (by C{planned},
+    the chain's L{plan} for C{project}, if given).
     """
-    return [stage for stage, serves, _ in plan(reader, stagename, project) if serves and stage.is_mirror]
+    if planned is None:
+        planned = plan(reader, stagename, project)
+    return [stage for stage, serves, _ in planned if serves and stage.is_mirror]
 
 
 def project_contributions(
@@ -139,14 +145,17 @@ def project_contributions(
     stagename: str,
     project: str,
     mirror_links: MirrorLinks = _no_mirror_links,
+    planned: Plan | None = None,
 ) -> list[Contribution]:
     """
     For each stage of the chain: the links it contributes for C{project},
-    and why (or why not).
+    and why (or why not); by C{planned}, the chain's L{plan}, if given.
     """
     project = canonicalize_name(project)
+    if planned is None:
+        planned = plan(reader, stagename, project)
     result = []
-    for stage, serves, reason in plan(reader, stagename, project):
+    for stage, serves, reason in planned:
         if not serves:
             result.append(Contribution(stage.name, [], [], reason))
             continue

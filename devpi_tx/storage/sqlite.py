@@ -138,6 +138,8 @@ class SQLiteStorage:
         # Encoded values of recently used keys, least recently used first;
         # bounded like devpi's --keyfs-cache-size.
         self._cache: OrderedDict[str, str] = OrderedDict()
+        #: Keys known not to exist, least recently added first.
+        self._absent: OrderedDict[str, None] = OrderedDict()
         self._cache_size = cache_size
         self._listeners: list = []
         self.serial = self._db_serial()
@@ -177,7 +179,12 @@ class SQLiteStorage:
         row = self._db.execute("SELECT MAX(serial) FROM changelog").fetchone()
         return -1 if row[0] is None else row[0]
 
+    def _forget_all(self) -> None:
+        self._cache.clear()
+        self._absent.clear()
+
     def _remember(self, key: str, encoded: str) -> None:
+        self._absent.pop(key, None)
         self._cache[key] = encoded
         self._cache.move_to_end(key)
         if len(self._cache) > self._cache_size:
@@ -193,13 +200,20 @@ class SQLiteStorage:
             self._cache.move_to_end(key)
             return encoded
         except KeyError:
-            row = self._db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
-            if row is None:
-                # Absent keys are not cached, so that lookups of made-up
-                # names cannot grow the cache.
-                return None
-            self._remember(key, row[0])
-            return row[0]
+            pass
+        if key in self._absent:
+            return None
+        row = self._db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        if row is None:
+            # Remembered in a bounded set of its own, so that lookups of
+            # made-up names cannot push values out of the cache.  A cold
+            # mirrored page asks for several keys that do not exist yet.
+            self._absent[key] = None
+            if len(self._absent) > self._cache_size:
+                self._absent.popitem(last=False)
+            return None
+        self._remember(key, row[0])
+        return row[0]
 
     def get(self, key: str) -> object:
         encoded = self._encoded(key)
@@ -292,7 +306,7 @@ class SQLiteStorage:
             if on_disk != self._written:
                 # Someone else wrote: our cache may be stale, and the
                 # serials given to pending transactions are taken.
-                self._cache.clear()
+                self._forget_all()
                 entries = [(on_disk + 1 + i, ts, pending) for i, (_, ts, pending) in enumerate(entries)]
             serial = entries[-1][0] if entries else on_disk
             if changes:
@@ -303,7 +317,7 @@ class SQLiteStorage:
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
-            self._cache.clear()
+            self._forget_all()
             raise
         for _, _, entry_changes in entries:
             for key, encoded in entry_changes.items():

@@ -82,9 +82,15 @@ class ReleaseRoutes:
             ("index", user, index), lambda: indexes.get_index(self.ctx.storage, user, index)
         )
 
+    def _plan(self, stage: str, project: str) -> stages.Plan:
+        return self.ctx.memo.get(
+            ("plan", stage, project), lambda: stages.plan(self.ctx.storage, stage, project)
+        )
+
     def _consulted_mirrors(self, stage: str, project: str) -> list:
         return self.ctx.memo.get(
-            ("mirrors", stage, project), lambda: stages.consulted_mirrors(self.ctx.storage, stage, project)
+            ("mirrors", stage, project),
+            lambda: stages.consulted_mirrors(self.ctx.storage, stage, project, self._plan(stage, project)),
         )
 
     def _cleanup(self, digests) -> None:
@@ -497,7 +503,9 @@ class ReleaseRoutes:
         key = (stage, name, fmt, page_dir, absolute)
         page = self.ctx.page_cache.get(key)
         if page is None:
-            contributions = stages.project_contributions(self.ctx.storage, stage, name, self.ctx.mirror_links)
+            contributions = stages.project_contributions(
+                self.ctx.storage, stage, name, self.ctx.mirror_links, self._plan(stage, name)
+            )
             if not any(c.links or c.versions for c in contributions):
                 return error(request, 404, f"no project {project!r} on index {stage} or its bases")
             body = simple.render_project(fmt, stage, name, contributions, page_dir, absolute)
