@@ -36,6 +36,7 @@ from ..model.errors import InvalidInput, ModelError
 from ..model.memo import StateMemo
 from . import simple
 from .credentials import Authenticator, AuthResult
+from .derivedblobs import DerivedBlobs
 from .listpages import ListPages
 from .negotiation import has_flag, read_json, wants_json
 from .pagecache import PageCache
@@ -75,6 +76,7 @@ class ServerContext:
 
     upstream_http: object = attrs.field(factory=lambda: make_http_client(_reactor()))
     memo: StateMemo = attrs.field(init=False)
+    derived_blobs: DerivedBlobs = attrs.field(init=False)
     list_pages: ListPages = attrs.field(init=False)
     mirrors: MirrorPages = attrs.field(init=False)
     mirror_files: MirrorFiles = attrs.field(init=False)
@@ -83,6 +85,12 @@ class ServerContext:
     def __attrs_post_init__(self) -> None:
         self.storage.subscribe(self.page_cache.changed)
         self.memo = StateMemo(self.storage)
+        self.derived_blobs = DerivedBlobs(
+            self.files,
+            self.run_in_thread,
+            _reactor(),
+            lambda digest: releases.blob_in_use(self.storage, digest),
+        )
         self.list_pages = ListPages(
             os.path.join(self.config.serverdir, "+mirrorlists", "pages"), self.run_in_thread
         )

@@ -286,8 +286,9 @@ class ReleaseRoutes:
         try:
             if content is not None:
                 # A small wheel, still in memory: its METADATA is read now,
-                # and its blob written after the link is committed (it is
-                # derived data, see _sound_metadata), off the upload's path.
+                # and its blob written after the link is committed, with
+                # others (it is derived data, see _sound_metadata and
+                # DerivedBlobs), off the upload's path.
                 meta_data = wheel_metadata(io.BytesIO(content), basename)
                 sha256, size, _ = await self.ctx.run_in_thread(self._commit_blob, writer, None)
                 meta_sha = hashlib.sha256(meta_data).hexdigest()
@@ -324,19 +325,8 @@ class ReleaseRoutes:
         self._release(sha256, meta_sha)
         self._cleanup(unused)
         if meta_data is not None:
-            stored = self.ctx.run_in_thread(self._store_blob, meta_data)
-            stored.addErrback(
-                lambda failure: log.failure("storing METADATA of {name}", failure, name=basename)
-            )
+            self.ctx.derived_blobs.add(meta_data)
         return outcome, sha256
-
-    def _store_blob(self, data: bytes) -> str:
-        """
-        In a thread: store derived data as a blob, not synced.
-        """
-        blob = self.ctx.files.writer()
-        blob.write(data)
-        return blob.commit(durable=False)
 
     def _commit_blob(self, writer, wheel_basename: str | None):
         """
@@ -365,6 +355,7 @@ class ReleaseRoutes:
         digest = wheel["core_metadata_sha256"]
         if digest in self.ctx.sound_blobs or wheel.get("mirror"):
             return digest
+        await self.ctx.derived_blobs.settled(digest)
 
         def check() -> bool:
             path = self.ctx.files.path(digest)
