@@ -35,16 +35,17 @@ log = Logger(namespace="devpi_tx.service")
 
 class StorageService(MultiService):
     """
-    Owns the state: closes it when the server stops.
+    Owns the state: closes it (and what writes to it in the background)
+    when the server stops.
     """
 
-    def __init__(self, storage) -> None:
+    def __init__(self, context) -> None:
         super().__init__()
-        self.storage = storage
+        self.context = context
 
     def stopService(self):
         result = super().stopService()
-        self.storage.close()
+        self.context.close()
         return result
 
 
@@ -112,7 +113,7 @@ def make_service(config: ServerConfig, reactor=global_reactor) -> MultiService:
     if config.logger_cfg:
         _configure_stdlib_logging(config.logger_cfg)
     context = build_context(config, clock=reactor)
-    root = StorageService(context.storage)
+    root = StorageService(context)
     site = make_site(context)
     if not config.offline_mode:
         lists = project_list_service(context.project_lists, config.mirror_cache_expiry)

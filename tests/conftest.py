@@ -175,7 +175,7 @@ def context(config, upstream):
         upstream_http=StubTreq(upstream),
     )
     yield context
-    context.storage.close()
+    context.close()
 
 
 @pytest.fixture

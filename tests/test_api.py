@@ -293,7 +293,7 @@ def test_restrict_modify(tmp_path):
     eve = client.login("eve", "evepw")
     assert client.request("PUT", "/eve/dev", {}, headers=eve).code == 403
     assert client.request("PATCH", "/eve", {"password": "new"}, headers=eve).code == 200
-    context.storage.close()
+    context.close()
 
 
 # -- representation ---------------------------------------------------------------

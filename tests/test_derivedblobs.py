@@ -82,3 +82,14 @@ def test_settled_waits_for_a_blob_pending_or_being_written(tmp_path):
     threads.run()
     assert files.exists(second)
     assert blobs.settled("0" * 64).called  # nothing to wait for
+
+
+def test_nothing_is_written_once_stopped(tmp_path):
+    blobs, files, clock, threads = make(tmp_path)
+    waiting = blobs.add(b"waiting")
+    blobs.stop()
+    blobs.add(b"late")
+    assert clock.getDelayedCalls() == []
+    blobs.flush()
+    assert threads.jobs == []
+    assert not files.exists(waiting)

@@ -177,7 +177,7 @@ def test_offline_mode_never_asks_upstream(tmp_path, upstream, hello):
     client = Client(context)
     assert page(client).code == 404
     assert upstream.requests == []
-    context.storage.close()
+    context.close()
 
 
 def test_offline_metadata_of_a_cached_wheel_comes_from_the_wheel(client, upstream, hello, monkeypatch):

@@ -57,7 +57,7 @@ def setup(tmp_path):
     yield upstream, context, f"http://127.0.0.1:{port.getHost().port}", client, (filename, data)
     pytest_twisted.blockon(port.stopListening())
     pytest_twisted.blockon(up_port.stopListening())
-    context.storage.close()
+    context.close()
 
 
 async def file_url(client, base: str) -> str:

@@ -52,8 +52,8 @@ def servers(tmp_path):
     )
     yield alice, auth, f"http://127.0.0.1:{port.getHost().port}", target, (filename, data)
     pytest_twisted.blockon(port.stopListening())
-    source.storage.close()
-    target.storage.close()
+    source.close()
+    target.close()
 
 
 async def push(alice, auth, body):

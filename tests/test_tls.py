@@ -173,7 +173,7 @@ async def tls_server(tmp_path: Path, certs: tuple[SelfSigned, SelfSigned]):
     finally:
         if port is not None:
             await port.stopListening()
-        context.storage.close()
+        context.close()
 
 
 def http_client(policy: IPolicyForHTTPS) -> tuple[HTTPClient, HTTPConnectionPool]:

@@ -117,6 +117,13 @@ class ServerContext:
             on_change=lambda: self.page_cache.invalidate_project(None),
         )
 
+    def close(self) -> None:
+        """
+        Stop the background writer of derived blobs and close the state.
+        """
+        self.derived_blobs.stop()
+        self.storage.close()
+
     def list_sources(self, stagename: str) -> list[tuple[str, list[str] | str]]:
         """
         Where each stage of the chain takes its project names from: the

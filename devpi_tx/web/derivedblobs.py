@@ -53,12 +53,27 @@ class DerivedBlobs:
         self._call: IDelayedCall | None = None
         #: Digests being written, and the job writing them.
         self._writing: dict[str, Deferred] = {}
+        self._stopped = False
+
+    def stop(self) -> None:
+        """
+        The server is stopping: blobs still waiting are not written (they
+        are made again from their wheels when asked for).
+        """
+        self._stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._pending.clear()
+        self._pending_bytes = 0
 
     def add(self, data: bytes) -> str:
         """
         Have C{data} stored as a blob soon; return its digest.
         """
         digest = hashlib.sha256(data).hexdigest()
+        if self._stopped:
+            return digest
         if digest not in self._pending and digest not in self._writing:
             self._pending[digest] = data
             self._pending_bytes += len(data)
@@ -90,7 +105,7 @@ class DerivedBlobs:
         def written(result):
             for digest in batch:
                 self._writing.pop(digest, None)
-                if not self._in_use(digest):
+                if not self._stopped and not self._in_use(digest):
                     self._files.remove(digest)
             return None
 
