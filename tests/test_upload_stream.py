@@ -111,3 +111,31 @@ async def test_file_is_written_only_once_allowed_and_removed_on_disconnect(serve
     # ...and a client that goes away leaves nothing behind.
     assert await until(lambda: os.listdir(context.files.tmpdir) == [])
     assert context.storage.get("project/alice/dev/pkg-a") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_streamed_upload_skips_klein_and_answers_as_klein_would(server, monkeypatch):
+    """
+    A streamed upload goes to its handler past Klein's routing (the
+    installer fast path); its answers, good and bad, are the handler's.
+    """
+    from klein.resource import KleinResource
+
+    port, context = server
+    routed = []
+    real_render = KleinResource.render
+    monkeypatch.setattr(
+        KleinResource,
+        "render",
+        lambda self, request: (routed.append(request.path), real_render(self, request))[1],
+    )
+    auth = basic("alice", "alicepw")
+    filename, data = make_wheel("pkg-a", "1.0")
+    content_type, body = upload_form("pkg-a", "1.0", filename, data)
+    reply = await deferToThread(send_all, port, head(port, content_type, len(body), auth) + body)
+    assert reply.startswith(b"HTTP/1.1 200 OK"), reply[:200]
+    content_type, body = upload_form("pkg-b", "1.0", filename, data)  # name does not match the file
+    reply = await deferToThread(send_all, port, head(port, content_type, len(body), auth) + body)
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
+    assert b"does not match project name" in reply.split(b"\r\n", 1)[0]
+    assert routed == []

@@ -158,6 +158,8 @@ class ReleaseRoutes:
             return None
         user, index = unquote(match.group(1)), unquote(match.group(2))
         transport = request.channel.transport
+        # For the installer fast path, which hands the upload to index_post.
+        request.devpi_upload_index = (user, index)
         return UploadReceiver(
             self.ctx.files,
             boundary,
