@@ -460,3 +460,17 @@ def test_absent_keys_are_remembered_within_bounds_and_forgotten_when_set(tmp_pat
         tx.delete("mirror/nothing")
     assert s.get("mirror/nothing") is None
     s.close()
+
+
+def test_a_fan_out_directory_removed_behind_the_store_is_made_again(tmp_path):
+    import shutil
+
+    store = LocalFileStore(str(tmp_path / "files"))
+    writer = store.writer()
+    writer.write(b"one")
+    digest = writer.commit()
+    shutil.rmtree(os.path.dirname(store.path(digest)))
+    writer = store.writer()
+    writer.write(b"one")
+    assert writer.commit() == digest
+    assert store.exists(digest)

@@ -114,11 +114,16 @@ class LocalFileWriter:
                 os.fsync(self._file.fileno())
             self._file.close()
             final = self._store.path(digest)
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            self._store.make_directory(os.path.dirname(final))
             if os.path.exists(final):
                 os.unlink(self._tmp_path)
             else:
-                os.replace(self._tmp_path, final)
+                try:
+                    os.replace(self._tmp_path, final)
+                except FileNotFoundError:
+                    # The directory went away behind our back.
+                    self._store.make_directory(os.path.dirname(final), again=True)
+                    os.replace(self._tmp_path, final)
                 if durable:
                     _fsync_dir(os.path.dirname(final))
         except BaseException:
@@ -161,9 +166,21 @@ class LocalFileStore:
         self.root = root
         self.tmpdir = os.path.join(root, "tmp")
         os.makedirs(self.tmpdir, exist_ok=True)
+        self._directories: set[str] = set()
         for name in os.listdir(self.tmpdir):
             if name.startswith(_TMP_PREFIX):
                 os.unlink(os.path.join(self.tmpdir, name))
+
+    def make_directory(self, path: str, again: bool = False) -> None:
+        """
+        Create one of the store's fan-out directories, unless this process
+        already has: C{os.makedirs} costs a tenth of a millisecond even
+        when the directory exists, on the path of every upload.  (There
+        are at most 4,096 of them.)
+        """
+        if again or path not in self._directories:
+            os.makedirs(path, exist_ok=True)
+            self._directories.add(path)
 
     def writer(self, spool: int = 0) -> LocalFileWriter:
         return LocalFileWriter(self, spool)
