@@ -12,6 +12,7 @@ import json
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -39,8 +40,10 @@ class Upstream(Resource):
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[tuple[bytes, bytes | None, bytes | None]] = []
+        self.channels: list[object] = []
 
     def render_GET(self, request):
+        self.channels.append(request.channel)
         self.seen.append(
             (request.path, request.getHeader(b"accept-encoding"), request.getHeader(b"authorization"))
         )
@@ -134,3 +137,26 @@ async def test_upstream_connections_are_not_announced_in_the_log(upstream):
         globalLogPublisher.removeObserver(events.append)
     assert [link.filename for link in page.links] == ["hello-1.0.tar.gz"]
     assert [e for e in events if "factory" in e.get("log_format", "")] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_pages_reuses_the_connections_of_the_last(upstream):
+    """
+    Installers ask for dozens of pages at once: the connections of one
+    burst are kept for the next rather than closed and made again.
+    """
+    from twisted.internet.defer import gatherResults
+
+    resource, url = upstream
+    client = UpstreamClient(make_http_client(reactor), timeout=5)
+
+    def burst():
+        return gatherResults(
+            [ensureDeferred(client.project_page(url + "/simple/", f"p{n}")) for n in range(40)]
+        )
+
+    await burst()
+    first, resource.channels = resource.channels, []
+    await burst()
+    assert len(set(map(id, first))) > 16
+    assert set(map(id, resource.channels)) <= set(map(id, first))  # first keeps them alive
