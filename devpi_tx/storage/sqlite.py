@@ -19,9 +19,10 @@ follow within C{batch_delay} in one SQLite transaction.  Fifty cold pages
 fetched at once used to pay fifty SQLite commits in the middle of
 answering their installers; now they pay one, after the burst (an
 installer's burst of page requests lasts a few hundred ms; a longer one
-is written every C{batch_delay}, or at C{batch_size} transactions).  A durable commit
-writes whatever is pending before itself, in the same SQLite transaction,
-so nothing durable can depend on a write a crash could lose.
+is written every C{batch_delay}, or every C{batch_size} transactions).
+A durable commit writes whatever is pending before itself, in the same
+SQLite transaction, so nothing durable can depend on a write a crash
+could lose.
 """
 
 from __future__ import annotations
