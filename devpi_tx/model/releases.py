@@ -229,11 +229,13 @@ def ensure_project(tx, stage: str, name: str) -> None:
         tx.set(project_key(stage, name), {"name": name})
 
 
-def register(tx, stage: str, metadata: dict, *, replace: bool) -> dict:
+def register(tx, stage: str, metadata: dict, *, replace: bool, save: bool = True) -> dict:
     """
     Create or update a version record from form metadata.  With
     C{replace} (C{:action=submit}) missing keys are reset to empty;
-    otherwise only the keys given change.
+    otherwise only the keys given change.  Without C{save} the caller
+    stores the record it gets back (having changed it further), so that
+    it is encoded once.
     """
     name = check_project_name(metadata.get("name", ""))
     version = check_version(metadata.get("version", ""))
@@ -245,7 +247,8 @@ def register(tx, stage: str, metadata: dict, *, replace: bool) -> dict:
         record = empty_record(name, version)
         record["+links"] = links
     record.update({k: v for k, v in metadata.items() if k not in ("name", "version")})
-    tx.set(key, record)
+    if save:
+        tx.set(key, record)
     return record
 
 
@@ -304,7 +307,7 @@ def add_file(
         if existing["sha256"] == sha256:
             return "identical", existing, unused
         raise Conflict(f"{basename} already exists in non-volatile index")
-    record = register(tx, stage, metadata, replace=False)
+    record = register(tx, stage, metadata, replace=False, save=False)
     overwrites = 0
     if existing is not None:
         overwrites = sum(1 for e in existing.get("log", []) if e["what"] == "overwrite") + 1
