@@ -598,3 +598,21 @@ def test_cleanup_spares_blobs_of_uploads_in_flight(client, context, dev):
     del context.pending_blobs[digest]
     client.api._cleanup([digest])
     assert not context.files.exists(digest)
+
+
+def test_a_metadata_blob_held_by_an_upload_in_flight_is_kept_when_written(client, context, dev):
+    """
+    A METADATA blob waiting to be written whose link is removed meanwhile
+    is deleted once written, unless an upload in flight holds it (the same
+    rule the removal's own cleanup follows).
+    """
+    filename, data = make_wheel("pkg-a", "1.0")
+    assert upload(client, dev, "pkg-a", "1.0", filename, data).code == 200
+    (entry,) = simple_json(client)["files"]
+    digest = entry["core-metadata"]["sha256"]
+    assert client.request("DELETE", "/alice/dev/pkg-a/1.0", headers=dev).code == 200
+    context.pending_blobs[digest] += 1  # as _hold does for an upload of the same wheel
+    assert digest in stored_blobs(context)
+    context.pending_blobs[digest] -= 1
+    context.derived_blobs.add(b"unrelated")  # another batch: the held blob stays put
+    assert digest in stored_blobs(context)

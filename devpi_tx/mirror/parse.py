@@ -65,6 +65,7 @@ def parse_json(body: bytes, base_url: str) -> tuple[list[UpstreamLink], list[str
         hashes = entry.get("hashes") or {}
         meta = entry.get("core-metadata", entry.get("dist-info-metadata"))
         yanked = entry.get("yanked")
+        size = entry.get("size")
         links.append(
             UpstreamLink(
                 filename=entry["filename"],
@@ -73,9 +74,7 @@ def parse_json(body: bytes, base_url: str) -> tuple[list[UpstreamLink], list[str
                 requires_python=entry.get("requires-python") or None,
                 yanked=None if yanked in (None, False) else yanked,
                 core_metadata=_metadata_value(meta),
-                size=entry.get("size")
-                if isinstance(entry.get("size"), int) and not isinstance(entry.get("size"), bool)
-                else None,
+                size=size if isinstance(size, int) and not isinstance(size, bool) else None,
                 upload_time=entry.get("upload-time") or None,
             )
         )

@@ -72,6 +72,23 @@ def _encode(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def _overlaid(found: list[str], writes: dict[str, str | None], prefix: str) -> list[str]:
+    """
+    The sorted keys starting with C{prefix}: C{found} (sorted) as changed
+    by C{writes} not yet in the database (L{None} for a deletion).
+    """
+    if not any(key.startswith(prefix) for key in writes):
+        return found
+    keys = set(found)
+    for key, encoded in writes.items():
+        if key.startswith(prefix):
+            if encoded is None:
+                keys.discard(key)
+            else:
+                keys.add(key)
+    return sorted(keys)
+
+
 @implementer(ITransaction)
 class SQLiteTransaction:
     """
@@ -95,14 +112,7 @@ class SQLiteTransaction:
         self.changes[key] = None
 
     def keys(self, prefix: str) -> list[str]:
-        found = set(self._storage.keys(prefix))
-        for key, encoded in self.changes.items():
-            if key.startswith(prefix):
-                if encoded is None:
-                    found.discard(key)
-                else:
-                    found.add(key)
-        return sorted(found)
+        return _overlaid(self._storage.keys(prefix), self.changes, prefix)
 
 
 @implementer(IStorage)
@@ -227,17 +237,7 @@ class SQLiteStorage:
             "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key",
             (prefix, upper),
         )
-        found = [row[0] for row in rows]
-        if not any(key.startswith(prefix) for key in self._pending_values):
-            return found
-        keys = set(found)
-        for key, encoded in self._pending_values.items():
-            if key.startswith(prefix):
-                if encoded is None:
-                    keys.discard(key)
-                else:
-                    keys.add(key)
-        return sorted(keys)
+        return _overlaid([row[0] for row in rows], self._pending_values, prefix)
 
     @contextmanager
     def transaction(self, durable: bool = True) -> Iterator[SQLiteTransaction]:

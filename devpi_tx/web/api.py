@@ -89,7 +89,7 @@ class ServerContext:
             self.files,
             self.run_in_thread,
             _reactor(),
-            lambda digest: releases.blob_in_use(self.storage, digest),
+            self.blob_wanted,
         )
         self.list_pages = ListPages(
             os.path.join(self.config.serverdir, "+mirrorlists", "pages"), self.run_in_thread
@@ -116,6 +116,13 @@ class ServerContext:
             timeout=self.config.request_timeout * 12,
             on_change=lambda: self.page_cache.invalidate_project(None),
         )
+
+    def blob_wanted(self, digest: str) -> bool:
+        """
+        Whether a blob must stay on disk: a link references it, or an
+        upload in flight holds it (L{ReleaseRoutes._hold}).
+        """
+        return bool(self.pending_blobs[digest]) or releases.blob_in_use(self.storage, digest)
 
     def close(self) -> None:
         """

@@ -36,8 +36,9 @@ class DerivedBlobs:
         max_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         """
-        @param in_use: whether a digest is still referenced by the state;
-            a blob whose reference went before it was written is removed.
+        @param in_use: whether a blob must stay (see
+            L{ServerContext.blob_wanted}); one whose last reference went
+            before it was written is removed.
         @param delay: how long a blob may wait for others.
         @param max_bytes: how much may wait; more and they are written at
             the next turn of the reactor.
@@ -128,8 +129,13 @@ class DerivedBlobs:
         if digest in self._pending:
             return self.flush()
         writing = self._writing.get(digest)
-        if writing is not None:
-            waiting: Deferred[None] = Deferred()
-            writing.addBoth(lambda result: (waiting.callback(None), result)[1])
-            return waiting
-        return succeed(None)
+        if writing is None:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+
+        def done(result):
+            waiting.callback(None)
+            return result  # the job's own chain goes on as it was
+
+        writing.addBoth(done)
+        return waiting

@@ -99,11 +99,7 @@ class ReleaseRoutes:
         upload that was refused once its file was already written).
         """
         for digest in digests:
-            if (
-                digest
-                and not self.ctx.pending_blobs[digest]
-                and not releases.blob_in_use(self.ctx.storage, digest)
-            ):
+            if digest and not self.ctx.blob_wanted(digest):
                 self.ctx.files.remove(digest)
 
     def _hold(self, *digests) -> None:
