@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
+import pytest_twisted
 from treq.testing import StubTreq
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString
 from twisted.python.failure import Failure
 
 from devpi_tx.auth.passwords import PasswordChecker, fast_hasher
@@ -193,3 +198,16 @@ def alice(client) -> dict[str, str]:
     answer = client.request("PUT", "/alice", {"password": "alicepw", "email": "alice@example.com"})
     assert answer.code == 201, answer.body
     return client.login("alice", "alicepw")
+
+
+@contextmanager
+def on_loopback(factory) -> Iterator[int]:
+    """
+    Serve C{factory} (a L{Site}, say) on an ephemeral loopback port for
+    the block; yield the port number.
+    """
+    port = pytest_twisted.blockon(serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory))
+    try:
+        yield port.getHost().port
+    finally:
+        pytest_twisted.blockon(port.stopListening())

@@ -13,7 +13,6 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -26,6 +25,8 @@ from devpi_tx.mirror.client import (
     ask_upstream,
     make_http_client,
 )
+
+from .conftest import on_loopback
 
 PAGE = {
     "meta": {"api-version": "1.1"},
@@ -68,11 +69,8 @@ class Upstream(Resource):
 @pytest.fixture
 def upstream():
     resource = Upstream()
-    port = pytest_twisted.blockon(
-        serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Site(resource))
-    )
-    yield resource, f"http://127.0.0.1:{port.getHost().port}"
-    pytest_twisted.blockon(port.stopListening())
+    with on_loopback(Site(resource)) as port:
+        yield resource, f"http://127.0.0.1:{port}"
 
 
 def client():

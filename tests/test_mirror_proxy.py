@@ -10,12 +10,13 @@ import json
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.endpoints import serverFromString
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from devpi_tx.mirror.client import UpstreamClient, UpstreamError, make_http_client
+
+from .conftest import on_loopback
 
 
 class Proxy(Resource):
@@ -42,11 +43,8 @@ class Proxy(Resource):
 @pytest.fixture
 def proxy():
     resource = Proxy()
-    port = pytest_twisted.blockon(
-        serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Site(resource))
-    )
-    yield resource, f"http://127.0.0.1:{port.getHost().port}"
-    pytest_twisted.blockon(port.stopListening())
+    with on_loopback(Site(resource)) as port:
+        yield resource, f"http://127.0.0.1:{port}"
 
 
 @pytest_twisted.ensureDeferred

@@ -19,7 +19,6 @@ import pytest_twisted
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import HTTPConnectionPool
@@ -32,7 +31,7 @@ from devpi_tx.model import releases
 from devpi_tx.model.errors import InvalidInput
 from devpi_tx.model.metadata import wheel_metadata
 
-from .conftest import result_of
+from .conftest import on_loopback, result_of
 from .distfiles import make_wheel, metadata_text
 from .fakeupstream import FakeUpstream, Release
 
@@ -456,12 +455,9 @@ def test_wheel_with_two_metadata_is_502_without_download(client, upstream):
 @pytest.fixture
 def loopback():
     upstream = FakeUpstream()
-    port = pytest_twisted.blockon(
-        serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Site(upstream))
-    )
     http = make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False))
-    yield upstream, http, f"http://127.0.0.1:{port.getHost().port}/files/"
-    pytest_twisted.blockon(port.stopListening())
+    with on_loopback(Site(upstream)) as port:
+        yield upstream, http, f"http://127.0.0.1:{port}/files/"
 
 
 @pytest_twisted.ensureDeferred

@@ -19,7 +19,7 @@ from twisted.logger import globalLogPublisher
 
 from devpi_tx.service import make_site
 
-from .conftest import basic
+from .conftest import basic, on_loopback
 
 DEVPI_HEADERS = [
     "X-Devpi-Api-Version",
@@ -33,10 +33,8 @@ DEVPI_HEADERS = [
 
 @pytest.fixture
 def listening(context):
-    site = make_site(context)
-    port = pytest_twisted.blockon(serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site))
-    yield f"http://127.0.0.1:{port.getHost().port}", context
-    pytest_twisted.blockon(port.stopListening())
+    with on_loopback(make_site(context)) as port:
+        yield f"http://127.0.0.1:{port}", context
 
 
 @pytest.fixture

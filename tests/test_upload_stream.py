@@ -12,24 +12,21 @@ import socket
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from devpi_tx.service import make_site
 from devpi_tx.web.upload import SPOOL
 
-from .conftest import basic
+from .conftest import basic, on_loopback
 from .distfiles import make_wheel, upload_form
 
 
 @pytest.fixture
 def server(context, client, alice):
     client.request("PUT", "/alice/dev", {}, headers=alice)
-    site = make_site(context)
-    port = pytest_twisted.blockon(serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site))
-    yield port.getHost().port, context
-    pytest_twisted.blockon(port.stopListening())
+    with on_loopback(make_site(context)) as port:
+        yield port, context
 
 
 def head(port: int, content_type: str, length: int, auth: dict[str, str]) -> bytes:
