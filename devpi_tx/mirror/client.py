@@ -1,5 +1,5 @@
 """
-The upstream HTTP client: one agent over a persistent connection pool, with
+The upstream HTTP client: one agent over kept-alive connections, with
 gzip, a bounded number of redirects, proxies, timeouts, upstream
 credentials taken from the mirror URL, and conditional requests; bodies are
 read with treq.
@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import attrs
 import treq
 from hyperlink import EncodedURL
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -26,7 +26,6 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.web.client import (
     URI,
-    Agent,
     BrowserLikePolicyForHTTPS,
     BrowserLikeRedirectAgent,
     ContentDecoderAgent,
@@ -40,6 +39,7 @@ from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS, IRe
 from zope.interface import implementer
 
 from ..model.indexes import redact_url as redact
+from .keptalive import KeptAliveAgent
 from .parse import PageError, UpstreamLink, parse_html, parse_json
 from .quickack import QuickAckEndpoint
 from .tunnel import HTTPProxy, tunnelling_agent
@@ -227,7 +227,16 @@ class ProxyChoosingAgent:
         environ = os.environ if environ is None else environ
         tls_policy = tls_policy or BrowserLikePolicyForHTTPS()
         _quiet(pool)
-        self._direct = Agent.usingEndpointFactory(reactor, DirectEndpoints(reactor, tls_policy), pool=pool)
+        # Direct requests, the common route, skip Agent and its pool (see
+        # keptalive); they keep as many connections, as long, as the pool
+        # would.
+        self._direct = KeptAliveAgent(
+            reactor,
+            DirectEndpoints(reactor, tls_policy),
+            max_kept=pool.maxPersistentPerHost if pool.persistent else 0,
+            idle_timeout=pool.cachedConnectionTimeout,
+        )
+        self._pool = pool
         self._proxy = None
         self._tunnel = None
         self._no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
@@ -260,6 +269,14 @@ class ProxyChoosingAgent:
                 headers.setRawHeaders(b"Proxy-Authorization", [self._proxy_authorization])
             return agent.request(method, uri, headers, bodyProducer)
         return self._direct.request(method, uri, headers, bodyProducer)
+
+    def close_idle(self) -> Deferred[None]:
+        """
+        Close the kept connections of every route.
+        """
+        return gatherResults([self._direct.close_idle(), self._pool.closeCachedConnections()]).addCallback(
+            lambda _: None
+        )
 
 
 class UpstreamHTTP:
