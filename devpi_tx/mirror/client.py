@@ -82,8 +82,8 @@ def split_credentials(url: str) -> tuple[str, dict[str, str]]:
     Remove C{user:password@} from a URL and return it with the header that
     carries those credentials instead.
     """
-    parts = urlsplit(url)
-    if parts.username is None:
+    parts = urlsplit(url) if "@" in url else None
+    if parts is None or parts.username is None:
         return url, {}
     netloc = parts.hostname or ""
     if parts.port:
@@ -259,6 +259,8 @@ class ProxyChoosingAgent:
         return False
 
     def request(self, method, uri, headers=None, bodyProducer=None):
+        if self._proxy is None and self._tunnel is None:
+            return self._direct.request(method, uri, headers, bodyProducer)
         parts = urlsplit(uri.decode("ascii") if isinstance(uri, bytes) else uri)
         agent = {"http": self._proxy, "https": self._tunnel}.get(parts.scheme)
         if agent is not None and not self._bypass(parts.hostname or ""):

@@ -31,7 +31,24 @@ class UpstreamLink:
     upload_time: str | None = None
 
     def to_json(self) -> dict:
-        return {k: v for k, v in attrs.asdict(self).items() if v is not None}
+        # attrs.asdict walks every value for nested attrs classes; these
+        # are flat, and a cold page converts every link.
+        return {
+            field.name: value for field in _LINK_FIELDS if (value := getattr(self, field.name)) is not None
+        }
+
+
+_LINK_FIELDS = attrs.fields(UpstreamLink)
+
+
+def _absolute(base_url: str, url: str) -> str:
+    """
+    C{url} resolved against C{base_url}, without its fragment.  Upstream
+    pages mostly link with absolute URLs, which need no resolving.
+    """
+    if url.startswith(("https://", "http://")):
+        return url.partition("#")[0]
+    return urldefrag(urljoin(base_url, url))[0]
 
 
 def _hash_from_fragment(fragment: str) -> str | None:
@@ -61,7 +78,7 @@ def parse_json(body: bytes, base_url: str) -> tuple[list[UpstreamLink], list[str
     for entry in files:
         if not isinstance(entry, dict) or "filename" not in entry or "url" not in entry:
             continue
-        url, _ = urldefrag(urljoin(base_url, entry["url"]))
+        url = _absolute(base_url, entry["url"])
         hashes = entry.get("hashes") or {}
         meta = entry.get("core-metadata", entry.get("dist-info-metadata"))
         yanked = entry.get("yanked")

@@ -95,13 +95,16 @@ def private_links(reader, stage: str, project: str) -> tuple[list[dict], list[st
 Plan = list[tuple[Stage, bool, str]]
 
 
-def plan(reader, stagename: str, project: str) -> Plan:
+def plan(reader, stagename: str, project: str, order: list[Stage] | None = None) -> Plan:
     """
     For each stage of the chain: whether it serves C{project}, and why.
     Cheap (no links are read), so that it can run on every request.
+
+    @param order: the chain's L{resolution_order}, if known.
     """
     project = canonicalize_name(project)
-    order = resolution_order(reader, stagename)
+    if order is None:
+        order = resolution_order(reader, stagename)
     own = order[0].config if order else {}
     inheritance = own.get("mirror_whitelist_inheritance", "intersection")
     whitelist: set[str] | None = None

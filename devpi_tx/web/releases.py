@@ -84,8 +84,14 @@ class ReleaseRoutes:
 
     def _plan(self, stage: str, project: str) -> stages.Plan:
         return self.ctx.memo.get(
-            ("plan", stage, project), lambda: stages.plan(self.ctx.storage, stage, project)
+            ("plan", stage, project),
+            lambda: stages.plan(self.ctx.storage, stage, project, self._resolution_order(stage)),
         )
+
+    def _resolution_order(self, stage: str) -> list[stages.Stage]:
+        # Per index, not per project: a cold project's plan does not decode
+        # the chain's user records again.
+        return self.ctx.memo.get(("order", stage), lambda: stages.resolution_order(self.ctx.storage, stage))
 
     def _consulted_mirrors(self, stage: str, project: str) -> list:
         return self.ctx.memo.get(

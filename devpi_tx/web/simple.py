@@ -107,8 +107,20 @@ def link_url(page_dir: str, target: str, absolute_base: str | None) -> str:
     """
     if absolute_base is not None:
         return absolute_base + "/" + target
-    rel = posixpath.relpath("/" + target, page_dir)
-    return rel
+    if "//" in page_dir or "/." in page_dir or "/." in target or not target or target.startswith("/"):
+        # Paths that need normalising: the general (slower) way.
+        return posixpath.relpath("/" + target, page_dir)
+    # Up from the page's directory to the deepest directory it shares
+    # with the target, then down: posixpath.relpath for clean paths,
+    # without its normalising (a project page renders one link per file).
+    here = page_dir.strip("/").split("/") if page_dir.strip("/") else []
+    there = target.split("/")
+    common = 0
+    for mine, theirs in zip(here, there, strict=False):
+        if mine != theirs:
+            break
+        common += 1
+    return "/".join([".."] * (len(here) - common) + there[common:]) or "."
 
 
 def _file_entry(link: dict, url: str) -> dict:
