@@ -616,3 +616,25 @@ def test_a_metadata_blob_held_by_an_upload_in_flight_is_kept_when_written(client
     context.pending_blobs[digest] -= 1
     context.derived_blobs.add(b"unrelated")  # another batch: the held blob stays put
     assert digest in stored_blobs(context)
+
+
+def test_what_an_upload_writes_does_not_grow_with_the_versions_before_it(client, context, dev):
+    """
+    Issue 3 asks for 1,000 versions of one project uploaded at a constant
+    rate.  Wall-clock rates on a shared machine swing by half from one
+    hundred to the next, so this checks the cause instead: the state an
+    upload commits (its changelog entry, which replicas fetch too) is as
+    large for the 150th version as for the 5th, apart from the longer
+    version string in the names.
+    """
+    sizes = {}
+    for n in range(150):
+        version = f"1.{n}"
+        filename, data = make_wheel("pkg-many", version)
+        assert upload(client, dev, "pkg-many", version, filename, data).code == 200
+        entry = context.storage.changelog_entry(context.storage.serial)
+        sizes[n] = len(json.dumps(entry["changes"]))
+    # "1.5" -> "1.149": two more characters in each of the names and
+    # records that carry the version (file name, URL, key, record).
+    assert sizes[149] <= sizes[5] + 64, (sizes[5], sizes[149])
+    assert sizes[149] >= sizes[5]  # the same entries, not fewer
