@@ -158,3 +158,19 @@ async def test_a_burst_of_pages_reuses_the_connections_of_the_last(upstream):
     await burst()
     assert len(set(map(id, first))) > 16
     assert set(map(id, resource.channels)) <= set(map(id, first))  # first keeps them alive
+
+
+@pytest_twisted.ensureDeferred
+async def test_kept_connections_are_closed_when_asked(upstream):
+    from twisted.internet.task import deferLater
+
+    resource, url = upstream
+    http = make_http_client(reactor)
+    client = UpstreamClient(http, timeout=5)
+    await client.project_page(url + "/simple/", "hello")
+    (channel,) = resource.channels
+    await deferLater(reactor, 0.05, lambda: None)
+    assert not channel.transport.disconnected  # kept for the next request
+    await http.close_idle()
+    await deferLater(reactor, 0.05, lambda: None)
+    assert channel.transport.disconnected

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import attrs
 import treq
 from hyperlink import EncodedURL
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -296,12 +296,23 @@ class UpstreamHTTP:
     L{treq.testing.StubTreq} instead.
     """
 
-    def __init__(self, agent: IAgent, reactor) -> None:
+    def __init__(self, agent: IAgent, reactor, close_idle=None) -> None:
         """
         @param agent: follows redirects and decodes gzip itself.
+        @param close_idle: closes the connections the agent keeps.
         """
         self._agent = agent
         self._reactor = reactor
+        self._close_idle = close_idle
+
+    def close_idle(self) -> Deferred[None]:
+        """
+        Close the upstream connections kept open between requests (at
+        shutdown: upstream sees them closed rather than dropped).
+        """
+        if self._close_idle is None:
+            return succeed(None)
+        return self._close_idle()
 
     def request(
         self,
@@ -360,7 +371,9 @@ def make_http_client(
         pool.maxPersistentPerHost = MAX_KEPT_CONNECTIONS
     agent = ProxyChoosingAgent(reactor, pool, environ, tls_policy=tls_policy)
     redirecting = BrowserLikeRedirectAgent(agent, redirectLimit=MAX_REDIRECTS)
-    return UpstreamHTTP(ContentDecoderAgent(redirecting, [(b"gzip", GzipDecoder)]), reactor)
+    return UpstreamHTTP(
+        ContentDecoderAgent(redirecting, [(b"gzip", GzipDecoder)]), reactor, close_idle=agent.close_idle
+    )
 
 
 class UpstreamClient:

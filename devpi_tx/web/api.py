@@ -126,10 +126,14 @@ class ServerContext:
 
     def close(self) -> None:
         """
-        Stop the background writer of derived blobs and close the state.
+        Stop the background writer of derived blobs, close the state and
+        the kept upstream connections.
         """
         self.derived_blobs.stop()
         self.storage.close()
+        close_idle = getattr(self.upstream_http, "close_idle", None)  # not on treq's StubTreq
+        if close_idle is not None:
+            close_idle()
 
     def list_sources(self, stagename: str) -> list[tuple[str, list[str] | str]]:
         """
