@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import ClientFactory
 from twisted.web._newclient import HTTP11ClientProtocol, Request, _WrapperException
 from twisted.web.client import URI, RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived
@@ -102,7 +102,7 @@ class KeptAliveAgent:
         self._idle_timeout = idle_timeout
         #: Idle connections per key, with when each became idle; newest last.
         self._idle: dict[Key, list[tuple[HTTP11ClientProtocol, float]]] = {}
-        self._sweep = None
+        self._sweep: IDelayedCall | None = None
 
     def request(
         self,
@@ -111,6 +111,11 @@ class KeptAliveAgent:
         headers: Headers | None = None,
         bodyProducer=None,
     ) -> Deferred[IResponse]:
+        """
+        Send a request over a kept connection to its host, else over a new
+        one; a kept connection that fails it before any answer (closed by
+        the server meanwhile) is replaced once, for idempotent requests.
+        """
         parsed = URI.fromBytes(uri)
         key = (parsed.scheme, parsed.host, parsed.port)
         headers = Headers() if headers is None else headers.copy()
