@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import http.client
 import io
@@ -51,6 +52,7 @@ import threading
 import time
 import uuid
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench_basic_auth import INDEX, PASSWORD, USER, DevpiTx, basic, default_tx_venv
@@ -194,8 +196,35 @@ def run_wrk(url: str, conns: int, duration: int) -> dict:
     return res
 
 
-def _sigterm(signum, frame):
+def sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt("SIGTERM")
+
+
+@contextlib.contextmanager
+def guarded(server, workdir: Path, keep: bool = False) -> Iterator[dict]:
+    """
+    Run a benchmark against C{server} (started inside the block) and, on
+    the way out whatever happened: report an error or an interrupt with
+    the tail of the server's log (the yielded C{status["failed"]} is then
+    set and the error not raised further), stop the server, and remove
+    the scratch directory unless it is to be kept or the run failed.
+    """
+    status = {"failed": False}
+    try:
+        yield status
+    except KeyboardInterrupt:
+        print("interrupted; stopping the server", file=sys.stderr)
+        status["failed"] = True
+    except Exception as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"--- last lines of {server.logfile}:\n{server.log_tail()}", file=sys.stderr)
+        status["failed"] = True
+    finally:
+        server.stop()
+        if keep or status["failed"]:
+            print(f"scratch dir kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (tx_venv / "bin" / "twistd").exists():
         ap.error(f"no twistd in {tx_venv}/bin (use --devpi-tx-venv)")
 
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     base = Path(args.workdir).resolve() if args.workdir else None
     if base:
         base.mkdir(parents=True, exist_ok=True)
@@ -245,10 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         "hundreds": [],
         "wrk": {},
     }
-    failed = False
     sampler = None
     conn = None
-    try:
+    with guarded(server, workdir, args.keep) as status:
         print(f"starting devpi-tx on 127.0.0.1:{server.port} ...", flush=True)
         server.start()
         server.setup()
@@ -331,31 +359,18 @@ def main(argv: list[str] | None = None) -> int:
             f"server CPU per upload last/first hundred: {results['cpu_ratio_last_first']}",
             flush=True,
         )
-    except KeyboardInterrupt:
-        print("interrupted; stopping the server", file=sys.stderr)
-        failed = True
-    except Exception as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        print(f"--- last lines of {server.logfile}:\n{server.log_tail()}", file=sys.stderr)
-        failed = True
-    finally:
-        if conn is not None:
-            conn.close()
-        if sampler is not None:
-            sampler.stop_ev.set()
-            results["rss_peak_mib"] = round(sampler.peak / 1048576, 1)
-        server.stop()
-        if args.keep or failed:
-            print(f"scratch dir kept: {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    if conn is not None:
+        conn.close()
+    if sampler is not None:
+        sampler.stop_ev.set()
+        results["rss_peak_mib"] = round(sampler.peak / 1048576, 1)
     results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     if "rss_peak_mib" in results:
         print(f"server peak RSS {results['rss_peak_mib']} MiB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
-    return 1 if failed else 0
+    return 1 if status["failed"] else 0
 
 
 if __name__ == "__main__":

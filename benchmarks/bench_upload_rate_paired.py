@@ -32,7 +32,6 @@ import argparse
 import http.client
 import json
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -40,15 +39,18 @@ import time
 from pathlib import Path
 
 from bench_basic_auth import INDEX, PASSWORD, USER, DevpiTx, basic, default_tx_venv
-from bench_upload_rate import REQUEST_TIMEOUT_S, server_cpu_ms, upload_body, wheel_bytes
+from bench_upload_rate import (
+    REQUEST_TIMEOUT_S,
+    guarded,
+    server_cpu_ms,
+    sigterm_as_interrupt,
+    upload_body,
+    wheel_bytes,
+)
 
 LONG = "hosted-many"
 FRESH = "hosted-fresh"
 PAIRS = 100
-
-
-def _sigterm(signum, frame):
-    raise KeyboardInterrupt("SIGTERM")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (tx_venv / "bin" / "twistd").exists():
         ap.error(f"no twistd in {tx_venv}/bin (use --devpi-tx-venv)")
 
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="bench-upload-paired-"))
     server = DevpiTx(workdir / "devpi-tx", tx_venv)
 
@@ -75,9 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [(body(LONG, n), body(FRESH, k)) for k, n in enumerate(range(args.count - PAIRS, args.count))]
     auth = basic(USER, PASSWORD)
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "count": args.count}
-    failed = False
     conn = None
-    try:
+    with guarded(server, workdir) as status:
         server.start()
         server.setup()
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=REQUEST_TIMEOUT_S)
@@ -123,25 +124,12 @@ def main(argv: list[str] | None = None) -> int:
             f"in {results['late_faster_share']:.0%}",
             flush=True,
         )
-    except KeyboardInterrupt:
-        print("interrupted; stopping the server", file=sys.stderr)
-        failed = True
-    except Exception as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        print(f"--- last lines of {server.logfile}:\n{server.log_tail()}", file=sys.stderr)
-        failed = True
-    finally:
-        if conn is not None:
-            conn.close()
-        server.stop()
-        if failed:
-            print(f"scratch dir kept: {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    if conn is not None:
+        conn.close()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
-    return 1 if failed else 0
+    return 1 if status["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -126,13 +126,17 @@ class KeptAliveAgent:
         request = Request._construct(
             method, parsed.originForm, headers, bodyProducer, self._max_kept > 0, parsed
         )
+
+        def on_new_connection() -> Deferred[IResponse]:
+            return self._connect(parsed, key).addCallback(lambda protocol: protocol.request(request))
+
         kept = self._take(key)
         if kept is None:
-            return self._connect(parsed, key).addCallback(lambda protocol: protocol.request(request))
+            return on_new_connection()
 
         def again(failure):
             if retryable(method, failure.value, bodyProducer):
-                return self._connect(parsed, key).addCallback(lambda protocol: protocol.request(request))
+                return on_new_connection()
             return failure
 
         return kept.request(request).addErrback(again)
