@@ -108,6 +108,26 @@ async def test_a_url_that_is_not_ascii_is_sent_percent_encoded(upstream):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_page_url_that_is_not_ascii_is_sent_percent_encoded(upstream):
+    resource, url = upstream
+    await client().project_page(url + "/simple/", "h\u00e9llo")
+    assert resource.seen[0][0] == b"/simple/h%C3%A9llo/"
+
+
+def test_pages_are_fetched_whole_on_direct_connections_only():
+    assert make_http_client(reactor, environ={}).whole is not None
+    assert make_http_client(reactor, environ={"http_proxy": "http://127.0.0.1:1"}).whole is None
+    assert make_http_client(reactor, environ={"https_proxy": "http://127.0.0.1:1"}).whole is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_silent_upstream_page_times_out(upstream):
+    resource, url = upstream
+    with pytest.raises(UpstreamError, match="no answer for 0.2 s"):
+        await UpstreamClient(make_http_client(reactor), timeout=0.2).project_page(url + "/silent/", "x")
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_upstream_that_does_not_answer_times_out(upstream):
     resource, url = upstream
     http = make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False))

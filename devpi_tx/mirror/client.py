@@ -43,6 +43,7 @@ from .keptalive import KeptAliveAgent
 from .parse import PageError, UpstreamLink, parse_html, parse_json
 from .quickack import QuickAckEndpoint
 from .tunnel import HTTPProxy, tunnelling_agent
+from .wholefetch import WholeFetcher, WholeResponse
 
 log = Logger(namespace="devpi_tx.mirror")
 
@@ -115,6 +116,41 @@ async def ask_upstream(http, method: str, url: str, *, timeout: float, headers=N
     except Exception as exc:
         raise UpstreamError(f"{redact(plain)}: {exc.__class__.__name__}: {exc}") from None
     return plain, response
+
+
+def as_uri(url: str) -> str:
+    """
+    C{url} as a URI: characters outside ASCII percent-encoded (IDNA for
+    the host).
+    """
+    if url.isascii():
+        return url
+    return EncodedURL.from_text(url).to_uri().to_text()
+
+
+async def fetch_whole(http, method: str, url: str, *, timeout: float, headers=None) -> WholeResponse:
+    """
+    Send one request upstream and read its answer whole: through the
+    client's L{WholeFetcher} when it has one (direct connections), else
+    through its agents (proxies; L{treq.testing.StubTreq} in tests).
+
+    @raise UpstreamError: the request failed.
+    """
+    plain, auth = split_credentials(url)
+    sent = {**(headers or {}), **auth}
+    whole = http.whole if isinstance(http, UpstreamHTTP) else None
+    try:
+        if whole is not None:
+            return await whole.fetch(method, as_uri(plain), sent, timeout=timeout)
+        response = await http.request(method, plain, headers=sent, timeout=timeout, allow_redirects=False)
+        body = await treq.content(response)
+    except Exception as exc:
+        raise UpstreamError(f"{redact(plain)}: {exc.__class__.__name__}: {exc}") from None
+    headers = {
+        name.decode("latin-1").lower(): ", ".join(value.decode("latin-1") for value in values)
+        for name, values in response.headers.getAllRawHeaders()
+    }
+    return WholeResponse(response.code, headers, body, plain)
 
 
 async def read_body(url: str, response) -> bytes:
@@ -230,9 +266,11 @@ class ProxyChoosingAgent:
         # Direct requests, the common route, skip Agent and its pool (see
         # keptalive); they keep as many connections, as long, as the pool
         # would.
+        #: How the direct route connects.
+        self.direct_endpoints = DirectEndpoints(reactor, tls_policy)
         self._direct = KeptAliveAgent(
             reactor,
-            DirectEndpoints(reactor, tls_policy),
+            self.direct_endpoints,
             max_kept=pool.maxPersistentPerHost if pool.persistent else 0,
             idle_timeout=pool.cachedConnectionTimeout,
         )
@@ -249,6 +287,13 @@ class ProxyChoosingAgent:
         proxy = _proxy_from(environ, "https")
         if proxy is not None:
             self._tunnel = tunnelling_agent(reactor, proxy, pool, tls_policy)
+
+    @property
+    def proxied(self) -> bool:
+        """
+        Whether some requests go through a proxy.
+        """
+        return self._proxy is not None or self._tunnel is not None
 
     def _bypass(self, host: str) -> bool:
         for entry in (item.strip().lower() for item in self._no_proxy.split(",")):
@@ -296,20 +341,25 @@ class UpstreamHTTP:
     L{treq.testing.StubTreq} instead.
     """
 
-    def __init__(self, agent: IAgent, reactor, close_idle=None) -> None:
+    def __init__(self, agent: IAgent, reactor, close_idle=None, whole: WholeFetcher | None = None) -> None:
         """
         @param agent: follows redirects and decodes gzip itself.
         @param close_idle: closes the connections the agent keeps.
+        @param whole: fetches small documents whole (L{fetch_whole}) when
+            no proxy is in the way.
         """
         self._agent = agent
         self._reactor = reactor
         self._close_idle = close_idle
+        self.whole = whole
 
     def close_idle(self) -> Deferred[None]:
         """
         Close the upstream connections kept open between requests (at
         shutdown: upstream sees them closed rather than dropped).
         """
+        if self.whole is not None:
+            self.whole.close_idle()
         if self._close_idle is None:
             return succeed(None)
         return self._close_idle()
@@ -334,10 +384,7 @@ class UpstreamHTTP:
         """
         if allow_redirects:
             raise ValueError("redirects are followed by the agent, not per request")
-        try:
-            uri = url.encode("ascii")
-        except UnicodeEncodeError:
-            uri = EncodedURL.from_text(url).to_uri().to_text().encode("ascii")
+        uri = as_uri(url).encode("ascii")
         raw = Headers()
         for name, value in (headers or {}).items():
             raw.setRawHeaders(name.encode("latin-1"), [value.encode("latin-1")])
@@ -371,8 +418,20 @@ def make_http_client(
         pool.maxPersistentPerHost = MAX_KEPT_CONNECTIONS
     agent = ProxyChoosingAgent(reactor, pool, environ, tls_policy=tls_policy)
     redirecting = BrowserLikeRedirectAgent(agent, redirectLimit=MAX_REDIRECTS)
+    whole = None
+    if not agent.proxied:
+        whole = WholeFetcher(
+            reactor,
+            agent.direct_endpoints,
+            max_kept=pool.maxPersistentPerHost if pool.persistent else 0,
+            idle_timeout=pool.cachedConnectionTimeout,
+            max_redirects=MAX_REDIRECTS,
+        )
     return UpstreamHTTP(
-        ContentDecoderAgent(redirecting, [(b"gzip", GzipDecoder)]), reactor, close_idle=agent.close_idle
+        ContentDecoderAgent(redirecting, [(b"gzip", GzipDecoder)]),
+        reactor,
+        close_idle=agent.close_idle,
+        whole=whole,
     )
 
 
@@ -394,18 +453,18 @@ class UpstreamClient:
         headers = {"Accept": ACCEPT}
         if etag:
             headers["If-None-Match"] = etag
-        url, response = await ask_upstream(
+        response = await fetch_whole(
             self._http, "GET", f"{mirror_url.rstrip('/')}/{project}/", headers=headers, timeout=self._timeout
         )
-        body = await read_body(url, response)
+        url, body = response.url, response.body
         if response.code == 304:
             raise NotModified()
         if response.code == 404:
             raise NotFoundUpstream()
         if response.code != 200:
             raise UpstreamError(f"{redact(url)}: upstream answered {response.code}")
-        content_type = (response.headers.getRawHeaders("content-type") or [""])[0]
-        serial_header = (response.headers.getRawHeaders("x-pypi-last-serial") or [None])[0]
+        content_type = response.header("content-type") or ""
+        serial_header = response.header("x-pypi-last-serial")
         try:
             serial = int(serial_header) if serial_header is not None else None
         except ValueError:
@@ -417,5 +476,5 @@ class UpstreamClient:
                 links, versions = parse_html(body, url), []
         except PageError as exc:
             raise UpstreamError(f"{redact(url)}: {exc}") from None
-        new_etag = (response.headers.getRawHeaders("etag") or [None])[0]
+        new_etag = response.header("etag")
         return Fetched(links, versions, new_etag, serial)

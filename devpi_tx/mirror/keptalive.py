@@ -16,11 +16,15 @@ and parses the responses, the endpoints are the ones L{Agent} would use,
 and a kept connection that turns out to have been closed by the server is
 retried once on a new one, by the rule of Twisted's pool.  Proxied
 requests keep going through Twisted's agents and pool.
+
+L{IdleConnections}, the keeping itself, is shared with the fetcher of
+whole pages (L{devpi_tx.mirror.wholefetch}).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -35,6 +39,7 @@ from zope.interface import implementer
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
 
 Key = tuple[bytes, bytes, int]
+P = TypeVar("P")
 
 
 def host_header(scheme: bytes, host: bytes, port: int) -> bytes:
@@ -77,6 +82,97 @@ class _ConnectionFactory(ClientFactory):
         return HTTP11ClientProtocol(self._quiescent)
 
 
+class IdleConnections(Generic[P]):
+    """
+    The idle connections of a client, kept open for the next request: at
+    most C{max_kept} per (scheme, host, port), each closed after
+    C{idle_timeout} seconds unused, by one timer for all of them.
+
+    @param usable: whether a kept connection can still take a request (the
+        server may have closed it meanwhile).
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        *,
+        max_kept: int,
+        idle_timeout: float,
+        usable: Callable[[P], bool],
+    ) -> None:
+        self._reactor = reactor
+        self._max_kept = max_kept
+        self._idle_timeout = idle_timeout
+        self._usable = usable
+        #: Idle connections per key, with when each became idle; newest last.
+        self._idle: dict[Key, list[tuple[P, float]]] = {}
+        self._sweep: IDelayedCall | None = None
+
+    def take(self, key: Key) -> P | None:
+        """
+        The most recently kept usable connection to C{key}, if any.
+        """
+        idle = self._idle.get(key)
+        while idle:
+            protocol, since = idle.pop()
+            if self._usable(protocol):
+                if self._reactor.seconds() - since < self._idle_timeout:
+                    return protocol
+                protocol.transport.loseConnection()
+        return None
+
+    def keep(self, key: Key, protocol: P) -> None:
+        """
+        Keep C{protocol}, now idle, unless C{max_kept} are kept already.
+        """
+        idle = self._idle.setdefault(key, [])
+        if len(idle) >= self._max_kept:
+            protocol.transport.loseConnection()
+            return
+        idle.append((protocol, self._reactor.seconds()))
+        if self._sweep is None:
+            self._sweep = self._reactor.callLater(self._idle_timeout, self._close_stale)
+
+    def _close_stale(self) -> None:
+        """
+        Close the connections idle for C{idle_timeout}; come back when the
+        next of the others will have been.
+        """
+        self._sweep = None
+        now = self._reactor.seconds()
+        oldest = None
+        for key, idle in list(self._idle.items()):
+            fresh = []
+            for protocol, since in idle:
+                if not self._usable(protocol):
+                    continue
+                if now - since >= self._idle_timeout:
+                    protocol.transport.loseConnection()
+                else:
+                    fresh.append((protocol, since))
+                    oldest = since if oldest is None else min(oldest, since)
+            if fresh:
+                self._idle[key] = fresh
+            else:
+                del self._idle[key]
+        if oldest is not None:
+            self._sweep = self._reactor.callLater(oldest + self._idle_timeout - now, self._close_stale)
+
+    def close_all(self) -> None:
+        """
+        Close every kept connection (at shutdown, and for tests that must
+        leave no socket behind).
+        """
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+        idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for protocol, _since in connections:
+                if self._usable(protocol):
+                    protocol.transport.loseConnection()
+
+
 @implementer(IAgent)
 class KeptAliveAgent:
     """
@@ -96,13 +192,14 @@ class KeptAliveAgent:
         max_kept: int,
         idle_timeout: float,
     ) -> None:
-        self._reactor = reactor
         self._endpoints = endpoints
-        self._max_kept = max_kept
-        self._idle_timeout = idle_timeout
-        #: Idle connections per key, with when each became idle; newest last.
-        self._idle: dict[Key, list[tuple[HTTP11ClientProtocol, float]]] = {}
-        self._sweep: IDelayedCall | None = None
+        self._keep_alive = max_kept > 0
+        self._idle: IdleConnections[HTTP11ClientProtocol] = IdleConnections(
+            reactor,
+            max_kept=max_kept,
+            idle_timeout=idle_timeout,
+            usable=lambda protocol: protocol.state == "QUIESCENT",
+        )
 
     def request(
         self,
@@ -124,13 +221,13 @@ class KeptAliveAgent:
         # _construct is how Agent makes its requests: it keeps the parsed
         # URI, which redirect handling reads back (Request.absoluteURI).
         request = Request._construct(
-            method, parsed.originForm, headers, bodyProducer, self._max_kept > 0, parsed
+            method, parsed.originForm, headers, bodyProducer, self._keep_alive, parsed
         )
 
         def on_new_connection() -> Deferred[IResponse]:
             return self._connect(parsed, key).addCallback(lambda protocol: protocol.request(request))
 
-        kept = self._take(key)
+        kept = self._idle.take(key)
         if kept is None:
             return on_new_connection()
 
@@ -141,66 +238,14 @@ class KeptAliveAgent:
 
         return kept.request(request).addErrback(again)
 
-    def _take(self, key: Key) -> HTTP11ClientProtocol | None:
-        idle = self._idle.get(key)
-        while idle:
-            protocol, since = idle.pop()
-            if protocol.state == "QUIESCENT":
-                if self._reactor.seconds() - since < self._idle_timeout:
-                    return protocol
-                protocol.transport.loseConnection()
-        return None
-
     def _connect(self, parsed: URI, key: Key) -> Deferred[HTTP11ClientProtocol]:
         endpoint = self._endpoints.endpointForURI(parsed)
-        return endpoint.connect(_ConnectionFactory(lambda protocol: self._keep(key, protocol)))
-
-    def _keep(self, key: Key, protocol: HTTP11ClientProtocol) -> None:
-        idle = self._idle.setdefault(key, [])
-        if len(idle) >= self._max_kept:
-            protocol.transport.loseConnection()
-            return
-        idle.append((protocol, self._reactor.seconds()))
-        if self._sweep is None:
-            self._sweep = self._reactor.callLater(self._idle_timeout, self._close_stale)
-
-    def _close_stale(self) -> None:
-        """
-        Close the connections idle for C{idle_timeout}; come back when the
-        next of the others will have been.  One timer for all connections,
-        not one each.
-        """
-        self._sweep = None
-        now = self._reactor.seconds()
-        oldest = None
-        for key, idle in list(self._idle.items()):
-            fresh = []
-            for protocol, since in idle:
-                if protocol.state != "QUIESCENT":
-                    continue
-                if now - since >= self._idle_timeout:
-                    protocol.transport.loseConnection()
-                else:
-                    fresh.append((protocol, since))
-                    oldest = since if oldest is None else min(oldest, since)
-            if fresh:
-                self._idle[key] = fresh
-            else:
-                del self._idle[key]
-        if oldest is not None:
-            self._sweep = self._reactor.callLater(oldest + self._idle_timeout - now, self._close_stale)
+        return endpoint.connect(_ConnectionFactory(lambda protocol: self._idle.keep(key, protocol)))
 
     def close_idle(self) -> Deferred[None]:
         """
         Close every kept connection (at shutdown, and for tests that must
         leave no socket behind).
         """
-        if self._sweep is not None and self._sweep.active():
-            self._sweep.cancel()
-        self._sweep = None
-        idle, self._idle = self._idle, {}
-        for connections in idle.values():
-            for protocol, _since in connections:
-                if protocol.state == "QUIESCENT":
-                    protocol.transport.loseConnection()
+        self._idle.close_all()
         return succeed(None)
