@@ -107,3 +107,16 @@ async def test_upstream_cut_halfway_aborts_the_client(setup):
     upstream.file_delay = None
     again = await client.get(url)
     assert await again.content() == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_metadata_comes_over_a_real_connection_and_is_checked(setup):
+    upstream, context, base, client, (filename, data) = setup
+    upstream.metadata = True
+    url = await file_url(client, base)
+    response = await client.get(url + ".metadata")
+    assert response.code == 200
+    body = await response.content()
+    assert body.startswith(b"Metadata-Version") and b"Name: big" in body
+    assert filename not in upstream.served  # the wheel itself was not downloaded
+    assert any(path.endswith(".metadata") for method, path in upstream.requests)

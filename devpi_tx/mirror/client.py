@@ -43,7 +43,7 @@ from .keptalive import KeptAliveAgent
 from .parse import PageError, UpstreamLink, parse_html, parse_json
 from .quickack import QuickAckEndpoint
 from .tunnel import HTTPProxy, tunnelling_agent
-from .wholefetch import WholeFetcher, WholeResponse
+from .wholefetch import MAX_BODY, WholeFetcher, WholeResponse
 
 log = Logger(namespace="devpi_tx.mirror")
 
@@ -128,12 +128,15 @@ def as_uri(url: str) -> str:
     return EncodedURL.from_text(url).to_uri().to_text()
 
 
-async def fetch_whole(http, method: str, url: str, *, timeout: float, headers=None) -> WholeResponse:
+async def fetch_whole(
+    http, method: str, url: str, *, timeout: float, headers=None, max_body: int = MAX_BODY
+) -> WholeResponse:
     """
     Send one request upstream and read its answer whole: through the
     client's L{WholeFetcher} when it has one (direct connections), else
     through its agents (proxies; L{treq.testing.StubTreq} in tests).
 
+    @param max_body: bytes of the (decoded) body at most.
     @raise UpstreamError: the request failed.
     """
     plain, auth = split_credentials(url)
@@ -141,11 +144,13 @@ async def fetch_whole(http, method: str, url: str, *, timeout: float, headers=No
     whole = http.whole if isinstance(http, UpstreamHTTP) else None
     try:
         if whole is not None:
-            return await whole.fetch(method, as_uri(plain), sent, timeout=timeout)
+            return await whole.fetch(method, as_uri(plain), sent, timeout=timeout, max_body=max_body)
         response = await http.request(method, plain, headers=sent, timeout=timeout, allow_redirects=False)
         body = await treq.content(response)
     except Exception as exc:
         raise UpstreamError(f"{redact(plain)}: {exc.__class__.__name__}: {exc}") from None
+    if len(body) > max_body:
+        raise UpstreamError(f"{redact(plain)}: answer over the limit of {max_body} bytes")
     headers = {
         name.decode("latin-1").lower(): ", ".join(value.decode("latin-1") for value in values)
         for name, values in response.headers.getAllRawHeaders()

@@ -21,9 +21,9 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from ..model import releases
-from ..model.metadata import wheel_metadata
+from ..model.metadata import MAX_METADATA, wheel_metadata
 from ..singleflight import SingleFlight
-from .client import UpstreamError, ask_upstream, read_body, redact
+from .client import UpstreamError, ask_upstream, fetch_whole, redact
 from .pages import SYNTHESIZED_METADATA_MIN_SIZE
 from .remotezip import RangeNotSupported, fetch_wheel_metadata
 
@@ -272,10 +272,10 @@ class MirrorFiles:
         if self._offline and not self.is_stored(entry):
             raise UpstreamError(f"{path}: not cached and the server is offline")
         if upstream and not self._offline:
-            url, response = await ask_upstream(
-                self._http, "GET", entry["url"] + ".metadata", timeout=self._timeout
+            response = await fetch_whole(
+                self._http, "GET", entry["url"] + ".metadata", timeout=self._timeout, max_body=MAX_METADATA
             )
-            body = await read_body(url, response)
+            url, body = response.url, response.body
             if response.code == 200:
                 if isinstance(upstream, str) and hashlib.sha256(body).hexdigest() != upstream:
                     raise UpstreamError(f"{redact(url)}: metadata sha256 mismatch")
