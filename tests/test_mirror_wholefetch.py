@@ -15,10 +15,10 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.protocol import Factory, Protocol
-from twisted.web.client import BrowserLikePolicyForHTTPS
+from twisted.web.client import URI, BrowserLikePolicyForHTTPS
 
 from devpi_tx.mirror.client import DirectEndpoints
-from devpi_tx.mirror.wholefetch import FetchError, WholeFetcher
+from devpi_tx.mirror.wholefetch import FetchError, WholeFetcher, split_target
 
 #: What a scripted server sends for one request: bytes, then whether to
 #: close the connection (None: send nothing at all).
@@ -350,3 +350,47 @@ async def test_bytes_past_the_announced_length_are_not_taken_for_the_next_answer
     assert (await fetch(client, url + "/a")).body == b"mine"
     assert (await fetch(client, url + "/b")).body == b"mine"
     assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/simple/a/",
+        "https://example.test/simple/a/?x=1&y=2",
+        "http://example.test",
+        "http://example.test?q=1",
+        "http://example.test#top",
+        "http://example.test/a/b#frag?not-a-query",
+        "http://[::1]:3141/root/pypi/+simple/a/",
+        "http://example.test:80/a%20b/",
+    ],
+)
+def test_the_request_target_is_the_origin_form_twisted_would_send(url):
+    origin, target = split_target(url)
+    parsed = URI.fromBytes(url.encode("ascii"))
+    # An empty path is sent as "/" (RFC 9112, 3.2.1), where Twisted would
+    # send "?q=1" alone.
+    assert target == (parsed.originForm if parsed.originForm.startswith(b"/") else b"/" + parsed.originForm)
+    assert target.startswith(b"/")
+    reparsed = URI.fromBytes(origin + b"/")
+    assert (reparsed.scheme, reparsed.host, reparsed.port) == (parsed.scheme, parsed.host, parsed.port)
+
+
+@pytest.mark.parametrize(
+    "url", ["/simple/a/", "example.test/a", "ftp://example.test/a", "http://ex\u00e4mple.test/"]
+)
+@pytest_twisted.ensureDeferred
+async def test_only_absolute_ascii_http_urls_are_fetched(fetcher, url):
+    assert "URL" in await fails(fetcher(), url)
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_origin_is_parsed_once_for_many_pages(scripted, fetcher):
+    server, url = scripted(lambda head, n: (ok(b"p"), False))
+    client = fetcher()
+    for name in ("a", "b", "c"):
+        await fetch(client, f"{url}/simple/{name}/")
+    assert list(client._origins) == [url.encode("ascii")]
+    assert [request.split(b"\r\n")[0] for request in server.requests] == [
+        b"GET /simple/%s/ HTTP/1.1" % name for name in (b"a", b"b", b"c")
+    ]

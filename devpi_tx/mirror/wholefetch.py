@@ -30,7 +30,7 @@ from urllib.parse import urljoin
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import URI
@@ -47,6 +47,8 @@ MAX_BODY = 128 * 1024 * 1024
 #: redirect agent drops them).
 SENSITIVE = frozenset({"authorization", "cookie", "cookie2", "proxy-authorization", "www-authenticate"})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: Origins whose parsing and endpoint are kept (upstream and its redirects).
+MAX_ORIGINS = 32
 
 
 class FetchError(Exception):
@@ -334,6 +336,7 @@ class WholeFetcher:
         self._endpoints = endpoints
         self._close = max_kept == 0
         self._max_redirects = max_redirects
+        self._origins: dict[bytes, _Origin] = {}
         self._idle: IdleConnections[WholeResponseProtocol] = IdleConnections(
             reactor,
             max_kept=max_kept,
@@ -383,36 +386,87 @@ class WholeFetcher:
     async def _exchange(
         self, method: bytes, url: str, headers: dict[str, str], timeout: float | None, max_body: int
     ) -> tuple[int, dict[str, str], bytes]:
-        parsed = URI.fromBytes(url.encode("ascii"))
-        if parsed.scheme not in (b"http", b"https"):
-            raise FetchError(f"not an http(s) URL: {url}")
-        key = (parsed.scheme, parsed.host, parsed.port)
-        sent = [("Host", host_header(*key).decode("ascii"))]
+        origin_part, target = split_target(url)
+        origin = self._origin(origin_part, url)
+        sent = [("Host", origin.host_header)]
         if not any(name.lower() == "accept-encoding" for name in headers):
             sent.append(("Accept-Encoding", "gzip"))
         sent.extend(headers.items())
-        data = _request_bytes(method, parsed.originForm, sent, self._close)
-        kept = self._idle.take(key)
+        data = _request_bytes(method, target, sent, self._close)
+        kept = self._idle.take(origin.key)
         if kept is not None:
             try:
                 return await kept.request(method, data, max_body=max_body, timeout=timeout)
             except _NothingReceived:
                 pass  # closed by the server meanwhile: once more, on a new connection
-        protocol = await self._connect(parsed, key)
+        protocol = await self._connect(origin)
         try:
             return await protocol.request(method, data, max_body=max_body, timeout=timeout)
         except _NothingReceived as exc:
             raise FetchError(str(exc)) from None
 
-    def _connect(self, parsed: URI, key: Key) -> Deferred[WholeResponseProtocol]:
-        endpoint = self._endpoints.endpointForURI(parsed)
-        return endpoint.connect(_Factory(self._reactor, lambda protocol: self._idle.keep(key, protocol)))
+    def _origin(self, origin: bytes, url: str) -> _Origin:
+        """
+        What requests to C{origin} need, parsed and its endpoint made once
+        (an upstream is a handful of origins; its pages are thousands).
+        """
+        known = self._origins.get(origin)
+        if known is not None:
+            return known
+        parsed = URI.fromBytes(origin + b"/")
+        if parsed.scheme not in (b"http", b"https"):
+            raise FetchError(f"not an http(s) URL: {url}")
+        key = (parsed.scheme, parsed.host, parsed.port)
+        known = _Origin(key, host_header(*key).decode("ascii"), self._endpoints.endpointForURI(parsed))
+        if len(self._origins) >= MAX_ORIGINS:
+            self._origins.clear()
+        self._origins[origin] = known
+        return known
+
+    def _connect(self, origin: _Origin) -> Deferred[WholeResponseProtocol]:
+        key = origin.key
+        return origin.endpoint.connect(
+            _Factory(self._reactor, lambda protocol: self._idle.keep(key, protocol))
+        )
 
     def close_idle(self) -> None:
         """
         Close every kept connection.
         """
         self._idle.close_all()
+
+
+@attrs.frozen
+class _Origin:
+    key: Key
+    host_header: str
+    endpoint: IStreamClientEndpoint
+
+
+def split_target(url: str) -> tuple[bytes, bytes]:
+    """
+    Split an absolute URL into its origin (C{scheme://authority}) and the
+    request target to send there (its origin form: path and query, never
+    the fragment), as L{URI} does, without parsing the rest.
+
+    @raise FetchError: C{url} is not absolute, or not ASCII.
+    """
+    try:
+        raw = url.encode("ascii")
+    except UnicodeEncodeError:
+        raise FetchError(f"not an ASCII URL: {url!r}") from None
+    scheme, sep, rest = raw.partition(b"://")
+    if not sep or not scheme:
+        raise FetchError(f"not an http(s) URL: {url}")
+    end = len(rest)
+    for delimiter in (b"/", b"?", b"#"):
+        at = rest.find(delimiter)
+        if 0 <= at < end:
+            end = at
+    target = rest[end:].partition(b"#")[0]
+    if not target.startswith(b"/"):
+        target = b"/" + target
+    return scheme + b"://" + rest[:end], target
 
 
 def _origin(url: str) -> tuple[bytes, bytes, int]:
