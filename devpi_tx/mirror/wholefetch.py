@@ -8,9 +8,10 @@ L{HTTP11ClientProtocol} and the agents above it, the exchange costs about
 response into one buffer and fires one Deferred, costs about 0.17 ms.
 Fifty cold pages at once (an installer resolving a fresh environment) spend
 that on each of them while the others wait: measured with the fake upstream
-of the benchmarks and its connections made cold before each burst, a proxy
-that does nothing but fetch and answer took 138 ms per burst with
-Twisted's client and 122 ms with this one.
+of the benchmarks and the connections closed before each burst, a server
+that does nothing but fetch and answer spent 66-73 ms of reactor CPU per
+burst with Twisted's client and 58-59 ms with this one, and devpi-tx's
+burst went from 179-188 ms to 167-170 ms (``benchmarks/RESULTS.md``).
 
 It speaks only as much HTTP/1.1 as reading a bounded response needs: one
 request at a time per connection, bodies framed by C{Content-Length}, by
@@ -485,4 +486,4 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     return out
 
 
-__all__ = ["FetchError", "WholeFetcher", "WholeResponse", "WholeResponseProtocol"]
+__all__ = ["FetchError", "WholeFetcher", "WholeResponse", "WholeResponseProtocol", "split_target"]
