@@ -394,3 +394,43 @@ async def test_one_origin_is_parsed_once_for_many_pages(scripted, fetcher):
     assert [request.split(b"\r\n")[0] for request in server.requests] == [
         b"GET /simple/%s/ HTTP/1.1" % name for name in (b"a", b"b", b"c")
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_https_upstream_is_fetched_over_verified_tls_on_a_kept_connection(tmp_path):
+    from twisted.internet.endpoints import serverFromString
+
+    from tests.test_tls import TrustOnly, make_self_signed, ssl_endpoint
+
+    cert = make_self_signed(tmp_path / "tls", "upstream")
+    other = make_self_signed(tmp_path / "tls", "other")
+    factory = ScriptedFactory(lambda head, n: (ok(b"page %d" % n), False))
+    port = await serverFromString(reactor, ssl_endpoint(0, cert)).listen(factory)
+    url = f"https://127.0.0.1:{port.getHost().port}"
+    trusting = WholeFetcher(
+        reactor,
+        DirectEndpoints(reactor, TrustOnly(cert.cert_pem)),
+        max_kept=4,
+        idle_timeout=60.0,
+        max_redirects=3,
+    )
+    distrusting = WholeFetcher(
+        reactor,
+        DirectEndpoints(reactor, TrustOnly(other.cert_pem)),
+        max_kept=4,
+        idle_timeout=60.0,
+        max_redirects=3,
+    )
+    try:
+        first = await fetch(trusting, url + "/simple/one/")
+        second = await fetch(trusting, url + "/simple/two/")
+        assert (first.body, second.body) == (b"page 1", b"page 2")
+        assert factory.connections == 1
+        assert factory.requests[0].startswith(b"GET /simple/one/ HTTP/1.1\r\n")
+        message = await fails(distrusting, url + "/simple/three/")
+        assert "certificate verify failed" in message
+        assert len(factory.requests) == 2
+    finally:
+        trusting.close_idle()
+        distrusting.close_idle()
+        await port.stopListening()

@@ -296,10 +296,21 @@ class WholeResponseProtocol(Protocol):
             self._done()
             return
         waiting = self._finish()
+        why = _why(reason)
         if not self._received:
-            waiting.errback(Failure(_NothingReceived("the connection closed before any answer")))
+            waiting.errback(Failure(_NothingReceived(f"the connection closed before any answer{why}")))
         else:
-            waiting.errback(Failure(FetchError("the connection closed in the middle of the answer")))
+            waiting.errback(Failure(FetchError(f"the connection closed in the middle of the answer{why}")))
+
+
+def _why(reason: Failure | None) -> str:
+    """
+    What ended a connection, unless it simply closed: a TLS handshake
+    that failed (an untrusted certificate) must say so.
+    """
+    if reason is None or reason.check(ConnectionDone):
+        return ""
+    return f" ({reason.type.__name__}: {reason.getErrorMessage()})"
 
 
 class _Factory(ClientFactory):
