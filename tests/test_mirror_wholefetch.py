@@ -14,11 +14,13 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.web.client import URI, BrowserLikePolicyForHTTPS
 
 from devpi_tx.mirror.client import DirectEndpoints
 from devpi_tx.mirror.wholefetch import FetchError, WholeFetcher, split_target
+from tests.test_tls import TrustOnly, make_self_signed, ssl_endpoint
 
 #: What a scripted server sends for one request: bytes, then whether to
 #: close the connection (None: send nothing at all).
@@ -89,10 +91,10 @@ def scripted():
 def fetcher():
     made = []
 
-    def make(max_kept: int = 4, max_redirects: int = 3) -> WholeFetcher:
+    def make(max_kept: int = 4, max_redirects: int = 3, tls_policy=None) -> WholeFetcher:
         client = WholeFetcher(
             reactor,
-            DirectEndpoints(reactor, BrowserLikePolicyForHTTPS()),
+            DirectEndpoints(reactor, tls_policy or BrowserLikePolicyForHTTPS()),
             max_kept=max_kept,
             idle_timeout=60.0,
             max_redirects=max_redirects,
@@ -397,30 +399,14 @@ async def test_one_origin_is_parsed_once_for_many_pages(scripted, fetcher):
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_https_upstream_is_fetched_over_verified_tls_on_a_kept_connection(tmp_path):
-    from twisted.internet.endpoints import serverFromString
-
-    from tests.test_tls import TrustOnly, make_self_signed, ssl_endpoint
-
+async def test_an_https_upstream_is_fetched_over_verified_tls_on_a_kept_connection(fetcher, tmp_path):
     cert = make_self_signed(tmp_path / "tls", "upstream")
     other = make_self_signed(tmp_path / "tls", "other")
     factory = ScriptedFactory(lambda head, n: (ok(b"page %d" % n), False))
     port = await serverFromString(reactor, ssl_endpoint(0, cert)).listen(factory)
     url = f"https://127.0.0.1:{port.getHost().port}"
-    trusting = WholeFetcher(
-        reactor,
-        DirectEndpoints(reactor, TrustOnly(cert.cert_pem)),
-        max_kept=4,
-        idle_timeout=60.0,
-        max_redirects=3,
-    )
-    distrusting = WholeFetcher(
-        reactor,
-        DirectEndpoints(reactor, TrustOnly(other.cert_pem)),
-        max_kept=4,
-        idle_timeout=60.0,
-        max_redirects=3,
-    )
+    trusting = fetcher(tls_policy=TrustOnly(cert.cert_pem))
+    distrusting = fetcher(tls_policy=TrustOnly(other.cert_pem))
     try:
         first = await fetch(trusting, url + "/simple/one/")
         second = await fetch(trusting, url + "/simple/two/")
@@ -431,6 +417,4 @@ async def test_an_https_upstream_is_fetched_over_verified_tls_on_a_kept_connecti
         assert "certificate verify failed" in message
         assert len(factory.requests) == 2
     finally:
-        trusting.close_idle()
-        distrusting.close_idle()
         await port.stopListening()
