@@ -11,9 +11,10 @@ import json
 
 import pytest
 import pytest_twisted
+import treq.client
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
-from twisted.web.client import HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -23,6 +24,7 @@ from devpi_tx.mirror.client import (
     UpstreamClient,
     UpstreamError,
     ask_upstream,
+    fetch_whole,
     make_http_client,
 )
 
@@ -51,6 +53,8 @@ class Upstream(Resource):
         parts = request.path.strip(b"/").split(b"/")
         if parts[0] == b"silent":
             return NOT_DONE_YET  # never answers
+        if parts[0] == b"big":
+            return b"x" * 200_000
         if parts[0] == b"hop":
             # /hop/N/...: redirect N more times, then to the page.
             left = int(parts[1])
@@ -194,3 +198,17 @@ async def test_kept_connections_are_closed_when_asked(upstream):
     await http.close_idle()
     await deferLater(reactor, 0.05, lambda: None)
     assert channel.transport.disconnected
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "through-agents"])
+@pytest_twisted.ensureDeferred
+async def test_a_whole_answer_over_its_limit_is_refused_on_either_route(upstream, direct):
+    resource, url = upstream
+    http = make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False))
+    if not direct:
+        # What a proxied client does: no WholeFetcher, the agents read the body.
+        http = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+    with pytest.raises(UpstreamError, match="over the limit of 50000"):
+        await fetch_whole(http, "GET", url + "/big/", timeout=5, max_body=50_000)
+    answer = await fetch_whole(http, "GET", url + "/big/", timeout=5, max_body=200_000)
+    assert answer.body == b"x" * 200_000

@@ -146,16 +146,39 @@ async def fetch_whole(
         if whole is not None:
             return await whole.fetch(method, as_uri(plain), sent, timeout=timeout, max_body=max_body)
         response = await http.request(method, plain, headers=sent, timeout=timeout, allow_redirects=False)
-        body = await treq.content(response)
+        body = await _read_at_most(response, max_body)
+    except _OverLimit:
+        raise UpstreamError(f"{redact(plain)}: answer over the limit of {max_body} bytes") from None
     except Exception as exc:
         raise UpstreamError(f"{redact(plain)}: {exc.__class__.__name__}: {exc}") from None
-    if len(body) > max_body:
-        raise UpstreamError(f"{redact(plain)}: answer over the limit of {max_body} bytes")
     headers = {
         name.decode("latin-1").lower(): ", ".join(value.decode("latin-1") for value in values)
         for name, values in response.headers.getAllRawHeaders()
     }
     return WholeResponse(response.code, headers, body, plain)
+
+
+class _OverLimit(Exception):
+    pass
+
+
+async def _read_at_most(response, limit: int) -> bytes:
+    """
+    Read a response's body, dropping the connection as soon as it passes
+    C{limit} bytes rather than holding all of it first.
+    """
+    chunks: list[bytes] = []
+    size = 0
+
+    def collect(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > limit:
+            raise _OverLimit()
+        chunks.append(data)
+
+    await treq.collect(response, collect)
+    return b"".join(chunks)
 
 
 async def read_body(url: str, response) -> bytes:
