@@ -22,10 +22,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from devpi_tx.mirror import remotezip
-from devpi_tx.mirror.client import make_http_client
+from devpi_tx.mirror.client import UpstreamError, make_http_client
 from devpi_tx.mirror.remotezip import RangeNotSupported, RemoteZipError, fetch_wheel_metadata
 from devpi_tx.model import releases
 from devpi_tx.model.errors import InvalidInput
@@ -483,3 +484,30 @@ async def test_whole_wheel_answer_is_abandoned(loopback):
     sent = upstream.served.get(filename, 0)
     await deferLater(reactor, 0.1, lambda: None)
     assert upstream.served.get(filename, 0) == sent < len(data) // 2
+
+
+class OverlongRange(Resource):
+    """
+    Answers every range request with a four-byte Content-Range and a body
+    of 100,000 bytes.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setResponseCode(206)
+        request.setHeader(b"Content-Range", b"bytes 0-3/1000000")
+        return b"x" * 100_000
+
+
+@pytest.fixture
+def overlong():
+    with on_loopback(Site(OverlongRange())) as port:
+        yield f"http://127.0.0.1:{port}/x-1.0-py3-none-any.whl"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_range_answer_longer_than_its_range_is_not_read_past_it(overlong):
+    http = make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False))
+    with pytest.raises(UpstreamError, match="over the limit of 4 bytes"):
+        await fetch_wheel_metadata(http, overlong, timeout=10, basename="x-1.0-py3-none-any.whl")

@@ -181,9 +181,16 @@ async def _read_at_most(response, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_body(url: str, response) -> bytes:
+async def read_body(url: str, response, limit: int) -> bytes:
+    """
+    Read a response's body of at most C{limit} bytes.
+
+    @raise UpstreamError: the body failed, or passed C{limit}.
+    """
     try:
-        return await treq.content(response)
+        return await _read_at_most(response, limit)
+    except _OverLimit:
+        raise UpstreamError(f"{redact(url)}: answer over the limit of {limit} bytes") from None
     except Exception as exc:
         raise UpstreamError(f"{redact(url)}: {exc.__class__.__name__}: {exc}") from None
 

@@ -264,7 +264,8 @@ class RemoteFile:
         if self.size is not None and total != self.size:
             abandon(response)
             raise RemoteZipError(f"{redact(url)}: the file has {total} bytes upstream, not {self.size}")
-        data = await read_body(url, response)
+        # No more than the range announced, whatever the body's length says.
+        data = await read_body(url, response, limit=last - first + 1)
         if len(data) != last - first + 1:
             # A body in another Content-Encoding, or cut short.
             raise RemoteZipError(f"{redact(url)}: {len(data)} bytes for a range of {last - first + 1}")
