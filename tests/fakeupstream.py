@@ -63,6 +63,8 @@ class FakeUpstream(Resource):
         #: The Range header of each file request, None when there was none.
         self.ranges_asked: list[tuple[str, str | None]] = []
         self.requests: list[tuple[str, str]] = []
+        #: Never answer (real-port tests: the server's request timeout).
+        self.silent = False
 
     def add(self, project: str, *releases: Release, serial: int = 1) -> None:
         self.projects.setdefault(project, []).extend(releases)
@@ -77,6 +79,8 @@ class FakeUpstream(Resource):
         if self.fail_status is not None:
             request.setResponseCode(self.fail_status)
             return b"upstream is broken\n"
+        if self.silent:
+            return NOT_DONE_YET
         parts = [p for p in path.split("/") if p]
         if parts == ["simple"]:
             return self._root(request)

@@ -15,13 +15,15 @@ from urllib.parse import urlsplit, urlunsplit
 import attrs
 import treq
 from hyperlink import EncodedURL
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.web.client import (
@@ -32,6 +34,8 @@ from twisted.web.client import (
     GzipDecoder,
     HTTPConnectionPool,
     ProxyAgent,
+    ResponseFailed,
+    ResponseNeverReceived,
 )
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
@@ -43,7 +47,7 @@ from .keptalive import KeptAliveAgent
 from .parse import PageError, UpstreamLink, parse_html, parse_json
 from .quickack import QuickAckEndpoint
 from .tunnel import HTTPProxy, tunnelling_agent
-from .wholefetch import MAX_BODY, WholeFetcher, WholeResponse
+from .wholefetch import MAX_BODY, FetchTimeout, WholeFetcher, WholeResponse
 
 log = Logger(namespace="devpi_tx.mirror")
 
@@ -60,6 +64,47 @@ class UpstreamError(Exception):
     """
     Upstream could not be asked, or answered with an error.
     """
+
+
+class UpstreamTimeout(UpstreamError):
+    """
+    Upstream did not answer in time (a gateway timeout, 504, rather than a
+    bad gateway, 502).
+    """
+
+
+#: What a request that timed out fails with, before any wrapping.
+_TIMEOUTS = (FetchTimeout, CancelledError, ConnectingCancelledError, ConnectTimeout, TimeoutError)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """
+    Whether a failed request timed out: the fetcher's own timeout, treq's
+    (which cancels the request), or a connect timeout; the agents wrap the
+    last two in L{ResponseNeverReceived}.
+    """
+    if isinstance(exc, _TIMEOUTS):
+        return True
+    if isinstance(exc, (ResponseNeverReceived, ResponseFailed)):
+        return any(_is_timeout(reason.value) for reason in exc.reasons)
+    return False
+
+
+def gateway_status(exc: UpstreamError) -> int:
+    """
+    What to answer a client for an upstream failure with nothing cached:
+    504 when upstream did not answer in time, else 502.
+    """
+    return 504 if isinstance(exc, UpstreamTimeout) else 502
+
+
+def upstream_error(url: str, exc: BaseException) -> UpstreamError:
+    """
+    The L{UpstreamError} (an L{UpstreamTimeout} when it timed out) that
+    says what a request to C{url} failed with, credentials redacted.
+    """
+    kind = UpstreamTimeout if _is_timeout(exc) else UpstreamError
+    return kind(f"{redact(url)}: {exc.__class__.__name__}: {exc}")
 
 
 @attrs.frozen
@@ -114,7 +159,7 @@ async def ask_upstream(http, method: str, url: str, *, timeout: float, headers=N
             **kwargs,
         )
     except Exception as exc:
-        raise UpstreamError(f"{redact(plain)}: {exc.__class__.__name__}: {exc}") from None
+        raise upstream_error(plain, exc) from None
     return plain, response
 
 
@@ -150,7 +195,7 @@ async def fetch_whole(
     except _OverLimit:
         raise UpstreamError(f"{redact(plain)}: answer over the limit of {max_body} bytes") from None
     except Exception as exc:
-        raise UpstreamError(f"{redact(plain)}: {exc.__class__.__name__}: {exc}") from None
+        raise upstream_error(plain, exc) from None
     headers = {
         name.decode("latin-1").lower(): ", ".join(value.decode("latin-1") for value in values)
         for name, values in response.headers.getAllRawHeaders()
@@ -192,7 +237,7 @@ async def read_body(url: str, response, limit: int) -> bytes:
     except _OverLimit:
         raise UpstreamError(f"{redact(url)}: answer over the limit of {limit} bytes") from None
     except Exception as exc:
-        raise UpstreamError(f"{redact(url)}: {exc.__class__.__name__}: {exc}") from None
+        raise upstream_error(url, exc) from None
 
 
 def _tcp_endpoint(reactor, host: str, port: int) -> IStreamClientEndpoint:

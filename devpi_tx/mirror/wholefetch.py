@@ -59,6 +59,12 @@ class FetchError(Exception):
     """
 
 
+class FetchTimeout(FetchError):
+    """
+    Upstream sent nothing for longer than the timeout.
+    """
+
+
 class _NothingReceived(FetchError):
     """
     The connection ended before any byte of the answer: on a kept
@@ -153,7 +159,7 @@ class WholeResponseProtocol(Protocol):
         if self._timeout is not None and silent < self._timeout:
             self._timer = self._reactor.callLater(self._timeout - silent, self._check_timeout)
             return
-        self._abort(FetchError(f"no answer for {self._timeout:g} s"))
+        self._abort(FetchTimeout(f"no answer for {self._timeout:g} s"))
 
     def _abort(self, error: Exception | None) -> None:
         """
@@ -497,4 +503,11 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     return out
 
 
-__all__ = ["FetchError", "WholeFetcher", "WholeResponse", "WholeResponseProtocol", "split_target"]
+__all__ = [
+    "FetchError",
+    "FetchTimeout",
+    "WholeFetcher",
+    "WholeResponse",
+    "WholeResponseProtocol",
+    "split_target",
+]

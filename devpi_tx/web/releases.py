@@ -22,7 +22,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from ..mirror.client import UpstreamError
+from ..mirror.client import UpstreamError, gateway_status
 from ..mirror.files import GrowingFileBody
 from ..mirror.pages import MirrorUnavailable
 from ..model import indexes, releases, stages
@@ -485,7 +485,7 @@ class ReleaseRoutes:
         try:
             warnings = await self._refresh_mirrors(stage, name)
         except MirrorUnavailable as exc:
-            return error(request, 502, str(exc))
+            return error(request, 504 if exc.timed_out else 502, str(exc))
         for warning in warnings:
             request.setHeader("X-Devpi-Mirror-Warning", warning.encode("latin-1", "replace"))
         return self._project_page(request, stage, name, project, fmt)
@@ -568,7 +568,7 @@ class ReleaseRoutes:
         try:
             await self._refresh_mirrors(stage, name)
         except MirrorUnavailable as exc:
-            return error(request, 502, str(exc))
+            return error(request, 504 if exc.timed_out else 502, str(exc))
         contributions = stages.project_contributions(self.ctx.storage, stage, name, self.ctx.mirror_links)
         result = {
             "index": stage,
@@ -746,7 +746,7 @@ class ReleaseRoutes:
                 else:
                     return self._send_growing(request, download, entry)
             except UpstreamError as exc:
-                return error(request, 502, str(exc))
+                return error(request, gateway_status(exc), str(exc))
         if entry is None and path.endswith(".metadata"):
             wheel = releases.get_file(storage, path[: -len(".metadata")])
             if wheel is not None and wheel.get("mirror") and wheel["url"].endswith(".whl"):
@@ -759,8 +759,10 @@ class ReleaseRoutes:
                     return error(request, 404, f"{path} is not cached and the server is offline")
                 try:
                     digest = await self.ctx.mirror_files.metadata(path[: -len(".metadata")])
-                except (UpstreamError, InvalidInput) as exc:
-                    return error(request, 502, str(exc.message if isinstance(exc, InvalidInput) else exc))
+                except InvalidInput as exc:
+                    return error(request, 502, exc.message)
+                except UpstreamError as exc:
+                    return error(request, gateway_status(exc), str(exc))
                 return self._serve_blob(request, digest, wheel["last_modified"], "text/plain; charset=utf-8")
             wheel = releases.get_file(storage, path[: -len(".metadata")])
             if wheel is not None and wheel.get("core_metadata_sha256"):
