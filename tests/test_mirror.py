@@ -91,6 +91,20 @@ def test_older_serial_never_replaces_newer_page(client, upstream, hello, root):
     assert [f["filename"] for f in page(client).json["files"]] == [hello[0]]
 
 
+def test_an_older_serial_replaces_the_page_when_serials_are_ignored(client, upstream, hello, root):
+    page(client)
+    client.request(
+        "PATCH", "/root/pypi", ["mirror_cache_expiry=0", "mirror_ignore_serial_header=True"], headers=root
+    )
+    assert (
+        client.get("/root/pypi", accept="application/json").json["result"]["mirror_ignore_serial_header"]
+        is True
+    )
+    filename, data = make_wheel("hello", "2.0")
+    upstream.add("hello", Release(filename, data), serial=3)
+    assert [f["filename"] for f in page(client).json["files"]] == [hello[0], filename]
+
+
 def test_file_download_is_cached_and_verified(client, upstream, hello):
     filename, data = hello
     url = absolute(page(client).json["files"][0]["url"])
