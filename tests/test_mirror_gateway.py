@@ -7,10 +7,12 @@ with a warning.
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urljoin
 
 import pytest
 import pytest_twisted
+import treq
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
@@ -99,3 +101,24 @@ async def test_an_uncached_file_from_a_silent_upstream_is_a_gateway_timeout(gate
         assert answer.code == 504, method
         await answer.content()
     assert list(context.storage.keys("blob/")) == []
+
+
+@pytest.mark.parametrize("gateway", [0.1], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_a_download_that_stalls_is_abandoned_and_the_next_request_starts_again(gateway):
+    upstream, context, base, client = gateway
+    filename, data = make_wheel("stall", "1.0", payload=os.urandom(300_000))
+    upstream.add("stall", Release(filename, data))
+    page = await (await client.get(base + "/root/pypi/+simple/stall/", headers=JSON)).json()
+    url = urljoin(base + "/root/pypi/+simple/stall/", page["files"][0]["url"])
+    upstream.file_delay = 30.0  # one piece, then nothing for half a minute
+    response = await client.get(url, unbuffered=True)
+    assert response.code == 200
+    with pytest.raises(Exception):  # noqa: B017 - any failure, never a clean short body
+        await treq.content(response)
+    assert list(context.storage.keys("blob/")) == []
+    assert os.listdir(context.files.tmpdir) == []
+    upstream.file_delay = None
+    again = await client.get(url)
+    assert await again.content() == data
+    assert upstream.count("/files/") == 2

@@ -24,8 +24,10 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.error import TimeoutError as ConnectTimeout
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import (
     URI,
     BrowserLikePolicyForHTTPS,
@@ -34,10 +36,12 @@ from twisted.web.client import (
     GzipDecoder,
     HTTPConnectionPool,
     ProxyAgent,
+    ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
 )
 from twisted.web.error import SchemeNotSupported
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
@@ -224,6 +228,77 @@ async def _read_at_most(response, limit: int) -> bytes:
 
     await treq.collect(response, collect)
     return b"".join(chunks)
+
+
+class _WatchedBody(Protocol):
+    """
+    Feed a response's body to a collector; give up, dropping the
+    connection, when nothing arrives for C{idle} seconds.
+    """
+
+    def __init__(
+        self, finished: Deferred[None], collector, clock: IReactorTime, idle: float, url: str
+    ) -> None:
+        self._finished: Deferred[None] | None = finished
+        self._collector = collector
+        self._clock = clock
+        self._idle = idle
+        self._url = url
+        self._last = clock.seconds()
+        self._timer: IDelayedCall | None = clock.callLater(idle, self._check)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._last = self._clock.seconds()
+        try:
+            self._collector(data)
+        except BaseException:
+            self._fail(Failure())
+
+    def _check(self) -> None:
+        self._timer = None
+        silent = self._clock.seconds() - self._last
+        if silent < self._idle:
+            self._timer = self._clock.callLater(self._idle - silent, self._check)
+            return
+        self._fail(Failure(UpstreamTimeout(f"{redact(self._url)}: no data for {self._idle:g} s")))
+
+    def _fail(self, failure: Failure) -> None:
+        finished, self._finished = self._finished, None
+        self._stop_timer()
+        if self.transport is not None:
+            self.transport.stopProducing()
+        if finished is not None:
+            finished.errback(failure)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_timer()
+        finished, self._finished = self._finished, None
+        if finished is None:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            finished.callback(None)
+        else:
+            finished.errback(reason)
+
+
+def collect_until_idle(
+    response, collector, *, idle: float, url: str, clock: IReactorTime | None = None
+) -> Deferred[None]:
+    """
+    Like L{treq.collect}, but a body that stops arriving for C{idle}
+    seconds fails with L{UpstreamTimeout} (a stalled upstream would
+    otherwise hold the download, and everyone waiting on it, forever).
+    """
+    if clock is None:
+        from twisted.internet import reactor as clock
+    finished: Deferred[None] = Deferred()
+    response.deliverBody(_WatchedBody(finished, collector, clock, idle, url))
+    return finished
 
 
 async def read_body(url: str, response, limit: int) -> bytes:

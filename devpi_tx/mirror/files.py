@@ -13,7 +13,6 @@ import hashlib
 import time
 from urllib.parse import urlsplit
 
-import treq
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -23,7 +22,7 @@ from zope.interface import implementer
 from ..model import releases
 from ..model.metadata import MAX_METADATA, wheel_metadata
 from ..singleflight import SingleFlight
-from .client import UpstreamError, ask_upstream, fetch_whole, redact
+from .client import UpstreamError, ask_upstream, collect_until_idle, fetch_whole, redact
 from .pages import SYNTHESIZED_METADATA_MIN_SIZE
 from .remotezip import RangeNotSupported, fetch_wheel_metadata
 
@@ -374,7 +373,9 @@ class MirrorFiles:
                 download.total = response.length
             download.reached("started", True, download)
             try:
-                await treq.collect(response, download.data)
+                await collect_until_idle(response, download.data, idle=self._timeout, url=url)
+            except UpstreamError:
+                raise
             except Exception as exc:
                 raise UpstreamError(f"{redact(url)}: download failed: {exc.__class__.__name__}") from None
             digest = writer.hexdigest()
