@@ -2,7 +2,7 @@
 What a client gets when upstream fails and nothing is cached, over real
 connections: 504 when upstream did not answer within the request timeout,
 502 when it answered with an error; a cached page is served either way,
-with a warning.
+with a warning.  Transfers that stall halfway are given up.
 """
 
 from __future__ import annotations
@@ -15,15 +15,21 @@ import pytest_twisted
 import treq
 from treq.client import HTTPClient
 from twisted.internet import reactor
+from twisted.internet.defer import TimeoutError as DeadlinePassed
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import globalLogPublisher
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.server import Site
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 
 from devpi_tx.config import ServerConfig
 from devpi_tx.mirror.client import make_http_client
+from devpi_tx.mirror.projectlist import ProjectLists
+from devpi_tx.model.stages import Stage
 from devpi_tx.service import build_context, make_site
 
-from .conftest import synchronous_passwords
+from .conftest import on_loopback, synchronous_passwords
 from .distfiles import make_wheel
 from .fakeupstream import FakeUpstream, Release
 
@@ -114,11 +120,59 @@ async def test_a_download_that_stalls_is_abandoned_and_the_next_request_starts_a
     upstream.file_delay = 30.0  # one piece, then nothing for half a minute
     response = await client.get(url, unbuffered=True)
     assert response.code == 200
-    with pytest.raises(Exception):  # noqa: B017 - any failure, never a clean short body
-        await treq.content(response)
+    with pytest.raises(Exception) as caught:  # noqa: B017 - any failure, never a clean short body
+        await treq.content(response).addTimeout(10, reactor)
+    assert not caught.errisinstance(DeadlinePassed)
     assert list(context.storage.keys("blob/")) == []
     assert os.listdir(context.files.tmpdir) == []
     upstream.file_delay = None
     again = await client.get(url)
     assert await again.content() == data
     assert upstream.count("/files/") == 2
+
+
+class StalledList(Resource):
+    """
+    An upstream project list that starts and never ends.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setHeader(b"Content-Type", b"application/vnd.pypi.simple.v1+json")
+        request.write(b'{"meta":{"api-version":"1.1"},"projects":[{"name":"alpha"},')
+        return NOT_DONE_YET
+
+
+@pytest.fixture
+def stalled_list():
+    with on_loopback(Site(StalledList())) as port:
+        yield f"http://127.0.0.1:{port}/simple/"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_project_list_that_stalls_is_given_up_and_can_be_fetched_again(tmp_path, stalled_list):
+    lists = ProjectLists(
+        None,
+        make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False)),
+        str(tmp_path),
+        timeout=0.2,
+    )
+    stage = Stage("root/pypi", {"type": "mirror", "mirror_url": stalled_list})
+    errors: list[str] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_namespace") == "devpi_tx.mirror" and "error" in event:
+            errors.append(event["error"])
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        # The deadline only keeps a failing run short.
+        assert await ensureDeferred(lists.refresh(stage)).addTimeout(10, reactor) is None
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    (error,) = errors
+    assert "no data for 0.2 s" in error
+    assert not lists.has_list("root/pypi")
+    assert os.listdir(tmp_path / "+mirrorlists") == []
+    assert lists._running == set()

@@ -20,7 +20,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 
 from ..model.stages import Stage
-from .client import ACCEPT, JSON_V1, ask_upstream, redact
+from .client import ACCEPT, JSON_V1, ask_upstream, collect_until_idle, redact
 
 log = Logger(namespace="devpi_tx.mirror")
 
@@ -111,7 +111,7 @@ class ProjectLists:
             content_type = (response.headers.getRawHeaders("content-type") or [""])[0]
             with open(tmp, "w", encoding="utf-8") as out:
                 scanner = NameScanner(content_type, out)
-                await treq.collect(response, scanner.feed)
+                await collect_until_idle(response, scanner.feed, idle=self._timeout, url=url)
             os.replace(tmp, self.path(stage.name))
             self._on_change()
             log.info("project list of {stage}: {count} names", stage=stage.name, count=scanner.count)
