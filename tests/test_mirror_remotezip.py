@@ -23,7 +23,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
 from devpi_tx.mirror import remotezip
 from devpi_tx.mirror.client import UpstreamError, make_http_client
@@ -511,3 +511,31 @@ async def test_a_range_answer_longer_than_its_range_is_not_read_past_it(overlong
     http = make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False))
     with pytest.raises(UpstreamError, match="over the limit of 4 bytes"):
         await fetch_wheel_metadata(http, overlong, timeout=10, basename="x-1.0-py3-none-any.whl")
+
+
+class StalledRange(Resource):
+    """
+    Answers a range request with two of its four bytes, then nothing.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setResponseCode(206)
+        request.setHeader(b"Content-Range", b"bytes 0-3/1000000")
+        request.setHeader(b"Content-Length", b"4")
+        request.write(b"PK")
+        return NOT_DONE_YET
+
+
+@pytest.fixture
+def stalled():
+    with on_loopback(Site(StalledRange())) as port:
+        yield f"http://127.0.0.1:{port}/x-1.0-py3-none-any.whl"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_range_answer_that_stalls_is_given_up(stalled):
+    http = make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False))
+    with pytest.raises(UpstreamError, match="no data for 0.2 s"):
+        await fetch_wheel_metadata(http, stalled, timeout=0.2, basename="x-1.0-py3-none-any.whl")

@@ -2,7 +2,8 @@
 The upstream HTTP client: one agent over kept-alive connections, with
 gzip, a bounded number of redirects, proxies, timeouts, upstream
 credentials taken from the mirror URL, and conditional requests; bodies are
-read with treq.
+read through treq's body protocol, bounded in size and given up when they
+stall (L{collect_until_idle}).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
-import treq
 from hyperlink import EncodedURL
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.endpoints import (
@@ -195,9 +195,11 @@ async def fetch_whole(
         if whole is not None:
             return await whole.fetch(method, as_uri(plain), sent, timeout=timeout, max_body=max_body)
         response = await http.request(method, plain, headers=sent, timeout=timeout, allow_redirects=False)
-        body = await _read_at_most(response, max_body)
+        body = await _read_at_most(response, max_body, idle=timeout, url=plain)
     except _OverLimit:
         raise UpstreamError(f"{redact(plain)}: answer over the limit of {max_body} bytes") from None
+    except UpstreamError:
+        raise
     except Exception as exc:
         raise upstream_error(plain, exc) from None
     headers = {
@@ -211,10 +213,11 @@ class _OverLimit(Exception):
     pass
 
 
-async def _read_at_most(response, limit: int) -> bytes:
+async def _read_at_most(response, limit: int, *, idle: float, url: str) -> bytes:
     """
     Read a response's body, dropping the connection as soon as it passes
-    C{limit} bytes rather than holding all of it first.
+    C{limit} bytes rather than holding all of it first, or when nothing
+    arrives for C{idle} seconds.
     """
     chunks: list[bytes] = []
     size = 0
@@ -226,7 +229,7 @@ async def _read_at_most(response, limit: int) -> bytes:
             raise _OverLimit()
         chunks.append(data)
 
-    await treq.collect(response, collect)
+    await collect_until_idle(response, collect, idle=idle, url=url)
     return b"".join(chunks)
 
 
@@ -301,16 +304,19 @@ def collect_until_idle(
     return finished
 
 
-async def read_body(url: str, response, limit: int) -> bytes:
+async def read_body(url: str, response, limit: int, *, idle: float) -> bytes:
     """
     Read a response's body of at most C{limit} bytes.
 
-    @raise UpstreamError: the body failed, or passed C{limit}.
+    @raise UpstreamError: the body failed, passed C{limit}, or stopped
+        arriving for C{idle} seconds.
     """
     try:
-        return await _read_at_most(response, limit)
+        return await _read_at_most(response, limit, idle=idle, url=url)
     except _OverLimit:
         raise UpstreamError(f"{redact(url)}: answer over the limit of {limit} bytes") from None
+    except UpstreamError:
+        raise
     except Exception as exc:
         raise upstream_error(url, exc) from None
 
@@ -484,7 +490,7 @@ class ProxyChoosingAgent:
 class UpstreamHTTP:
     """
     Requests to upstream, straight to an agent stack; bodies are read with
-    L{treq.content} and L{treq.collect}.
+    L{collect_until_idle}.
 
     treq's C{HTTPClient.request} takes every URL through hyperlink (the
     checks and IDNA encoding of each component, twice) and makes a cookie

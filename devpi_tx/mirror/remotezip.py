@@ -265,7 +265,7 @@ class RemoteFile:
             abandon(response)
             raise RemoteZipError(f"{redact(url)}: the file has {total} bytes upstream, not {self.size}")
         # No more than the range announced, whatever the body's length says.
-        data = await read_body(url, response, limit=last - first + 1)
+        data = await read_body(url, response, limit=last - first + 1, idle=self._timeout)
         if len(data) != last - first + 1:
             # A body in another Content-Encoding, or cut short.
             raise RemoteZipError(f"{redact(url)}: {len(data)} bytes for a range of {last - first + 1}")
