@@ -195,13 +195,9 @@ async def fetch_whole(
         if whole is not None:
             return await whole.fetch(method, as_uri(plain), sent, timeout=timeout, max_body=max_body)
         response = await http.request(method, plain, headers=sent, timeout=timeout, allow_redirects=False)
-        body = await _read_at_most(response, max_body, idle=timeout, url=plain)
-    except _OverLimit:
-        raise UpstreamError(f"{redact(plain)}: answer over the limit of {max_body} bytes") from None
-    except UpstreamError:
-        raise
     except Exception as exc:
         raise upstream_error(plain, exc) from None
+    body = await read_body(plain, response, max_body, idle=timeout)
     headers = {
         name.decode("latin-1").lower(): ", ".join(value.decode("latin-1") for value in values)
         for name, values in response.headers.getAllRawHeaders()
