@@ -17,6 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from devpi_tx.auth.passwords import PasswordChecker, fast_hasher
 from devpi_tx.config import ServerConfig
@@ -210,4 +211,22 @@ def on_loopback(factory) -> Iterator[int]:
     try:
         yield port.getHost().port
     finally:
+        pytest_twisted.blockon(port.stopListening())
+
+
+@pytest.fixture
+def canned():
+    """
+    C{canned(answer)} serves a L{CannedAnswer} on loopback for the test and
+    gives its base URL (callable from a test's coroutine: listening on TCP
+    is immediate).
+    """
+    ports = []
+
+    def serve(answer) -> str:
+        ports.append(reactor.listenTCP(0, Site(answer), interface="127.0.0.1"))
+        return f"http://127.0.0.1:{ports[-1].getHost().port}"
+
+    yield serve
+    for port in ports:
         pytest_twisted.blockon(port.stopListening())

@@ -238,3 +238,30 @@ def _wheel_metadata(data: bytes) -> bytes:
     with zipfile.ZipFile(io.BytesIO(data)) as wheel:
         (name,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
         return wheel.read(name)
+
+
+class CannedAnswer(Resource):
+    """
+    Answers every request alike: a status, headers and a body, then the
+    end of the answer, or (C{stall}) nothing more, ever.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self, body: bytes, *, code: int = 200, headers: dict[bytes, bytes] | None = None, stall: bool = False
+    ):
+        super().__init__()
+        self.body = body
+        self.code = code
+        self.headers = headers or {}
+        self.stall = stall
+
+    def render(self, request):
+        request.setResponseCode(self.code)
+        for name, value in self.headers.items():
+            request.setHeader(name, value)
+        if not self.stall:
+            return self.body
+        request.write(self.body)
+        return NOT_DONE_YET

@@ -20,8 +20,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import globalLogPublisher
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import Site
 
 from devpi_tx.config import ServerConfig
 from devpi_tx.mirror.client import make_http_client
@@ -29,9 +28,9 @@ from devpi_tx.mirror.projectlist import ProjectLists
 from devpi_tx.model.stages import Stage
 from devpi_tx.service import build_context, make_site
 
-from .conftest import on_loopback, synchronous_passwords
+from .conftest import synchronous_passwords
 from .distfiles import make_wheel
-from .fakeupstream import FakeUpstream, Release
+from .fakeupstream import CannedAnswer, FakeUpstream, Release
 
 JSON = {"Accept": "application/vnd.pypi.simple.v1+json"}
 
@@ -131,27 +130,10 @@ async def test_a_download_that_stalls_is_abandoned_and_the_next_request_starts_a
     assert upstream.count("/files/") == 2
 
 
-class StalledList(Resource):
-    """
-    An upstream project list that starts and never ends.
-    """
-
-    isLeaf = True
-
-    def render_GET(self, request):
-        request.setHeader(b"Content-Type", b"application/vnd.pypi.simple.v1+json")
-        request.write(b'{"meta":{"api-version":"1.1"},"projects":[{"name":"alpha"},')
-        return NOT_DONE_YET
-
-
-@pytest.fixture
-def stalled_list():
-    with on_loopback(Site(StalledList())) as port:
-        yield f"http://127.0.0.1:{port}/simple/"
-
-
 @pytest_twisted.ensureDeferred
-async def test_a_project_list_that_stalls_is_given_up_and_can_be_fetched_again(tmp_path, stalled_list):
+async def test_a_project_list_that_stalls_is_given_up_and_can_be_fetched_again(tmp_path, canned):
+    head = b'{"meta":{"api-version":"1.1"},"projects":[{"name":"alpha"},'
+    stalled_list = canned(CannedAnswer(head, headers={b"Content-Type": JSON["Accept"].encode()}, stall=True))
     lists = ProjectLists(
         None,
         make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False)),

@@ -22,8 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import HTTPConnectionPool
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import Site
 
 from devpi_tx.mirror import remotezip
 from devpi_tx.mirror.client import UpstreamError, make_http_client
@@ -34,7 +33,7 @@ from devpi_tx.model.metadata import wheel_metadata
 
 from .conftest import on_loopback, result_of
 from .distfiles import make_wheel, metadata_text
-from .fakeupstream import FakeUpstream, Release
+from .fakeupstream import CannedAnswer, FakeUpstream, Release
 
 FILES = "http://127.0.0.1:9/files/"
 JSON = "application/vnd.pypi.simple.v1+json"
@@ -486,56 +485,24 @@ async def test_whole_wheel_answer_is_abandoned(loopback):
     assert upstream.served.get(filename, 0) == sent < len(data) // 2
 
 
-class OverlongRange(Resource):
-    """
-    Answers every range request with a four-byte Content-Range and a body
-    of 100,000 bytes.
-    """
-
-    isLeaf = True
-
-    def render_GET(self, request):
-        request.setResponseCode(206)
-        request.setHeader(b"Content-Range", b"bytes 0-3/1000000")
-        return b"x" * 100_000
-
-
-@pytest.fixture
-def overlong():
-    with on_loopback(Site(OverlongRange())) as port:
-        yield f"http://127.0.0.1:{port}/x-1.0-py3-none-any.whl"
+WHEEL = "x-1.0-py3-none-any.whl"
+#: A range answer's head for the first four bytes of a large file.
+FOUR_BYTES = {b"Content-Range": b"bytes 0-3/1000000"}
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_range_answer_longer_than_its_range_is_not_read_past_it(overlong):
+async def test_a_range_answer_longer_than_its_range_is_not_read_past_it(canned):
+    url = canned(CannedAnswer(b"x" * 100_000, code=206, headers=FOUR_BYTES)) + "/" + WHEEL
     http = make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False))
     with pytest.raises(UpstreamError, match="over the limit of 4 bytes"):
-        await fetch_wheel_metadata(http, overlong, timeout=10, basename="x-1.0-py3-none-any.whl")
-
-
-class StalledRange(Resource):
-    """
-    Answers a range request with two of its four bytes, then nothing.
-    """
-
-    isLeaf = True
-
-    def render_GET(self, request):
-        request.setResponseCode(206)
-        request.setHeader(b"Content-Range", b"bytes 0-3/1000000")
-        request.setHeader(b"Content-Length", b"4")
-        request.write(b"PK")
-        return NOT_DONE_YET
-
-
-@pytest.fixture
-def stalled():
-    with on_loopback(Site(StalledRange())) as port:
-        yield f"http://127.0.0.1:{port}/x-1.0-py3-none-any.whl"
+        await fetch_wheel_metadata(http, url, timeout=10, basename=WHEEL)
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_range_answer_that_stalls_is_given_up(stalled):
+async def test_a_range_answer_that_stalls_is_given_up(canned):
+    # Two of its four bytes, then nothing.
+    answer = CannedAnswer(b"PK", code=206, headers={**FOUR_BYTES, b"Content-Length": b"4"}, stall=True)
+    url = canned(answer) + "/" + WHEEL
     http = make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False))
     with pytest.raises(UpstreamError, match="no data for 0.2 s"):
-        await fetch_wheel_metadata(http, stalled, timeout=0.2, basename="x-1.0-py3-none-any.whl")
+        await fetch_wheel_metadata(http, url, timeout=0.2, basename=WHEEL)

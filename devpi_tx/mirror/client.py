@@ -24,9 +24,10 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.error import TimeoutError as ConnectTimeout
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from twisted.web.client import (
     URI,
@@ -209,27 +210,7 @@ class _OverLimit(Exception):
     pass
 
 
-async def _read_at_most(response, limit: int, *, idle: float, url: str) -> bytes:
-    """
-    Read a response's body, dropping the connection as soon as it passes
-    C{limit} bytes rather than holding all of it first, or when nothing
-    arrives for C{idle} seconds.
-    """
-    chunks: list[bytes] = []
-    size = 0
-
-    def collect(data: bytes) -> None:
-        nonlocal size
-        size += len(data)
-        if size > limit:
-            raise _OverLimit()
-        chunks.append(data)
-
-    await collect_until_idle(response, collect, idle=idle, url=url)
-    return b"".join(chunks)
-
-
-class _WatchedBody(Protocol):
+class _WatchedBody(TimeoutMixin, Protocol):
     """
     Feed a response's body to a collector; give up, dropping the
     connection, when nothing arrives for C{idle} seconds.
@@ -240,42 +221,32 @@ class _WatchedBody(Protocol):
     ) -> None:
         self._finished: Deferred[None] | None = finished
         self._collector = collector
-        self._clock = clock
+        self.callLater = clock.callLater
         self._idle = idle
         self._url = url
-        self._last = clock.seconds()
-        self._timer: IDelayedCall | None = clock.callLater(idle, self._check)
+
+    def connectionMade(self) -> None:
+        self.setTimeout(self._idle)
 
     def dataReceived(self, data: bytes) -> None:
-        self._last = self._clock.seconds()
+        self.resetTimeout()
         try:
             self._collector(data)
         except BaseException:
             self._fail(Failure())
 
-    def _check(self) -> None:
-        self._timer = None
-        silent = self._clock.seconds() - self._last
-        if silent < self._idle:
-            self._timer = self._clock.callLater(self._idle - silent, self._check)
-            return
+    def timeoutConnection(self) -> None:
         self._fail(Failure(UpstreamTimeout(f"{redact(self._url)}: no data for {self._idle:g} s")))
 
     def _fail(self, failure: Failure) -> None:
         finished, self._finished = self._finished, None
-        self._stop_timer()
-        if self.transport is not None:
-            self.transport.stopProducing()
+        self.setTimeout(None)
+        self.transport.stopProducing()
         if finished is not None:
             finished.errback(failure)
 
-    def _stop_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._stop_timer()
+        self.setTimeout(None)
         finished, self._finished = self._finished, None
         if finished is None:
             return
@@ -302,19 +273,32 @@ def collect_until_idle(
 
 async def read_body(url: str, response, limit: int, *, idle: float) -> bytes:
     """
-    Read a response's body of at most C{limit} bytes.
+    Read a response's body of at most C{limit} bytes, dropping the
+    connection as soon as it passes C{limit} rather than holding all of it
+    first.
 
     @raise UpstreamError: the body failed, passed C{limit}, or stopped
         arriving for C{idle} seconds.
     """
+    chunks: list[bytes] = []
+    size = 0
+
+    def collect(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > limit:
+            raise _OverLimit()
+        chunks.append(data)
+
     try:
-        return await _read_at_most(response, limit, idle=idle, url=url)
+        await collect_until_idle(response, collect, idle=idle, url=url)
     except _OverLimit:
         raise UpstreamError(f"{redact(url)}: answer over the limit of {limit} bytes") from None
     except UpstreamError:
         raise
     except Exception as exc:
         raise upstream_error(url, exc) from None
+    return b"".join(chunks)
 
 
 def _tcp_endpoint(reactor, host: str, port: int) -> IStreamClientEndpoint:

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from ..model import releases
 from ..model.stages import Stage
 from ..singleflight import SingleFlight
-from .client import NotFoundUpstream, NotModified, UpstreamClient, UpstreamError, UpstreamTimeout, redact
+from .client import NotFoundUpstream, NotModified, UpstreamClient, UpstreamError, gateway_status, redact
 
 log = Logger(namespace="devpi_tx.mirror")
 
@@ -40,13 +40,13 @@ SYNTHESIZED_METADATA_MIN_SIZE = 8 * 1024 * 1024
 
 class MirrorUnavailable(Exception):
     """
-    Upstream failed and nothing is cached: the caller answers 502, or 504
-    when upstream did not answer in time (C{timed_out}).
+    Upstream failed and nothing is cached: the caller answers C{status}
+    (L{gateway_status}: 504 when upstream did not answer in time, else 502).
     """
 
-    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+    def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
-        self.timed_out = timed_out
+        self.status = status
 
 
 def mirror_key(stage: str, project: str) -> str:
@@ -145,7 +145,7 @@ class MirrorPages:
             log.warn("mirror {stage}: {error}", stage=stage.name, error=str(exc))
             if stored is None:
                 raise MirrorUnavailable(
-                    f"upstream {redact(url)} failed: {exc}", timed_out=isinstance(exc, UpstreamTimeout)
+                    f"upstream {redact(url)} failed: {exc}", status=gateway_status(exc)
                 ) from None
             return f"upstream failed, serving the cached page ({exc})"
         self._checked[key] = self._clock()

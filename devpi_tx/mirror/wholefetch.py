@@ -31,8 +31,9 @@ from urllib.parse import urljoin
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from twisted.web.client import URI
 from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError
@@ -105,17 +106,18 @@ def _request_bytes(method: bytes, target: bytes, headers: list[tuple[str, str]],
     return b"\r\n".join(lines)
 
 
-class WholeResponseProtocol(Protocol):
+class WholeResponseProtocol(TimeoutMixin, Protocol):
     """
     One HTTP/1.1 connection that answers one request at a time with a
-    L{WholeResponse}.
+    L{WholeResponse}; an exchange during which nothing arrives for its
+    timeout is given up (L{TimeoutMixin}).
 
     @ivar reusable: the last exchange ended cleanly and the server keeps
         the connection open; it is idle until the next L{request}.
     """
 
     def __init__(self, reactor: IReactorTime, on_idle: Callable[[WholeResponseProtocol], None]) -> None:
-        self._reactor = reactor
+        self.callLater = reactor.callLater
         self._on_idle = on_idle
         self.reusable = False
         self.connected = False
@@ -144,22 +146,13 @@ class WholeResponseProtocol(Protocol):
         self._remaining: int | None = None
         self._chunked: _ChunkedTransferDecoder | None = None
         self._until_close = False
-        self._timeout = timeout
-        self._last_data = self._reactor.seconds()
-        self._timer: IDelayedCall | None = (
-            self._reactor.callLater(timeout, self._check_timeout) if timeout else None
-        )
+        self.setTimeout(timeout or None)
         self._waiting = Deferred(lambda _: self._abort(None))
         self.transport.write(data)
         return self._waiting
 
-    def _check_timeout(self) -> None:
-        self._timer = None
-        silent = self._reactor.seconds() - self._last_data
-        if self._timeout is not None and silent < self._timeout:
-            self._timer = self._reactor.callLater(self._timeout - silent, self._check_timeout)
-            return
-        self._abort(FetchTimeout(f"no answer for {self._timeout:g} s"))
+    def timeoutConnection(self) -> None:
+        self._abort(FetchTimeout(f"no answer for {self.timeOut:g} s"))
 
     def _abort(self, error: Exception | None) -> None:
         """
@@ -173,10 +166,7 @@ class WholeResponseProtocol(Protocol):
 
     def _finish(self) -> Deferred | None:
         waiting, self._waiting = self._waiting, None
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        self.setTimeout(None)
         return waiting
 
     def dataReceived(self, data: bytes) -> None:
@@ -186,7 +176,7 @@ class WholeResponseProtocol(Protocol):
             self.transport.abortConnection()
             return
         self._received = True
-        self._last_data = self._reactor.seconds()
+        self.resetTimeout()
         try:
             if not self._code:
                 data = self._read_head(data)
@@ -405,7 +395,7 @@ class WholeFetcher:
         self, method: bytes, url: str, headers: dict[str, str], timeout: float | None, max_body: int
     ) -> tuple[int, dict[str, str], bytes]:
         origin_part, target = split_target(url)
-        origin = self._origin(origin_part, url)
+        origin = self._known_origin(origin_part, url)
         sent = [("Host", origin.host_header)]
         if not any(name.lower() == "accept-encoding" for name in headers):
             sent.append(("Accept-Encoding", "gzip"))
@@ -423,7 +413,7 @@ class WholeFetcher:
         except _NothingReceived as exc:
             raise FetchError(str(exc)) from None
 
-    def _origin(self, origin: bytes, url: str) -> _Origin:
+    def _known_origin(self, origin: bytes, url: str) -> _Origin:
         """
         What requests to C{origin} need, parsed and its endpoint made once
         (an upstream is a handful of origins; its pages are thousands).

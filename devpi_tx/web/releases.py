@@ -485,7 +485,7 @@ class ReleaseRoutes:
         try:
             warnings = await self._refresh_mirrors(stage, name)
         except MirrorUnavailable as exc:
-            return error(request, 504 if exc.timed_out else 502, str(exc))
+            return error(request, exc.status, str(exc))
         for warning in warnings:
             request.setHeader("X-Devpi-Mirror-Warning", warning.encode("latin-1", "replace"))
         return self._project_page(request, stage, name, project, fmt)
@@ -568,7 +568,7 @@ class ReleaseRoutes:
         try:
             await self._refresh_mirrors(stage, name)
         except MirrorUnavailable as exc:
-            return error(request, 504 if exc.timed_out else 502, str(exc))
+            return error(request, exc.status, str(exc))
         contributions = stages.project_contributions(self.ctx.storage, stage, name, self.ctx.mirror_links)
         result = {
             "index": stage,
