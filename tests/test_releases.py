@@ -107,7 +107,8 @@ def test_metadata_fields_kept(client, dev):
 @pytest.mark.parametrize(
     "name, version, filename, status, reason",
     [
-        ("pkg-a", "1.0", "pkg_a-1.0.exe", 400, "'pkg_a-1.0.exe' is not a valid archive name"),
+        ("pkg-a", "1.0", "pkg_a-1.0.rar", 400, "'pkg_a-1.0.rar' is not a valid archive name"),
+        ("pkg-a", "1.0", "pkg_a-1.0.tar.gz.txt", 400, "is not a valid archive name"),
         ("pkg-a", "1.0", "../pkg_a-1.0.tar.gz", 400, "is not a valid archive name"),
         ("zzz", "1.0", "pkg_a-1.0.tar.gz", 400, "does not match project name 'zzz'"),
         ("pkg-a", "9.9", "pkg_a-1.0.tar.gz", 400, "does not contain version '9.9'"),
@@ -122,6 +123,32 @@ def test_bad_file_names(client, context, dev, name, version, filename, status, r
     assert context.storage.serial == serial
     assert stored_blobs(context) == set()
     assert os.listdir(context.files.tmpdir) == []
+
+
+@pytest.mark.parametrize(
+    "filename",
+    [
+        "pkg_a-1.0.linux-x86_64.tar.gz",  # bdist_dumb
+        "pkg_a-1.0.macosx-10.9-x86_64.zip",  # bdist_dumb
+        "pkg_a-1.0-py3.11.egg",
+        "pkg_a-1.0.win-amd64.exe",
+        "pkg_a-1.0.win32.msi",
+        "pkg-a-1.0.tgz",
+        "pkg-a-1.0.tar.bz2",
+        "pkg-a-1.0.tar",
+        "pkg_a-1.0.dmg",
+        "pkg-a-1.0-1.noarch.rpm",
+    ],
+)
+def test_legacy_archives_are_stored_listed_and_served(client, dev, filename):
+    data = b"legacy archive " + filename.encode()
+    answer = upload(client, dev, "pkg-a", "1.0", filename, data)
+    assert answer.code == 200, answer.phrase
+    (link,) = client.get("/alice/dev/pkg-a").json["result"]["1.0"]["+links"]
+    assert link["href"].endswith("/" + filename)
+    (entry,) = simple_json(client)["files"]
+    assert entry["filename"] == filename
+    assert client.get(resolve(entry["url"]), accept=None).body == data
 
 
 def test_digest_mismatch_stores_nothing(client, context, dev):

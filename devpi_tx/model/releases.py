@@ -20,15 +20,10 @@ from __future__ import annotations
 import re
 import time
 
-from packaging.utils import (
-    InvalidSdistFilename,
-    InvalidWheelFilename,
-    canonicalize_name,
-    parse_sdist_filename,
-    parse_wheel_filename,
-)
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from . import archives
 from .errors import Conflict, Forbidden, InvalidInput, NotFound
 
 #: Core metadata fields kept in a version record (devpi's list plus the
@@ -110,23 +105,6 @@ def iso_time(when: float) -> str:
 # -- file names -----------------------------------------------------------------
 
 
-def parse_filename(basename: str) -> tuple[str, str, str]:
-    """
-    The project name, version and kind (C{"wheel"} or C{"sdist"}) encoded
-    in a distribution's file name.
-    """
-    if "/" in basename or "\\" in basename or basename.startswith(".") or "\0" in basename:
-        raise InvalidInput(f"{basename!r} is not a valid archive name")
-    try:
-        if basename.endswith(".whl"):
-            name, version, _, _ = parse_wheel_filename(basename)
-            return str(name), str(version), "wheel"
-        name, version = parse_sdist_filename(basename)
-        return str(name), str(version), "sdist"
-    except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
-        raise InvalidInput(f"{basename!r} is not a valid archive name") from None
-
-
 def _same_version(a: str, b: str) -> bool:
     try:
         return Version(a) == Version(b)
@@ -137,14 +115,15 @@ def _same_version(a: str, b: str) -> bool:
 def check_filename_matches(basename: str, name: str, version: str) -> str:
     """
     The file name must name the project and version given in the form
-    (after normalisation); return the kind of distribution.
+    (after normalisation); return the kind of distribution (see
+    L{archives.ArchiveName}).
     """
-    file_name, file_version, kind = parse_filename(basename)
-    if canonicalize_name(file_name) != canonicalize_name(name):
+    parsed = archives.split_archive_name(basename)
+    if canonicalize_name(parsed.name) != canonicalize_name(name):
         raise InvalidInput(f"filename {basename!r} does not match project name {name!r}")
-    if not _same_version(file_version, version):
+    if parsed.version is None or not _same_version(parsed.version, version):
         raise InvalidInput(f"filename {basename!r} does not contain version {version!r}")
-    return kind
+    return parsed.kind
 
 
 # -- metadata -------------------------------------------------------------------
