@@ -120,3 +120,48 @@ async def test_upstream_metadata_comes_over_a_real_connection_and_is_checked(set
     assert body.startswith(b"Metadata-Version") and b"Name: big" in body
     assert filename not in upstream.served  # the wheel itself was not downloaded
     assert any(path.endswith(".metadata") for method, path in upstream.requests)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_http10_upstream_without_lengths_or_types(tmp_path):
+    """
+    An old-school index (HTTP/1.0, no Content-Length or Content-Type,
+    relative links with md5 or sha256 fragments, a mirror_url without a
+    trailing slash): pages, project JSON and the files (whose ends are the
+    ends of their connections) all come through.
+    """
+    from .legacy_upstream import LegacyFile, LegacyIndex, serve
+
+    index = LegacyIndex()
+    md5_file, sha_file = make_wheel("old", "1.0"), make_wheel("old", "2.0")
+    index.add("old", LegacyFile(*md5_file, hash_name="md5"), LegacyFile(*sha_file))
+    legacy, url = serve(index)
+    config = ServerConfig(
+        serverdir=str(tmp_path / "s"), mirror_url=url, root_passwd_hash=fast_hasher().hash("rootpw")
+    )
+    context = build_context(
+        config,
+        passwords=synchronous_passwords(),
+        upstream_http=make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False)),
+    )
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(make_site(context))
+    client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+    base = f"http://127.0.0.1:{port.getHost().port}"
+    try:
+        response = await client.get(base + "/root/pypi/old", headers={"Accept": "application/json"})
+        versions = (await response.json())["result"]
+        assert sorted(versions) == ["1.0", "2.0"]
+        for version, (_, data) in (("1.0", md5_file), ("2.0", sha_file)):
+            (link,) = versions[version]["+links"]
+            response = await client.get(link["href"], timeout=10)
+            assert response.code == 200
+            assert await response.content() == data
+        assert [p for p in index.requests if p.startswith("/pkg/")] == [
+            f"/pkg/{md5_file[0]}",
+            f"/pkg/{sha_file[0]}",
+        ]
+    finally:
+        await port.stopListening()
+        context.close()
+        legacy.shutdown()
+        legacy.server_close()

@@ -361,38 +361,55 @@ class MirrorFiles:
         return {"Content-Length": length[0]} if length else {}
 
     async def _run_download(self, path: str, entry: dict, download: Download) -> None:
+        """
+        Download C{path} and link it; whatever fails (upstream, the
+        hash, the disk) ends the download with an L{UpstreamError} for
+        everyone waiting on it and leaves no file, so that no request
+        hangs and the next one tries again.
+        """
         url = entry["url"]
         writer = download.writer
         try:
-            _, response = await ask_upstream(
-                self._http, "GET", entry["url"], timeout=self._timeout, unbuffered=True
-            )
-            if response.code != 200:
-                raise UpstreamError(f"{redact(url)}: upstream answered {response.code}")
-            if response.length is not None and response.length >= 0:
-                download.total = response.length
-            download.reached("started", True, download)
-            try:
-                await collect_until_idle(response, download.data, idle=self._timeout, url=url)
-            except UpstreamError:
-                raise
-            except Exception as exc:
-                raise UpstreamError(f"{redact(url)}: download failed: {exc.__class__.__name__}") from None
-            digest = writer.hexdigest()
-            if entry.get("sha256") and digest != entry["sha256"]:
-                raise UpstreamError(
-                    f"{redact(url)}: sha256 mismatch, expected {entry['sha256']}, got {digest}"
-                )
-            download.committing = True
-            sha256 = await self._run(writer.commit)
-        except UpstreamError as exc:
-            log.warn("mirror download failed: {error}", error=str(exc))
-            writer.abort()
-            del self._downloads[path]
+            current = await self._fetch_and_link(path, entry, download)
+        except Exception as exc:
+            if not isinstance(exc, UpstreamError):
+                log.failure("mirror download of {url} failed", url=redact(url))
+                exc = UpstreamError(f"{redact(url)}: download failed: {exc.__class__.__name__}: {exc}")
+            else:
+                log.warn("mirror download failed: {error}", error=str(exc))
+            writer.abort()  # nothing to do once committed
+            self._downloads.pop(path, None)
             download.reached("started", False, exc)
             download.end(exc)
             download.reached("finished", False, exc)
             return
+        del self._downloads[path]
+        log.info("mirrored {url} ({size} bytes)", url=redact(url), size=writer.size)
+        download.end(None)
+        download.reached("finished", True, current)
+
+    async def _fetch_and_link(self, path: str, entry: dict, download: Download) -> dict:
+        url = entry["url"]
+        writer = download.writer
+        _, response = await ask_upstream(self._http, "GET", url, timeout=self._timeout, unbuffered=True)
+        if response.code != 200:
+            raise UpstreamError(f"{redact(url)}: upstream answered {response.code}")
+        # An answer delimited by the end of the connection (HTTP/1.0 style)
+        # has UNKNOWN_LENGTH, a string.
+        if isinstance(response.length, int) and response.length >= 0:
+            download.total = response.length
+        download.reached("started", True, download)
+        try:
+            await collect_until_idle(response, download.data, idle=self._timeout, url=url)
+        except UpstreamError:
+            raise
+        except Exception as exc:
+            raise UpstreamError(f"{redact(url)}: download failed: {exc.__class__.__name__}") from None
+        digest = writer.hexdigest()
+        if entry.get("sha256") and digest != entry["sha256"]:
+            raise UpstreamError(f"{redact(url)}: sha256 mismatch, expected {entry['sha256']}, got {digest}")
+        download.committing = True
+        sha256 = await self._run(writer.commit)
         with self._storage.transaction() as tx:
             current = tx.get(releases.file_key(path)) or entry
             was_stored = current.get("stored")
@@ -400,7 +417,4 @@ class MirrorFiles:
             tx.set(releases.file_key(path), current)
             if not was_stored:
                 tx.set(releases.blob_key(sha256), (tx.get(releases.blob_key(sha256)) or 0) + 1)
-        del self._downloads[path]
-        log.info("mirrored {url} ({size} bytes)", url=redact(url), size=writer.size)
-        download.end(None)
-        download.reached("finished", True, current)
+        return current
