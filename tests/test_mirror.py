@@ -354,3 +354,91 @@ def test_name_scanner_survives_chunk_boundaries():
     for start in range(0, len(body), 7):
         scanner.feed(body[start : start + 7])
     assert out.getvalue().split() == [f"proj-{i:04d}" for i in range(500)]
+
+
+# -- project and version JSON of a mirror -------------------------------------------------
+
+
+def test_project_json_of_a_mirror(client, upstream, hello):
+    sdist = ("hello-2.0.tar.gz", b"sdist bytes")
+    upstream.add("hello", Release(*sdist, yanked="broken"))
+    answer = client.get("/root/pypi/hello")
+    assert answer.code == 200, answer.body
+    assert answer.json["type"] == "projectconfig"
+    versions = answer.json["result"]
+    assert sorted(versions) == ["1.0", "2.0"]
+    one = versions["1.0"]
+    assert one["name"] == "hello" and one["version"] == "1.0"
+    assert one["requires_python"] == ">=3.8"
+    assert "yanked" not in one
+    (link,) = one["+links"]
+    sha = hashlib.sha256(hello[1]).hexdigest()
+    assert link == {
+        "rel": "releasefile",
+        "hash_spec": f"sha256={sha}",
+        "hashes": {"sha256": sha},
+        "href": f"http://127.0.0.1:3141/root/pypi/+f/{sha[:3]}/{sha[3:16]}/{hello[0]}",
+    }
+    assert versions["2.0"]["yanked"] == "broken"
+    # The links download through this server.
+    assert client.get(link["href"][len("http://127.0.0.1:3141") :], accept=None).body == hello[1]
+
+    answer = client.get("/root/pypi/hello/2.0")
+    assert answer.json["type"] == "versiondata"
+    assert [x["href"].rsplit("/", 1)[1] for x in answer.json["result"]["+links"]] == [sdist[0]]
+    answer = client.get("/root/pypi/hello/9.9")
+    assert answer.code == 404
+    assert answer.message == "The version 9.9 of project hello does not exist."
+
+
+def test_project_json_of_a_mirror_without_files_or_project(client, upstream, root):
+    upstream.add("empty")
+    assert client.get("/root/pypi/empty").json["result"] == {}
+    assert client.get("/root/pypi/nowhere").code == 404
+    client.request("PATCH", "/root/pypi", ["mirror_cache_expiry=0"], headers=root)
+    del upstream.projects["empty"]
+    assert client.get("/root/pypi/empty").code == 404
+
+
+def test_project_json_through_a_private_index(client, upstream, hello, alice):
+    assert client.request("PUT", "/alice/dev", {"bases": "root/pypi"}, headers=alice).code == 200
+    versions = client.get("/alice/dev/hello").json["result"]
+    assert list(versions) == ["1.0"]
+    assert "/root/pypi/+f/" in versions["1.0"]["+links"][0]["href"]
+    assert client.get("/alice/dev/hello/1.0").json["result"]["version"] == "1.0"
+    # ?ignore_bases: this index alone.
+    assert client.get("/alice/dev/hello?ignore_bases").code == 404
+    # A private copy hides the mirror (the simple page's whitelist rule).
+    _upload(client, alice, "alice/dev", "hello", "3.0")
+    assert list(client.get("/alice/dev/hello").json["result"]) == ["3.0"]
+
+
+def test_project_json_when_upstream_fails(client, upstream, hello):
+    upstream.fail_status = 500
+    answer = client.get("/root/pypi/hello")
+    assert answer.code == 502
+    assert "upstream" in answer.message
+    upstream.fail_status = None
+    assert list(client.get("/root/pypi/hello").json["result"]) == ["1.0"]
+
+
+def test_a_failure_while_storing_a_download_ends_it_for_every_waiter(client, upstream, hello, monkeypatch):
+    url = absolute(page(client).json["files"][0]["url"])
+    path = url.lstrip("/")
+    files = client.context.mirror_files
+    run = files._run
+
+    def disk_full(f, *args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files, "_run", disk_full)
+    first = files.download(path, client.context.storage.get("file/" + path))
+    waiting = first.wait("finished")
+    client._flush(waiting)
+    failure = []
+    waiting.addErrback(failure.append)
+    assert failure and "No space left on device" in str(failure[0].value)
+    assert files._downloads == {}
+    assert os.listdir(client.context.files.tmpdir) == []
+    monkeypatch.setattr(files, "_run", run)
+    assert client.get(url, accept=None).body == hello[1]

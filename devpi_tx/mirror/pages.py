@@ -20,6 +20,7 @@ from collections.abc import Callable
 from twisted.logger import Logger
 
 from ..model import releases
+from ..model.archives import version_of
 from ..model.stages import Stage
 from ..singleflight import SingleFlight
 from .client import NotFoundUpstream, NotModified, UpstreamClient, UpstreamError, gateway_status, redact
@@ -248,3 +249,29 @@ class MirrorPages:
                     shown[target] = link[source]
             links.append(shown)
         return links, list(page.get("versions", []))
+
+    def version_records(self, stage: Stage, project: str) -> dict[str, dict] | None:
+        """
+        The cached page as version records, shaped as devpi shows a
+        mirror's: C{name}, C{version}, C{requires_python} when known,
+        C{yanked} when every file of the version is, and C{+links} (without
+        a log); L{None} when nothing is cached.  Files whose name shows no
+        version are left out, as devpi leaves them out.
+        """
+        if self.cached(stage.name, project) is None:
+            return None
+        records: dict[str, dict] = {}
+        for link in self.links(stage, project)[0]:
+            version = version_of(link["basename"])
+            if version is None:
+                continue
+            record = records.setdefault(version, {"name": project, "version": version, "+links": []})
+            record["+links"].append(link)
+        for record in records.values():
+            links = record["+links"]
+            requires = next((x["requires_python"] for x in links if x.get("requires_python")), None)
+            if requires:
+                record["requires_python"] = requires
+            if all(x.get("yanked") not in (None, False) for x in links):
+                record["yanked"] = links[0]["yanked"]
+        return records

@@ -124,13 +124,17 @@ class ReleaseRoutes:
                     del self.ctx.pending_blobs[digest]
 
     def _link_json(self, base: str, link: dict) -> dict:
+        sha256 = link.get("sha256")
         shown = {
             "rel": link["rel"],
-            "hash_spec": f"sha256={link['sha256']}",
-            "hashes": {"sha256": link["sha256"]},
+            # A mirrored file whose upstream link had no sha256 has none
+            # until it is downloaded.
+            "hash_spec": f"sha256={sha256}" if sha256 else "",
+            "hashes": {"sha256": sha256} if sha256 else {},
             "href": f"{base}/{link['relpath']}",
-            "log": link.get("log", []),
         }
+        if "log" in link:  # mirrored files have none
+            shown["log"] = link["log"]
         if link.get("for_relpath"):
             shown["for_href"] = f"{base}/{link['for_relpath']}"
         for key in ("yanked", "attestations"):
@@ -589,21 +593,36 @@ class ReleaseRoutes:
 
     # -- project and version JSON ------------------------------------------------
 
-    def _merged_versions(self, request: IRequest, user: str, index: str, project: str) -> dict:
+    async def _merged_versions(self, request: IRequest, user: str, index: str, project: str) -> dict:
+        """
+        The version records of a project over the index's chain (the
+        first stage with a version wins), by the same whitelist rule as its
+        simple page; mirrors the rule lets in are asked as for that page.
+
+        @raise NotFound: no stage of the chain has the project.
+        @raise MirrorUnavailable: a mirror failed with nothing cached.
+        """
         stage = f"{user}/{index}"
         self._stage(user, index)
-        order = (
-            [stage]
-            if has_flag(request, "ignore_bases")
-            else [s.name for s in stages.resolution_order(self.ctx.storage, stage) if not s.is_mirror]
-        )
+        planned = self._plan(stage, project)
+        if has_flag(request, "ignore_bases"):
+            planned = planned[:1] if planned and planned[0][0].name == stage else []
         merged: dict = {}
         found = False
-        for name in order:
-            if releases.get_project(self.ctx.storage, name, project) is None:
+        for source, serves, _ in planned:
+            if not serves:
                 continue
+            if source.is_mirror:
+                warning = await self.ctx.mirrors.ensure(source, project)
+                if warning:
+                    request.setHeader("X-Devpi-Mirror-Warning", warning.encode("latin-1", "replace"))
+                records = self.ctx.mirrors.version_records(source, project)
+                if records is None:
+                    continue
+            else:
+                records = releases.version_records(self.ctx.storage, source.name, project)
             found = True
-            for version, record in releases.version_records(self.ctx.storage, name, project).items():
+            for version, record in records.items():
                 merged.setdefault(version, record)
         if not found:
             raise NotFound(f"no project {project!r}")
@@ -614,16 +633,25 @@ class ReleaseRoutes:
     def project_get(self, request: IRequest, user: str, index: str, project: str):
         if simple.is_installer(request) and not wants_json(request):
             return self.simple_project(request, user, index, project)
+        return ensureDeferred(self._project_json(request, user, index, project))
+
+    async def _project_json(self, request: IRequest, user: str, index: str, project: str) -> bytes:
         base = self.outside_url(request)
-        merged = self._merged_versions(request, user, index, canonicalize_name(project))
+        try:
+            merged = await self._merged_versions(request, user, index, canonicalize_name(project))
+        except MirrorUnavailable as exc:
+            return error(request, exc.status, str(exc))
         result = {version: self._record_json(base, record) for version, record in merged.items()}
         return envelope(request, type="projectconfig", result=result)
 
     @app.route("/<user>/<index>/<project>/<version>", methods=["GET", "HEAD"])
     @app.route("/<user>/<index>/<project>/<version>/", methods=["GET", "HEAD"])
-    def version_get(self, request: IRequest, user: str, index: str, project: str, version: str):
+    async def version_get(self, request: IRequest, user: str, index: str, project: str, version: str):
         name = canonicalize_name(project)
-        merged = self._merged_versions(request, user, index, name)
+        try:
+            merged = await self._merged_versions(request, user, index, name)
+        except MirrorUnavailable as exc:
+            return error(request, exc.status, str(exc))
         if version not in merged:
             raise NotFound(f"The version {version} of project {name} does not exist.")
         return envelope(
