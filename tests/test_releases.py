@@ -243,8 +243,17 @@ def test_volatile_overwrite_removes_old_blob(client, context, dev):
     record = client.get("/alice/dev/pkg-a/1.0").json["result"]
     (link,) = record["+links"]
     assert link["hashes"]["sha256"] == hashlib.sha256(other).hexdigest()
-    assert [entry["what"] for entry in link["log"]] == ["upload", "overwrite"]
+    # As devpi logs it: the overwrite first, by nobody, counting on.
+    assert [(e["what"], e["who"], e.get("count")) for e in link["log"]] == [
+        ("overwrite", None, 1),
+        ("upload", "alice", None),
+    ]
     assert hashlib.sha256(data).hexdigest() not in stored_blobs(context)
+    for count in (2, 3):
+        _, again = make_wheel("pkg-a", "1.0", payload=b"again %d" % count)
+        assert upload(client, dev, "pkg-a", "1.0", filename, again).code == 200
+        (link,) = client.get("/alice/dev/pkg-a/1.0").json["result"]["+links"]
+        assert [(e["what"], e.get("count")) for e in link["log"]] == [("overwrite", count), ("upload", None)]
 
 
 def test_attestations_stored(client, dev):
@@ -544,6 +553,64 @@ def test_doc_upload_and_download(client, dev):
     assert answer.code == 400
 
 
+def doc_upload(client, auth, fields, filename, data):
+    content_type, body = multipart([(":action", "doc_upload"), *fields], (filename, data))
+    return client.request(
+        "POST", "/alice/dev/", raw=body, headers={"Content-Type": content_type, **auth}, accept=None
+    )
+
+
+def test_empty_doc_upload_is_stored(client, dev):
+    upload(client, dev, "pkg-a", "1.0", *make_wheel("pkg-a", "1.0"))
+    answer = doc_upload(client, dev, [("name", "pkg-a"), ("version", "1.0")], "pkg-a-1.0.doc.zip", b"")
+    assert answer.code == 200, answer.phrase
+    links = client.get("/alice/dev/pkg-a/1.0").json["result"]["+links"]
+    (doclink,) = [link for link in links if link["rel"] == "doczip"]
+    assert client.get(doclink["href"].replace("http://127.0.0.1:3141", ""), accept=None).body == b""
+    # A release file may still not be empty.
+    answer = upload(client, dev, "pkg-a", "1.1", "pkg_a-1.1.tar.gz", b"")
+    assert (answer.code, answer.phrase) == (400, b"the uploaded file is empty")
+
+
+@pytest.mark.parametrize("data", [b"", make_doczip()])
+def test_doc_upload_without_version_or_releases(client, dev, data):
+    answer = doc_upload(client, dev, [("name", "pkg-q")], "pkg-q.doc.zip", data)
+    assert answer.code == 400
+    assert answer.phrase == b"doczip has no version and 'pkg-q' has no releases to derive one from"
+
+
+def test_doc_upload_without_version_takes_the_latest(client, dev):
+    for version in ("1.0", "1.10", "1.9"):
+        upload(client, dev, "pkg-a", version, *make_wheel("pkg-a", version))
+    assert doc_upload(client, dev, [("name", "pkg-a")], "pkg-a.doc.zip", make_doczip()).code == 200
+    links = client.get("/alice/dev/pkg-a/1.10").json["result"]["+links"]
+    assert [link["rel"] for link in links] == ["releasefile", "doczip"]
+
+
+def test_refused_toxresult_is_json_whatever_is_accepted(client, dev):
+    filename, data = make_wheel("pkg-a", "1.0")
+    upload(client, dev, "pkg-a", "1.0", filename, data)
+    client.request("PATCH", "/alice/dev", ["acl_toxresult_upload=alice"], headers=dev)
+    path = file_path(data, filename)
+    for accept in (None, "text/html", "*/*"):
+        answer = client.request("POST", path, {"testenvs": {}}, accept=accept)
+        assert answer.code == 403
+        assert answer.header("Content-Type") == "application/json"
+        assert "devpi test --no-upload" in answer.message
+    answer = client.request("POST", "/alice/dev/+f/aaa/bbb/nothing.whl", {}, headers=dev, accept=None)
+    assert (answer.code, answer.header("Content-Type")) == (404, "application/json")
+
+
+def test_upload_without_credentials_says_unauthorized(client, dev):
+    content_type, body = upload_form("pkg-a", "1.0", *make_wheel("pkg-a", "1.0"))
+    answer = client.request(
+        "POST", "/alice/dev/", raw=body, headers={"Content-Type": content_type}, accept=None
+    )
+    assert answer.code == 401
+    assert answer.phrase == b"Unauthorized: authentication required to upload to alice/dev"
+    assert answer.header("WWW-Authenticate") == 'Basic realm="pypi"'
+
+
 def test_toxresult_upload(client, dev):
     filename, data = make_wheel("pkg-a", "1.0")
     upload(client, dev, "pkg-a", "1.0", filename, data)
@@ -576,6 +643,24 @@ def test_push_copies_by_hash(client, context, alice):
     assert stored_blobs(context) == blobs
     again = client.request("PUSH", "/alice/dev", body, headers=alice)
     assert again.code == 400
+
+
+def test_push_over_another_file_logs_the_overwrite_first(client, alice):
+    client.request("PUT", "/alice/dev", {}, headers=alice)
+    client.request("PUT", "/alice/prod", {}, headers=alice)
+    filename, data = make_wheel("pkg-a", "1.0")
+    upload(client, alice, "pkg-a", "1.0", filename, data)
+    _, other = make_wheel("pkg-a", "1.0", payload=b"other")
+    upload(client, alice, "pkg-a", "1.0", filename, other, path="/alice/prod/")
+    body = {"name": "pkg-a", "version": "1.0", "targetindex": "alice/prod"}
+    assert client.request("PUSH", "/alice/dev", body, headers=alice).code == 200
+    (link,) = client.get("/alice/prod/pkg-a/1.0").json["result"]["+links"]
+    assert link["hashes"] == {"sha256": hashlib.sha256(data).hexdigest()}
+    assert [(e["what"], e["who"], e.get("count")) for e in link["log"]] == [
+        ("overwrite", None, 1),
+        ("upload", "alice", None),
+        ("push", "alice", None),
+    ]
 
 
 def test_push_errors(client, alice):

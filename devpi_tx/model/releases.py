@@ -289,7 +289,8 @@ def add_file(
     record = register(tx, stage, metadata, replace=False, save=False)
     overwrites = 0
     if existing is not None:
-        overwrites = sum(1 for e in existing.get("log", []) if e["what"] == "overwrite") + 1
+        # devpi's count: the earlier overwrites' counts plus this one.
+        overwrites = sum(e.get("count", 0) for e in existing.get("log", []) if e["what"] == "overwrite") + 1
         current = next(x for x in record["+links"] if x["relpath"] == existing["relpath"])
         _remove_link(tx, record, current, unused)
     path = path or relpath(stage, sha256, basename)
@@ -302,10 +303,12 @@ def add_file(
         "size": size,
         "last_modified": now,
         "upload_time": iso_time(now),
-        "log": list(log or []) + [event or log_entry("upload", who, dst=stage)],
+        # As devpi logs it: the overwrite first, by nobody in particular,
+        # then the new file's history.
+        "log": ([log_entry("overwrite", None, count=overwrites)] if overwrites else [])
+        + list(log or [])
+        + [event or log_entry("upload", who, dst=stage)],
     }
-    if overwrites:
-        link["log"].append(log_entry("overwrite", who, count=overwrites))
     link.update(extra or {})
     record["+links"].append(link)
     tx.set(version_key(stage, name, version), record)
