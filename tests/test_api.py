@@ -246,7 +246,9 @@ def test_index_lifecycle(client, alice):
         ("PATCH", "/alice/base", ["bases=alice/top"], 400, "loop"),
         ("PATCH", "/alice/base", "a string", 400, "expected a JSON object or list"),
         ("PATCH", "/alice/nope", {}, 404, "does not exist"),
-        ("PUT", "/nobody/dev", {}, 403, "no permission to create index nobody/dev"),
+        ("PUT", "/nobody/dev", {}, 404, "no user 'nobody'"),
+        ("PATCH", "/nobody/dev", {}, 404, "no user 'nobody'"),
+        ("DELETE", "/nobody/dev", None, 404, "no user 'nobody'"),
     ],
 )
 def test_index_bad_input_changes_nothing(client, alice, method, path, body, code, message):

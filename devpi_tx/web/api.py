@@ -208,10 +208,13 @@ class DevpiAPI(ReleaseRoutes):
         scheme = "https" if request.isSecure() else "http"
         return f"{scheme}://{host}"
 
-    def deny(self, request: IRequest, auth: AuthResult, message: str) -> bytes:
+    def deny(self, request: IRequest, auth: AuthResult, message: str, *, as_json: bool = False) -> bytes:
         """
         Refuse a request for lack of permission: 401 when the credentials
         sent were rejected, 403 otherwise.
+
+        @param as_json: answer JSON whatever the client accepts (routes
+            whose clients send JSON and read JSON back).
         """
         if auth.failed:
             request.setHeader("WWW-Authenticate", 'Basic realm="pypi"')
@@ -222,9 +225,12 @@ class DevpiAPI(ReleaseRoutes):
                     401,
                     f"credentials for user {auth.sent_user!r} were rejected: "
                     "the login token expired or is invalid, log in again",
+                    as_json=as_json,
                 )
-            return error(request, 401, f"credentials for user {auth.sent_user!r} were rejected")
-        return error(request, 403, message)
+            return error(
+                request, 401, f"credentials for user {auth.sent_user!r} were rejected", as_json=as_json
+            )
+        return error(request, 403, message, as_json=as_json)
 
     @app.handle_errors(ModelError)
     def model_error(self, request: IRequest, failure) -> bytes:
@@ -447,6 +453,9 @@ class DevpiAPI(ReleaseRoutes):
     @app.route("/<user>/<index>", methods=["PUT"])
     @app.route("/<user>/<index>/", methods=["PUT"])
     async def index_create(self, request: IRequest, user: str, index: str):
+        # The user first, as devpi's routes look it up: a missing user is
+        # 404 whoever asks (also with the token of a user just deleted).
+        users.require_user(self.ctx.storage, user)
         auth = await self.auth.authenticate(request)
         if not self.ctx.policy.may_create_index(auth.identity, user):
             return self.deny(request, auth, f"no permission to create index {user}/{index}")
@@ -459,6 +468,7 @@ class DevpiAPI(ReleaseRoutes):
     @app.route("/<user>/<index>", methods=["PATCH"])
     @app.route("/<user>/<index>/", methods=["PATCH"])
     async def index_modify(self, request: IRequest, user: str, index: str):
+        users.require_user(self.ctx.storage, user)
         auth = await self.auth.authenticate(request)
         if not self.ctx.policy.may_modify_index(auth.identity, user):
             return self.deny(request, auth, f"no permission to modify index {user}/{index}")
@@ -477,6 +487,7 @@ class DevpiAPI(ReleaseRoutes):
     @app.route("/<user>/<index>", methods=["DELETE"])
     @app.route("/<user>/<index>/", methods=["DELETE"])
     async def index_delete(self, request: IRequest, user: str, index: str):
+        users.require_user(self.ctx.storage, user)
         auth = await self.auth.authenticate(request)
         if not self.ctx.policy.may_modify_index(auth.identity, user):
             return self.deny(request, auth, f"no permission to delete index {user}/{index}")

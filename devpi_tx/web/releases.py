@@ -189,8 +189,12 @@ class ReleaseRoutes:
         def unauthorized() -> bytes:
             request.setHeader("WWW-Authenticate", 'Basic realm="pypi"')
             if auth.failed:
-                return _upload_error(request, 401, f"credentials for user {auth.sent_user!r} were rejected")
-            return _upload_error(request, 401, f"authentication required to upload to {user}/{index}")
+                return _upload_error(
+                    request, 401, f"Unauthorized: credentials for user {auth.sent_user!r} were rejected"
+                )
+            return _upload_error(
+                request, 401, f"Unauthorized: authentication required to upload to {user}/{index}"
+            )
 
         raise Refusal(unauthorized)
 
@@ -243,11 +247,12 @@ class ReleaseRoutes:
             return self._upload_ok(request)
         if receiver.file is None:
             raise InvalidInput("content file field not found")
-        if receiver.file.size == 0:
-            raise InvalidInput("the uploaded file is empty")
         config = self._stage(user, index)
         if action == "doc_upload":
+            # An empty documentation zip is stored, as devpi stores it.
             return await self._store_doczip(request, stage, config, metadata, receiver)
+        if receiver.file.size == 0:
+            raise InvalidInput("the uploaded file is empty")
         version = _first(fields, "version")
         if not version:
             raise InvalidInput("version field not found")
@@ -398,7 +403,7 @@ class ReleaseRoutes:
         writer, receiver.file = receiver.file, None
 
         def checked(sha256: str, meta_sha: str | None) -> dict:
-            if not is_zip(self.ctx.files.path(sha256)):
+            if writer.size and not is_zip(self.ctx.files.path(sha256)):
                 raise InvalidInput("the documentation upload is not a zip file")
             return {}
 
@@ -872,6 +877,16 @@ class ReleaseRoutes:
 
     @app.route("/<user>/<index>/+f/<path:relpath>", methods=["POST"])
     async def toxresult_upload(self, request: IRequest, user: str, index: str, relpath: str):
+        """
+        Store a tox result (JSON) for a release file.  Errors are JSON
+        whatever the client accepts, as devpi-server 6.11+ answers them.
+        """
+        try:
+            return await self._store_toxresult(request, user, index, relpath)
+        except ModelError as exc:
+            return error(request, exc.status, exc.message, as_json=True)
+
+    async def _store_toxresult(self, request: IRequest, user: str, index: str, relpath: str) -> bytes:
         config = self._stage(user, index)
         stage = f"{user}/{index}"
         path = f"{stage}/+f/{relpath}"
@@ -879,7 +894,10 @@ class ReleaseRoutes:
         acl = config.get("acl_toxresult_upload", [":ANONYMOUS:"])
         if not self.ctx.policy.may_upload(auth.identity, acl):
             return self.deny(
-                request, auth, "no permission to upload tox results (use 'devpi test --no-upload')"
+                request,
+                auth,
+                "no permission to upload tox results (use 'devpi test --no-upload')",
+                as_json=True,
             )
         entry = releases.get_file(self.ctx.storage, path)
         if entry is None or entry["rel"] != "releasefile":

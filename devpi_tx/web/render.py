@@ -57,6 +57,7 @@ def error(
     message: str,
     *,
     reason_is_message: bool = False,
+    as_json: bool = False,
 ) -> bytes:
     """
     An error answer: the JSON envelope for clients that accept JSON, a
@@ -64,11 +65,12 @@ def error(
 
     @param reason_is_message: put the message into the HTTP reason phrase
         too, which twine and setuptools print.
+    @param as_json: the JSON envelope whatever the client accepts.
     """
     reason = message if reason_is_message else _reason(status)
     # A reason phrase must be one line of latin-1 text.
     reason = (reason.splitlines() or [_reason(status)])[0]
-    if wants_json(request):
+    if as_json or wants_json(request):
         body = envelope(request, status, message=message)
     else:
         request.setHeader("Content-Type", "text/html; charset=utf-8")
