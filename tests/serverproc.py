@@ -421,15 +421,16 @@ class DevpiClient:
     def command(self, *args: str) -> list[str]:
         return [str(self.executable), "--clientdir", str(self.clientdir), *args]
 
-    def run(self, *args: str, env: dict[str, str] | None = None) -> ClientResult:
+    def run(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> ClientResult:
         """
-        Run C{devpi ARGS...} with no standard input.
+        Run C{devpi ARGS...} with no standard input, in C{cwd} (the
+        client's work directory by default).
         """
         completed = subprocess.run(
             self.command(*args),
             stdin=subprocess.DEVNULL,
             capture_output=True,
-            cwd=str(self.workdir),
+            cwd=str(cwd or self.workdir),
             env={**self.env, **(env or {})},
             timeout=self.timeout,
             check=False,
