@@ -604,8 +604,11 @@ class ReleaseRoutes:
         first stage with a version wins), by the same whitelist rule as its
         simple page; mirrors the rule lets in are asked as for that page.
 
+        A mirror that fails with nothing cached contributes nothing (as
+        devpi, whose stale project list then lacks the project): the
+        answer says so in a warning header, or in the 404's message.
+
         @raise NotFound: no stage of the chain has the project.
-        @raise MirrorUnavailable: a mirror failed with nothing cached.
         """
         stage = f"{user}/{index}"
         self._stage(user, index)
@@ -614,11 +617,16 @@ class ReleaseRoutes:
             planned = planned[:1] if planned and planned[0][0].name == stage else []
         merged: dict = {}
         found = False
+        failures: list[str] = []
         for source, serves, _ in planned:
             if not serves:
                 continue
             if source.is_mirror:
-                warning = await self.ctx.mirrors.ensure(source, project)
+                try:
+                    warning = await self.ctx.mirrors.ensure(source, project)
+                except MirrorUnavailable as exc:
+                    warning = str(exc)
+                    failures.append(f"{source.name}: {exc}")
                 if warning:
                     request.setHeader("X-Devpi-Mirror-Warning", warning.encode("latin-1", "replace"))
                 records = self.ctx.mirrors.version_records(source, project)
@@ -630,7 +638,7 @@ class ReleaseRoutes:
             for version, record in records.items():
                 merged.setdefault(version, record)
         if not found:
-            raise NotFound(f"no project {project!r}")
+            raise NotFound("; ".join([f"no project {project!r}", *failures]))
         return merged
 
     @app.route("/<user>/<index>/<project>", methods=["GET", "HEAD"])
@@ -642,10 +650,7 @@ class ReleaseRoutes:
 
     async def _project_json(self, request: IRequest, user: str, index: str, project: str) -> bytes:
         base = self.outside_url(request)
-        try:
-            merged = await self._merged_versions(request, user, index, canonicalize_name(project))
-        except MirrorUnavailable as exc:
-            return error(request, exc.status, str(exc))
+        merged = await self._merged_versions(request, user, index, canonicalize_name(project))
         result = {version: self._record_json(base, record) for version, record in merged.items()}
         return envelope(request, type="projectconfig", result=result)
 
@@ -653,10 +658,7 @@ class ReleaseRoutes:
     @app.route("/<user>/<index>/<project>/<version>/", methods=["GET", "HEAD"])
     async def version_get(self, request: IRequest, user: str, index: str, project: str, version: str):
         name = canonicalize_name(project)
-        try:
-            merged = await self._merged_versions(request, user, index, name)
-        except MirrorUnavailable as exc:
-            return error(request, exc.status, str(exc))
+        merged = await self._merged_versions(request, user, index, name)
         if version not in merged:
             raise NotFound(f"The version {version} of project {name} does not exist.")
         return envelope(
