@@ -29,12 +29,21 @@ class Release:
     #: The size the JSON page announces (PEP 700, with C{sizes}), when it
     #: is not the true one.
     size: int | None = None
+    #: The hash the pages give for the file: sha256, or md5 as old indexes.
+    hash_name: str = "sha256"
 
     @property
     def sha256(self) -> str:
         if self.wrong_hash:
             return hashlib.sha256(b"something else").hexdigest()
         return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def digest(self) -> str:
+        """
+        The file's hash as the pages give it (C{hash_name}).
+        """
+        return hashlib.new(self.hash_name, b"something else" if self.wrong_hash else self.data).hexdigest()
 
 
 class FakeUpstream(Resource):
@@ -113,7 +122,7 @@ class FakeUpstream(Resource):
                 entry = {
                     "filename": r.filename,
                     "url": f"../../files/{r.filename}",
-                    "hashes": {"sha256": r.sha256},
+                    "hashes": {r.hash_name: r.digest},
                 }
                 if r.requires_python:
                     entry["requires-python"] = r.requires_python
@@ -129,7 +138,7 @@ class FakeUpstream(Resource):
         else:
             anchors = []
             for r in releases:
-                attrs_ = f'href="../../files/{r.filename}#sha256={r.sha256}"'
+                attrs_ = f'href="../../files/{r.filename}#{r.hash_name}={r.digest}"'
                 if r.requires_python:
                     attrs_ += f' data-requires-python="{r.requires_python.replace(">", "&gt;")}"'
                 if r.yanked:

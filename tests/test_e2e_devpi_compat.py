@@ -142,6 +142,8 @@ def test_mirror_list_and_getjson(devpi: DevpiClient, server: ServerProcess, lega
     assert record["name"] == "old-style" and record["version"] == "1.0"
     links = links_of(record)
     assert sorted(links) == sorted([WHEEL10[0], SDIST10[0]])
+    # The md5 upstream gave is shown (and checked when downloading).
+    assert links[WHEEL10[0]]["hash_spec"] == "md5=" + hashlib.md5(WHEEL10[1]).hexdigest()
     sdist = links[SDIST10[0]]
     assert sdist["hashes"] == {"sha256": sha256(SDIST10[1])}
     h = sha256(SDIST10[1])

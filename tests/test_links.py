@@ -12,7 +12,7 @@ import posixpath
 
 import pytest
 
-from devpi_tx.mirror.parse import UpstreamLink, parse_json
+from devpi_tx.mirror.parse import UpstreamLink, parse_html, parse_json
 from devpi_tx.web.simple import link_url
 
 PAGE_DIRS = [
@@ -83,3 +83,39 @@ def test_a_link_as_json_leaves_out_what_is_unknown():
         "yanked": "bad",
         "size": 3,
     }
+
+
+def test_other_hashes_of_upstream_links_are_kept_when_there_is_no_sha256():
+    md5 = "0123456789abcdef0123456789ABCDEF"
+    html = (
+        f'<a href="../../pkg/a-1.0.zip#md5={md5}">a-1.0.zip</a>'
+        '<a href="../../pkg/a-1.1.zip#md5=short">a-1.1.zip</a>'
+        f'<a href="../../pkg/a-1.2.zip#sha256={"e" * 64}">a-1.2.zip</a>'
+        '<a href="../../pkg/a-2.0%2Blocal.tar.gz"></a>'
+    ).encode()
+    links = parse_html(html, "http://up.test/simple/a/")
+    assert [(link.filename, link.sha256, link.hash_spec) for link in links] == [
+        ("a-1.0.zip", None, f"md5={md5.lower()}"),
+        ("a-1.1.zip", None, None),
+        ("a-1.2.zip", "e" * 64, None),
+        # No text: the name is the URL's, unquoted; the URL stays quoted.
+        ("a-2.0+local.tar.gz", None, None),
+    ]
+    assert links[3].url == "http://up.test/pkg/a-2.0%2Blocal.tar.gz"
+    page = {"files": [{"filename": "a-1.0.zip", "url": "a-1.0.zip", "hashes": {"md5": md5, "blake3": "x"}}]}
+    (link,) = parse_json(json.dumps(page).encode(), "http://up.test/simple/a/")[0]
+    assert (link.sha256, link.hash_spec) == (None, f"md5={md5.lower()}")
+
+
+@pytest.mark.parametrize(
+    "target, quoted",
+    [
+        ("root/pypi/+f/abc/def/a-2.0+local.tar.gz", "root/pypi/+f/abc/def/a-2.0+local.tar.gz"),
+        ("root/pypi/+e/0123/a 1.0#x?.zip", "root/pypi/+e/0123/a%201.0%23x%3F.zip"),
+        ("root/pypi/+e/0123/a-1.0%.zip", "root/pypi/+e/0123/a-1.0%25.zip"),
+        ("root/pypi/+e/0123/ä-1.0.zip", "root/pypi/+e/0123/%C3%A4-1.0.zip"),
+    ],
+)
+def test_links_are_quoted_where_a_path_needs_it(target, quoted):
+    assert link_url("/", target, None) == quoted
+    assert link_url("/root/pypi/+simple/a/", target, "http://h") == "http://h/" + quoted

@@ -444,3 +444,28 @@ def test_a_failure_while_storing_a_download_ends_it_for_every_waiter(client, ups
     assert os.listdir(client.context.files.tmpdir) == []
     monkeypatch.setattr(files, "_run", run)
     assert client.get(url, accept=None).body == hello[1]
+
+
+def test_md5_links_are_shown_and_checked(client, upstream, root):
+    """
+    An old index gives md5 hashes only: devpi-tx shows them (page, project
+    JSON) and checks the download against them.
+    """
+    good, bad = make_wheel("old", "1.0"), make_wheel("old", "2.0")
+    upstream.mode = "html"
+    upstream.add("old", Release(*good, hash_name="md5"), Release(*bad, hash_name="md5", wrong_hash=True))
+    md5 = hashlib.md5(good[1]).hexdigest()
+    files = page(client, "/root/pypi/+simple/old/").json["files"]
+    assert [f["hashes"] for f in files][0] == {"md5": md5}
+    html = client.get("/root/pypi/+simple/old/", accept="text/html").body.decode()
+    assert f"#md5={md5}" in html
+    versions = client.get("/root/pypi/old").json["result"]
+    (link,) = versions["1.0"]["+links"]
+    assert (link["hash_spec"], link["hashes"]) == (f"md5={md5}", {"md5": md5})
+    base = "http://127.0.0.1:3141"
+    assert client.get(link["href"][len(base) :], accept=None).body == good[1]
+    (wrong,) = versions["2.0"]["+links"]
+    answer = client.get(wrong["href"][len(base) :], accept=None)
+    assert answer.code == 502
+    assert b"md5 mismatch" in answer.body
+    assert os.listdir(client.context.files.tmpdir) == []

@@ -399,8 +399,17 @@ class MirrorFiles:
         if isinstance(response.length, int) and response.length >= 0:
             download.total = response.length
         download.reached("started", True, download)
+        # Without a sha256 upstream, the hash it gave instead (md5, say).
+        spec = None if entry.get("sha256") else entry.get("hash_spec")
+        other = hashlib.new(spec.partition("=")[0]) if spec else None
+
+        def collect(chunk: bytes) -> None:
+            if other is not None:
+                other.update(chunk)
+            download.data(chunk)
+
         try:
-            await collect_until_idle(response, download.data, idle=self._timeout, url=url)
+            await collect_until_idle(response, collect, idle=self._timeout, url=url)
         except UpstreamError:
             raise
         except Exception as exc:
@@ -408,6 +417,10 @@ class MirrorFiles:
         digest = writer.hexdigest()
         if entry.get("sha256") and digest != entry["sha256"]:
             raise UpstreamError(f"{redact(url)}: sha256 mismatch, expected {entry['sha256']}, got {digest}")
+        if other is not None and f"{other.name}={other.hexdigest()}" != spec:
+            raise UpstreamError(
+                f"{redact(url)}: {other.name} mismatch, expected {spec}, got {other.hexdigest()}"
+            )
         download.committing = True
         sha256 = await self._run(writer.commit)
         with self._storage.transaction() as tx:

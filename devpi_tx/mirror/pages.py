@@ -199,6 +199,8 @@ class MirrorPages:
                     "last_modified": entry.get("last_modified", time.time()),
                     "mirror": True,
                 }
+                if link.get("hash_spec") and not wanted["sha256"]:
+                    wanted["hash_spec"] = link["hash_spec"]
                 if link.get("core_metadata"):
                     wanted["upstream_metadata"] = link["core_metadata"]
                 for kept in ("stored", "core_metadata_sha256"):
@@ -227,6 +229,8 @@ class MirrorPages:
                 "relpath": link_relpath(stage.name, link),
                 "sha256": link.get("sha256"),
             }
+            if link.get("hash_spec"):
+                shown["hash_spec"] = link["hash_spec"]
             meta = link.get("core_metadata")
             size = link.get("size")
             if isinstance(meta, str):

@@ -7,8 +7,9 @@ core metadata).
 from __future__ import annotations
 
 import json
+import re
 from html.parser import HTMLParser
-from urllib.parse import urldefrag, urljoin
+from urllib.parse import unquote, urldefrag, urljoin
 
 import attrs
 
@@ -24,6 +25,9 @@ class UpstreamLink:
     filename: str
     url: str
     sha256: str | None = None
+    #: Another hash upstream gave when it gave no sha256 (C{md5=<hex>}):
+    #: checked on download and shown as devpi shows it.
+    hash_spec: str | None = None
     requires_python: str | None = None
     yanked: str | bool | None = None
     core_metadata: str | bool | None = None  # sha256 of the metadata, or True
@@ -58,6 +62,21 @@ def _hash_from_fragment(fragment: str) -> str | None:
     return None
 
 
+#: The other hashes a link may carry (PEP 503: any of hashlib's guaranteed
+#: ones), by the length of their hex digest.
+OTHER_HASHES = {"md5": 32, "sha1": 40, "sha224": 56, "sha384": 96, "sha512": 128}
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+
+def _other_hash(name: str, value: object) -> str | None:
+    """
+    C{name=value} as a hash spec, if it is a hash devpi-tx can check.
+    """
+    if isinstance(value, str) and OTHER_HASHES.get(name) == len(value) and _HEX.fullmatch(value):
+        return f"{name}={value.lower()}"
+    return None
+
+
 def _metadata_value(value) -> str | bool | None:
     if value is None or value is False:
         return None
@@ -79,7 +98,9 @@ def parse_json(body: bytes, base_url: str) -> tuple[list[UpstreamLink], list[str
         if not isinstance(entry, dict) or "filename" not in entry or "url" not in entry:
             continue
         url = _absolute(base_url, entry["url"])
-        hashes = entry.get("hashes") or {}
+        hashes = entry.get("hashes") if isinstance(entry.get("hashes"), dict) else {}
+        sha256 = hashes.get("sha256") or None
+        others = (_other_hash(name, value) for name, value in hashes.items())
         meta = entry.get("core-metadata", entry.get("dist-info-metadata"))
         yanked = entry.get("yanked")
         size = entry.get("size")
@@ -87,7 +108,8 @@ def parse_json(body: bytes, base_url: str) -> tuple[list[UpstreamLink], list[str
             UpstreamLink(
                 filename=entry["filename"],
                 url=url,
-                sha256=(hashes.get("sha256") or None),
+                sha256=sha256,
+                hash_spec=None if sha256 else next((spec for spec in others if spec), None),
                 requires_python=entry.get("requires-python") or None,
                 yanked=None if yanked in (None, False) else yanked,
                 core_metadata=_metadata_value(meta),
@@ -133,14 +155,17 @@ def parse_html(body: bytes, base_url: str) -> list[UpstreamLink]:
         if not href:
             continue
         url, fragment = urldefrag(urljoin(base, href))
-        filename = "".join(text).strip() or url.rsplit("/", 1)[-1]
+        filename = "".join(text).strip() or unquote(url.rsplit("/", 1)[-1])
+        sha256 = _hash_from_fragment(fragment)
+        name, _, value = fragment.partition("=")
         yanked = attributes.get("data-yanked")
         meta = attributes.get("data-core-metadata", attributes.get("data-dist-info-metadata"))
         links.append(
             UpstreamLink(
                 filename=filename,
                 url=url,
-                sha256=_hash_from_fragment(fragment),
+                sha256=sha256,
+                hash_spec=None if sha256 else _other_hash(name, value),
                 requires_python=attributes.get("data-requires-python") or None,
                 yanked=None if yanked is None else (yanked or True),
                 core_metadata=_metadata_value(meta),

@@ -125,18 +125,20 @@ class ReleaseRoutes:
 
     def _link_json(self, base: str, link: dict) -> dict:
         sha256 = link.get("sha256")
+        # A mirrored file whose upstream link had no sha256 shows the hash
+        # upstream gave (md5, say), if any.
+        spec = f"sha256={sha256}" if sha256 else link.get("hash_spec") or ""
+        algorithm, _, digest = spec.partition("=")
         shown = {
             "rel": link["rel"],
-            # A mirrored file whose upstream link had no sha256 has none
-            # until it is downloaded.
-            "hash_spec": f"sha256={sha256}" if sha256 else "",
-            "hashes": {"sha256": sha256} if sha256 else {},
-            "href": f"{base}/{link['relpath']}",
+            "hash_spec": spec,
+            "hashes": {algorithm: digest} if spec else {},
+            "href": f"{base}/{simple.quote_path(link['relpath'])}",
         }
         if "log" in link:  # mirrored files have none
             shown["log"] = link["log"]
         if link.get("for_relpath"):
-            shown["for_href"] = f"{base}/{link['for_relpath']}"
+            shown["for_href"] = f"{base}/{simple.quote_path(link['for_relpath'])}"
         for key in ("yanked", "attestations"):
             if link.get(key) not in (None, False):
                 shown[key] = link[key]

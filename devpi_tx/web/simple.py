@@ -15,6 +15,7 @@ import posixpath
 import re
 from collections.abc import Iterable
 from typing import BinaryIO
+from urllib.parse import quote
 
 from twisted.web.iweb import IRequest
 
@@ -99,12 +100,29 @@ def is_installer(request: IRequest) -> bool:
     return bool(_INSTALLER.match(agent)) or "vnd.pypi.simple" in accept
 
 
+#: What a URL path may hold as it is (RFC 3986 pchar and "/").
+_PATH_SAFE = "/!$&'()*+,;=:@~-._"
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9" + re.escape(_PATH_SAFE) + r"]*")
+
+
+def quote_path(path: str) -> str:
+    """
+    C{path} fit for a URL: the characters a path may not hold as they are
+    (a space, C{#}, C{?}, C{%}, non-ASCII, in file names from upstream)
+    percent-encoded, the rest (C{+} of local versions included) left.
+    """
+    if _PLAIN_PATH.fullmatch(path):
+        return path
+    return quote(path, safe=_PATH_SAFE)
+
+
 def link_url(page_dir: str, target: str, absolute_base: str | None) -> str:
     """
     A link from a page served under C{page_dir} (a path ending in C{/}) to
-    C{target} (a path from the server root): relative, as devpi makes
-    them, or absolute when asked.
+    C{target} (a path from the server root, not yet quoted): relative, as
+    devpi makes them, or absolute when asked.
     """
+    target = quote_path(target)
     if absolute_base is not None:
         return absolute_base + "/" + target
     if "//" in page_dir or "/." in page_dir or "/." in target or not target or target.startswith("/"):
@@ -127,6 +145,9 @@ def _file_entry(link: dict, url: str) -> dict:
     entry: dict = {"filename": link["basename"], "url": url, "hashes": {}}
     if link.get("sha256"):
         entry["hashes"] = {"sha256": link["sha256"]}
+    elif link.get("hash_spec"):  # a mirrored link with another hash (md5)
+        algorithm, _, digest = link["hash_spec"].partition("=")
+        entry["hashes"] = {algorithm: digest}
     if link.get("requires_python"):
         entry["requires-python"] = link["requires_python"]
     if link.get("core_metadata_sha256") or link.get("core_metadata") is True:
@@ -184,8 +205,8 @@ def render_project(
     lines = [_html_head(f"{stagename}: links for {name}")]
     for stage, entry in files:
         url = entry["url"]
-        if "sha256" in entry["hashes"]:
-            url += "#sha256=" + entry["hashes"]["sha256"]
+        for algorithm, digest in entry["hashes"].items():
+            url += f"#{algorithm}={digest}"
         attrs = [f'href="{html.escape(url)}"']
         if "requires-python" in entry:
             attrs.append(f'data-requires-python="{html.escape(entry["requires-python"])}"')
