@@ -5,48 +5,77 @@ endpoint, built from a L{ServerConfig}.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging.config
 import os
+from collections.abc import Callable
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
-from twisted.internet import reactor as global_reactor
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger, STDLibLogObserver, globalLogPublisher
 
 from .auth.passwords import PasswordChecker
 from .auth.tokens import TokenSigner
 from .config import ServerConfig
 from .customizers import default_registry
-from .mirror.projectlist import project_list_service
+from .mirror.client import UpstreamClient
+from .mirror.files import MirrorFiles
+from .mirror.http import UpstreamHTTP, make_http_client
+from .mirror.pages import MirrorPages
+from .mirror.projectlist import ProjectLists, project_list_service
+from .model import releases
 from .model.acl import Policy, parse_restrict_modify
+from .model.memo import StateMemo
 from .pipconfig import default_mirror_url
 from .serverdir import ensure_secret, initialize, is_initialized, read_nodeinfo
 from .storage.files import LocalFileStore
 from .storage.sqlite import open_storage
 from .web.accesslog import open_access_log
-from .web.api import DevpiAPI, ServerContext
+from .web.api import DevpiAPI
+from .web.context import ServerContext
+from .web.derivedblobs import DerivedBlobs
 from .web.installer import InstallerFastPath
+from .web.listpages import ListPages
+from .web.pagecache import PageCache
 from .web.site import DevpiSite
 
 log = Logger(namespace="devpi_tx.service")
 
 
-class StorageService(MultiService):
+class OrderedMultiService(MultiService):
     """
-    Owns the state: closes it (and what writes to it in the background)
-    when the server stops.
+    A L{MultiService} whose children stop one after another, last added
+    first, each once the one before has finished stopping: the web servers
+    stop before the background work, and the state closes after everything
+    that writes to it.  (L{MultiService} stops them all at once.)
     """
 
-    def __init__(self, context) -> None:
-        super().__init__()
-        self.context = context
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        d: Deferred[None] = succeed(None)
+        for child in reversed(list(self)):
+            d.addCallback(lambda _, child=child: child.stopService())
+            d.addErrback(lambda failure: log.failure("stopping a service failed", failure))
+        return d.addCallback(lambda _: None)
 
-    def stopService(self):
-        result = super().stopService()
-        self.context.close()
-        return result
+
+class CallOnStop(Service):
+    """
+    A service that does one thing when the server stops (close the state,
+    the upstream pool; stop a background writer).
+    """
+
+    def __init__(self, name: str, on_stop: Callable[[], object]) -> None:
+        self.setName(name)
+        self._on_stop = on_stop
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return maybeDeferred(self._on_stop).addCallback(lambda _: None)
 
 
 def _configure_stdlib_logging(path: str) -> None:
@@ -63,14 +92,23 @@ def build_context(
     config: ServerConfig,
     passwords: PasswordChecker | None = None,
     run_in_thread=None,
-    upstream_http=None,
+    upstream_http: UpstreamHTTP | None = None,
     clock=None,
+    reactor=None,
 ) -> ServerContext:
     """
     Open (initialising on first start) the server directory and build what
-    request handlers share.  With a C{clock}, non-durable transactions
-    (mirrored pages) are written in batches.
+    request handlers share.
+
+    @param reactor: what timers and upstream connections run on; the
+        global reactor if not given.
+    @param clock: with one, non-durable transactions (mirrored pages) are
+        written in batches on it.
+    @param upstream_http: the client for other servers; one over the agent
+        stack of L{make_http_client} if not given.
     """
+    if reactor is None:
+        from twisted.internet import reactor
     if not is_initialized(config.serverdir):
         for line in initialize(config):
             if line.startswith("WARNING"):
@@ -80,6 +118,18 @@ def build_context(
     nodeinfo = read_nodeinfo(config.serverdir)
     secret = ensure_secret(config.secret_path)
     storage = open_storage(config.serverdir, clock=clock)
+    files = LocalFileStore(os.path.join(config.serverdir, "+files"))
+    run_in_thread = run_in_thread or deferToThread
+    http = upstream_http or make_http_client(reactor, connect_timeout=config.request_timeout)
+    page_cache = PageCache()
+    storage.subscribe(page_cache.changed)
+    pending_blobs: collections.Counter = collections.Counter()
+
+    def blob_wanted(digest: str) -> bool:
+        return bool(pending_blobs[digest]) or releases.blob_in_use(storage, digest)
+
+    list_pages = ListPages(os.path.join(config.serverdir, "+mirrorlists", "pages"), run_in_thread)
+    list_pages.clear_directory()
     return ServerContext(
         config=config,
         storage=storage,
@@ -88,9 +138,37 @@ def build_context(
         signer=TokenSigner(secret),
         passwords=passwords or PasswordChecker(),
         uuid=nodeinfo["uuid"],
-        files=LocalFileStore(os.path.join(config.serverdir, "+files")),
-        **({"run_in_thread": run_in_thread} if run_in_thread else {}),
-        **({"upstream_http": upstream_http} if upstream_http is not None else {}),
+        files=files,
+        run_in_thread=run_in_thread,
+        http=http,
+        page_cache=page_cache,
+        memo=StateMemo(storage),
+        derived_blobs=DerivedBlobs(files, run_in_thread, reactor, blob_wanted),
+        list_pages=list_pages,
+        mirrors=MirrorPages(
+            storage,
+            UpstreamClient(http, config.request_timeout),
+            default_expiry=config.mirror_cache_expiry,
+            offline=config.offline_mode,
+        ),
+        # Files and project lists may take long to arrive whole; each chunk
+        # must still come within this allowance.
+        mirror_files=MirrorFiles(
+            storage,
+            files,
+            http,
+            timeout=config.request_timeout * 12,
+            run_in_thread=run_in_thread,
+            offline=config.offline_mode,
+        ),
+        project_lists=ProjectLists(
+            storage,
+            http,
+            config.serverdir,
+            timeout=config.request_timeout * 12,
+            on_change=lambda: page_cache.invalidate_project(None),
+        ),
+        pending_blobs=pending_blobs,
     )
 
 
@@ -109,15 +187,30 @@ def make_site(context: ServerContext) -> DevpiSite:
     return site
 
 
-def make_service(config: ServerConfig, reactor=global_reactor) -> MultiService:
+def make_service(config: ServerConfig, reactor) -> MultiService:
+    """
+    The server: one service tree, built from the config, whose children
+    start in this order and stop in the reverse one, each after the last:
+
+    1. the state (closed last),
+    2. the upstream client's connection pool,
+    3. the writer of derived blobs,
+    4. the refresher of upstream project lists (not offline),
+    5. one web server per listening endpoint.
+    """
     if config.logger_cfg:
         _configure_stdlib_logging(config.logger_cfg)
-    context = build_context(config, clock=reactor)
-    root = StorageService(context)
-    site = make_site(context)
+    context = build_context(config, clock=reactor, reactor=reactor)
+    root = OrderedMultiService()
+    CallOnStop("state", context.storage.close).setServiceParent(root)
+    CallOnStop("upstream", context.http.close_idle).setServiceParent(root)
+    CallOnStop("derived-blobs", context.derived_blobs.stop).setServiceParent(root)
     if not config.offline_mode:
         lists = project_list_service(context.project_lists, config.mirror_cache_expiry)
+        lists.clock = reactor
+        lists.setName("project-lists")
         lists.setServiceParent(root)
+    site = make_site(context)
     for description in config.endpoints:
         endpoint = serverFromString(reactor, description)
         service = StreamServerEndpointService(endpoint, site)

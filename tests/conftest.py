@@ -21,6 +21,7 @@ from twisted.web.server import Site
 
 from devpi_tx.auth.passwords import PasswordChecker, fast_hasher
 from devpi_tx.config import ServerConfig
+from devpi_tx.mirror.http import UpstreamHTTP
 from devpi_tx.service import build_context
 from devpi_tx.web.api import DevpiAPI
 from devpi_tx.web.installer import InstallerFastPath
@@ -134,7 +135,7 @@ class Client:
         """
         Pump the server and its upstream until C{d} has fired.
         """
-        upstream = self.context.upstream_http
+        upstream = self.context.http.http  # the StubTreq under the upstream client
         for _ in range(20):
             self.stub.flush()
             if hasattr(upstream, "flush"):
@@ -178,7 +179,8 @@ def context(config, upstream):
         config,
         passwords=synchronous_passwords(),
         run_in_thread=synchronous,
-        upstream_http=StubTreq(upstream),
+        upstream_http=UpstreamHTTP(StubTreq(upstream), reactor),
+        reactor=reactor,
     )
     yield context
     context.close()

@@ -172,9 +172,11 @@ def test_cached_projects_listed(client, upstream, hello):
 
 def test_offline_mode_never_asks_upstream(tmp_path, upstream, hello):
     from treq.testing import StubTreq
+    from twisted.internet import reactor
 
     from devpi_tx.auth.passwords import fast_hasher
     from devpi_tx.config import ServerConfig
+    from devpi_tx.mirror.http import UpstreamHTTP
     from devpi_tx.service import build_context
 
     from .conftest import Client, synchronous, synchronous_passwords
@@ -186,7 +188,10 @@ def test_offline_mode_never_asks_upstream(tmp_path, upstream, hello):
         offline_mode=True,
     )
     context = build_context(
-        config, passwords=synchronous_passwords(), run_in_thread=synchronous, upstream_http=StubTreq(upstream)
+        config,
+        passwords=synchronous_passwords(),
+        run_in_thread=synchronous,
+        upstream_http=UpstreamHTTP(StubTreq(upstream), reactor),
     )
     client = Client(context)
     assert page(client).code == 404

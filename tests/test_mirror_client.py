@@ -11,10 +11,11 @@ import json
 
 import pytest
 import pytest_twisted
-import treq.client
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -23,6 +24,7 @@ from devpi_tx.mirror.client import (
     MAX_REDIRECTS,
     UpstreamClient,
     UpstreamError,
+    UpstreamTimeout,
     ask_upstream,
     fetch_whole,
     make_http_client,
@@ -118,12 +120,6 @@ async def test_a_page_url_that_is_not_ascii_is_sent_percent_encoded(upstream):
     assert resource.seen[0][0] == b"/simple/h%C3%A9llo/"
 
 
-def test_pages_are_fetched_whole_on_direct_connections_only():
-    assert make_http_client(reactor, environ={}).whole is not None
-    assert make_http_client(reactor, environ={"http_proxy": "http://127.0.0.1:1"}).whole is None
-    assert make_http_client(reactor, environ={"https_proxy": "http://127.0.0.1:1"}).whole is None
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_silent_upstream_page_times_out(upstream):
     resource, url = upstream
@@ -135,15 +131,9 @@ async def test_a_silent_upstream_page_times_out(upstream):
 async def test_an_upstream_that_does_not_answer_times_out(upstream):
     resource, url = upstream
     http = make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False))
-    with pytest.raises(UpstreamError, match="silent.*Cancel"):
+    with pytest.raises(UpstreamTimeout, match="silent/: no answer for 0.2 s"):
         await ask_upstream(http, "GET", f"{url}/silent/", timeout=0.2)
     assert [seen[0] for seen in resource.seen] == [b"/silent/"]
-
-
-def test_redirects_are_the_agents_business():
-    http = make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False))
-    with pytest.raises(ValueError, match="agent"):
-        http.request("GET", "http://127.0.0.1:1/", allow_redirects=True)
 
 
 @pytest_twisted.ensureDeferred
@@ -185,30 +175,100 @@ async def test_a_burst_of_pages_reuses_the_connections_of_the_last(upstream):
 
 
 @pytest_twisted.ensureDeferred
-async def test_kept_connections_are_closed_when_asked(upstream):
-    from twisted.internet.task import deferLater
+async def test_kept_connections_are_closed_when_asked():
+    resource = Upstream()
+    site = Site(resource)
+    lost: list[Deferred] = []
+    build = site.buildProtocol
 
-    resource, url = upstream
-    http = make_http_client(reactor)
-    client = UpstreamClient(http, timeout=5)
-    await client.project_page(url + "/simple/", "hello")
-    (channel,) = resource.channels
-    await deferLater(reactor, 0.05, lambda: None)
-    assert not channel.transport.disconnected  # kept for the next request
-    await http.close_idle()
-    await deferLater(reactor, 0.05, lambda: None)
-    assert channel.transport.disconnected
+    def watched(addr):
+        channel = build(addr)
+        gone: Deferred = Deferred()
+        lost.append(gone)
+        end = channel.connectionLost
+        channel.connectionLost = lambda reason: (end(reason), gone.callback(None))
+        return channel
+
+    site.buildProtocol = watched
+    listening = reactor.listenTCP(0, site, interface="127.0.0.1")
+    port = listening.getHost().port
+    try:
+        http = make_http_client(reactor)
+        await UpstreamClient(http, timeout=5).project_page(f"http://127.0.0.1:{port}/simple/", "hello")
+        (gone,) = lost
+        await UpstreamClient(http, timeout=5).project_page(f"http://127.0.0.1:{port}/simple/", "hello")
+        assert len(lost) == 1 and not gone.called  # the one connection was kept and used again
+        await http.close_idle()
+        await gone
+    finally:
+        await listening.stopListening()
 
 
-@pytest.mark.parametrize("direct", [True, False], ids=["direct", "through-agents"])
 @pytest_twisted.ensureDeferred
-async def test_a_whole_answer_over_its_limit_is_refused_on_either_route(upstream, direct):
+async def test_a_whole_answer_over_its_limit_is_refused(upstream):
     resource, url = upstream
     http = make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False))
-    if not direct:
-        # What a proxied client does: no WholeFetcher, the agents read the body.
-        http = treq.client.HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
     with pytest.raises(UpstreamError, match="over the limit of 50000"):
         await fetch_whole(http, "GET", url + "/big/", timeout=5, max_body=50_000)
     answer = await fetch_whole(http, "GET", url + "/big/", timeout=5, max_body=200_000)
     assert answer.body == b"x" * 200_000
+
+
+def test_an_upstream_that_never_accepts_times_out_after_the_request_timeout():
+    """
+    Connecting counts against the request's timeout (and the endpoint's
+    own connect timeout is the server's request timeout too).
+    """
+    clock = MemoryReactorClock()
+    http = make_http_client(clock, HTTPConnectionPool(clock, persistent=False), environ={}, connect_timeout=3)
+    d = Deferred.fromCoroutine(
+        UpstreamClient(http, timeout=3).project_page("http://127.0.0.1:1/simple/", "x")
+    )
+    ((host, port, _, connect_timeout, _),) = clock.tcpClients
+    assert (host, port, connect_timeout) == ("127.0.0.1", 1, 3)
+    clock.advance(2.9)
+    assert not d.called
+    clock.advance(0.2)
+    failure = []
+    d.addErrback(failure.append)
+    assert failure and failure[0].check(UpstreamTimeout)
+    assert "no answer for 3 s" in str(failure[0].value)
+
+
+class _Scripted(Protocol):
+    """
+    Answers any request with a canned byte string, then closes.
+    """
+
+    answer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(self.answer)
+        self.transport.loseConnection()
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        # HTTP/1.0 style: no length, the end of the connection ends the body.
+        (b"HTTP/1.0 200 OK\r\n\r\n" + json.dumps(PAGE).encode(), ["hello-1.0.tar.gz"]),
+        # Cut short: an error, never a short page.
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n<a href='x-1.0.zip'>x-1.0.zip</a>", UpstreamError),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_answers_ended_by_the_connection(answer, expected):
+    factory = Factory.forProtocol(_Scripted)
+    factory.protocol = type("Scripted", (_Scripted,), {"answer": answer})
+    listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    port = listening.getHost().port
+    try:
+        client = UpstreamClient(make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False)), 5)
+        if expected is UpstreamError:
+            with pytest.raises(UpstreamError):
+                await client.project_page(f"http://127.0.0.1:{port}/simple/", "x")
+        else:
+            page = await client.project_page(f"http://127.0.0.1:{port}/simple/", "x")
+            assert [link.filename for link in page.links] == expected
+    finally:
+        await listening.stopListening()

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface.verify import verifyObject
 
-from devpi_tx.mirror.client import _tcp_endpoint
+from devpi_tx.mirror.http import _tcp_endpoint
 from devpi_tx.mirror.quickack import QuickAckEndpoint
 
 
@@ -35,7 +35,7 @@ from devpi_tx.mirror.quickack import QuickAckEndpoint
     ],
 )
 def test_ip_addresses_are_not_resolved(host, kind):
-    assert isinstance(_tcp_endpoint(reactor, host, 80), kind)
+    assert isinstance(_tcp_endpoint(reactor, host, 80, timeout=5), kind)
 
 
 class Echo(Protocol):

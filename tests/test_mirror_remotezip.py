@@ -19,13 +19,14 @@ import pytest_twisted
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
 from devpi_tx.mirror import remotezip
 from devpi_tx.mirror.client import UpstreamError, make_http_client
+from devpi_tx.mirror.http import UpstreamHTTP
 from devpi_tx.mirror.remotezip import RangeNotSupported, RemoteZipError, fetch_wheel_metadata
 from devpi_tx.model import releases
 from devpi_tx.model.errors import InvalidInput
@@ -85,8 +86,9 @@ def big_wheel() -> tuple[str, bytes]:
 
 def fetch(upstream: FakeUpstream, filename: str, **kw) -> bytes:
     stub = StubTreq(upstream)
+    http = UpstreamHTTP(stub, Clock())
     d = Deferred.fromCoroutine(
-        fetch_wheel_metadata(stub, FILES + filename, timeout=5, basename=filename, **kw)
+        fetch_wheel_metadata(http, FILES + filename, timeout=5, basename=filename, **kw)
     )
     for _ in range(20):
         stub.flush()

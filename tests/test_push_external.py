@@ -10,13 +10,13 @@ import hashlib
 import pytest
 import pytest_twisted
 import treq
-from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 
 from devpi_tx.auth.passwords import fast_hasher
 from devpi_tx.config import ServerConfig
+from devpi_tx.mirror.http import make_http_client
 from devpi_tx.service import build_context, make_site
 
 from .conftest import UPSTREAM, Client, basic, synchronous, synchronous_passwords
@@ -34,7 +34,7 @@ def new_context(path):
 def servers(tmp_path):
     source, target = new_context(tmp_path / "source"), new_context(tmp_path / "target")
     pool = HTTPConnectionPool(reactor, persistent=False)
-    source.http = HTTPClient(Agent(reactor, pool=pool))
+    source.http = make_http_client(reactor, pool)
     for context, user in ((source, "alice"), (target, "ext")):
         client = Client(context)
         client.request("PUT", f"/{user}", {"password": f"{user}pw"})

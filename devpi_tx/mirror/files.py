@@ -391,7 +391,7 @@ class MirrorFiles:
     async def _fetch_and_link(self, path: str, entry: dict, download: Download) -> dict:
         url = entry["url"]
         writer = download.writer
-        _, response = await ask_upstream(self._http, "GET", url, timeout=self._timeout, unbuffered=True)
+        _, response = await ask_upstream(self._http, "GET", url, timeout=self._timeout)
         if response.code != 200:
             raise UpstreamError(f"{redact(url)}: upstream answered {response.code}")
         # An answer delimited by the end of the connection (HTTP/1.0 style)
@@ -409,7 +409,7 @@ class MirrorFiles:
             download.data(chunk)
 
         try:
-            await collect_until_idle(response, collect, idle=self._timeout, url=url)
+            await collect_until_idle(self._http, response, collect, idle=self._timeout, url=url)
         except UpstreamError:
             raise
         except Exception as exc:

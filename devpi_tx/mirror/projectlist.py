@@ -100,7 +100,7 @@ class ProjectLists:
         tmp = self.path(stage.name) + ".tmp"
         try:
             url, response = await ask_upstream(
-                self._http, "GET", url, headers={"Accept": ACCEPT}, timeout=self._timeout, unbuffered=True
+                self._http, "GET", url, headers={"Accept": ACCEPT}, timeout=self._timeout
             )
             if response.code != 200:
                 log.warn(
@@ -111,7 +111,7 @@ class ProjectLists:
             content_type = (response.headers.getRawHeaders("content-type") or [""])[0]
             with open(tmp, "w", encoding="utf-8") as out:
                 scanner = NameScanner(content_type, out)
-                await collect_until_idle(response, scanner.feed, idle=self._timeout, url=url)
+                await collect_until_idle(self._http, response, scanner.feed, idle=self._timeout, url=url)
             os.replace(tmp, self.path(stage.name))
             self._on_change()
             log.info("project list of {stage}: {count} names", stage=stage.name, count=scanner.count)

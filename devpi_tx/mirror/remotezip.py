@@ -112,7 +112,7 @@ async def fetch_wheel_metadata(
     The C{.dist-info/METADATA} of the wheel at C{url}, read with at most
     L{MAX_REQUESTS} range requests.
 
-    @param http: a treq C{HTTPClient}.
+    @param http: the upstream client (L{UpstreamHTTP}).
     @param basename: the wheel's file name, for messages.
     @param size: the wheel's length when known (upstream's page or a
         previous download); an answer about a file of another length is
@@ -242,7 +242,6 @@ class RemoteFile:
             self._url,
             timeout=self._timeout,
             headers={"Range": f"bytes={spec}"},
-            unbuffered=True,
         )
         if response.code == 200:
             # The whole wheel is coming: stop it, the caller downloads it
@@ -265,7 +264,7 @@ class RemoteFile:
             abandon(response)
             raise RemoteZipError(f"{redact(url)}: the file has {total} bytes upstream, not {self.size}")
         # No more than the range announced, whatever the body's length says.
-        data = await read_body(url, response, limit=last - first + 1, idle=self._timeout)
+        data = await read_body(self._http, url, response, limit=last - first + 1, idle=self._timeout)
         if len(data) != last - first + 1:
             # A body in another Content-Encoding, or cut short.
             raise RemoteZipError(f"{redact(url)}: {len(data)} bytes for a range of {last - first + 1}")

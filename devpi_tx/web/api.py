@@ -6,40 +6,23 @@ the model, and renders; the rules live in L{devpi_tx.model}.
 
 from __future__ import annotations
 
-import collections
 import os
 import time
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
-import attrs
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from .. import COMPATIBLE_SERVER_VERSION, __version__
-from ..auth.passwords import PasswordChecker
-from ..auth.tokens import TokenSigner
-from ..config import ServerConfig
-from ..customizers import CustomizerRegistry
-from ..interfaces import IFileStore
-from ..mirror.client import UpstreamClient, make_http_client
-from ..mirror.files import MirrorFiles
-from ..mirror.pages import MirrorPages
-from ..mirror.projectlist import ProjectLists
-from ..model import indexes, releases, stages, users
-from ..model.acl import Policy
+from ..model import indexes, releases, users
 from ..model.errors import InvalidInput, ModelError
-from ..model.memo import StateMemo
 from . import simple
+from .context import ServerContext
 from .credentials import Authenticator, AuthResult
-from .derivedblobs import DerivedBlobs
-from .listpages import ListPages
 from .negotiation import has_flag, read_json, wants_json
-from .pagecache import PageCache
 from .releases import ReleaseRoutes
 from .render import envelope, error
 from .router import app
@@ -48,138 +31,6 @@ log = Logger(namespace="devpi_tx.api")
 
 #: Features advertised in /+api that devpi-client checks for.
 FEATURES = ["server-keyvalue-parsing", "push-no-docs", "push-only-docs"]
-
-
-@attrs.define
-class ServerContext:
-    """
-    Everything a request handler needs, built once by the service.
-    """
-
-    config: ServerConfig
-    storage: object
-    registry: CustomizerRegistry
-    policy: Policy
-    signer: TokenSigner
-    passwords: PasswordChecker
-    uuid: str
-    files: IFileStore
-    run_in_thread: Callable = deferToThread
-    page_cache: PageCache = attrs.field(factory=PageCache)
-    http: object = attrs.field(factory=lambda: default_http_client())
-    #: Digests of blobs written to disk whose linking transaction has not
-    #: run yet; garbage collection must leave them alone.
-    pending_blobs: collections.Counter = attrs.field(factory=collections.Counter)
-    #: Digests of blobs stored without fsync that were found intact.
-    sound_blobs: set = attrs.field(factory=set)
-    started: float = attrs.field(factory=time.time)
-
-    upstream_http: object = attrs.field(factory=lambda: make_http_client(_reactor()))
-    memo: StateMemo = attrs.field(init=False)
-    derived_blobs: DerivedBlobs = attrs.field(init=False)
-    list_pages: ListPages = attrs.field(init=False)
-    mirrors: MirrorPages = attrs.field(init=False)
-    mirror_files: MirrorFiles = attrs.field(init=False)
-    project_lists: ProjectLists = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.storage.subscribe(self.page_cache.changed)
-        self.memo = StateMemo(self.storage)
-        self.derived_blobs = DerivedBlobs(
-            self.files,
-            self.run_in_thread,
-            _reactor(),
-            self.blob_wanted,
-        )
-        self.list_pages = ListPages(
-            os.path.join(self.config.serverdir, "+mirrorlists", "pages"), self.run_in_thread
-        )
-        self.list_pages.clear_directory()
-        self.mirrors = MirrorPages(
-            self.storage,
-            UpstreamClient(self.upstream_http, self.config.request_timeout),
-            default_expiry=self.config.mirror_cache_expiry,
-            offline=self.config.offline_mode,
-        )
-        self.mirror_files = MirrorFiles(
-            self.storage,
-            self.files,
-            self.upstream_http,
-            timeout=self.config.request_timeout * 12,
-            run_in_thread=self.run_in_thread,
-            offline=self.config.offline_mode,
-        )
-        self.project_lists = ProjectLists(
-            self.storage,
-            self.upstream_http,
-            self.config.serverdir,
-            timeout=self.config.request_timeout * 12,
-            on_change=lambda: self.page_cache.invalidate_project(None),
-        )
-
-    def blob_wanted(self, digest: str) -> bool:
-        """
-        Whether a blob must stay on disk: a link references it, or an
-        upload in flight holds it (L{ReleaseRoutes._hold}).
-        """
-        return bool(self.pending_blobs[digest]) or releases.blob_in_use(self.storage, digest)
-
-    def close(self) -> None:
-        """
-        Stop the background writer of derived blobs, close the state and
-        the kept upstream connections.
-        """
-        self.derived_blobs.stop()
-        self.storage.close()
-        close_idle = getattr(self.upstream_http, "close_idle", None)  # not on treq's StubTreq
-        if close_idle is not None:
-            close_idle()
-
-    def list_sources(self, stagename: str) -> list[tuple[str, list[str] | str]]:
-        """
-        Where each stage of the chain takes its project names from: the
-        state (a list), or for a mirror with an upstream list, that list's
-        file (a path).
-        """
-        sources: list[tuple[str, list[str] | str]] = []
-        for stage in stages.resolution_order(self.storage, stagename):
-            if not stage.is_mirror:
-                sources.append((stage.name, releases.project_names(self.storage, stage.name)))
-            elif not stage.config.get("mirror_no_project_list") and self.project_lists.has_list(stage.name):
-                sources.append((stage.name, self.project_lists.path(stage.name)))
-            else:
-                sources.append((stage.name, self.mirrors.cached_projects(stage.name)))
-        return sources
-
-    def mirror_links(self, stage, project: str) -> tuple[list[dict], list[str]]:
-        """
-        Links a mirror stage contributes to a project page: its cached page.
-        """
-        return self.mirrors.links(stage, project)
-
-    def refresh_project(self, stage: str, project: str) -> None:
-        """
-        Make the next request fetch a mirrored project again.
-        """
-        self.mirrors.forget(stage, project)
-        self.page_cache.invalidate_project(project)
-
-
-def _reactor():
-    from twisted.internet import reactor
-
-    return reactor
-
-
-def default_http_client():
-    """
-    The treq client for outgoing requests: one persistent connection pool.
-    """
-    from treq.client import HTTPClient
-    from twisted.internet import reactor
-    from twisted.web.client import Agent, HTTPConnectionPool
-
-    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True)))
 
 
 class DevpiAPI(ReleaseRoutes):

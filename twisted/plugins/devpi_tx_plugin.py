@@ -21,9 +21,11 @@ class DevpiServiceMaker:
         return ServerOptions
 
     def makeService(self, options):
+        from twisted.internet import reactor
+
         from devpi_tx.service import make_service
 
-        return make_service(options.config)
+        return make_service(options.config, reactor)
 
 
 serviceMaker = DevpiServiceMaker()

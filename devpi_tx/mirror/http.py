@@ -1,0 +1,522 @@
+"""
+The one HTTP client devpi-tx talks to other servers with (upstream
+indexes, their files, push targets): a L{treq.HTTPClient} over one
+Twisted agent stack, and how its answers are read.
+
+The stack, from the outside in::
+
+    ContentDecoderAgent (gzip)
+      BrowserLikeRedirectAgent (MAX_REDIRECTS; credentials dropped across origins)
+        ProxyChoosingAgent (http_proxy / https_proxy / no_proxy)
+          Agent over DirectEndpoints | ProxyAgent | Agent over a CONNECT tunnel
+            one HTTPConnectionPool (MAX_KEPT_CONNECTIONS idle connections per host)
+
+Timeouts all come from the server's C{--request-timeout}: connecting (the
+endpoints), the answer's head (treq's timeout, which cancels the request),
+and a body that stops arriving (L{collect_until_idle}; file downloads give
+a longer allowance).  The in-memory tests put L{treq.testing.StubTreq} where
+the L{treq.HTTPClient} is; everything above it is the same code.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.error import TimeoutError as ConnectTimeout
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    URI,
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    BrowserLikeRedirectAgent,
+    ContentDecoderAgent,
+    GzipDecoder,
+    HTTPConnectionPool,
+    ProxyAgent,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.error import SchemeNotSupported
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS, IResponse
+from zope.interface import implementer
+
+from .._compat import quiet_pool
+from ..model.indexes import redact_url as redact
+from .quickack import QuickAckEndpoint
+from .tunnel import HTTPProxy, tunnelling_agent
+
+log = Logger(namespace="devpi_tx.mirror")
+
+#: Redirects followed for one request.
+MAX_REDIRECTS = 5
+#: Idle connections kept per host: installers ask for dozens of pages at
+#: once, and a burst that finds its connections kept needs no handshakes.
+MAX_KEPT_CONNECTIONS = 64
+#: Bytes of a (decoded) body read whole, unless the caller says otherwise.
+MAX_BODY = 128 * 1024 * 1024
+
+
+# -- errors ------------------------------------------------------------------------
+
+
+class UpstreamError(Exception):
+    """
+    Upstream could not be asked, or answered with an error.
+    """
+
+
+class UpstreamTimeout(UpstreamError):
+    """
+    Upstream did not answer in time (a gateway timeout, 504, rather than a
+    bad gateway, 502).
+    """
+
+
+#: What a request that timed out fails with, before any wrapping.
+_TIMEOUTS = (CancelledError, ConnectingCancelledError, ConnectTimeout, TimeoutError)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """
+    Whether a failed request timed out: treq's timeout (which cancels the
+    request) or a connect timeout; the agents wrap both in
+    L{ResponseNeverReceived}.
+    """
+    if isinstance(exc, _TIMEOUTS):
+        return True
+    if isinstance(exc, (ResponseNeverReceived, ResponseFailed)):
+        return any(_is_timeout(reason.value) for reason in exc.reasons)
+    return False
+
+
+def gateway_status(exc: UpstreamError) -> int:
+    """
+    What to answer a client for an upstream failure with nothing cached:
+    504 when upstream did not answer in time, else 502.
+    """
+    return 504 if isinstance(exc, UpstreamTimeout) else 502
+
+
+def upstream_error(url: str, exc: BaseException) -> UpstreamError:
+    """
+    The L{UpstreamError} (an L{UpstreamTimeout} when it timed out) that
+    says what a request to C{url} failed with, credentials redacted.
+    """
+    kind = UpstreamTimeout if _is_timeout(exc) else UpstreamError
+    return kind(f"{redact(url)}: {exc.__class__.__name__}: {exc}")
+
+
+# -- the client ----------------------------------------------------------------------
+
+
+class UpstreamHTTP:
+    """
+    The client every outbound request goes through: a treq client (over
+    the agent stack of L{make_http_client}, or L{treq.testing.StubTreq} in
+    tests), the reactor its timeouts run on, and the pool to close.
+
+    Redirects are followed by the agent stack, not by treq (which would
+    stack a redirect agent of its own); answers are never buffered by treq
+    (files stream).
+    """
+
+    def __init__(
+        self, http: HTTPClient, reactor: IReactorTime, pool: HTTPConnectionPool | None = None
+    ) -> None:
+        self.http = http
+        self.reactor = reactor
+        self._pool = pool
+
+    def request(
+        self, method: str, url: str, *, headers: Mapping[str, str] | None = None, timeout: float | None = None
+    ) -> Deferred[IResponse]:
+        """
+        Send a request without a body.
+
+        @param timeout: seconds until the answer's head is in (connecting
+            included), after which the request is cancelled.
+        """
+        return self.http.request(
+            method,
+            url,
+            headers=dict(headers or {}),
+            timeout=timeout,
+            allow_redirects=False,
+            unbuffered=True,
+            reactor=self.reactor,
+        )
+
+    def post(self, url: str, *, timeout: float | None = None, **kwargs) -> Deferred[IResponse]:
+        """
+        Send a C{POST} (a push to another index); treq's keyword arguments.
+        """
+        return self.http.post(url, timeout=timeout, allow_redirects=False, reactor=self.reactor, **kwargs)
+
+    def close_idle(self) -> Deferred[None]:
+        """
+        Close the connections kept open between requests (at shutdown:
+        upstream sees them closed rather than dropped).
+        """
+        if self._pool is None:
+            return succeed(None)
+        return self._pool.closeCachedConnections()
+
+
+def _tcp_endpoint(reactor, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+    """
+    A plain endpoint for an IP address (nothing to resolve), else a
+    L{HostnameEndpoint} (resolution, and happy eyeballs over the addresses).
+    """
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if address.version == 6:
+        return TCP6ClientEndpoint(reactor, str(address), port, timeout=timeout)
+    return TCP4ClientEndpoint(reactor, str(address), port, timeout=timeout)
+
+
+@implementer(IAgentEndpointFactory)
+class DirectEndpoints:
+    """
+    What L{Agent} connects with by default (TCP, TLS on top for C{https}),
+    with a connect timeout, and connections that acknowledge at once
+    (L{QuickAckEndpoint}).
+    """
+
+    def __init__(self, reactor, tls_policy: IPolicyForHTTPS, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._tls_policy = tls_policy
+        self._timeout = connect_timeout
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        tcp = QuickAckEndpoint(
+            _tcp_endpoint(self._reactor, uri.host.decode("ascii"), uri.port, self._timeout)
+        )
+        if uri.scheme == b"http":
+            return tcp
+        if uri.scheme == b"https":
+            return wrapClientTLS(self._tls_policy.creatorForNetloc(uri.host, uri.port), tcp)
+        raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
+
+
+def _proxy_from(environ, scheme: str) -> HTTPProxy | None:
+    """
+    The proxy that C{<scheme>_proxy} (or its upper-case form) names, if
+    any; one that is not an C{http://} URL is logged and ignored.
+    """
+    url = environ.get(f"{scheme}_proxy") or environ.get(f"{scheme.upper()}_PROXY")
+    if not url:
+        return None
+    try:
+        return HTTPProxy.from_url(url)
+    except ValueError as exc:
+        log.warn(
+            "{scheme}_proxy ignored, {scheme} upstreams are reached directly: {error}",
+            scheme=scheme,
+            error=exc,
+        )
+        return None
+
+
+@implementer(IAgent)
+class ProxyChoosingAgent:
+    """
+    Send each request directly or through a proxy, as urllib reads the
+    environment: plain C{http} URLs through the proxy that C{http_proxy}
+    names (as absolute-URI requests, with C{Proxy-Authorization} when its
+    URL has credentials), C{https} URLs through a C{CONNECT} tunnel of the
+    proxy that C{https_proxy} names (TLS end to end, checked against the
+    target host), and hosts that C{no_proxy} matches directly.
+
+    All routes share one connection pool.  The direct and the tunnelled
+    route both key connections by (scheme, target host, target port); they
+    cannot mix, because which route a request takes depends on its host
+    only.
+    """
+
+    def __init__(
+        self,
+        reactor,
+        pool: HTTPConnectionPool,
+        environ: Mapping[str, str],
+        tls_policy: IPolicyForHTTPS,
+        connect_timeout: float,
+    ) -> None:
+        self._direct = Agent.usingEndpointFactory(
+            reactor, DirectEndpoints(reactor, tls_policy, connect_timeout), pool=pool
+        )
+        self._proxy = None
+        self._tunnel = None
+        self._no_proxy = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
+        self._proxy_authorization: bytes | None = None
+        proxy = _proxy_from(environ, "http")
+        if proxy is not None:
+            endpoint = QuickAckEndpoint(
+                HostnameEndpoint(reactor, proxy.host, proxy.port, timeout=connect_timeout)
+            )
+            self._proxy = ProxyAgent(endpoint, reactor=reactor, pool=pool)
+            self._proxy_authorization = proxy.authorization
+        proxy = _proxy_from(environ, "https")
+        if proxy is not None:
+            self._tunnel = tunnelling_agent(reactor, proxy, pool, tls_policy)
+
+    def _bypass(self, host: str) -> bool:
+        for entry in (item.strip().lower() for item in self._no_proxy.split(",")):
+            if entry == "*" or (
+                entry and (host == entry.lstrip(".") or host.endswith("." + entry.lstrip(".")))
+            ):
+                return True
+        return False
+
+    def request(self, method, uri, headers=None, bodyProducer=None):
+        if self._proxy is None and self._tunnel is None:
+            return self._direct.request(method, uri, headers, bodyProducer)
+        parts = urlsplit(uri.decode("ascii") if isinstance(uri, bytes) else uri)
+        agent = {"http": self._proxy, "https": self._tunnel}.get(parts.scheme)
+        if agent is not None and not self._bypass(parts.hostname or ""):
+            if agent is self._proxy and self._proxy_authorization is not None:
+                # ProxyAgent sends the request to the proxy as is: the
+                # proxy's credentials go along as a header.
+                headers = headers.copy() if headers is not None else Headers()
+                headers.setRawHeaders(b"Proxy-Authorization", [self._proxy_authorization])
+            return agent.request(method, uri, headers, bodyProducer)
+        return self._direct.request(method, uri, headers, bodyProducer)
+
+
+def make_http_client(
+    reactor,
+    pool: HTTPConnectionPool | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    tls_policy: IPolicyForHTTPS | None = None,
+    connect_timeout: float = 30.0,
+) -> UpstreamHTTP:
+    """
+    The one client, over the agent stack of the module docstring.
+
+    @param environ: where the proxy settings are read; C{os.environ} by
+        default.
+    @param tls_policy: for C{https} upstreams, direct or tunnelled; L{None}
+        is the platform's trust store.
+    """
+    if pool is None:
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = MAX_KEPT_CONNECTIONS
+    quiet_pool(pool)
+    chooser = ProxyChoosingAgent(
+        reactor,
+        pool,
+        os.environ if environ is None else environ,
+        tls_policy or BrowserLikePolicyForHTTPS(),
+        connect_timeout,
+    )
+    redirecting = BrowserLikeRedirectAgent(chooser, redirectLimit=MAX_REDIRECTS)
+    agent = ContentDecoderAgent(redirecting, [(b"gzip", GzipDecoder)])
+    return UpstreamHTTP(HTTPClient(agent), reactor, pool)
+
+
+# -- asking ----------------------------------------------------------------------------
+
+
+def split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """
+    Remove C{user:password@} from a URL and return it with the header that
+    carries those credentials instead.
+    """
+    parts = urlsplit(url) if "@" in url else None
+    if parts is None or parts.username is None:
+        return url, {}
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=netloc)), {"Authorization": f"Basic {token}"}
+
+
+async def ask_upstream(
+    http: UpstreamHTTP, method: str, url: str, *, timeout: float, headers: Mapping[str, str] | None = None
+) -> tuple[str, IResponse]:
+    """
+    Send one request upstream, with credentials from the URL moved into
+    an Authorization header.
+
+    @return: the URL without credentials and the response (its body not
+        read yet).
+    @raise UpstreamError: the request could not be made, or no answer came
+        within C{timeout} seconds.
+    """
+    plain, auth = split_credentials(url)
+    try:
+        response = await http.request(method, plain, headers={**(headers or {}), **auth}, timeout=timeout)
+    except Exception as exc:
+        if _is_timeout(exc):
+            raise UpstreamTimeout(f"{redact(plain)}: no answer for {timeout:g} s") from None
+        raise upstream_error(plain, exc) from None
+    return plain, response
+
+
+@attrs.frozen
+class WholeResponse:
+    """
+    A response read whole: header names in lower case, repeated headers
+    joined with commas, the body decoded.
+    """
+
+    code: int
+    headers: Mapping[str, str]
+    body: bytes
+    url: str
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+async def fetch_whole(
+    http: UpstreamHTTP,
+    method: str,
+    url: str,
+    *,
+    timeout: float,
+    headers: Mapping[str, str] | None = None,
+    max_body: int = MAX_BODY,
+) -> WholeResponse:
+    """
+    Send one request upstream and read its answer whole (a project page,
+    a wheel's core metadata).
+
+    @param max_body: bytes of the (decoded) body at most.
+    @raise UpstreamError: the request failed, its body passed C{max_body}
+        or stopped arriving for C{timeout} seconds.
+    """
+    plain, response = await ask_upstream(http, method, url, timeout=timeout, headers=headers)
+    body = await read_body(http, plain, response, max_body, idle=timeout)
+    found = {
+        name.decode("latin-1").lower(): ", ".join(value.decode("latin-1") for value in values)
+        for name, values in response.headers.getAllRawHeaders()
+    }
+    return WholeResponse(response.code, found, body, plain)
+
+
+# -- reading bodies ----------------------------------------------------------------------
+
+
+class _OverLimit(Exception):
+    pass
+
+
+class _WatchedBody(TimeoutMixin, Protocol):
+    """
+    Feed a response's body to a collector; give up, dropping the
+    connection, when nothing arrives for C{idle} seconds.
+    """
+
+    def __init__(
+        self,
+        finished: Deferred[None],
+        collector: Callable[[bytes], None],
+        clock: IReactorTime,
+        idle: float,
+        url: str,
+    ) -> None:
+        self._finished: Deferred[None] | None = finished
+        self._collector = collector
+        self.callLater = clock.callLater
+        self._idle = idle
+        self._url = url
+
+    def connectionMade(self) -> None:
+        self.setTimeout(self._idle)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        try:
+            self._collector(data)
+        except BaseException:
+            self._fail(Failure())
+
+    def timeoutConnection(self) -> None:
+        self._fail(Failure(UpstreamTimeout(f"{redact(self._url)}: no data for {self._idle:g} s")))
+
+    def _fail(self, failure: Failure) -> None:
+        finished, self._finished = self._finished, None
+        self.setTimeout(None)
+        self.transport.stopProducing()
+        if finished is not None:
+            finished.errback(failure)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.setTimeout(None)
+        finished, self._finished = self._finished, None
+        if finished is None:
+            return
+        # PotentialDataLoss: a body without a length, ended by closing the
+        # connection (HTTP/1.0 style) -- complete as far as anyone knows.
+        if reason.check(ResponseDone, PotentialDataLoss):
+            finished.callback(None)
+        else:
+            finished.errback(reason)
+
+
+def collect_until_idle(
+    http: UpstreamHTTP, response: IResponse, collector: Callable[[bytes], None], *, idle: float, url: str
+) -> Deferred[None]:
+    """
+    Like L{treq.collect}, but a body that stops arriving for C{idle}
+    seconds fails with L{UpstreamTimeout} (a stalled upstream would
+    otherwise hold a download, and everyone waiting on it, forever).
+    """
+    finished: Deferred[None] = Deferred()
+    response.deliverBody(_WatchedBody(finished, collector, http.reactor, idle, url))
+    return finished
+
+
+async def read_body(http: UpstreamHTTP, url: str, response: IResponse, limit: int, *, idle: float) -> bytes:
+    """
+    Read a response's body of at most C{limit} bytes, dropping the
+    connection as soon as it passes C{limit} rather than holding all of it
+    first.
+
+    @raise UpstreamError: the body failed, passed C{limit}, or stopped
+        arriving for C{idle} seconds.
+    """
+    chunks: list[bytes] = []
+    size = 0
+
+    def collect(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > limit:
+            raise _OverLimit()
+        chunks.append(data)
+
+    try:
+        await collect_until_idle(http, response, collect, idle=idle, url=url)
+    except _OverLimit:
+        raise UpstreamError(f"{redact(url)}: answer over the limit of {limit} bytes") from None
+    except UpstreamError:
+        raise
+    except Exception as exc:
+        raise upstream_error(url, exc) from None
+    return b"".join(chunks)

@@ -1,0 +1,121 @@
+"""
+What the request handlers share: the state, the file store, the mirror
+machinery and the caches, built once by the composition root
+(L{devpi_tx.service.build_context}) and handed to L{DevpiAPI}.
+
+Nothing is made here: a test or the service builds each part with the
+reactor and clients it wants, so the handlers never reach for globals.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+
+import attrs
+
+from ..auth.passwords import PasswordChecker
+from ..auth.tokens import TokenSigner
+from ..config import ServerConfig
+from ..customizers import CustomizerRegistry
+from ..interfaces import IFileStore
+from ..mirror.files import MirrorFiles
+from ..mirror.http import UpstreamHTTP
+from ..mirror.pages import MirrorPages
+from ..mirror.projectlist import ProjectLists
+from ..model import releases, stages
+from ..model.acl import Policy
+from ..model.memo import StateMemo
+from .derivedblobs import DerivedBlobs
+from .listpages import ListPages
+from .pagecache import PageCache
+
+
+@attrs.define
+class ServerContext:
+    """
+    Everything a request handler needs.
+
+    @ivar http: the one client for requests to other servers (upstream
+        indexes, their files, push targets).
+    @ivar pending_blobs: digests of blobs written to disk whose linking
+        transaction has not run yet; garbage collection leaves them alone.
+    @ivar sound_blobs: digests of blobs stored without fsync that were
+        found intact.
+    """
+
+    config: ServerConfig
+    storage: object
+    registry: CustomizerRegistry
+    policy: Policy
+    signer: TokenSigner
+    passwords: PasswordChecker
+    uuid: str
+    files: IFileStore
+    run_in_thread: Callable
+    http: UpstreamHTTP
+    page_cache: PageCache
+    memo: StateMemo
+    derived_blobs: DerivedBlobs
+    list_pages: ListPages
+    mirrors: MirrorPages
+    mirror_files: MirrorFiles
+    project_lists: ProjectLists
+    pending_blobs: collections.Counter = attrs.field(factory=collections.Counter)
+    sound_blobs: set = attrs.field(factory=set)
+    started: float = attrs.field(factory=time.time)
+
+    @property
+    def upstream_http(self) -> UpstreamHTTP:
+        """
+        The same client as C{http} (the name the mirror code and tests
+        know it by).
+        """
+        return self.http
+
+    def blob_wanted(self, digest: str) -> bool:
+        """
+        Whether a blob must stay on disk: a link references it, or an
+        upload in flight holds it (L{ReleaseRoutes._hold}).
+        """
+        return bool(self.pending_blobs[digest]) or releases.blob_in_use(self.storage, digest)
+
+    def close(self) -> None:
+        """
+        What the service tree does when it stops, for tests that build a
+        context without one: stop the writer of derived blobs, close the
+        state and the kept upstream connections.
+        """
+        self.derived_blobs.stop()
+        self.storage.close()
+        self.http.close_idle()
+
+    def list_sources(self, stagename: str) -> list[tuple[str, list[str] | str]]:
+        """
+        Where each stage of the chain takes its project names from: the
+        state (a list), or for a mirror with an upstream list, that list's
+        file (a path).
+        """
+        sources: list[tuple[str, list[str] | str]] = []
+        for stage in stages.resolution_order(self.storage, stagename):
+            if not stage.is_mirror:
+                sources.append((stage.name, releases.project_names(self.storage, stage.name)))
+            elif not stage.config.get("mirror_no_project_list") and self.project_lists.has_list(stage.name):
+                sources.append((stage.name, self.project_lists.path(stage.name)))
+            else:
+                sources.append((stage.name, self.mirrors.cached_projects(stage.name)))
+        return sources
+
+    def mirror_links(self, stage, project: str) -> tuple[list[dict], list[str]]:
+        """
+        Links a mirror stage contributes to a project page: its cached page.
+        """
+        return self.mirrors.links(stage, project)
+
+    def refresh_project(self, stage: str, project: str) -> None:
+        """
+        Make the next request fetch a mirrored project again.
+        """
+        self.mirrors.forget(stage, project)
+        self.page_cache.invalidate_project(project)
