@@ -26,7 +26,7 @@ from .mirror.client import UpstreamClient
 from .mirror.files import MirrorFiles
 from .mirror.http import UpstreamHTTP, make_http_client
 from .mirror.pages import MirrorPages
-from .mirror.projectlist import ProjectLists, project_list_service
+from .mirror.projectlist import ProjectLists, ProjectListService
 from .model import releases
 from .model.acl import Policy, parse_restrict_modify
 from .model.memo import StateMemo
@@ -206,10 +206,7 @@ def make_service(config: ServerConfig, reactor) -> MultiService:
     CallOnStop("upstream", context.http.close_idle).setServiceParent(root)
     CallOnStop("derived-blobs", context.derived_blobs.stop).setServiceParent(root)
     if not config.offline_mode:
-        lists = project_list_service(context.project_lists, config.mirror_cache_expiry)
-        lists.clock = reactor
-        lists.setName("project-lists")
-        lists.setServiceParent(root)
+        ProjectListService(context.project_lists, config.mirror_cache_expiry, reactor).setServiceParent(root)
     site = make_site(context)
     for description in config.endpoints:
         endpoint = serverFromString(reactor, description)

@@ -15,8 +15,10 @@ import os
 import re
 
 import treq
-from twisted.application.internet import TimerService
-from twisted.internet.defer import ensureDeferred
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ..model.stages import Stage
@@ -116,17 +118,49 @@ class ProjectLists:
             self._on_change()
             log.info("project list of {stage}: {count} names", stage=stage.name, count=scanner.count)
             return scanner.count
-        except Exception as exc:
-            log.warn("project list of {url} failed: {error}", url=redact(url), error=str(exc))
+        except (Exception, CancelledError) as exc:
+            if not isinstance(exc, CancelledError):
+                log.warn("project list of {url} failed: {error}", url=redact(url), error=str(exc))
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            if isinstance(exc, CancelledError):
+                raise
             return None
         finally:
             self._running.discard(stage.name)
 
 
-def project_list_service(lists: ProjectLists, interval: float) -> TimerService:
+class ProjectListService(Service):
     """
-    Refresh every mirror's list at start and then every C{interval}.
+    Refresh every mirror's list at start and then every C{interval}
+    seconds.  Stopping cancels a refresh under way (its temporary file is
+    removed), so that a slow upstream never holds up shutdown.
     """
-    return TimerService(interval, lists.refresh_all)
+
+    def __init__(self, lists: ProjectLists, interval: float, clock: IReactorTime) -> None:
+        self.setName("project-lists")
+        self._lists = lists
+        self._loop = LoopingCall(self._refresh)
+        self._loop.clock = clock
+        self._interval = interval
+        self._current: Deferred | None = None
+
+    def _refresh(self) -> None:
+        # Never returns the refresh: the loop goes on even if one fails.
+        if self._current is None:
+            self._current = self._lists.refresh_all()
+            self._current.addBoth(self._done)
+
+    def _done(self, result) -> None:
+        self._current = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=True)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        if self._current is not None:
+            self._current.cancel()
