@@ -10,8 +10,9 @@ burst against one devpi-tx running in this process (so that its reactor's
 CPU can be read and its steps timed), with the kept upstream connections
 closed before every burst and a new set of project names each time.
 With C{--floor} the server is instead a bare C{twisted.web} resource that
-fetches the page with the same L{WholeFetcher} and sends it as it came: what
-any Twisted server pays for the burst, before devpi-tx's own work.
+fetches the page with the same client (one treq C{HTTPClient} over the same
+Agent stack, L{make_http_client}) and sends it as it came: what any Twisted
+server pays for the burst with that stack, before devpi-tx's own work.
 
 Printed:
 
@@ -115,14 +116,15 @@ class Timeline:
         from twisted.internet import tcp
         from twisted.web import http
 
-        from devpi_tx.mirror import wholefetch
+        from devpi_tx.mirror import http as upstream
+        from devpi_tx.mirror import quickack
 
         self._mark(tcp.Port, "doRead", "accept batch")
         self._mark(http.Request, "requestReceived", "parsed")
-        self._mark(wholefetch.WholeFetcher, "_connect", "connect asked")
-        self._mark(wholefetch.WholeResponseProtocol, "connectionMade", "connected")
+        self._mark(upstream.DirectEndpoints, "endpointForURI", "connect asked")
+        self._mark(quickack._QuickAck, "makeConnection", "connected")
         self._mark(tcp.Client, "writeSomeData", "request sent", once=True)
-        self._mark(wholefetch.WholeResponseProtocol, "dataReceived", "first byte", once=True)
+        self._mark(quickack._QuickAck, "dataReceived", "first byte", once=True)
         self._mark(http.Request, "finish", "page sent")
 
     def _mark(self, cls, name: str, step: str, once: bool = False) -> None:
@@ -165,22 +167,14 @@ class Timeline:
 def start_floor(reactor, port: int, upstream: str) -> None:
     """
     A bare Twisted server: C{/.../NAME/} answered with upstream's
-    C{NAME/} page as it came, fetched by a L{WholeFetcher}.
+    C{NAME/} page as it came, fetched whole with devpi-tx's client.
     """
     from twisted.internet.defer import ensureDeferred
     from twisted.web import resource, server
-    from twisted.web.client import BrowserLikePolicyForHTTPS
 
-    from devpi_tx.mirror.client import DirectEndpoints
-    from devpi_tx.mirror.wholefetch import WholeFetcher
+    from devpi_tx.mirror.http import fetch_whole, make_http_client
 
-    fetcher = WholeFetcher(
-        reactor,
-        DirectEndpoints(reactor, BrowserLikePolicyForHTTPS()),
-        max_kept=100,
-        idle_timeout=60.0,
-        max_redirects=3,
-    )
+    http = make_http_client(reactor)
 
     class Page(resource.Resource):
         isLeaf = True
@@ -188,7 +182,7 @@ def start_floor(reactor, port: int, upstream: str) -> None:
         def render_GET(self, request):
             name = request.path.rstrip(b"/").rsplit(b"/", 1)[1].decode("ascii")
             fetching = ensureDeferred(
-                fetcher.fetch("GET", f"{upstream}{name}/", {"Accept": PIP_ACCEPT}, timeout=10.0)
+                fetch_whole(http, "GET", f"{upstream}{name}/", headers={"Accept": PIP_ACCEPT}, timeout=10.0)
             )
 
             def send(answer) -> None:
@@ -206,17 +200,17 @@ def serve_and_drive(args) -> int:
     from twisted.internet import reactor
 
     from devpi_tx.config import ServerConfig
-    from devpi_tx.mirror import wholefetch
+    from devpi_tx.mirror.http import UpstreamHTTP
     from devpi_tx.service import make_service
 
     fetchers: list = []
-    made = wholefetch.WholeFetcher.__init__
+    made = UpstreamHTTP.__init__
 
     def remembered(self, *a, **kw):
         made(self, *a, **kw)
         fetchers.append(self)
 
-    wholefetch.WholeFetcher.__init__ = remembered
+    UpstreamHTTP.__init__ = remembered
     timeline = Timeline() if args.timeline else None
     if timeline is not None:
         timeline.install()
@@ -230,7 +224,7 @@ def serve_and_drive(args) -> int:
             mirror_url=args.upstream,
             access_log=os.path.join(serverdir, "access.log"),
         )
-        make_service(config).startService()
+        make_service(config, reactor).startService()
     walls: list[float] = []
     cpus: list[float] = []
     failures: list[str] = []
