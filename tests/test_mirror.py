@@ -429,25 +429,45 @@ def test_project_json_when_upstream_fails(client, upstream, hello):
     assert list(client.get("/root/pypi/hello").json["result"]) == ["1.0"]
 
 
-def test_a_failure_while_storing_a_download_ends_it_for_every_waiter(client, upstream, hello, monkeypatch):
+def test_a_full_disk_while_storing_a_download_ends_it_for_every_waiter(client, upstream, hello, monkeypatch):
+    """
+    A store that raises ENOSPC when the file is committed: every request
+    for the file gets an error (none hangs), no temporary file is left, and
+    the next request starts the download again.
+    """
+    import errno
+
     url = absolute(page(client).json["files"][0]["url"])
     path = url.lstrip("/")
+    store = client.context.files
+    make_writer = store.writer
+
+    def full_disk_writer(*args, **kwargs):
+        writer = make_writer(*args, **kwargs)
+
+        def commit_fails(durable: bool = True):
+            # As the store's commit fails: its temporary file is gone.
+            writer.abort()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        writer.commit = commit_fails
+        return writer
+
+    monkeypatch.setattr(store, "writer", full_disk_writer)
     files = client.context.mirror_files
-    run = files._run
-
-    def disk_full(f, *args):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(files, "_run", disk_full)
-    first = files.download(path, client.context.storage.get("file/" + path))
-    waiting = first.wait("finished")
-    client._flush(waiting)
-    failure = []
-    waiting.addErrback(failure.append)
-    assert failure and "No space left on device" in str(failure[0].value)
+    entry = client.context.storage.get("file/" + path)
+    first = files.download(path, entry)
+    waiters = [first.wait("finished"), files.download(path, entry).wait("finished")]
+    for waiting in waiters:
+        client._flush(waiting)
+    failures: list = []
+    for waiting in waiters:
+        waiting.addErrback(failures.append)
+    assert len(failures) == 2
+    assert all("No space left on device" in str(f.value) for f in failures)
     assert files._downloads == {}
-    assert os.listdir(client.context.files.tmpdir) == []
-    monkeypatch.setattr(files, "_run", run)
+    assert os.listdir(store.tmpdir) == []
+    monkeypatch.setattr(store, "writer", make_writer)
     assert client.get(url, accept=None).body == hello[1]
 
 
