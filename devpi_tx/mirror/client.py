@@ -10,22 +10,18 @@ from __future__ import annotations
 import attrs
 
 from ..model.indexes import redact_url as redact
+from .bodies import collect_until_idle, read_body
+from .errors import UpstreamError, UpstreamTimeout, gateway_status, upstream_error
 from .http import (
     MAX_BODY,
     MAX_KEPT_CONNECTIONS,
     MAX_REDIRECTS,
-    UpstreamError,
     UpstreamHTTP,
-    UpstreamTimeout,
     WholeResponse,
     ask_upstream,
-    collect_until_idle,
     fetch_whole,
-    gateway_status,
     make_http_client,
-    read_body,
     split_credentials,
-    upstream_error,
 )
 from .parse import PageError, UpstreamLink, parse_html, parse_json
 

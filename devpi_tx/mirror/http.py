@@ -13,8 +13,8 @@ The stack, from the outside in::
 
 Timeouts all come from the server's C{--request-timeout}: connecting (the
 endpoints), the answer's head (treq's timeout, which cancels the request),
-and a body that stops arriving (L{collect_until_idle}; file downloads give
-a longer allowance).  The in-memory tests put L{treq.testing.StubTreq} where
+and a body that stops arriving (L{.bodies.collect_until_idle}; file
+downloads give a longer allowance).  How requests fail is L{.errors}'.  The in-memory tests put L{treq.testing.StubTreq} where
 the L{treq.HTTPClient} is; everything above it is the same code.
 """
 
@@ -23,25 +23,20 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
-from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
-from twisted.python.failure import Failure
 from twisted.web.client import (
     URI,
     Agent,
@@ -51,18 +46,16 @@ from twisted.web.client import (
     GzipDecoder,
     HTTPConnectionPool,
     ProxyAgent,
-    ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
 )
 from twisted.web.error import SchemeNotSupported
-from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from .._compat import quiet_pool
 from ..model.indexes import redact_url as redact
+from .bodies import read_body
+from .errors import UpstreamTimeout, is_timeout, upstream_error
 from .quickack import QuickAckEndpoint
 from .tunnel import HTTPProxy, tunnelling_agent
 
@@ -75,56 +68,6 @@ MAX_REDIRECTS = 5
 MAX_KEPT_CONNECTIONS = 64
 #: Bytes of a (decoded) body read whole, unless the caller says otherwise.
 MAX_BODY = 128 * 1024 * 1024
-
-
-# -- errors ------------------------------------------------------------------------
-
-
-class UpstreamError(Exception):
-    """
-    Upstream could not be asked, or answered with an error.
-    """
-
-
-class UpstreamTimeout(UpstreamError):
-    """
-    Upstream did not answer in time (a gateway timeout, 504, rather than a
-    bad gateway, 502).
-    """
-
-
-#: What a request that timed out fails with, before any wrapping.
-_TIMEOUTS = (CancelledError, ConnectingCancelledError, ConnectTimeout, TimeoutError)
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    """
-    Whether a failed request timed out: treq's timeout (which cancels the
-    request) or a connect timeout; the agents wrap both in
-    L{ResponseNeverReceived}.
-    """
-    if isinstance(exc, _TIMEOUTS):
-        return True
-    if isinstance(exc, (ResponseNeverReceived, ResponseFailed)):
-        return any(_is_timeout(reason.value) for reason in exc.reasons)
-    return False
-
-
-def gateway_status(exc: UpstreamError) -> int:
-    """
-    What to answer a client for an upstream failure with nothing cached:
-    504 when upstream did not answer in time, else 502.
-    """
-    return 504 if isinstance(exc, UpstreamTimeout) else 502
-
-
-def upstream_error(url: str, exc: BaseException) -> UpstreamError:
-    """
-    The L{UpstreamError} (an L{UpstreamTimeout} when it timed out) that
-    says what a request to C{url} failed with, credentials redacted.
-    """
-    kind = UpstreamTimeout if _is_timeout(exc) else UpstreamError
-    return kind(f"{redact(url)}: {exc.__class__.__name__}: {exc}")
 
 
 # -- the client ----------------------------------------------------------------------
@@ -371,7 +314,7 @@ async def ask_upstream(
     try:
         response = await http.request(method, plain, headers={**(headers or {}), **auth}, timeout=timeout)
     except Exception as exc:
-        if _is_timeout(exc):
+        if is_timeout(exc):
             raise UpstreamTimeout(f"{redact(plain)}: no answer for {timeout:g} s") from None
         raise upstream_error(plain, exc) from None
     return plain, response
@@ -417,106 +360,3 @@ async def fetch_whole(
         for name, values in response.headers.getAllRawHeaders()
     }
     return WholeResponse(response.code, found, body, plain)
-
-
-# -- reading bodies ----------------------------------------------------------------------
-
-
-class _OverLimit(Exception):
-    pass
-
-
-class _WatchedBody(TimeoutMixin, Protocol):
-    """
-    Feed a response's body to a collector; give up, dropping the
-    connection, when nothing arrives for C{idle} seconds.
-    """
-
-    def __init__(
-        self,
-        finished: Deferred[None],
-        collector: Callable[[bytes], None],
-        clock: IReactorTime,
-        idle: float,
-        url: str,
-    ) -> None:
-        self._finished: Deferred[None] | None = finished
-        self._collector = collector
-        self.callLater = clock.callLater
-        self._idle = idle
-        self._url = url
-
-    def connectionMade(self) -> None:
-        self.setTimeout(self._idle)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
-        try:
-            self._collector(data)
-        except BaseException:
-            self._fail(Failure())
-
-    def timeoutConnection(self) -> None:
-        self._fail(Failure(UpstreamTimeout(f"{redact(self._url)}: no data for {self._idle:g} s")))
-
-    def _fail(self, failure: Failure) -> None:
-        finished, self._finished = self._finished, None
-        self.setTimeout(None)
-        self.transport.stopProducing()
-        if finished is not None:
-            finished.errback(failure)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.setTimeout(None)
-        finished, self._finished = self._finished, None
-        if finished is None:
-            return
-        # PotentialDataLoss: a body without a length, ended by closing the
-        # connection (HTTP/1.0 style) -- complete as far as anyone knows.
-        if reason.check(ResponseDone, PotentialDataLoss):
-            finished.callback(None)
-        else:
-            finished.errback(reason)
-
-
-def collect_until_idle(
-    http: UpstreamHTTP, response: IResponse, collector: Callable[[bytes], None], *, idle: float, url: str
-) -> Deferred[None]:
-    """
-    Like L{treq.collect}, but a body that stops arriving for C{idle}
-    seconds fails with L{UpstreamTimeout} (a stalled upstream would
-    otherwise hold a download, and everyone waiting on it, forever).
-    """
-    finished: Deferred[None] = Deferred()
-    response.deliverBody(_WatchedBody(finished, collector, http.reactor, idle, url))
-    return finished
-
-
-async def read_body(http: UpstreamHTTP, url: str, response: IResponse, limit: int, *, idle: float) -> bytes:
-    """
-    Read a response's body of at most C{limit} bytes, dropping the
-    connection as soon as it passes C{limit} rather than holding all of it
-    first.
-
-    @raise UpstreamError: the body failed, passed C{limit}, or stopped
-        arriving for C{idle} seconds.
-    """
-    chunks: list[bytes] = []
-    size = 0
-
-    def collect(data: bytes) -> None:
-        nonlocal size
-        size += len(data)
-        if size > limit:
-            raise _OverLimit()
-        chunks.append(data)
-
-    try:
-        await collect_until_idle(http, response, collect, idle=idle, url=url)
-    except _OverLimit:
-        raise UpstreamError(f"{redact(url)}: answer over the limit of {limit} bytes") from None
-    except UpstreamError:
-        raise
-    except Exception as exc:
-        raise upstream_error(url, exc) from None
-    return b"".join(chunks)
