@@ -14,8 +14,9 @@ The stack, from the outside in::
 Timeouts all come from the server's C{--request-timeout}: connecting (the
 endpoints), the answer's head (treq's timeout, which cancels the request),
 and a body that stops arriving (L{.bodies.collect_until_idle}; file
-downloads give a longer allowance).  How requests fail is L{.errors}'.  The in-memory tests put L{treq.testing.StubTreq} where
-the L{treq.HTTPClient} is; everything above it is the same code.
+downloads give a longer allowance).  How requests fail is L{.errors}'.
+The in-memory tests put L{treq.testing.StubTreq} where the
+L{treq.HTTPClient} is; everything above it is the same code.
 """
 
 from __future__ import annotations
