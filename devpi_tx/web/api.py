@@ -6,7 +6,6 @@ the model, and renders; the rules live in L{devpi_tx.model}.
 
 from __future__ import annotations
 
-import collections
 import os
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from ..mirror.pages import MirrorPages
 from ..mirror.projectlist import ProjectLists
 from ..model import indexes, releases, stages, users
 from ..model.acl import Policy
+from ..model.blobs import BlobLedger
 from ..model.errors import InvalidInput, ModelError
 from ..model.memo import StateMemo
 from . import simple
@@ -67,15 +67,12 @@ class ServerContext:
     run_in_thread: Callable = deferToThread
     page_cache: PageCache = attrs.field(factory=PageCache)
     http: object = attrs.field(factory=lambda: default_http_client())
-    #: Digests of blobs written to disk whose linking transaction has not
-    #: run yet; garbage collection must leave them alone.
-    pending_blobs: collections.Counter = attrs.field(factory=collections.Counter)
-    #: Digests of blobs stored without fsync that were found intact.
-    sound_blobs: set = attrs.field(factory=set)
     started: float = attrs.field(factory=time.time)
 
     upstream_http: object = attrs.field(factory=lambda: make_http_client(_reactor()))
     memo: StateMemo = attrs.field(init=False)
+    #: Which blobs must stay on disk (held by uploads in flight, or linked).
+    blobs: BlobLedger = attrs.field(init=False)
     derived_blobs: DerivedBlobs = attrs.field(init=False)
     list_pages: ListPages = attrs.field(init=False)
     mirrors: MirrorPages = attrs.field(init=False)
@@ -85,11 +82,12 @@ class ServerContext:
     def __attrs_post_init__(self) -> None:
         self.storage.subscribe(self.page_cache.changed)
         self.memo = StateMemo(self.storage)
+        self.blobs = BlobLedger(self.storage, self.files)
         self.derived_blobs = DerivedBlobs(
             self.files,
             self.run_in_thread,
             _reactor(),
-            self.blob_wanted,
+            self.blobs.wanted,
         )
         self.list_pages = ListPages(
             os.path.join(self.config.serverdir, "+mirrorlists", "pages"), self.run_in_thread
@@ -117,12 +115,9 @@ class ServerContext:
             on_change=lambda: self.page_cache.invalidate_project(None),
         )
 
-    def blob_wanted(self, digest: str) -> bool:
-        """
-        Whether a blob must stay on disk: a link references it, or an
-        upload in flight holds it (L{ReleaseRoutes._hold}).
-        """
-        return bool(self.pending_blobs[digest]) or releases.blob_in_use(self.storage, digest)
+    # The ledger's holds and sound blobs, as tests and older callers know them.
+    pending_blobs = property(lambda self: self.blobs.held)
+    sound_blobs = property(lambda self: self.blobs.sound)
 
     def close(self) -> None:
         """

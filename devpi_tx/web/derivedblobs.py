@@ -37,8 +37,8 @@ class DerivedBlobs:
     ) -> None:
         """
         @param in_use: whether a blob must stay (see
-            L{ServerContext.blob_wanted}); one whose last reference went
-            before it was written is removed.
+            L{devpi_tx.model.blobs.BlobLedger.wanted}); one whose last
+            reference went before it was written is removed.
         @param delay: how long a blob may wait for others.
         @param max_bytes: how much may wait; more and they are written at
             the next turn of the reactor.

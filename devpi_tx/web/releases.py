@@ -101,27 +101,19 @@ class ReleaseRoutes:
 
     def _cleanup(self, digests) -> None:
         """
-        Delete blobs that no link references (after a removal, or after an
+        Delete blobs nothing wants any more (after a removal, or after an
         upload that was refused once its file was already written).
         """
-        for digest in digests:
-            if digest and not self.ctx.blob_wanted(digest):
-                self.ctx.files.remove(digest)
+        self.ctx.blobs.remove_unwanted(digests)
 
     def _hold(self, *digests) -> None:
         """
         Keep blobs safe from garbage collection until L{_release}.
         """
-        for digest in digests:
-            if digest:
-                self.ctx.pending_blobs[digest] += 1
+        self.ctx.blobs.hold(*digests)
 
     def _release(self, *digests) -> None:
-        for digest in digests:
-            if digest:
-                self.ctx.pending_blobs[digest] -= 1
-                if self.ctx.pending_blobs[digest] <= 0:
-                    del self.ctx.pending_blobs[digest]
+        self.ctx.blobs.release(*digests)
 
     def _link_json(self, base: str, link: dict) -> dict:
         sha256 = link.get("sha256")
@@ -368,7 +360,7 @@ class ReleaseRoutes:
         is missing or damaged (it is stored without fsync).
         """
         digest = wheel["core_metadata_sha256"]
-        if digest in self.ctx.sound_blobs or wheel.get("mirror"):
+        if self.ctx.blobs.is_sound(digest) or wheel.get("mirror"):
             return digest
         await self.ctx.derived_blobs.settled(digest)
 
@@ -391,9 +383,7 @@ class ReleaseRoutes:
 
         if await self.ctx.run_in_thread(check):
             log.warn("METADATA of {name} was damaged or missing; taken from the wheel again", name=basename)
-        if len(self.ctx.sound_blobs) > 100_000:
-            self.ctx.sound_blobs.clear()
-        self.ctx.sound_blobs.add(digest)
+        self.ctx.blobs.mark_sound(digest)
         return digest
 
     async def _store_doczip(self, request, stage, config, metadata, receiver) -> bytes:
