@@ -26,6 +26,7 @@ from ..mirror.client import UpstreamError, gateway_status
 from ..mirror.files import GrowingFileBody
 from ..mirror.pages import MirrorUnavailable
 from ..model import indexes, releases, stages
+from ..model import metadata as coremetadata
 from ..model.errors import InvalidInput, ModelError, NotFound
 from ..model.metadata import is_zip, wheel_metadata
 from ..remote.pypi_upload import PushTarget, push_release
@@ -294,14 +295,19 @@ class ReleaseRoutes:
             if content is not None:
                 # A small wheel, still in memory: its METADATA is read now,
                 # and its blob written after the link is committed, with
-                # others (it is derived data, see _sound_metadata and
+                # others (it is derived data, see model.metadata and
                 # DerivedBlobs), off the upload's path.
                 meta_data = wheel_metadata(io.BytesIO(content), basename)
-                sha256, size, _ = await self.ctx.run_in_thread(self._commit_blob, writer, None)
+                sha256, size, _ = await self.ctx.run_in_thread(
+                    coremetadata.commit_upload, self.ctx.files, writer, None
+                )
                 meta_sha = hashlib.sha256(meta_data).hexdigest()
             else:
+                # A broken wheel raises InvalidInput in the thread; the
+                # cleanup is done here, on the reactor thread, which alone
+                # reads the state.
                 sha256, size, meta_sha = await self.ctx.run_in_thread(
-                    self._commit_blob, writer, basename if wheel else None
+                    coremetadata.commit_upload, self.ctx.files, writer, basename if wheel else None
                 )
         except BaseException:
             writer.abort()  # nothing to do once committed
@@ -335,55 +341,23 @@ class ReleaseRoutes:
             self.ctx.derived_blobs.add(meta_data)
         return outcome, sha256
 
-    def _commit_blob(self, writer, wheel_basename: str | None):
-        """
-        In a thread: make the file durable and, for a wheel, store its
-        METADATA as a blob of its own.
-        """
-        sha256 = writer.commit()
-        meta_sha = None
-        if wheel_basename is not None:
-            # Raises InvalidInput for a broken wheel; the caller (on the
-            # reactor thread, which alone touches the state) cleans up.
-            data = wheel_metadata(self.ctx.files.path(sha256), wheel_basename)
-            meta = self.ctx.files.writer()
-            meta.write(data)
-            # Derived from the (durable) wheel: not synced, checked before
-            # it is first served and made again if a power loss lost it.
-            meta_sha = meta.commit(durable=False)
-        return sha256, writer.size, meta_sha
-
     async def _sound_metadata(self, wheel: dict, basename: str) -> str:
         """
-        The digest of an uploaded wheel's METADATA blob, checked against
-        its digest once per process and made again from the wheel when it
-        is missing or damaged (it is stored without fsync).
+        The digest of an uploaded wheel's METADATA blob, checked once per
+        process (L{coremetadata.repair_metadata}, in a thread) after any
+        pending write of it (L{DerivedBlobs}) is done.
         """
         digest = wheel["core_metadata_sha256"]
-        if self.ctx.blobs.is_sound(digest) or wheel.get("mirror"):
+        blobs = self.ctx.blobs
+        if blobs.is_sound(digest) or wheel.get("mirror"):
             return digest
         await self.ctx.derived_blobs.settled(digest)
-
-        def check() -> bool:
-            path = self.ctx.files.path(digest)
-            try:
-                with open(path, "rb") as blob:
-                    if hashlib.sha256(blob.read()).hexdigest() == digest:
-                        return False
-            except FileNotFoundError:
-                pass
-            data = wheel_metadata(self.ctx.files.path(wheel["sha256"]), basename)
-            if hashlib.sha256(data).hexdigest() != digest:
-                raise InvalidInput(f"the METADATA of {basename} no longer matches its recorded digest")
-            self.ctx.files.remove(digest)
-            meta = self.ctx.files.writer()
-            meta.write(data)
-            meta.commit(durable=False)
-            return True
-
-        if await self.ctx.run_in_thread(check):
+        made_again = await self.ctx.run_in_thread(
+            coremetadata.repair_metadata, self.ctx.files, wheel["sha256"], digest, basename
+        )
+        if made_again:
             log.warn("METADATA of {name} was damaged or missing; taken from the wheel again", name=basename)
-        self.ctx.blobs.mark_sound(digest)
+        blobs.mark_sound(digest)
         return digest
 
     async def _store_doczip(self, request, stage, config, metadata, receiver) -> bytes:
