@@ -27,6 +27,7 @@ from ..mirror.files import GrowingFileBody
 from ..mirror.pages import MirrorUnavailable
 from ..model import indexes, releases, stages
 from ..model import metadata as coremetadata
+from ..model import push as localpush
 from ..model.errors import InvalidInput, ModelError, NotFound
 from ..model.metadata import is_zip, wheel_metadata
 from ..remote.pypi_upload import PushTarget, push_release
@@ -908,6 +909,10 @@ class ReleaseRoutes:
     # -- push ----------------------------------------------------------------------
 
     async def push(self, request: IRequest, user: str, index: str) -> bytes:
+        """
+        Check the request and the permission; the push itself is the
+        model's (L{localpush.push_release}) or L{push_release}'s.
+        """
         stage = f"{user}/{index}"
         self._stage(user, index)
         content_type = request.getHeader("content-type") or ""
@@ -928,71 +933,35 @@ class ReleaseRoutes:
         no_docs, only_docs = bool(data.get("no_docs")), bool(data.get("only_docs"))
         if no_docs and only_docs:
             raise InvalidInput("can't use 'no_docs' and 'only_docs' together")
-        record = releases.get_version(self.ctx.storage, stage, name, version)
-        if record is None or not record["+links"]:
-            raise InvalidInput(f"there are no files for {name} {version} on stage {stage}")
+        record = localpush.release_to_push(self.ctx.storage, stage, name, version)
         if "targetindex" not in data:
             return await self._push_external(request, stage, data, record, no_docs, only_docs)
         extra = set(data) - {"name", "version", "targetindex", "no_docs", "only_docs"}
         if extra:
             raise InvalidInput(f"unknown additional options: {', '.join(sorted(extra))}")
         target = data["targetindex"]
-        target_user, target_index = indexes.split_stagename(target)
-        target_config = indexes.get_index(self.ctx.storage, target_user, target_index)
-        if target_config is None:
-            raise NotFound(f"target index {target!r} does not exist")
-        if target_config["type"] == "mirror":
-            raise InvalidInput(f"cannot push to mirror index {target}")
+        target_config = localpush.push_target(self.ctx.storage, target)
         auth = await self.auth.authenticate(request)
         if not self.ctx.policy.may_upload(auth.identity, target_config.get("acl_upload", [])):
             if auth.failed:
                 return self.deny(request, auth, "")
             return error(request, 401, f"user {auth.identity.username!r} cannot upload to {target!r}")
-        who = auth.identity.username
-        results: list = [[200, "register", name, version, "->", target]]
-        volatile = target_config.get("volatile", True)
-        metadata = {k: v for k, v in record.items() if k != "+links"}
-        remap: dict[str, str] = {}
         with self.ctx.storage.transaction() as tx:
-            releases.register(tx, target, metadata, replace=False)
-            links = sorted(record["+links"], key=lambda link: link["rel"] == "toxresult")
-            for link in links:
-                if link["rel"] == "doczip" and no_docs:
-                    continue
-                if link["rel"] != "doczip" and only_docs:
-                    continue
-                path = None
-                extra = {k: link[k] for k in ("core_metadata_sha256", "attestations", "yanked") if k in link}
-                if link["rel"] == "toxresult":
-                    for_path = remap.get(link["for_relpath"])
-                    if for_path is None:
-                        continue
-                    extra["for_relpath"] = for_path
-                    path = f"{for_path.rsplit('/', 1)[0]}/{link['basename']}"
-                outcome, new, _ = releases.add_file(
-                    tx,
-                    target,
-                    volatile,
-                    metadata,
-                    rel=link["rel"],
-                    basename=link["basename"],
-                    sha256=link["sha256"],
-                    size=link["size"],
-                    who=who,
-                    extra=extra,
-                    log=[e for e in link.get("log", []) if e["what"] != "overwrite"],
-                    event=releases.log_entry("push", who, src=stage, dst=target),
-                    path=path,
-                )
-                remap[link["relpath"]] = new["relpath"]
-                if link["rel"] == "doczip":
-                    results.append([200, "store_doczip", name, version, "->", target])
-                else:
-                    results.append([200, f"store_{link['rel']}", new["relpath"]])
+            outcome = localpush.push_release(
+                tx,
+                stage,
+                target,
+                name,
+                version,
+                auth.identity.username,
+                no_docs=no_docs,
+                only_docs=only_docs,
+            )
+        self._cleanup(outcome.unused)
         log.info(
             "pushed {name} {version} from {src} to {dst}", name=name, version=version, src=stage, dst=target
         )
-        return envelope(request, type="actionlog", result=results)
+        return envelope(request, type="actionlog", result=outcome.actions)
 
     async def _push_external(self, request, stage, data, record, no_docs, only_docs) -> bytes:
         """
