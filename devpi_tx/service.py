@@ -5,7 +5,6 @@ endpoint, built from a L{ServerConfig}.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging.config
 import os
@@ -27,8 +26,8 @@ from .mirror.files import MirrorFiles
 from .mirror.http import UpstreamHTTP, make_http_client
 from .mirror.pages import MirrorPages
 from .mirror.projectlist import ProjectLists, ProjectListService
-from .model import releases
 from .model.acl import Policy, parse_restrict_modify
+from .model.blobs import BlobLedger
 from .model.memo import StateMemo
 from .pipconfig import default_mirror_url
 from .serverdir import ensure_secret, initialize, is_initialized, read_nodeinfo
@@ -123,10 +122,7 @@ def build_context(
     http = upstream_http or make_http_client(reactor, connect_timeout=config.request_timeout)
     page_cache = PageCache()
     storage.subscribe(page_cache.changed)
-    pending_blobs: collections.Counter = collections.Counter()
-
-    def blob_wanted(digest: str) -> bool:
-        return bool(pending_blobs[digest]) or releases.blob_in_use(storage, digest)
+    blobs = BlobLedger(storage, files)
 
     list_pages = ListPages(os.path.join(config.serverdir, "+mirrorlists", "pages"), run_in_thread)
     list_pages.clear_directory()
@@ -143,7 +139,7 @@ def build_context(
         http=http,
         page_cache=page_cache,
         memo=StateMemo(storage),
-        derived_blobs=DerivedBlobs(files, run_in_thread, reactor, blob_wanted),
+        derived_blobs=DerivedBlobs(files, run_in_thread, reactor, blobs.wanted),
         list_pages=list_pages,
         mirrors=MirrorPages(
             storage,
@@ -168,7 +164,7 @@ def build_context(
             timeout=config.request_timeout * 12,
             on_change=lambda: page_cache.invalidate_project(None),
         ),
-        pending_blobs=pending_blobs,
+        blobs=blobs,
     )
 
 

@@ -5,10 +5,9 @@ rules on C{bases} (they must exist and must not form a loop).
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
 from .errors import Conflict, Forbidden, InvalidInput, NotFound
 from .names import check_indexname
+from .redact import public_config, redact_url  # noqa: F401 (part of this module's API)
 from .users import get_user, now_stamp, require_user, user_key
 
 #: Keys every index has after creation; C{key-=} refuses to drop them.
@@ -26,29 +25,6 @@ _PROTECTED = frozenset(
 )
 #: Keys a client may echo back from a GET; never stored.
 _ECHOED = frozenset(["projects"])
-
-
-def redact_url(url: str) -> str:
-    """
-    A URL as it may be shown: credentials replaced by C{***}.
-    """
-    parts = urlsplit(url)
-    if parts.username is None:
-        return url
-    netloc = "***@" + (parts.hostname or "")
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def public_config(config: dict) -> dict:
-    """
-    An index configuration as the API shows it: upstream credentials in
-    C{mirror_url} are never shown.
-    """
-    if "mirror_url" in config:
-        return dict(config, mirror_url=redact_url(config["mirror_url"]))
-    return config
 
 
 def split_stagename(stagename: str) -> tuple[str, str]:

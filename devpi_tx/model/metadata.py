@@ -1,12 +1,20 @@
 """
 Core metadata inside distribution files (PEP 658 serves it beside wheels).
+
+An uploaded wheel's METADATA is kept as a blob of its own, stored without
+fsync: it is derived from the durable wheel, so it is checked against its
+recorded digest before it is first served and made again from the wheel
+when a power loss left it missing or short.  The functions that touch the
+file store block; the web layer runs them in a worker thread.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from typing import IO
 
+from ..interfaces import IFileStore, IFileWriter
 from .errors import InvalidInput
 
 #: A METADATA file larger than this is refused rather than served.
@@ -39,3 +47,57 @@ def wheel_metadata(path: str | IO[bytes], basename: str) -> bytes:
 
 def is_zip(path: str) -> bool:
     return zipfile.is_zipfile(path)
+
+
+def store_metadata(files: IFileStore, data: bytes) -> str:
+    """
+    Store a wheel's METADATA as a blob, unsynced; return its digest.
+    """
+    writer = files.writer()
+    writer.write(data)
+    return writer.commit(durable=False)
+
+
+def commit_upload(
+    files: IFileStore, writer: IFileWriter, wheel_basename: str | None
+) -> tuple[str, int, str | None]:
+    """
+    Make an uploaded file durable and, for a wheel (C{wheel_basename}
+    given), store its METADATA as a blob of its own.  Blocks.
+
+    @return: the file's digest and size, and the METADATA's digest.
+    @raise InvalidInput: the wheel is broken (its file is stored all the
+        same; the caller removes it if nothing else wants it).
+    """
+    sha256 = writer.commit()
+    meta_sha = None
+    if wheel_basename is not None:
+        meta_sha = store_metadata(files, wheel_metadata(files.path(sha256), wheel_basename))
+    return sha256, writer.size, meta_sha
+
+
+def _intact(files: IFileStore, digest: str) -> bool:
+    try:
+        with open(files.path(digest), "rb") as blob:
+            return hashlib.sha256(blob.read()).hexdigest() == digest
+    except FileNotFoundError:
+        return False
+
+
+def repair_metadata(files: IFileStore, wheel_sha256: str, digest: str, basename: str) -> bool:
+    """
+    Make sure the METADATA blob C{digest} of a stored wheel is intact,
+    making it again from the wheel if it is missing or damaged.  Blocks.
+
+    @return: whether it had to be made again.
+    @raise InvalidInput: the wheel's METADATA no longer has that digest.
+    """
+    if _intact(files, digest):
+        return False
+    data = wheel_metadata(files.path(wheel_sha256), basename)
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise InvalidInput(f"the METADATA of {basename} no longer matches its recorded digest")
+    # A short file under the final name would be kept as it is.
+    files.remove(digest)
+    store_metadata(files, data)
+    return True

@@ -12,6 +12,7 @@ import time
 
 from .errors import Conflict, Forbidden, InvalidInput, NotFound
 from .names import check_username
+from .redact import public_config
 
 #: Fields a client may set.
 WRITABLE = ("email", "title", "description", "custom_data")
@@ -44,8 +45,6 @@ def public_user(record: dict) -> dict:
     """
     The record as the API shows it: no password hash.
     """
-    from .indexes import public_config
-
     shown = {key: value for key, value in record.items() if key not in HIDDEN}
     shown["indexes"] = {name: public_config(c) for name, c in shown.get("indexes", {}).items()}
     return shown

@@ -9,7 +9,6 @@ reactor and clients it wants, so the handlers never reach for globals.
 
 from __future__ import annotations
 
-import collections
 import time
 from collections.abc import Callable
 
@@ -26,6 +25,7 @@ from ..mirror.pages import MirrorPages
 from ..mirror.projectlist import ProjectLists
 from ..model import releases, stages
 from ..model.acl import Policy
+from ..model.blobs import BlobLedger
 from ..model.memo import StateMemo
 from .derivedblobs import DerivedBlobs
 from .listpages import ListPages
@@ -39,10 +39,8 @@ class ServerContext:
 
     @ivar http: the one client for requests to other servers (upstream
         indexes, their files, push targets).
-    @ivar pending_blobs: digests of blobs written to disk whose linking
-        transaction has not run yet; garbage collection leaves them alone.
-    @ivar sound_blobs: digests of blobs stored without fsync that were
-        found intact.
+    @ivar blobs: which blobs must stay on disk (held by uploads in flight,
+        or linked).
     """
 
     config: ServerConfig
@@ -62,9 +60,12 @@ class ServerContext:
     mirrors: MirrorPages
     mirror_files: MirrorFiles
     project_lists: ProjectLists
-    pending_blobs: collections.Counter = attrs.field(factory=collections.Counter)
-    sound_blobs: set = attrs.field(factory=set)
+    blobs: BlobLedger
     started: float = attrs.field(factory=time.time)
+
+    # The ledger's holds and sound blobs, as tests and older callers know them.
+    pending_blobs = property(lambda self: self.blobs.held)
+    sound_blobs = property(lambda self: self.blobs.sound)
 
     @property
     def upstream_http(self) -> UpstreamHTTP:
@@ -73,13 +74,6 @@ class ServerContext:
         know it by).
         """
         return self.http
-
-    def blob_wanted(self, digest: str) -> bool:
-        """
-        Whether a blob must stay on disk: a link references it, or an
-        upload in flight holds it (L{ReleaseRoutes._hold}).
-        """
-        return bool(self.pending_blobs[digest]) or releases.blob_in_use(self.storage, digest)
 
     def close(self) -> None:
         """

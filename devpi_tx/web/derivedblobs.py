@@ -3,8 +3,8 @@ Blobs derived from uploads (a small wheel's METADATA), written in batches
 off the upload's path.
 
 Such a blob is stored without fsync and made again from its wheel when it
-is missing (L{ReleaseRoutes._sound_metadata}), and nobody needs it at
-once: installers ask for it later, if ever.  Written by a worker thread
+is missing (L{devpi_tx.model.metadata.repair_metadata}), and nobody needs
+it at once: installers ask for it later, if ever.  Written by a worker thread
 right after each upload was answered, it competed with the answer being
 sent and the next upload arriving: sequential uploads ran about 4% slower.
 Now the blobs of the last half second are written together by one job.
@@ -37,8 +37,8 @@ class DerivedBlobs:
     ) -> None:
         """
         @param in_use: whether a blob must stay (see
-            L{ServerContext.blob_wanted}); one whose last reference went
-            before it was written is removed.
+            L{devpi_tx.model.blobs.BlobLedger.wanted}); one whose last
+            reference went before it was written is removed.
         @param delay: how long a blob may wait for others.
         @param max_bytes: how much may wait; more and they are written at
             the next turn of the reactor.

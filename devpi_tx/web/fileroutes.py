@@ -1,0 +1,152 @@
+"""
+Files of an index: C{+f} (stored here) and C{+e} (mirrored files not yet
+fetched, addressed by a hash of their URL), their C{.metadata} (PEP 658),
+and JSON about a file.  A mirrored file not stored yet is fetched from
+upstream and served while it arrives.  The bytes go out through
+L{devpi_tx.web.files}.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from ..mirror.client import UpstreamError, gateway_status
+from ..mirror.files import GrowingFileBody
+from ..model import indexes, releases
+from ..model import metadata as coremetadata
+from ..model.errors import InvalidInput
+from .files import serve_file
+from .negotiation import wants_json
+from .render import envelope, error
+from .router import app
+from .stagehelpers import StageHelpers
+
+log = Logger(namespace="devpi_tx.releases")
+
+
+class FileRoutes(StageHelpers):
+    """
+    Mixin with the routes that serve files.
+    """
+
+    @app.route("/<user>/<index>/+e/<path:relpath>", methods=["GET", "HEAD"])
+    async def mirror_file_get(self, request: IRequest, user: str, index: str, relpath: str):
+        return await self.file_get(request, user, index, relpath, kind="+e")
+
+    @app.route("/<user>/<index>/+f/<path:relpath>", methods=["GET", "HEAD"])
+    async def file_get(self, request: IRequest, user: str, index: str, relpath: str, kind: str = "+f"):
+        path = f"{user}/{index}/{kind}/{relpath}"
+        storage = self.ctx.storage
+        entry = releases.get_file(storage, path)
+        if entry is not None and entry.get("mirror") and not self.ctx.mirror_files.is_stored(entry):
+            if wants_json(request):
+                result = {"url": indexes.redact_url(entry["url"]), "project": entry["project"]}
+                if entry.get("sha256"):
+                    result["hashes"] = {"sha256": entry["sha256"]}
+                return envelope(request, type="releasefilemeta", result=result)
+            if self.ctx.config.offline_mode:
+                return error(request, 404, f"{path} is not cached and the server is offline")
+            try:
+                if request.method == b"HEAD":
+                    for name, value in (await self.ctx.mirror_files.head(entry)).items():
+                        request.setHeader(name, value)
+                    request.setHeader("Content-Type", "application/octet-stream")
+                    return b""
+                download = self.ctx.mirror_files.download(path, entry)
+                await download.wait("started")
+                if download.committing or download.done:
+                    entry = await download.wait("finished")
+                else:
+                    return self._send_growing(request, download, entry)
+            except UpstreamError as exc:
+                return error(request, gateway_status(exc), str(exc))
+        if entry is None and path.endswith(".metadata"):
+            wheel = releases.get_file(storage, path[: -len(".metadata")])
+            if wheel is not None and wheel.get("mirror") and wheel["url"].endswith(".whl"):
+                if (
+                    self.ctx.config.offline_mode
+                    and not wheel.get("core_metadata_sha256")
+                    and not self.ctx.mirror_files.is_stored(wheel)
+                ):
+                    # Offline, metadata comes from the store or the stored wheel.
+                    return error(request, 404, f"{path} is not cached and the server is offline")
+                try:
+                    digest = await self.ctx.mirror_files.metadata(path[: -len(".metadata")])
+                except InvalidInput as exc:
+                    return error(request, 502, exc.message)
+                except UpstreamError as exc:
+                    return error(request, gateway_status(exc), str(exc))
+                return self._serve_blob(request, digest, wheel["last_modified"], "text/plain; charset=utf-8")
+            wheel = releases.get_file(storage, path[: -len(".metadata")])
+            if wheel is not None and wheel.get("core_metadata_sha256"):
+                try:
+                    digest = await self._sound_metadata(wheel, path.rsplit("/", 1)[1][: -len(".metadata")])
+                except InvalidInput as exc:
+                    return error(request, 500, exc.message)
+                return self._serve_blob(request, digest, wheel["last_modified"], "text/plain; charset=utf-8")
+        if entry is None:
+            if storage.get(releases.gone_key(path)) is not None:
+                return error(request, 410, "file existed, deleted in later serial")
+            return error(request, 404, f"no file at {path}")
+        if wants_json(request):
+            result = {
+                "last_modified": releases.http_date(entry["last_modified"]),
+                "hash_spec": f"sha256={entry['sha256']}",
+                "hashes": {"sha256": entry["sha256"]},
+                "project": entry["project"],
+                "version": entry["version"],
+            }
+            return envelope(request, type="releasefilemeta", result=result)
+        content_type = "application/json" if entry["rel"] == "toxresult" else "application/octet-stream"
+        return self._serve_blob(request, entry["sha256"], entry["last_modified"], content_type)
+
+    def _send_growing(self, request: IRequest, download, entry: dict):
+        """
+        Answer with a file while its download from upstream is running.
+        """
+        request.setResponseCode(200)
+        request.setHeader("Content-Type", "application/octet-stream")
+        if download.total is not None:
+            request.setHeader("Content-Length", str(download.total))
+        if entry.get("sha256"):
+            request.setHeader("ETag", f'"{entry["sha256"]}"')
+            request.setHeader("Cache-Control", "max-age=365000000, immutable, public")
+        return GrowingFileBody(request, download).start()
+
+    def _serve_blob(self, request: IRequest, sha256: str, last_modified: float, content_type: str):
+        path = self.ctx.files.path(sha256)
+        try:
+            size = os.path.getsize(path)
+            return serve_file(
+                request,
+                path,
+                size=size,
+                sha256=sha256,
+                last_modified=last_modified,
+                content_type=content_type,
+            )
+        except FileNotFoundError:
+            log.error("file {sha256} is linked but missing on disk", sha256=sha256)
+            return error(request, 500, "file is missing on the server's disk")
+
+    async def _sound_metadata(self, wheel: dict, basename: str) -> str:
+        """
+        The digest of an uploaded wheel's METADATA blob, checked once per
+        process (L{coremetadata.repair_metadata}, in a thread) after any
+        pending write of it (L{DerivedBlobs}) is done.
+        """
+        digest = wheel["core_metadata_sha256"]
+        blobs = self.ctx.blobs
+        if blobs.is_sound(digest) or wheel.get("mirror"):
+            return digest
+        await self.ctx.derived_blobs.settled(digest)
+        made_again = await self.ctx.run_in_thread(
+            coremetadata.repair_metadata, self.ctx.files, wheel["sha256"], digest, basename
+        )
+        if made_again:
+            log.warn("METADATA of {name} was damaged or missing; taken from the wheel again", name=basename)
+        blobs.mark_sound(digest)
+        return digest

@@ -1,0 +1,151 @@
+"""
+Project and version JSON (C{GET /<user>/<index>/<project>[/<version>]}, what
+C{devpi list} and C{devpi getjson} ask), merged over the index's chain by
+the whitelist rule of the simple page, and C{+explain}, which shows that
+rule at work.
+"""
+
+from __future__ import annotations
+
+from packaging.utils import canonicalize_name
+from twisted.internet.defer import ensureDeferred
+from twisted.web.iweb import IRequest
+
+from ..mirror.pages import MirrorUnavailable
+from ..model import releases, stages
+from ..model.errors import NotFound
+from . import simple
+from .negotiation import has_flag, wants_json
+from .render import envelope, error
+from .router import app
+from .stagehelpers import StageHelpers
+
+
+class ProjectRoutes(StageHelpers):
+    """
+    Mixin with the project and version JSON routes and C{+explain}.
+    """
+
+    @app.route("/<user>/<index>/+explain/<project>", methods=["GET"])
+    async def explain(self, request: IRequest, user: str, index: str, project: str):
+        """
+        Which index of the chain serves which files of a project, and why
+        (beyond devpi): the inheritance and whitelist rule made visible.
+        """
+        self._stage(user, index)
+        stage = f"{user}/{index}"
+        name = canonicalize_name(project)
+        try:
+            await self._refresh_mirrors(stage, name)
+        except MirrorUnavailable as exc:
+            return error(request, exc.status, str(exc))
+        contributions = stages.project_contributions(self.ctx.storage, stage, name, self.ctx.mirror_links)
+        result = {
+            "index": stage,
+            "project": name,
+            "mirror_whitelist_inheritance": self._stage(user, index).get(
+                "mirror_whitelist_inheritance", "intersection"
+            ),
+            "stages": [
+                {
+                    "index": c.stage,
+                    "reason": c.reason,
+                    "files": [link["basename"] for link in c.links],
+                }
+                for c in contributions
+            ],
+        }
+        return envelope(request, type="explain", result=result)
+
+    async def _merged_versions(self, request: IRequest, user: str, index: str, project: str) -> dict:
+        """
+        The version records of a project over the index's chain (the
+        first stage with a version wins), by the same whitelist rule as its
+        simple page; mirrors the rule lets in are asked as for that page.
+
+        A mirror that fails with nothing cached contributes nothing (as
+        devpi, whose stale project list then lacks the project): the
+        answer says so in a warning header, or in the 404's message.
+
+        @raise NotFound: no stage of the chain has the project.
+        """
+        stage = f"{user}/{index}"
+        self._stage(user, index)
+        planned = self._plan(stage, project)
+        if has_flag(request, "ignore_bases"):
+            planned = planned[:1] if planned and planned[0][0].name == stage else []
+        merged: dict = {}
+        found = False
+        failures: list[str] = []
+        for source, serves, _ in planned:
+            if not serves:
+                continue
+            if source.is_mirror:
+                try:
+                    warning = await self.ctx.mirrors.ensure(source, project)
+                except MirrorUnavailable as exc:
+                    warning = str(exc)
+                    failures.append(f"{source.name}: {exc}")
+                if warning:
+                    request.setHeader("X-Devpi-Mirror-Warning", warning.encode("latin-1", "replace"))
+                records = self.ctx.mirrors.version_records(source, project)
+                if records is None:
+                    continue
+            else:
+                records = releases.version_records(self.ctx.storage, source.name, project)
+            found = True
+            for version, record in records.items():
+                merged.setdefault(version, record)
+        if not found:
+            raise NotFound("; ".join([f"no project {project!r}", *failures]))
+        return merged
+
+    @app.route("/<user>/<index>/<project>", methods=["GET", "HEAD"])
+    @app.route("/<user>/<index>/<project>/", methods=["GET", "HEAD"])
+    def project_get(self, request: IRequest, user: str, index: str, project: str):
+        if simple.is_installer(request) and not wants_json(request):
+            return self.simple_project(request, user, index, project)
+        return ensureDeferred(self._project_json(request, user, index, project))
+
+    async def _project_json(self, request: IRequest, user: str, index: str, project: str) -> bytes:
+        base = self.outside_url(request)
+        merged = await self._merged_versions(request, user, index, canonicalize_name(project))
+        result = {version: self._record_json(base, record) for version, record in merged.items()}
+        return envelope(request, type="projectconfig", result=result)
+
+    @app.route("/<user>/<index>/<project>/<version>", methods=["GET", "HEAD"])
+    @app.route("/<user>/<index>/<project>/<version>/", methods=["GET", "HEAD"])
+    async def version_get(self, request: IRequest, user: str, index: str, project: str, version: str):
+        name = canonicalize_name(project)
+        merged = await self._merged_versions(request, user, index, name)
+        if version not in merged:
+            raise NotFound(f"The version {version} of project {name} does not exist.")
+        return envelope(
+            request, type="versiondata", result=self._record_json(self.outside_url(request), merged[version])
+        )
+
+    def _link_json(self, base: str, link: dict) -> dict:
+        sha256 = link.get("sha256")
+        # A mirrored file whose upstream link had no sha256 shows the hash
+        # upstream gave (md5, say), if any.
+        spec = f"sha256={sha256}" if sha256 else link.get("hash_spec") or ""
+        algorithm, _, digest = spec.partition("=")
+        shown = {
+            "rel": link["rel"],
+            "hash_spec": spec,
+            "hashes": {algorithm: digest} if spec else {},
+            "href": f"{base}/{simple.quote_path(link['relpath'])}",
+        }
+        if "log" in link:  # mirrored files have none
+            shown["log"] = link["log"]
+        if link.get("for_relpath"):
+            shown["for_href"] = f"{base}/{simple.quote_path(link['for_relpath'])}"
+        for key in ("yanked", "attestations"):
+            if link.get(key) not in (None, False):
+                shown[key] = link[key]
+        return shown
+
+    def _record_json(self, base: str, record: dict) -> dict:
+        shown = {k: v for k, v in record.items() if k != "+links"}
+        shown["+links"] = [self._link_json(base, link) for link in record.get("+links", [])]
+        return shown

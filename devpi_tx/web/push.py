@@ -1,0 +1,119 @@
+"""
+Push (C{POST /<user>/<index>/} with a JSON body, as C{devpi push} sends
+it): to another index of this server (L{devpi_tx.model.push}), or to an
+external index that takes twine uploads (L{devpi_tx.remote.pypi_upload}).
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from ..model import push as localpush
+from ..model.errors import InvalidInput
+from ..remote.pypi_upload import PushTarget, push_release
+from .negotiation import read_json
+from .render import envelope, error
+from .stagehelpers import StageHelpers
+
+log = Logger(namespace="devpi_tx.releases")
+
+
+class PushRoutes(StageHelpers):
+    """
+    Mixin with the push handler; the upload route hands it JSON bodies.
+    """
+
+    async def push(self, request: IRequest, user: str, index: str) -> bytes:
+        """
+        Check the request and the permission; the push itself is the
+        model's (L{localpush.push_release}) or L{push_release}'s.
+        """
+        stage = f"{user}/{index}"
+        self._stage(user, index)
+        content_type = request.getHeader("content-type") or ""
+        try:
+            data = read_json(request)
+        except InvalidInput:
+            if "json" in content_type:
+                raise
+            raise InvalidInput(
+                "expected a multipart/form-data upload or a JSON push request, "
+                f"got Content-Type {content_type!r}"
+            ) from None
+        if not isinstance(data, dict):
+            raise InvalidInput("Bad request: expected a JSON object")
+        name, version = data.get("name"), data.get("version")
+        if not isinstance(name, str) or not isinstance(version, str):
+            raise InvalidInput("push needs 'name' and 'version'")
+        no_docs, only_docs = bool(data.get("no_docs")), bool(data.get("only_docs"))
+        if no_docs and only_docs:
+            raise InvalidInput("can't use 'no_docs' and 'only_docs' together")
+        record = localpush.release_to_push(self.ctx.storage, stage, name, version)
+        if "targetindex" not in data:
+            return await self._push_external(request, stage, data, record, no_docs, only_docs)
+        extra = set(data) - {"name", "version", "targetindex", "no_docs", "only_docs"}
+        if extra:
+            raise InvalidInput(f"unknown additional options: {', '.join(sorted(extra))}")
+        target = data["targetindex"]
+        target_config = localpush.push_target(self.ctx.storage, target)
+        auth = await self.auth.authenticate(request)
+        if not self.ctx.policy.may_upload(auth.identity, target_config.get("acl_upload", [])):
+            if auth.failed:
+                return self.deny(request, auth, "")
+            return error(request, 401, f"user {auth.identity.username!r} cannot upload to {target!r}")
+        with self.ctx.storage.transaction() as tx:
+            outcome = localpush.push_release(
+                tx,
+                stage,
+                target,
+                name,
+                version,
+                auth.identity.username,
+                no_docs=no_docs,
+                only_docs=only_docs,
+            )
+        self._cleanup(outcome.unused)
+        log.info(
+            "pushed {name} {version} from {src} to {dst}", name=name, version=version, src=stage, dst=target
+        )
+        return envelope(request, type="actionlog", result=outcome.actions)
+
+    async def _push_external(self, request, stage, data, record, no_docs, only_docs) -> bytes:
+        """
+        Act like twine against C{posturl}, streaming each file from disk.
+        """
+        extra = set(data) - {
+            "name", "version", "posturl", "username", "password", "register_project", "no_docs", "only_docs"
+        }  # fmt: skip
+        if extra:
+            raise InvalidInput(f"unknown additional options: {', '.join(sorted(extra))}")
+        posturl = data.get("posturl")
+        if not isinstance(posturl, str) or not posturl.startswith(("http://", "https://")):
+            raise InvalidInput("push needs 'targetindex', or 'posturl' with an http(s) URL")
+        auth = await self.auth.authenticate(request)
+        config = self._stage(*stage.split("/"))
+        if not self.ctx.policy.may_upload(auth.identity, config.get("acl_upload", [])):
+            return self.deny(request, auth, f"no permission to push from {stage}")
+        target = PushTarget(
+            posturl,
+            str(data.get("username") or ""),
+            str(data.get("password") or ""),
+            bool(data.get("register_project")),
+        )
+        metadata = {k: v for k, v in record.items() if k != "+links"}
+        status, results = await push_release(
+            self.ctx.http,
+            self.ctx.files,
+            target,
+            metadata,
+            record["+links"],
+            no_docs=no_docs,
+            only_docs=only_docs,
+            timeout=self.ctx.config.request_timeout * 6,
+        )
+        log.info(
+            "pushed {name} {version} from {src} to {url}: {status}",
+            name=record["name"], version=record["version"], src=stage, url=posturl, status=status,
+        )  # fmt: skip
+        return envelope(request, status, type="actionlog", result=results)

@@ -1,0 +1,86 @@
+"""
+Tox results (C{POST /<user>/<index>/+f/...} with JSON, as C{devpi test}
+sends them): stored as files linked to the release file they were run
+against, under the index's C{acl_toxresult_upload}.
+"""
+
+from __future__ import annotations
+
+import time
+
+from twisted.web.iweb import IRequest
+
+from ..model import releases
+from ..model.errors import ModelError, NotFound
+from .negotiation import read_json
+from .render import envelope, error
+from .router import app
+from .stagehelpers import StageHelpers
+
+
+class ToxResultRoutes(StageHelpers):
+    """
+    Mixin with the tox result upload route.
+    """
+
+    @app.route("/<user>/<index>/+f/<path:relpath>", methods=["POST"])
+    async def toxresult_upload(self, request: IRequest, user: str, index: str, relpath: str):
+        """
+        Store a tox result (JSON) for a release file.  Errors are JSON
+        whatever the client accepts, as devpi-server 6.11+ answers them.
+        """
+        try:
+            return await self._store_toxresult(request, user, index, relpath)
+        except ModelError as exc:
+            return error(request, exc.status, exc.message, as_json=True)
+
+    async def _store_toxresult(self, request: IRequest, user: str, index: str, relpath: str) -> bytes:
+        config = self._stage(user, index)
+        stage = f"{user}/{index}"
+        path = f"{stage}/+f/{relpath}"
+        auth = await self.auth.authenticate(request)
+        acl = config.get("acl_toxresult_upload", [":ANONYMOUS:"])
+        if not self.ctx.policy.may_upload(auth.identity, acl):
+            return self.deny(
+                request,
+                auth,
+                "no permission to upload tox results (use 'devpi test --no-upload')",
+                as_json=True,
+            )
+        entry = releases.get_file(self.ctx.storage, path)
+        if entry is None or entry["rel"] != "releasefile":
+            raise NotFound(f"no release file found at {path}")
+        read_json(request)  # must be JSON; the raw bytes are stored
+        request.content.seek(0)
+        data = request.content.read()
+        writer = self.ctx.files.writer()
+        writer.write(data)
+        self.ctx.blobs.hold(writer.hexdigest())
+        try:
+            sha256 = await self.ctx.run_in_thread(writer.commit)  # fsync: off the reactor
+        finally:
+            self.ctx.blobs.release(writer.hexdigest())
+        record = releases.get_version(self.ctx.storage, stage, entry["project"], entry["version"])
+        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+        count = sum(1 for link in record["+links"] if link.get("for_relpath") == path)
+        basename = f"{path.rsplit('/', 1)[1]}.toxresult-{stamp}-{count}"
+        tox_path = f"{path.rsplit('/', 1)[0]}/{basename}"
+        try:
+            with self.ctx.storage.transaction() as tx:
+                releases.add_file(
+                    tx,
+                    stage,
+                    True,
+                    {"name": record["name"], "version": record["version"]},
+                    rel="toxresult",
+                    basename=basename,
+                    sha256=sha256,
+                    size=len(data),
+                    who=auth.identity.username,
+                    extra={"for_relpath": path},
+                    path=tox_path,
+                )
+        except BaseException:
+            self._cleanup([sha256])
+            raise
+        return envelope(request, type="toxresultpath", result=f"{tox_path}#sha256={sha256}")
