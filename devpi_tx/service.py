@@ -94,8 +94,13 @@ def build_context(
     )
 
 
-def make_site(context: ServerContext) -> DevpiSite:
-    api = DevpiAPI(context)
+def make_site(context: ServerContext, *, reactor=None, api: DevpiAPI | None = None) -> DevpiSite:
+    """
+    The site serving C{context}; its connections' timers (idle timeouts)
+    go to C{reactor} (Twisted's global one by default), and so do the
+    timers and threads of what it serves (see L{web.sendfile}).
+    """
+    api = api if api is not None else DevpiAPI(context)
     site = DevpiSite(
         InstallerFastPath(api.app.resource(), api),
         stream_receiver=api.upload_receiver,
@@ -104,6 +109,7 @@ def make_site(context: ServerContext) -> DevpiSite:
         config=context.config,
         access_log=open_access_log(context.config.access_log),
         timeout=120,
+        reactor=reactor,
     )
     site.noisy = False
     return site
@@ -114,7 +120,7 @@ def make_service(config: ServerConfig, reactor=global_reactor) -> MultiService:
         _configure_stdlib_logging(config.logger_cfg)
     context = build_context(config, clock=reactor)
     root = StorageService(context)
-    site = make_site(context)
+    site = make_site(context, reactor=reactor)
     if not config.offline_mode:
         lists = project_list_service(context.project_lists, config.mirror_cache_expiry)
         lists.setServiceParent(root)
