@@ -1,7 +1,8 @@
 """
-The private names of Twisted that devpi-tx relies on, in one place, each
-with a test in C{tests/test_compat.py} that pins the behaviour relied on,
-so that a Twisted release that changes one fails there first.
+The private names devpi-tx relies on (Twisted's, and one of pip's), in one
+place, each with a test in C{tests/test_compat.py} that pins the
+behaviour relied on, so that a release that changes one fails there
+first.
 
 Also relying on private names, not yet moved here:
 C{web/releases.py}'s C{upload_receiver} reads C{request.channel._command}
@@ -38,3 +39,22 @@ def tcp_write_pending(transport) -> int | None:
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     except AttributeError:
         return None
+
+
+def pip_builtin_index() -> str | None:
+    """
+    The index pip uses when nothing configures one (its simple API URL),
+    from the installed pip, or L{None} if pip is not installed or no longer
+    has it there.
+
+    pip has no public API: its configuration is read from its files in
+    L{devpi_tx.pipconfig}; only this built-in default lives in
+    C{pip._internal}.  Taken from pip so that no registry host name is
+    written in devpi-tx.
+    """
+    try:
+        from pip._internal.models.index import PyPI
+    except Exception:
+        return None
+    url = getattr(PyPI, "simple_url", None)
+    return url if isinstance(url, str) else None

@@ -6,13 +6,15 @@ on, pinned: a Twisted release that changes one fails here.
 from __future__ import annotations
 
 import socket
+import sys
+from urllib.parse import urlsplit
 
 from twisted.internet import tcp
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.test import iosim
 from twisted.web.http import HTTPChannel, Request
 
-from devpi_tx._compat import pending_request_line, tcp_write_pending
+from devpi_tx._compat import pending_request_line, pip_builtin_index, tcp_write_pending
 
 
 class _SeesTheHead(Request):
@@ -76,3 +78,17 @@ def test_tcp_write_pending_counts_what_the_kernel_has_not_taken():
 def test_tcp_write_pending_is_none_where_bytes_are_kept_elsewhere():
     assert tcp_write_pending(StringTransport()) is None
     assert tcp_write_pending(iosim.FakeTransport(object(), isServer=True)) is None
+
+
+def test_pip_builtin_index_is_an_https_simple_index():
+    url = pip_builtin_index()
+    assert url is not None, "pip is installed in the test environment"
+    parts = urlsplit(url)
+    assert parts.scheme == "https" and parts.netloc
+    assert parts.path.rstrip("/") == "/simple"
+
+
+def test_pip_builtin_index_without_pip(monkeypatch):
+    # A None in sys.modules makes the import fail, as without pip.
+    monkeypatch.setitem(sys.modules, "pip._internal.models.index", None)
+    assert pip_builtin_index() is None
