@@ -118,7 +118,7 @@ class MirrorPages:
         self._clock = clock
         #: When each (stage, project) page was last found current upstream.
         self._checked = _Recent(max_remembered)
-        #: Until when each (stage, project) upstream had not is taken as absent.
+        #: Until when each (stage, project) upstream answered 404 for is taken as absent.
         self._missing = _Recent(max_remembered)
         self._fetches: SingleFlight[str | None] = SingleFlight()
 
