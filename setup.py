@@ -14,6 +14,8 @@ setup(
     install_requires=[
         "twisted[tls]>=24.7",
         "klein>=23.12",
+        # Klein routes with werkzeug; web/api.py imports werkzeug's HTTP exceptions itself.
+        "werkzeug>=2",
         "treq>=23.11",
         "attrs>=23.1",
         "zope.interface>=6",

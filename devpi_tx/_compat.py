@@ -1,7 +1,8 @@
 """
-The private names of libraries that devpi-tx relies on, in one place, each
-with what it relies on; C{tests/test_compat.py} pins that behaviour, so an
-upgrade that changes it fails there first.
+The private names devpi-tx relies on (Twisted's, and one of pip's), in one
+place, each with a test in C{tests/test_compat.py} that pins the
+behaviour relied on, so that a release that changes one fails there
+first.
 """
 
 from __future__ import annotations
@@ -31,3 +32,51 @@ def quiet_pool(pool: HTTPConnectionPool) -> None:
 
     quiet_factory.quiet = True  # type: ignore[attr-defined]
     pool._factory = quiet_factory  # type: ignore[assignment]
+
+
+def pending_request_line(channel) -> tuple[bytes | None, bytes | None]:
+    """
+    The method and target (path with query) of the request whose head an
+    L{twisted.web.http.HTTPChannel} has just parsed.
+
+    L{Request.gotLength} is called when the headers are in, before
+    L{Request.requestReceived} (which runs once the whole body is in) sets
+    C{method} and C{uri} on the request; only the channel knows them then,
+    as C{_command} and C{_path}.  L{None}s if it does not.
+    """
+    return getattr(channel, "_command", None), getattr(channel, "_path", None)
+
+
+def tcp_write_pending(transport) -> int | None:
+    """
+    Bytes written to a TCP transport (L{twisted.internet.abstract.FileDescriptor})
+    that it has not handed to the kernel yet, or L{None} for a transport
+    that keeps them where we cannot see (TLS, in-memory transports).
+
+    C{dataBuffer} from C{offset} on is what a write left over;
+    C{_tempDataLen} counts what was written since the last write to the
+    socket.
+    """
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except AttributeError:
+        return None
+
+
+def pip_builtin_index() -> str | None:
+    """
+    The index pip uses when nothing configures one (its simple API URL),
+    from the installed pip, or L{None} if pip is not installed or no longer
+    has it there.
+
+    pip has no public API: its configuration is read from its files in
+    L{devpi_tx.pipconfig}; only this built-in default lives in
+    C{pip._internal}.  Taken from pip so that no registry host name is
+    written in devpi-tx.
+    """
+    try:
+        from pip._internal.models.index import PyPI
+    except Exception:
+        return None
+    url = getattr(PyPI, "simple_url", None)
+    return url if isinstance(url, str) else None

@@ -4,7 +4,8 @@ The default upstream of root/pypi: the index pip on this machine uses.
 Read as pip reads it: C{PIP_INDEX_URL}, else C{index-url} from pip's
 configuration files (site-wide, user, the environment's, then
 C{PIP_CONFIG_FILE}, later ones winning), else pip's own built-in default,
-taken from the installed pip so that no registry host is written here.
+taken from the installed pip so that no registry host is written here
+(the one use of pip's internals, in L{devpi_tx._compat}).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import configparser
 import os
 import sys
 from collections.abc import Mapping
+
+from ._compat import pip_builtin_index
 
 
 def _config_files(environ: Mapping[str, str]) -> list[str]:
@@ -51,11 +54,7 @@ def pip_default_index() -> str | None:
     """
     pip's built-in default index, or L{None} if pip is not installed.
     """
-    try:
-        from pip._internal.models.index import PyPI
-    except Exception:
-        return None
-    return PyPI.simple_url
+    return pip_builtin_index()
 
 
 def default_mirror_url(environ: Mapping[str, str] | None = None) -> str | None:

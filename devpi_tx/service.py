@@ -168,8 +168,13 @@ def build_context(
     )
 
 
-def make_site(context: ServerContext) -> DevpiSite:
-    api = DevpiAPI(context)
+def make_site(context: ServerContext, *, reactor=None, api: DevpiAPI | None = None) -> DevpiSite:
+    """
+    The site serving C{context}; its connections' timers (idle timeouts)
+    go to C{reactor} (Twisted's global one by default), and so do the
+    timers and threads of what it serves (see L{web.sendfile}).
+    """
+    api = api if api is not None else DevpiAPI(context)
     site = DevpiSite(
         InstallerFastPath(api.app.resource(), api),
         stream_receiver=api.upload_receiver,
@@ -178,6 +183,7 @@ def make_site(context: ServerContext) -> DevpiSite:
         config=context.config,
         access_log=open_access_log(context.config.access_log),
         timeout=120,
+        reactor=reactor,
     )
     site.noisy = False
     return site
@@ -203,7 +209,7 @@ def make_service(config: ServerConfig, reactor) -> MultiService:
     CallOnStop("derived-blobs", context.derived_blobs.stop).setServiceParent(root)
     if not config.offline_mode:
         ProjectListService(context.project_lists, config.mirror_cache_expiry, reactor).setServiceParent(root)
-    site = make_site(context)
+    site = make_site(context, reactor=reactor)
     for description in config.endpoints:
         endpoint = serverFromString(reactor, description)
         service = StreamServerEndpointService(endpoint, site)

@@ -1,6 +1,7 @@
 """
-Shared fixtures: an in-memory devpi-tx (StubTreq over the Klein resource)
-with cheap password hashing, so that API tests need no reactor or threads.
+Shared fixtures: an in-memory devpi-tx (the production site and request
+class, connected to treq's client through in-memory transports) with cheap
+password hashing, so that API tests need no reactor or threads.
 """
 
 from __future__ import annotations
@@ -12,21 +13,23 @@ from contextlib import contextmanager
 
 import pytest
 import pytest_twisted
+from treq.client import HTTPClient
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from devpi_tx.auth.passwords import PasswordChecker, fast_hasher
 from devpi_tx.config import ServerConfig
 from devpi_tx.mirror.http import UpstreamHTTP
-from devpi_tx.service import build_context
+from devpi_tx.service import build_context, make_site
 from devpi_tx.web.api import DevpiAPI
-from devpi_tx.web.installer import InstallerFastPath
 
 from .fakeupstream import FakeUpstream
+from .memhttp import BytesProducer, Connections, RawClient, in_memory_agent
 
 UPSTREAM = "http://127.0.0.1:9/simple/"
 
@@ -93,15 +96,26 @@ class Answer:
 
 class Client:
     """
-    Requests against an in-memory server.
+    Requests against an in-memory server: the site the server runs
+    (L{make_site}: L{DevpiSite} and L{DevpiRequest} in front of the
+    installer fast path and the Klein app), over in-memory connections.
+
+    @ivar clock: the server's reactor (its connections' timers).
+    @ivar site: the server's site.
     """
 
-    def __init__(self, context) -> None:
+    def __init__(self, context, *, api: DevpiAPI | None = None, resource=None) -> None:
         self.context = context
-        self.api = DevpiAPI(context)
-        # The resource tree the server runs: the installer fast path in
-        # front of the Klein app.
-        self.stub = StubTreq(InstallerFastPath(self.api.app.resource(), self.api))
+        self.api = api or DevpiAPI(context)
+        self.clock = MemoryReactorClock()
+        self.site = make_site(context, reactor=self.clock, api=self.api)
+        if resource is not None:
+            # The same site in front of another resource (a part of the tree).
+            self.site.resource = resource
+        self.connections = Connections(self.site, self.clock)
+        self.http = HTTPClient(
+            in_memory_agent(self.connections, self.clock), data_to_body_producer=BytesProducer
+        )
 
     def request(
         self,
@@ -118,7 +132,7 @@ class Client:
             all_headers["Accept"] = accept
         all_headers.update(headers or {})
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        d = self.stub.request(
+        d = self.http.request(
             method,
             "http://127.0.0.1:3141" + path,
             headers=all_headers,
@@ -131,16 +145,31 @@ class Client:
         self._flush(d)
         return Answer(response, result_of(d))
 
+    def connect(self) -> RawClient:
+        """
+        A connection to the server that sends the bytes the test gives
+        (C{send}) and keeps what comes back (call L{flush} in between).
+        """
+        protocol = RawClient()
+        self.connections.connect(protocol)
+        return protocol
+
+    def flush(self) -> None:
+        """
+        Pump the server, its connections and its upstream until quiet.
+        """
+        self._flush(None)
+
     def _flush(self, d) -> None:
         """
         Pump the server and its upstream until C{d} has fired.
         """
         upstream = self.context.http.http  # the StubTreq under the upstream client
         for _ in range(20):
-            self.stub.flush()
+            self.connections.flush()
             if hasattr(upstream, "flush"):
                 upstream.flush()
-            if d.called:
+            if d is not None and d.called:
                 return
 
     def get(self, path: str, **kw) -> Answer:

@@ -125,6 +125,31 @@ def test_pip_index_url_from_pip_config_file(tmp_path):
     assert pipconfig.default_mirror_url(environ) == "http://127.0.0.1:8/simple/"
 
 
+def test_pip_config_files_in_pips_order(tmp_path):
+    """
+    Global (XDG_CONFIG_DIRS), then user (XDG_CONFIG_HOME), then
+    PIP_CONFIG_FILE: later files win, and [install] over [global].
+    """
+    (tmp_path / "etc" / "pip").mkdir(parents=True)
+    (tmp_path / "etc" / "pip" / "pip.conf").write_text("[global]\nindex-url = http://127.0.0.1:1/simple/\n")
+    environ = {"XDG_CONFIG_DIRS": str(tmp_path / "etc"), "XDG_CONFIG_HOME": str(tmp_path / "home")}
+    assert pipconfig.default_mirror_url(environ) == "http://127.0.0.1:1/simple/"
+    (tmp_path / "home" / "pip").mkdir(parents=True)
+    (tmp_path / "home" / "pip" / "pip.conf").write_text(
+        "[install]\nindex-url = http://127.0.0.1:3/simple/\n[global]\nindex-url = http://127.0.0.1:2/simple/\n"
+    )
+    assert pipconfig.default_mirror_url(environ) == "http://127.0.0.1:3/simple/"
+    conf = tmp_path / "env.conf"
+    conf.write_text("[global]\nindex-url = http://127.0.0.1:4/simple/\n")
+    assert pipconfig.default_mirror_url({**environ, "PIP_CONFIG_FILE": str(conf)}) == (
+        "http://127.0.0.1:4/simple/"
+    )
+    # PIP_INDEX_URL wins over every file.
+    assert pipconfig.default_mirror_url(
+        {**environ, "PIP_CONFIG_FILE": str(conf), "PIP_INDEX_URL": "http://127.0.0.1:5/simple/"}
+    ) == ("http://127.0.0.1:5/simple/")
+
+
 def test_pip_builtin_default_when_unconfigured(tmp_path):
     environ = {"PIP_CONFIG_FILE": os.devnull}
     url = pipconfig.default_mirror_url(environ)

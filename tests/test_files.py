@@ -18,7 +18,6 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
@@ -62,6 +61,8 @@ class FileServer:
         self.finished: list[Deferred] = []
         #: For each error serve_file raised: was the request still untouched?
         self.untouched: list[bool] = []
+        #: Called with each request before it is answered.
+        self.on_request = lambda request: None
 
     def add(self, name: str, data: bytes, **kwargs) -> str:
         path = str(self.tmp_path / name)
@@ -94,6 +95,7 @@ class FileServer:
     @app.route("/<name>", methods=["GET", "HEAD"])
     def serve(self, request, name):
         self.requests.append(request)
+        self.on_request(request)
         try:
             result = serve_file(request, **self.files[name])
         except OSError as e:
@@ -535,11 +537,45 @@ async def test_large_file_whole_and_ranges_byte_exact(server):
         assert body.closed
 
 
+class FlowWatch:
+    """
+    Watches the flow control of the first request's connection: the
+    transport pauses its channel (and so the body's producer) when the
+    socket will take no more, and resumes it when it will.
+    """
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.resumes = 0
+        self._watching = False
+
+    def watch(self, request) -> None:
+        if self._watching:
+            return
+        self._watching = True
+        channel = request.channel
+        pause, resume = channel.pauseProducing, channel.resumeProducing
+
+        def paused() -> None:
+            self.paused = True
+            pause()
+
+        def resumed() -> None:
+            self.paused = False
+            self.resumes += 1
+            resume()
+
+        # The transport calls its producer's methods through the instance.
+        channel.pauseProducing, channel.resumeProducing = paused, resumed
+
+
 @needs_proc
 @pytest_twisted.ensureDeferred
 async def test_slow_reader_holds_up_nothing_but_itself(server):
     size = 50 * 1024 * 1024
     path, sha = server.add_random("big", size)
+    flow = FlowWatch()
+    server.on_request = flow.watch
     client = await raw(server, raw_request("GET", "big"), pause_at=1)
     await wait(client.paused)
     assert client.status_line() == b"HTTP/1.1 200 OK"
@@ -554,19 +590,16 @@ async def test_slow_reader_holds_up_nothing_but_itself(server):
     assert not client.closed.called
     assert client.body_length < size
 
-    # Wait until the producer stops reading (the socket buffers are full),
-    # then check it has not read the file ahead of the reader.
-    unchanged = 0
-    last = -1
-    for _ in range(500):
-        if body.produced == last:
-            unchanged += 1
-            if unchanged == 5:
-                break
-        else:
-            unchanged, last = 0, body.produced
-        await deferLater(reactor, 0.01, lambda: None)
-    assert unchanged == 5, "the producer never stopped reading"
+    # Wait until the producer stops being asked for more: the connection
+    # is paused (the socket buffers are full) and stays paused while
+    # another request is answered from start to end.
+    for _ in range(200):
+        resumes = flow.resumes
+        await fetch(server, "small")
+        if flow.paused and flow.resumes == resumes:
+            break
+    else:
+        raise AssertionError("the producer never stopped reading")
     assert body.produced < size // 2
     assert path in open_paths()
     assert not body.closed

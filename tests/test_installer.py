@@ -8,7 +8,6 @@ from __future__ import annotations
 from unittest import mock
 
 import pytest
-from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
@@ -18,7 +17,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from devpi_tx.web.installer import InstallerFastPath
 
-from .conftest import Answer, result_of
+from .conftest import Client
 from .distfiles import make_wheel
 from .fakeupstream import Release
 
@@ -33,15 +32,10 @@ def hello(upstream):
 
 def klein_only(client, method, path, headers):
     """
-    The same request through the Klein app alone.
+    The same request through the Klein app alone (in the same site).
     """
-    stub = StubTreq(client.api.app.resource())
-    d = stub.request(method, "http://127.0.0.1:3141" + path, headers=headers, allow_redirects=False)
-    stub.flush()
-    response = result_of(d)
-    d = response.content()
-    stub.flush()
-    return Answer(response, result_of(d))
+    klein = Client(client.context, api=client.api, resource=client.api.app.resource())
+    return klein.request(method, path, headers=headers, accept=None)
 
 
 def comparable(answer):

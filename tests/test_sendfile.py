@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
+
+from devpi_tx.web import files as files_module
+from devpi_tx.web.sendfile import SendfileBody
 
 from .test_files import (
     SMALL,
@@ -29,19 +31,24 @@ def add_big(files, name: str, size: int):
     return path, sha
 
 
-async def closed_soon(path: str) -> bool:
+@pytest.fixture
+def transfers(monkeypatch) -> list[SendfileBody]:
     """
-    The thread notices a gone client at its next send; give it a moment.
+    The sendfile transfers started, in order.
     """
-    for _ in range(300):
-        if path not in open_paths():
-            return True
-        await deferLater(reactor, 0.01, lambda: None)
-    return False
+    made: list[SendfileBody] = []
+
+    class Recorded(SendfileBody):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(files_module, "SendfileBody", Recorded)
+    return made
 
 
 @pytest_twisted.ensureDeferred
-async def test_whole_file_and_ranges_are_byte_exact(server):  # noqa: F811
+async def test_whole_file_and_ranges_are_byte_exact(server, transfers):  # noqa: F811
     size = 5 * 1024 * 1024 + 123
     path, sha = add_big(server, "big", size)
     with open(path, "rb") as f:
@@ -56,6 +63,8 @@ async def test_whole_file_and_ranges_are_byte_exact(server):  # noqa: F811
         assert body == data[first : last + 1]
     # The producer was never used: the bytes went through the thread.
     assert server.bodies == [None] * len(server.bodies)
+    assert len(transfers) == 4
+    assert all(transfer.released.called for transfer in transfers)
 
 
 @needs_proc
@@ -82,14 +91,17 @@ async def test_slow_reader_holds_up_nothing_but_itself(server):  # noqa: F811
 
 @needs_proc
 @pytest_twisted.ensureDeferred
-async def test_disconnect_mid_transfer_closes_file(server):  # noqa: F811
+async def test_disconnect_mid_transfer_closes_file(server, transfers):  # noqa: F811
     size = 40 * 1024 * 1024
     path, _ = add_big(server, "big", size)
     client = await raw(server, raw_request("GET", "big"), abort_at=2 * 1024 * 1024)
     await wait(client.closed)
     assert client.body_length < size
     await wait(server.finished[0])
-    assert await closed_soon(path)
+    # The thread notices the gone client at its next send, then lets go.
+    [transfer] = transfers
+    await wait(transfer.released)
+    assert path not in open_paths()
     assert not server.requests[0].finished
     response, small = await fetch(server, "small")
     assert (response.code, small) == (200, SMALL)

@@ -1,6 +1,8 @@
 """
-Site-level behaviour over a real loopback port: devpi's headers on every
-response, an exact X-Devpi-Serial, the body cap, and the request log.
+Site-level behaviour, over a real loopback port and in memory (the
+C{client} fixture runs the same site and request class): devpi's headers
+on every response, an exact X-Devpi-Serial, the body cap, and the request
+log.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThread
-from twisted.logger import globalLogPublisher
+from twisted.logger import Logger, globalLogPublisher
 
 from devpi_tx.service import make_site
 
@@ -177,3 +179,84 @@ class _Tee:
     def __call__(self, event):
         for observer in self._observers:
             observer(event)
+
+
+# -- in memory -----------------------------------------------------------------
+
+
+def test_in_memory_answers_carry_devpi_headers(client, context):
+    for path in ["/+api", "/nobody", "/root/pypi/+simple/"]:
+        answer = client.get(path)
+        for name in DEVPI_HEADERS:
+            assert answer.header(name), (path, name)
+        assert answer.header("X-Devpi-Uuid") == context.uuid
+        assert answer.header("X-Devpi-Serial") == str(context.storage.serial)
+
+
+def test_in_memory_serial_is_the_one_answered_from(client, context):
+    before = context.storage.serial
+    answer = client.request("PUT", "/erin", {"password": "pw"})
+    assert answer.code == 201
+    assert answer.header("X-Devpi-Serial") == str(before + 1)
+    answer = client.request("PUT", "/erin", {"password": "pw"})
+    assert answer.code == 409
+    assert answer.header("X-Devpi-Serial") == str(before + 1)
+
+
+def refusals(client) -> list[dict]:
+    events: list[dict] = []
+    client.site._access = Logger(namespace="devpi_tx.request", observer=events.append)
+    return events
+
+
+def test_in_memory_over_long_body_refused_before_it_is_read(small_json_limit, client, context):
+    events = refusals(client)
+    serial = context.storage.serial
+    connection = client.connect()
+    connection.send(
+        b"PUT /mallory HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
+    )
+    client.flush()
+    # Answered on the head alone (no byte of the body was sent), and the
+    # connection closed so that the body is never read.
+    assert connection.status_line.startswith(b"HTTP/1.1 413 ")
+    assert connection.closed
+    head, body = connection.received.split(b"\r\n\r\n", 1)
+    head += b"\r\n"
+    assert b"\r\nX-Devpi-Serial: %d\r\n" % serial in head
+    assert b"\r\nConnection: close\r\n" in head
+    assert "limit is 1024 bytes" in json.loads(body)["message"]
+    assert context.storage.serial == serial
+    assert [(e["method"], e["status"]) for e in events] == [("PUT", 413)]
+
+
+def test_in_memory_chunked_body_refused_once_past_the_cap(small_json_limit, client, context):
+    connection = client.connect()
+    chunk = b"x" * 800
+    connection.send(b"PUT /mallory HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    connection.send(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+    client.flush()
+    assert connection.received == b""  # under the cap: still reading
+    connection.send(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+    client.flush()
+    assert connection.status_line.startswith(b"HTTP/1.1 413 ")
+    assert connection.closed
+    assert "mallory" not in client.get("/").json["result"]
+
+
+def test_in_memory_multipart_bodies_get_the_larger_cap(client, context):
+    context.config = attrs.evolve(context.config, max_json_body_size=1024, max_request_body_size=4096)
+    client = type(client)(context)
+    for content_type, length, refused in [
+        ("application/json", 2000, True),
+        ("multipart/form-data; boundary=x", 2000, False),
+        ("multipart/form-data; boundary=x", 5000, True),
+    ]:
+        connection = client.connect()
+        connection.send(
+            b"POST /nobody/dev/ HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+            % (content_type.encode(), length)
+        )
+        client.flush()
+        assert connection.status_line.startswith(b"HTTP/1.1 413 ") is refused, (content_type, length)

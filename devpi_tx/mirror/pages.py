@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from twisted.logger import Logger
@@ -37,6 +38,41 @@ NOT_FOUND_TTL = 60.0
 #: wheels the download costs about what the extra request does, so their
 #: pages say nothing (their .metadata is still served when asked for).
 SYNTHESIZED_METADATA_MIN_SIZE = 8 * 1024 * 1024
+
+
+#: How many projects' freshness (and upstream 404s) are remembered per
+#: mirror set; past it the least recently checked are forgotten (and
+#: revalidated when next asked for, a 304 at most).
+MAX_REMEMBERED = 100_000
+
+
+class _Recent:
+    """
+    A map of at most C{size} entries; setting one makes it the newest,
+    and past the size the oldest is dropped.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._items
+
+    def get(self, key: tuple[str, str]) -> float | None:
+        return self._items.get(key)
+
+    def __setitem__(self, key: tuple[str, str], value: float) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def pop(self, key: tuple[str, str], default=None):
+        return self._items.pop(key, default)
 
 
 class MirrorUnavailable(Exception):
@@ -72,6 +108,7 @@ class MirrorPages:
         offline: bool = False,
         clock: Callable[[], float] = time.monotonic,
         metadata_min_size: int = SYNTHESIZED_METADATA_MIN_SIZE,
+        max_remembered: int = MAX_REMEMBERED,
     ) -> None:
         self._storage = storage
         self._metadata_min_size = metadata_min_size
@@ -79,8 +116,10 @@ class MirrorPages:
         self._default_expiry = default_expiry
         self._offline = offline
         self._clock = clock
-        self._checked: dict[tuple[str, str], float] = {}
-        self._missing: dict[tuple[str, str], float] = {}
+        #: When each (stage, project) page was last found current upstream.
+        self._checked = _Recent(max_remembered)
+        #: Until when each (stage, project) upstream answered 404 for is taken as absent.
+        self._missing = _Recent(max_remembered)
         self._fetches: SingleFlight[str | None] = SingleFlight()
 
     def forget(self, stage: str, project: str) -> None:

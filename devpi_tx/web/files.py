@@ -62,6 +62,7 @@ def serve_file(
     content_type: str = "application/octet-stream",
     cache_control: str = IMMUTABLE,
     use_sendfile: bool = True,
+    reactor=None,
 ) -> bytes | Deferred[None]:
     """
     Answer a GET or HEAD for a file on disk, honouring conditional and
@@ -91,6 +92,8 @@ def serve_file(
         strong C{ETag}.
     @param last_modified: seconds since the epoch, sent (and compared) at
         whole-second resolution as HTTP dates have.
+    @param reactor: what a L{SendfileBody} schedules on; by default the
+        reactor of the request's site.
     """
     # Closed below on failure, else by _answer or the producer.
     file = open(path, "rb")
@@ -105,6 +108,7 @@ def serve_file(
             content_type=content_type,
             cache_control=cache_control,
             use_sendfile=use_sendfile,
+            reactor=reactor,
         )
     except BaseException:
         file.close()
@@ -122,6 +126,7 @@ def _answer(
     content_type: str,
     cache_control: str,
     use_sendfile: bool,
+    reactor,
 ) -> bytes | Deferred[None]:
     """
     Decide the answer, then set its status and headers and send or start
@@ -183,7 +188,9 @@ def _answer(
     )
     if streamed:
         if use_sendfile and SendfileBody.usable(request, length):
-            return SendfileBody(request, file, offset, length, path=path).start()
+            if reactor is None:
+                reactor = request.channel.site.reactor
+            return SendfileBody(request, file, offset, length, path=path, reactor=reactor).start()
         return FileBody(request, file, length, path=path).start()
     return body
 

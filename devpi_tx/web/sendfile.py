@@ -11,6 +11,10 @@ the socket is full.  The reactor thread does nothing for the file's bytes,
 so other requests are answered meanwhile and several downloads use several
 cores.  TLS connections, or transports that do not expose their buffer,
 use the ordinary producer instead (L{SendfileBody.usable} says which).
+
+The reactor (timers, the worker threads' results, the shutdown triggers
+that stop the pool) is the one given to L{SendfileBody}; L{serve_file}
+gives the one the request's site runs on.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import select
 import threading
 from typing import IO
 
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import LoopingCall
@@ -28,6 +31,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
+
+from .._compat import tcp_write_pending
 
 log = Logger(namespace="devpi_tx.sendfile")
 
@@ -47,7 +52,7 @@ def _stop_all() -> None:
         body._stop()
 
 
-def _thread_pool() -> ThreadPool:
+def _thread_pool(reactor) -> ThreadPool:
     global _pool
     if _pool is None:
         _pool = ThreadPool(minthreads=0, maxthreads=32, name="devpi-tx-sendfile")
@@ -55,17 +60,6 @@ def _thread_pool() -> ThreadPool:
         reactor.addSystemEventTrigger("before", "shutdown", _stop_all)
         reactor.addSystemEventTrigger("during", "shutdown", _pool.stop)
     return _pool
-
-
-def _pending(transport) -> int | None:
-    """
-    Bytes waiting in a TCP transport's own buffer, or L{None} if it keeps
-    them where we cannot see.
-    """
-    try:
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    except AttributeError:
-        return None
 
 
 class SendfileBody:
@@ -83,10 +77,13 @@ class SendfileBody:
             and transport is not None
             and not ISSLTransport.providedBy(transport)
             and hasattr(transport, "fileno")
-            and _pending(transport) is not None
+            and tcp_write_pending(transport) is not None
         )
 
-    def __init__(self, request: IRequest, file: IO[bytes], offset: int, length: int, *, path: str) -> None:
+    def __init__(
+        self, request: IRequest, file: IO[bytes], offset: int, length: int, *, path: str, reactor
+    ) -> None:
+        self._reactor = reactor
         self._request = request
         self._file = file
         self._offset = offset
@@ -94,7 +91,14 @@ class SendfileBody:
         self._path = path
         self._stopped = threading.Event()
         self._keepalive = LoopingCall(self._touch)
+        self._keepalive.clock = reactor
+        #: Fires when the request is finished or the client has gone away;
+        #: cancelling it stops the transfer.
         self.done: Deferred[None] = Deferred(lambda d: self._stop())
+        #: Fires once the transfer is over and the file closed: after
+        #: C{done} when the client goes away (the thread notices at its
+        #: next send).
+        self.released: Deferred[None] = Deferred()
 
     def start(self) -> Deferred[None]:
         self._request.notifyFinish().addErrback(lambda reason: self._stop())
@@ -116,15 +120,16 @@ class SendfileBody:
         if self._stopped.is_set():
             self._file.close()
             self._fire()
+            self.released.callback(None)
             return
         transport = self._request.channel.transport
-        if _pending(transport):
-            reactor.callLater(0.001, self._when_flushed)
+        if tcp_write_pending(transport):
+            self._reactor.callLater(0.001, self._when_flushed)
             return
         sock = os.dup(transport.fileno())
         self._keepalive.start(5, now=False)
         _active.add(self)
-        d = deferToThreadPool(reactor, _thread_pool(), self._send, sock)
+        d = deferToThreadPool(self._reactor, _thread_pool(self._reactor), self._send, sock)
         d.addBoth(self._sent, sock)
 
     def _send(self, sock: int) -> int:
@@ -168,6 +173,7 @@ class SendfileBody:
             # Never let a short body pass for a complete one.
             self._request.channel.transport.abortConnection()
         self._fire()
+        self.released.callback(None)
 
     def _fire(self) -> None:
         if not self.done.called:

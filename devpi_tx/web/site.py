@@ -14,6 +14,7 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.web.server import Request, Site
 
 from .. import COMPATIBLE_SERVER_VERSION
+from .._compat import pending_request_line
 
 
 class DevpiRequest(Request):
@@ -190,5 +191,5 @@ class DevpiSite(Site):
 
     @staticmethod
     def _pending_method(request: DevpiRequest) -> str:
-        command = getattr(request.channel, "_command", b"-")
-        return command.decode("ascii", "replace")
+        command, _ = pending_request_line(request.channel)
+        return (command or b"-").decode("ascii", "replace")

@@ -19,6 +19,7 @@ from urllib.parse import unquote
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from .._compat import pending_request_line
 from ..model import metadata as coremetadata
 from ..model import releases
 from ..model.errors import InvalidInput, ModelError
@@ -57,8 +58,7 @@ class UploadRoutes(StageHelpers):
         Called by the site when a request's headers are in: a streaming
         receiver for multipart uploads to an index, else L{None}.
         """
-        command = getattr(request.channel, "_command", None)
-        path = getattr(request.channel, "_path", None)
+        command, path = pending_request_line(request.channel)
         if command != b"POST" or not path:
             return None
         match = _UPLOAD_PATH.match(path.split(b"?", 1)[0].decode("utf-8", "replace"))
