@@ -40,6 +40,7 @@ from .web.derivedblobs import DerivedBlobs
 from .web.installer import InstallerFastPath
 from .web.listpages import ListPages
 from .web.pagecache import PageCache
+from .web.sendfile import SendfileWorkers
 from .web.site import DevpiSite
 
 log = Logger(namespace="devpi_tx.service")
@@ -186,6 +187,8 @@ def make_site(context: ServerContext, *, reactor=None, api: DevpiAPI | None = No
         reactor=reactor,
     )
     site.noisy = False
+    #: The threads large files are sent from (stopped by make_service's tree).
+    site.sendfile_workers = SendfileWorkers(site.reactor)
     return site
 
 
@@ -198,7 +201,8 @@ def make_service(config: ServerConfig, reactor) -> MultiService:
     2. the upstream client's connection pool,
     3. the writer of derived blobs,
     4. the refresher of upstream project lists (not offline),
-    5. one web server per listening endpoint.
+    5. the threads that send large files,
+    6. one web server per listening endpoint.
     """
     if config.logger_cfg:
         _configure_stdlib_logging(config.logger_cfg)
@@ -210,6 +214,7 @@ def make_service(config: ServerConfig, reactor) -> MultiService:
     if not config.offline_mode:
         ProjectListService(context.project_lists, config.mirror_cache_expiry, reactor).setServiceParent(root)
     site = make_site(context, reactor=reactor)
+    CallOnStop("sendfile", site.sendfile_workers.stop).setServiceParent(root)
     for description in config.endpoints:
         endpoint = serverFromString(reactor, description)
         service = StreamServerEndpointService(endpoint, site)

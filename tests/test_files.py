@@ -23,6 +23,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
 from devpi_tx.web.files import CHUNK_SIZE, IMMUTABLE, FileBody, serve_file
+from devpi_tx.web.sendfile import SendfileWorkers
 
 #: Sun, 06 Nov 1994 08:49:37 GMT, plus a fraction HTTP dates cannot carry.
 MTIME = 784111777.25
@@ -128,9 +129,10 @@ def server(tmp_path):
     files = FileServer(tmp_path)
     events: list[dict] = []
     globalLogPublisher.addObserver(events.append)
-    port = pytest_twisted.blockon(
-        serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Site(files.app.resource()))
-    )
+    site = Site(files.app.resource())
+    site.sendfile_workers = SendfileWorkers(reactor)  # as make_site gives every site
+    files.site = site
+    port = pytest_twisted.blockon(serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site))
     pool = HTTPConnectionPool(reactor)
     files.url = f"http://127.0.0.1:{port.getHost().port}"
     files.port = port.getHost().port
@@ -141,6 +143,7 @@ def server(tmp_path):
     yield files
     pytest_twisted.blockon(pool.closeCachedConnections())
     pytest_twisted.blockon(port.stopListening())
+    site.sendfile_workers.stop()
     globalLogPublisher.removeObserver(events.append)
     failures = [event for event in events if "log_failure" in event]
     assert not failures, failures[0]["log_failure"].getTraceback()

@@ -187,10 +187,12 @@ def _answer(
         },
     )
     if streamed:
-        if use_sendfile and SendfileBody.usable(request, length):
+        workers = getattr(request.channel.site, "sendfile_workers", None)
+        if use_sendfile and SendfileBody.usable(request, length, workers):
             if reactor is None:
                 reactor = request.channel.site.reactor
-            return SendfileBody(request, file, offset, length, path=path, reactor=reactor).start()
+            body = SendfileBody(request, file, offset, length, path=path, reactor=reactor, workers=workers)
+            return body.start()
         return FileBody(request, file, length, path=path).start()
     return body
 

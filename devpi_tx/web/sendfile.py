@@ -12,9 +12,10 @@ so other requests are answered meanwhile and several downloads use several
 cores.  TLS connections, or transports that do not expose their buffer,
 use the ordinary producer instead (L{SendfileBody.usable} says which).
 
-The reactor (timers, the worker threads' results, the shutdown triggers
-that stop the pool) is the one given to L{SendfileBody}; L{serve_file}
-gives the one the request's site runs on.
+The worker threads are a L{SendfileWorkers}, which the site carries and
+the service tree stops (after the web servers, telling transfers still
+under way to end); the reactor (timers, the threads' results) is the one
+given to L{SendfileBody}.  L{serve_file} gives the site's.
 """
 
 from __future__ import annotations
@@ -41,25 +42,47 @@ MIN_SIZE = 1024 * 1024
 #: Bytes per sendfile call.
 STEP = 8 * 1024 * 1024
 
-_pool: ThreadPool | None = None
-#: Transfers in progress; told to stop at shutdown, so that the pool's
-#: threads end even when a client has stopped reading.
-_active: set[SendfileBody] = set()
 
+class SendfileWorkers:
+    """
+    The worker threads that run C{sendfile(2)}, started with the first
+    transfer, and the transfers under way, which L{stop} tells to end so
+    that the threads end even when a client has stopped reading.
+    """
 
-def _stop_all() -> None:
-    for body in list(_active):
-        body._stop()
+    def __init__(self, reactor, maxthreads: int = 32) -> None:
+        self._reactor = reactor
+        self._maxthreads = maxthreads
+        self._pool: ThreadPool | None = None
+        self._active: set[SendfileBody] = set()
+        self._stopped = False
 
+    @property
+    def running(self) -> bool:
+        return not self._stopped
 
-def _thread_pool(reactor) -> ThreadPool:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPool(minthreads=0, maxthreads=32, name="devpi-tx-sendfile")
-        _pool.start()
-        reactor.addSystemEventTrigger("before", "shutdown", _stop_all)
-        reactor.addSystemEventTrigger("during", "shutdown", _pool.stop)
-    return _pool
+    def run(self, body: SendfileBody, sock: int) -> Deferred[int]:
+        """
+        Run C{body}'s transfer on C{sock} in a worker thread.
+        """
+        if self._pool is None:
+            self._pool = ThreadPool(minthreads=0, maxthreads=self._maxthreads, name="devpi-tx-sendfile")
+            self._pool.start()
+        self._active.add(body)
+        d = deferToThreadPool(self._reactor, self._pool, body._send, sock)
+        return d.addBoth(lambda result: (self._active.discard(body), result)[1])
+
+    def stop(self) -> None:
+        """
+        End the transfers under way and the threads (each notices within a
+        second, at its next wait for the socket).
+        """
+        self._stopped = True
+        for body in list(self._active):
+            body._stop()
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
 
 
 class SendfileBody:
@@ -69,10 +92,12 @@ class SendfileBody:
     """
 
     @staticmethod
-    def usable(request: IRequest, length: int) -> bool:
+    def usable(request: IRequest, length: int, workers: SendfileWorkers | None) -> bool:
         transport = getattr(request.channel, "transport", None)
         return (
-            hasattr(os, "sendfile")
+            workers is not None
+            and workers.running
+            and hasattr(os, "sendfile")
             and length >= MIN_SIZE
             and transport is not None
             and not ISSLTransport.providedBy(transport)
@@ -81,9 +106,18 @@ class SendfileBody:
         )
 
     def __init__(
-        self, request: IRequest, file: IO[bytes], offset: int, length: int, *, path: str, reactor
+        self,
+        request: IRequest,
+        file: IO[bytes],
+        offset: int,
+        length: int,
+        *,
+        path: str,
+        reactor,
+        workers: SendfileWorkers,
     ) -> None:
         self._reactor = reactor
+        self._workers = workers
         self._request = request
         self._file = file
         self._offset = offset
@@ -128,9 +162,7 @@ class SendfileBody:
             return
         sock = os.dup(transport.fileno())
         self._keepalive.start(5, now=False)
-        _active.add(self)
-        d = deferToThreadPool(self._reactor, _thread_pool(self._reactor), self._send, sock)
-        d.addBoth(self._sent, sock)
+        self._workers.run(self, sock).addBoth(self._sent, sock)
 
     def _send(self, sock: int) -> int:
         """
@@ -155,7 +187,6 @@ class SendfileBody:
         return self._length - remaining
 
     def _sent(self, result, sock: int) -> None:
-        _active.discard(self)
         os.close(sock)
         self._file.close()
         if self._keepalive.running:
@@ -163,15 +194,19 @@ class SendfileBody:
         if isinstance(result, int) and result == self._length and not self._stopped.is_set():
             self._request.sentLength += result
             self._request.finish()
-        elif not self._stopped.is_set():
-            if not isinstance(result, int):
+        else:
+            if self._stopped.is_set():
+                pass  # the client went away, or the server is stopping
+            elif not isinstance(result, int):
                 log.failure("sendfile of {path}", result, path=self._path)
             else:
                 log.error(
                     "{path}: sent {sent} of {length} bytes", path=self._path, sent=result, length=self._length
                 )
             # Never let a short body pass for a complete one.
-            self._request.channel.transport.abortConnection()
+            channel = self._request.channel  # None once the connection is gone
+            if channel is not None and channel.transport is not None:
+                channel.transport.abortConnection()
         self._fire()
         self.released.callback(None)
 
