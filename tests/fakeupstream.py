@@ -12,6 +12,7 @@ import json
 import re
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -74,6 +75,9 @@ class FakeUpstream(Resource):
         self.requests: list[tuple[str, str]] = []
         #: Never answer (real-port tests: the server's request timeout).
         self.silent = False
+        #: For each file trickled (C{file_delay}), one Deferred per answer,
+        #: fired when the client dropped the connection before its end.
+        self.dropped: dict[str, list[Deferred]] = {}
 
     def add(self, project: str, *releases: Release, serial: int = 1) -> None:
         self.projects.setdefault(project, []).extend(releases)
@@ -187,6 +191,9 @@ class FakeUpstream(Resource):
         if request.method == b"HEAD":
             return b""
         if self.file_delay is not None:
+            gone: Deferred = Deferred()
+            self.dropped.setdefault(filename, []).append(gone)
+            request.notifyFinish().addErrback(lambda reason: gone.callback(None))
             self._trickle(request, filename, data, 0)
             return NOT_DONE_YET
         if self.cut_files:

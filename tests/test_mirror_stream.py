@@ -15,8 +15,8 @@ import pytest_twisted
 import treq
 from treq.client import HTTPClient
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
@@ -73,6 +73,13 @@ async def test_first_bytes_arrive_before_the_download_ends_and_are_shared(setup)
     upstream, context, base, client, (filename, data) = setup
     url = await file_url(client, base)
     upstream.file_delay = 0.01
+    linked: Deferred = Deferred()
+
+    def watch(serial, changes) -> None:
+        if not linked.called and any(key.startswith("blob/") for key in changes):
+            linked.callback(None)
+
+    context.storage.subscribe(watch)
     first = await client.get(url, unbuffered=True)
     assert first.code == 200
     assert first.length == len(data)
@@ -84,10 +91,7 @@ async def test_first_bytes_arrive_before_the_download_ends_and_are_shared(setup)
     assert upstream.count("/files/") == 1
     # The clients may have every byte before the server has fsynced and
     # linked the file; it is linked right after.
-    for _ in range(200):
-        if list(context.storage.keys("blob/")):
-            break
-        await deferLater(reactor, 0.01, lambda: None)
+    await linked.addTimeout(10, reactor)
     assert list(context.storage.keys("blob/")) == [f"blob/{hashlib.sha256(data).hexdigest()}"]
 
 
