@@ -67,14 +67,6 @@ class ServerContext:
     pending_blobs = property(lambda self: self.blobs.held)
     sound_blobs = property(lambda self: self.blobs.sound)
 
-    @property
-    def upstream_http(self) -> UpstreamHTTP:
-        """
-        The same client as C{http} (the name the mirror code and tests
-        know it by).
-        """
-        return self.http
-
     def close(self) -> None:
         """
         What the service tree does when it stops, for tests that build a
