@@ -45,6 +45,8 @@ class ServerConfig:
     mirror_cache_expiry: int = 1800
     max_request_body_size: int = DEFAULT_MAX_BODY
     max_json_body_size: int = DEFAULT_MAX_JSON_BODY
+    max_request_line: int = 8 * 1024
+    max_header_size: int = 64 * 1024
     no_root_pypi: bool = False
     root_passwd: str | None = None
     root_passwd_hash: str | None = None
@@ -132,6 +134,8 @@ OPTIONS: dict[str, tuple[str, object]] = {
     "mirror-url": ("mirror_url", _str),
     "mirror-cache-expiry": ("mirror_cache_expiry", _int),
     "max-request-body-size": ("max_request_body_size", _int),
+    "max-request-line": ("max_request_line", _int),
+    "max-header-size": ("max_header_size", _int),
     "no-root-pypi": ("no_root_pypi", _bool),
     "root-passwd": ("root_passwd", _str),
     "root-passwd-hash": ("root_passwd_hash", _str),

@@ -43,6 +43,8 @@ class ServerOptions(usage.Options):
         ["mirror-url", None, None, "Upstream of root/pypi when it is created (default: pip's index)."],
         ["mirror-cache-expiry", None, None, "Seconds a mirrored project page stays fresh (default 1800)."],
         ["max-request-body-size", None, None, "Largest request body in bytes (default 1 GiB)."],
+        ["max-request-line", None, None, "Longest request line in bytes; longer is 414 (default 8192)."],
+        ["max-header-size", None, None, "Largest request head in bytes; larger is 431 (default 65536)."],
     ]
 
     optFlags = [

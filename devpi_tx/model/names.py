@@ -1,5 +1,7 @@
 """
-Rules for user and index names, as devpi-server applies them.
+Rules for user and index names, one for both: devpi-server's (no ASCII
+control characters, space or ASCII symbol but C{-.@_}: so never a name
+starting with C{+}, which routes use), and beyond it never C{.} or C{..}.
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ def check_name(kind: str, name: str) -> str:
 
     @param kind: C{"username"} or C{"indexname"}, used in the message.
     """
-    if not name or _FORBIDDEN.search(name):
+    if not isinstance(name, str) or not name or _FORBIDDEN.search(name):
         raise InvalidInput(
             f"{kind} {name!r} contains characters that aren't allowed. "
             "Any ascii symbol besides -.@_ is blocked."
         )
+    if name in (".", ".."):
+        # Path segments, never names (a user "..", an index "." would be
+        # addressed by URLs that clients normalise away).
+        raise InvalidInput(f"{kind} {name!r} is not allowed: '.' and '..' are path segments, not names")
     return name
 
 

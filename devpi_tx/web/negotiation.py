@@ -62,10 +62,49 @@ def has_flag(request: IRequest, name: str) -> bool:
     return any(item.split(b"=", 1)[0] == wanted for item in query.split(b"&"))
 
 
+#: How deeply a request's JSON may nest (devpi's bodies nest two or three
+#: levels; tox results a few more).
+MAX_JSON_DEPTH = 32
+
+
+def _depth(value: object) -> int:
+    """
+    How deeply C{value} nests lists and objects, found without recursion.
+    """
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_JSON_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def read_json(request: IRequest) -> object:
+    """
+    The request's body as JSON: the one reader of every JSON route, so
+    that every malformed body is the same 400 (the body's size is capped
+    before it is read, see L{site.DevpiSite.body_limit}).
+
+    @raise InvalidInput: not UTF-8 JSON, or nested more than
+        L{MAX_JSON_DEPTH} levels deep.
+    """
     request.content.seek(0)
     raw = request.content.read()
     try:
-        return json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise InvalidInput(f"Bad request: JSON nested more than {MAX_JSON_DEPTH} levels deep") from None
     except (UnicodeDecodeError, ValueError):
         raise InvalidInput("Bad request: could not decode json") from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise InvalidInput(f"Bad request: JSON nested more than {MAX_JSON_DEPTH} levels deep")
+    return data

@@ -7,14 +7,22 @@ enforced before they are read, and one structured log event per request
 from __future__ import annotations
 
 import io
-import json
 import time
+import uuid
 
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.web.server import Request, Site
 
 from .. import COMPATIBLE_SERVER_VERSION
 from .._compat import pending_request_line
+from .channel import MAX_HEADER_BYTES, MAX_REQUEST_LINE, DevpiChannel
+from .render import error
+
+log = Logger(namespace="devpi_tx.site")
+
+#: The methods devpi's API and installers use (PUSH is devpi-client's).
+#: Methods are case-sensitive: anything else is not implemented (501).
+METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS", b"PUSH"})
 
 
 class DevpiRequest(Request):
@@ -68,17 +76,8 @@ class DevpiRequest(Request):
         """
         self._body_refused = True
         message = f"request body too large: the limit is {self._body_limit} bytes"
-        body = (json.dumps({"message": message}, indent=2) + "\n").encode("utf-8")
-        headers = [
-            (b"Content-Type", b"application/json"),
-            (b"Content-Length", str(len(body)).encode("ascii")),
-            (b"Connection", b"close"),
-        ] + self.channel.site.devpi_headers()
-        head = b"HTTP/1.1 413 " + message.encode("ascii") + b"\r\n"
-        head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
-        self.channel.transport.write(head + b"\r\n" + body)
-        self.channel.transport.loseConnection()
-        self.channel.site.log_refused(self, len(body))
+        size = self.channel.refuse(413, message, reason_is_message=True)
+        self.channel.site.log_refused(self, size)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._body_refused:
@@ -99,7 +98,49 @@ class DevpiRequest(Request):
         headers = self.responseHeaders
         for name, value in self.channel.site.static_headers:
             headers.setRawHeaders(name, [value])
+        if self.method not in METHODS:
+            body = error(self, 501, f"method {self.method.decode('latin-1')!r} not implemented")
+            self.write(body)
+            self.finish()
+            return
         super().process()
+
+    @property
+    def request_id(self) -> str:
+        """
+        An id for this request, made when first asked for: what a 500
+        answer carries and its log entry names.
+        """
+        found = getattr(self, "_request_id", None)
+        if found is None:
+            found = self._request_id = uuid.uuid4().hex[:16]
+        return found
+
+    def processingFailed(self, reason):
+        """
+        An exception no handler turned into an answer: logged with its
+        traceback and the request's id, answered 500 with that id (and
+        nothing else about it).
+        """
+        log.failure(
+            "request {request_id} {method} {path} failed",
+            reason,
+            request_id=self.request_id,
+            method=self.method.decode("latin-1"),
+            path=self.path.decode("latin-1"),
+        )
+        if self.finished or self._disconnected:
+            return None
+        if self.startedWriting:
+            # The head is out: all that is left is not to pass a short
+            # answer off as complete.
+            self.channel.transport.abortConnection()
+            return None
+        self.responseHeaders.setRawHeaders(b"X-Devpi-Request-Id", [self.request_id.encode("ascii")])
+        body = error(self, 500, f"internal error; the server log has request id {self.request_id}")
+        self.write(body)
+        self.finish()
+        return reason
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
@@ -117,6 +158,7 @@ class DevpiSite(Site):
     """
 
     requestFactory = DevpiRequest
+    protocol = DevpiChannel
     displayTracebacks = False
 
     def __init__(
@@ -138,6 +180,9 @@ class DevpiSite(Site):
         self.stream_receiver = stream_receiver
         self._storage = storage
         self._config = config
+        #: Limits of a request's head (see L{channel}).
+        self.max_request_line = getattr(config, "max_request_line", MAX_REQUEST_LINE)
+        self.max_header_bytes = getattr(config, "max_header_size", MAX_HEADER_BYTES)
         #: The X-Devpi-* headers that do not change (all but the serial).
         self.static_headers: list[tuple[bytes, bytes]] = [
             (b"X-Devpi-Api-Version", b"2"),
