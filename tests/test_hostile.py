@@ -8,8 +8,10 @@ reader and the one name rule.
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
+import pytest_twisted
 from twisted.logger import globalLogPublisher
 
 from .conftest import basic
@@ -169,3 +171,38 @@ def test_dot_dot_is_no_user(client):
 def test_basic_auth_for_a_dot_user_is_refused_not_crashed(client):
     answer = client.request("PUT", "/alice/dev", {}, headers=basic("..", "x"))
     assert answer.code in (400, 401, 403, 404)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refusal_is_read_by_a_client_that_is_still_sending(context):
+    """
+    Over a real socket: a request line refused (414) while the client
+    goes on sending it; the client reads the whole answer rather than
+    nothing or a connection reset.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.threads import deferToThread
+
+    from devpi_tx.service import make_site
+
+    port = reactor.listenTCP(0, make_site(context), interface="127.0.0.1")
+
+    def client() -> bytes:
+        with socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10) as sock:
+            sock.sendall(b"GET /")
+            try:
+                for _ in range(120):
+                    sock.sendall(b"a" * 65536)
+            except OSError:
+                pass  # the server may close its side once the client is slow to stop
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+            return received
+
+    try:
+        received = await deferToThread(client)
+    finally:
+        await port.stopListening()
+    assert received.startswith(b"HTTP/1.1 414 URI Too Long"), received[:200]
+    assert received.endswith(b"}\n")
