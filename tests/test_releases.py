@@ -625,6 +625,50 @@ def test_toxresult_upload(client, dev):
     assert client.request("POST", "/alice/dev/+f/aaa/bbb/nothing.whl", {}).code == 404
 
 
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"[]", "tox result must be a JSON object, got a list"),
+        (b'"passed"', "tox result must be a JSON object, got a string"),
+        (b"{}", "tox result has no 'testenvs'"),
+        (b'{"testenvs": ["py311"]}', "tox result: 'testenvs' must be an object, got a list"),
+        (b'{"testenvs": {"py311": "ok"}}', "tox result: testenvs['py311'] must be an object, got a string"),
+        (b'{"testenvs": {}, "toxversion": 4}', "tox result: 'toxversion' must be a string, got a number"),
+        (b"\xff", "Bad request: could not decode json"),
+    ],
+)
+def test_malformed_toxresult_is_refused_and_not_stored(client, context, dev, body, message):
+    filename, data = make_wheel("pkg-a", "1.0")
+    upload(client, dev, "pkg-a", "1.0", filename, data)
+    blobs, serial = stored_blobs(context), context.storage.serial
+    answer = client.request("POST", file_path(data, filename), raw=body, accept=None)
+    assert (answer.code, answer.header("Content-Type")) == (400, "application/json")
+    assert answer.message == message
+    assert (stored_blobs(context), context.storage.serial) == (blobs, serial)
+
+
+def test_toxresult_size_is_capped_whatever_the_content_type(client, context, dev):
+    filename, data = make_wheel("pkg-a", "1.0")
+    upload(client, dev, "pkg-a", "1.0", filename, data)
+    blobs, serial = stored_blobs(context), context.storage.serial
+    cap = context.config.max_json_body_size  # smaller than toxresults.MAX_SIZE: the effective cap
+    output = "x" * cap
+    body = json.dumps({"testenvs": {"py311": {"test": [{"output": output}]}}}).encode()
+    # A multipart/* type other than form-data (which Twisted parses) gets
+    # the site's upload cap, not its JSON cap: the route caps it.
+    for content_type in ("application/json", "multipart/mixed; boundary=xyz"):
+        answer = client.request(
+            "POST", file_path(data, filename), raw=body, headers={"Content-Type": content_type}, accept=None
+        )
+        assert answer.code == 413, (content_type, answer.body)
+        assert "too large" in answer.message
+        assert (stored_blobs(context), context.storage.serial) == (blobs, serial)
+    # Just under the cap is stored.
+    body = json.dumps({"testenvs": {"py311": {"test": [{"output": output[:-100]}]}}}).encode()
+    answer = client.request("POST", file_path(data, filename), raw=body, accept=None)
+    assert answer.code == 200, answer.body
+
+
 def test_push_copies_by_hash(client, context, alice):
     client.request("PUT", "/alice/dev", {}, headers=alice)
     client.request("PUT", "/alice/prod", {"volatile": False}, headers=alice)
