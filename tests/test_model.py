@@ -251,6 +251,37 @@ def test_user_patch_plan():
     assert (changes, password_only) == ({}, True)
 
 
+@pytest.mark.parametrize(
+    "field, value, kind",
+    [
+        ("email", ["a@x"], "a list"),
+        ("email", True, "a boolean"),
+        ("title", 1, "a number"),
+        ("description", {"text": "d"}, "an object"),
+        ("password", 7, "a number"),
+        ("password", ["pw"], "a list"),
+    ],
+)
+def test_user_field_types(storage, field, value, kind):
+    message = f"^{field} must be a string, got {kind}$"
+    with pytest.raises(InvalidInput, match=message):
+        users.validate_create(storage, "bob", {"password": "x", field: value})
+    with pytest.raises(InvalidInput, match=message):
+        users.plan_modify(users.get_user(storage, "alice"), {field: value})
+
+
+def test_user_custom_data_is_any_json_and_falsy_strings_remove_fields(storage):
+    record = users.get_user(storage, "alice")
+    for value in ({"team": ["a", 1]}, [1, 2], 3, True, "x"):
+        changes, _, _ = users.plan_modify(record, {"custom_data": value})
+        assert changes == {"custom_data": value}
+    fields = users.validate_create(storage, "bob", {"password": "x", "custom_data": {"k": [None]}})
+    assert fields == {"custom_data": {"k": [None]}}
+    for value in (None, ""):
+        changes, _, _ = users.plan_modify(record, {"email": value, "title": value})
+        assert changes == {"email": None}
+
+
 def test_user_delete_refused_with_non_volatile_index(storage):
     create(storage, "alice", "stable", {"volatile": False})
     with pytest.raises(Forbidden, match="non-volatile index: stable"):

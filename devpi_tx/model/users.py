@@ -13,9 +13,13 @@ import time
 from .errors import Conflict, Forbidden, InvalidInput, NotFound
 from .names import check_username
 from .redact import public_config
+from .values import json_type
 
 #: Fields a client may set.
 WRITABLE = ("email", "title", "description", "custom_data")
+#: The writable fields that must be strings (or null, or "", to remove
+#: them); C{custom_data} may be any JSON value, as devpi stores it.
+STRING_FIELDS = ("email", "title", "description")
 #: Fields the server sets; ignored on input.
 SERVER_SET = ("created", "modified", "indexes", "username")
 #: Never sent over HTTP, but replicated and exported.
@@ -58,14 +62,20 @@ def list_users(reader) -> dict[str, dict]:
     return users
 
 
-def _check_password(data: dict) -> str | None:
-    password = data.get("password")
-    if password is not None and not isinstance(password, str):
-        raise InvalidInput("password must be a string")
+def _check_types(data: dict) -> str | None:
+    """
+    Check the types of the fields a client may set.
+
+    @return: the new password, if one was given.
+    """
+    for key in ("password", *STRING_FIELDS):
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise InvalidInput(f"{key} must be a string, got {json_type(value)}")
     pwhash = data.get("pwhash")
     if pwhash is not None and not (isinstance(pwhash, str) and pwhash.startswith("$")):
         raise InvalidInput("pwhash must be a password hash string")
-    return password
+    return data.get("password")
 
 
 def validate_create(reader, name: str, data: object) -> dict:
@@ -82,7 +92,7 @@ def validate_create(reader, name: str, data: object) -> dict:
         raise InvalidInput(f"Unknown keys in user config: {', '.join(unknown)}")
     if get_user(reader, name) is not None:
         raise Conflict("user already exists")
-    password = _check_password(data)
+    password = _check_types(data)
     if password is None and not data.get("pwhash"):
         raise InvalidInput("password needs to be set")
     fields = {key: data[key] for key in WRITABLE if data.get(key) not in (None, "")}
@@ -116,7 +126,7 @@ def plan_modify(record: dict, data: object) -> tuple[dict, str | None, bool]:
     """
     if not isinstance(data, dict):
         raise InvalidInput("Bad request: expected a JSON object")
-    password = _check_password(data)
+    password = _check_types(data)
     changes: dict = {}
     for key in WRITABLE + ("pwhash",):
         if key not in data:
