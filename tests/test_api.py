@@ -133,6 +133,9 @@ def test_user_lifecycle(client, root):
     assert sorted(state(client)) == ["bob", "root"]
     bob = client.login("bob", "bobpw")
     answer = client.request("PATCH", "/bob", {"title": "", "description": "dev", "nope": 1}, headers=bob)
+    assert (answer.code, answer.message) == (400, "Unknown keys in user config: nope")
+    assert client.get("/bob").json["result"]["title"] == "Bob"
+    answer = client.request("PATCH", "/bob", {"title": "", "description": "dev"}, headers=bob)
     assert (answer.code, answer.message) == (200, "user updated")
     record = client.get("/bob").json["result"]
     assert "title" not in record and record["description"] == "dev"
@@ -201,6 +204,16 @@ def test_password_change(client, alice):
     assert api["authstatus"][0] == "noauth"
     api = client.get("/+api", headers=devpi_auth("alice", new_token)).json["result"]
     assert api["authstatus"][:2] == ["ok", "alice"]
+
+
+def test_devpi_client_style_modify(client, alice):
+    # devpi user -m sends back the record it got, with the changed fields.
+    record = client.get("/alice").json["result"]
+    record.pop("indexes")
+    record.pop("username")
+    record["email"] = "alice@example.org"
+    assert client.request("PATCH", "/alice", record, headers=alice).code == 200
+    assert client.get("/alice").json["result"]["email"] == "alice@example.org"
 
 
 def test_devpi_client_style_passwd(client, alice):

@@ -62,6 +62,19 @@ def list_users(reader) -> dict[str, dict]:
     return users
 
 
+def _check_keys(data: dict) -> None:
+    """
+    Refuse keys that are neither fields a client may set nor ones the
+    server sets (those are ignored: devpi-client sends back the record it
+    got, C{created} and C{modified} included).
+    """
+    unknown = sorted(set(data) - set(WRITABLE) - set(SERVER_SET) - {"password", "pwhash"})
+    if unknown:
+        shown = [key if key.isprintable() and len(key) <= 40 else repr(key[:40]) for key in unknown[:10]]
+        more = f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""
+        raise InvalidInput(f"Unknown keys in user config: {', '.join(shown)}{more}")
+
+
 def _check_types(data: dict) -> str | None:
     """
     Check the types of the fields a client may set.
@@ -87,9 +100,7 @@ def validate_create(reader, name: str, data: object) -> dict:
     check_username(name)
     if not isinstance(data, dict):
         raise InvalidInput("Bad request: expected a JSON object")
-    unknown = sorted(set(data) - set(WRITABLE) - set(SERVER_SET) - {"password", "pwhash"})
-    if unknown:
-        raise InvalidInput(f"Unknown keys in user config: {', '.join(unknown)}")
+    _check_keys(data)
     if get_user(reader, name) is not None:
         raise Conflict("user already exists")
     password = _check_types(data)
@@ -118,7 +129,8 @@ def create_user(tx, name: str, fields: dict, pwhash: str | None) -> dict:
 
 def plan_modify(record: dict, data: object) -> tuple[dict, str | None, bool]:
     """
-    Work out what a PATCH changes.
+    Work out what a PATCH changes.  Unknown keys are refused, as on
+    creation (devpi-server drops them silently).
 
     @return: the field changes (L{None} values remove a field), the new
         password if one was given, and whether nothing but the password
@@ -126,6 +138,7 @@ def plan_modify(record: dict, data: object) -> tuple[dict, str | None, bool]:
     """
     if not isinstance(data, dict):
         raise InvalidInput("Bad request: expected a JSON object")
+    _check_keys(data)
     password = _check_types(data)
     changes: dict = {}
     for key in WRITABLE + ("pwhash",):
