@@ -157,3 +157,92 @@ def test_a_release_without_files_is_not_pushed(storage):
         run(storage)
     with pytest.raises(InvalidInput, match="there are no files for pkg 2.0"):
         push.release_to_push(storage, "alice/dev", "pkg", "2.0")
+
+
+# -- the push request ---------------------------------------------------------------
+
+EXTERNAL = {"name": "pkg", "version": "1.0", "posturl": "https://upload.example/legacy/"}
+
+
+def test_push_requests_as_devpi_client_sends_them():
+    internal = push.parse_push_request({"name": "pkg", "version": "1.0", "targetindex": "alice/prod"})
+    assert internal == push.PushRequest("pkg", "1.0", targetindex="alice/prod")
+    # devpi push to pypi: sends null credentials when .pypirc has none.
+    body = dict(EXTERNAL, username=None, password=None, register_project=True, no_docs=True)
+    external = push.parse_push_request(body)
+    assert external == push.PushRequest(
+        "pkg", "1.0", posturl=EXTERNAL["posturl"], register_project=True, no_docs=True
+    )
+    assert (
+        push.parse_push_request(dict(EXTERNAL, username="u", password="p", only_docs=False)).username == "u"
+    )
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ([], "Bad request: expected a JSON object"),
+        ({"version": "1.0", "targetindex": "a/b"}, "push needs 'name' and 'version'"),
+        ({"name": "pkg", "targetindex": "a/b"}, "push needs 'name' and 'version'"),
+        ({"name": ["pkg"], "version": "1.0"}, "push: 'name' must be a string, got a list"),
+        ({"name": "pkg", "version": 1.0}, "push: 'version' must be a string, got a number"),
+        (
+            {"name": "pkg", "version": "1.0", "targetindex": ["alice/prod"]},
+            "push: 'targetindex' must be a string (user/index), got a list",
+        ),
+        (
+            {"name": "pkg", "version": "1.0", "targetindex": 3},
+            "push: 'targetindex' must be a string (user/index), got a number",
+        ),
+        (
+            {"name": "pkg", "version": "1.0", "targetindex": {}},
+            "push: 'targetindex' must be a string (user/index), got an object",
+        ),
+        (
+            {"name": "pkg", "version": "1.0", "targetindex": None},
+            "push: 'targetindex' must be a string (user/index), got null",
+        ),
+        (
+            {"name": "pkg", "version": "1.0", "targetindex": "a/b", "no_docs": "yes"},
+            "push: 'no_docs' must be true or false, got a string",
+        ),
+        (
+            {"name": "pkg", "version": "1.0", "targetindex": "a/b", "only_docs": 1},
+            "push: 'only_docs' must be true or false, got a number",
+        ),
+        (
+            {"name": "pkg", "version": "1.0", "targetindex": "a/b", "no_docs": True, "only_docs": True},
+            "can't use 'no_docs' and 'only_docs' together",
+        ),
+        (
+            {"name": "pkg", "version": "1.0", "targetindex": "a/b", "posturl": "http://x/"},
+            "unknown additional options: posturl",
+        ),
+        (dict(EXTERNAL, bogus=1, other=2), "unknown additional options: bogus, other"),
+        (dict(EXTERNAL, posturl=["http://x/"]), "push: 'posturl' must be a string, got a list"),
+        (dict(EXTERNAL, posturl=5), "push: 'posturl' must be a string, got a number"),
+        (dict(EXTERNAL, posturl=None), "push needs 'targetindex', or 'posturl' with an http(s) URL"),
+        (dict(EXTERNAL, posturl="ftp://x/"), "push needs 'targetindex', or 'posturl' with an http(s) URL"),
+        (dict(EXTERNAL, posturl="http:///legacy/"), "push: 'posturl' has no host"),
+        (dict(EXTERNAL, posturl="http://x:99999/"), "push: 'posturl' has an invalid port"),
+        (dict(EXTERNAL, posturl="http://x:port/"), "push: 'posturl' has an invalid port"),
+        (
+            dict(EXTERNAL, posturl="http://x/\nEvil: 1"),
+            "push: 'posturl' must not contain spaces or control characters",
+        ),
+        (
+            dict(EXTERNAL, posturl="https://me:secret@upload.example/"),
+            "push: 'posturl' must not hold credentials: send 'username' and 'password'",
+        ),
+        (dict(EXTERNAL, username=5), "push: 'username' must be a string, got a number"),
+        (dict(EXTERNAL, password=["pw"]), "push: 'password' must be a string, got a list"),
+        (
+            dict(EXTERNAL, register_project="true"),
+            "push: 'register_project' must be true or false, got a string",
+        ),
+    ],
+)
+def test_malformed_push_requests_are_refused(body, message):
+    with pytest.raises(InvalidInput) as info:
+        push.parse_push_request(body)
+    assert info.value.message == message

@@ -727,6 +727,44 @@ def test_push_errors(client, alice):
     )
 
 
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"targetindex": ["alice/prod"]}, "push: 'targetindex' must be a string (user/index), got a list"),
+        ({"targetindex": 7}, "push: 'targetindex' must be a string (user/index), got a number"),
+        (
+            {"targetindex": {"user": "alice"}},
+            "push: 'targetindex' must be a string (user/index), got an object",
+        ),
+        ({"targetindex": "alice/prod", "name": {"n": 1}}, "push: 'name' must be a string, got an object"),
+        ({"targetindex": "alice/prod", "version": 1}, "push: 'version' must be a string, got a number"),
+        (
+            {"targetindex": "alice/prod", "no_docs": "no"},
+            "push: 'no_docs' must be true or false, got a string",
+        ),
+        (
+            {"targetindex": "alice/prod", "only_docs": [True]},
+            "push: 'only_docs' must be true or false, got a list",
+        ),
+        ({"posturl": ["http://x/"]}, "push: 'posturl' must be a string, got a list"),
+        ({"posturl": {"url": "http://x/"}}, "push: 'posturl' must be a string, got an object"),
+        ({"posturl": "http://x/", "username": 1}, "push: 'username' must be a string, got a number"),
+        ({"posturl": "http://x/", "password": ["p"]}, "push: 'password' must be a string, got a list"),
+        ({"posturl": "http://x:0/"}, "push: 'posturl' has an invalid port"),
+    ],
+)
+def test_push_fields_of_the_wrong_type_are_refused(client, context, alice, fields, message):
+    client.request("PUT", "/alice/dev", {}, headers=alice)
+    client.request("PUT", "/alice/prod", {}, headers=alice)
+    filename, data = make_wheel("pkg-a", "1.0")
+    upload(client, alice, "pkg-a", "1.0", filename, data)
+    serial = context.storage.serial
+    body = {"name": "pkg-a", "version": "1.0", **fields}
+    answer = client.request("PUSH", "/alice/dev", body, headers=alice)
+    assert (answer.code, answer.message) == (400, message)
+    assert context.storage.serial == serial
+
+
 def test_index_delete_removes_files(client, context, dev):
     filename, data = make_wheel("pkg-a", "1.0")
     upload(client, dev, "pkg-a", "1.0", filename, data)
