@@ -83,7 +83,7 @@ class PushRoutes(StageHelpers):
             return self.deny(request, auth, f"no permission to push from {stage}")
         target = PushTarget(pushed.posturl, pushed.username, pushed.password, pushed.register_project)
         metadata = {k: v for k, v in record.items() if k != "+links"}
-        status, results = await push_release(
+        outcome = await push_release(
             self.ctx.http,
             self.ctx.files,
             target,
@@ -96,6 +96,8 @@ class PushRoutes(StageHelpers):
         log.info(
             "pushed {name} {version} from {src} to {url}: {status}",
             name=record["name"], version=record["version"], src=stage, url=redact_url(pushed.posturl),
-            status=status,
+            status=outcome.status,
         )  # fmt: skip
-        return envelope(request, status, type="actionlog", result=results)
+        return envelope(
+            request, outcome.status, type="actionlog", result=outcome.actions, message=outcome.message
+        )
