@@ -246,3 +246,59 @@ def test_malformed_push_requests_are_refused(body, message):
     with pytest.raises(InvalidInput) as info:
         push.parse_push_request(body)
     assert info.value.message == message
+
+
+def external(posturl, username="", password=""):
+    return push.parse_push_request(dict(EXTERNAL, posturl=posturl, username=username, password=password))
+
+
+@pytest.mark.parametrize(
+    "posturl",
+    [
+        "http://127.0.0.1:3141/alice/prod/",
+        "http://localhost:3141/alice/prod/",
+        "http://LOCALHOST.:3141/",
+        "http://sub.localhost:3141/",
+        "http://127.0.0.2:3141/",
+        "http://127.1:3141/",
+        "http://2130706433:3141/",
+        "http://0.0.0.0:3141/",
+        "http://[::1]:3141/",
+        "http://[::ffff:127.0.0.1]:3141/",
+        "http://[0:0:0:0:0:0:0:1]:3141/",
+        "http://10.0.0.5:3141/",  # the address the request came in on
+        "https://devpi.example.com/alice/prod/",  # the outside URL's host and port
+        "https://DEVPI.example.com:443/",
+    ],
+)
+def test_a_push_to_this_server_without_credentials_is_refused(posturl):
+    with pytest.raises(InvalidInput) as info:
+        push.check_not_self(external(posturl), ("10.0.0.5", 3141), "https://devpi.example.com/")
+    assert "is this server: pushing to it needs credentials" in info.value.message
+    assert "secret" not in info.value.message
+    with pytest.raises(InvalidInput):
+        push.check_not_self(external(posturl), ("::ffff:10.0.0.5", 3141), "https://devpi.example.com")
+
+
+@pytest.mark.parametrize(
+    "posturl",
+    [
+        "http://127.0.0.1:3142/ext/prod/",  # another server on this machine
+        "http://localhost/",
+        "https://127.0.0.1/",
+        "http://10.0.0.6:3141/",
+        "http://devpi.example.com/",  # port 80, the outside URL is 443
+        "https://upload.pypi.org/legacy/",
+        "http://localhost.example.com:3141/",
+    ],
+)
+def test_a_push_elsewhere_is_not_refused(posturl):
+    push.check_not_self(external(posturl), ("10.0.0.5", 3141), "https://devpi.example.com/")
+
+
+def test_a_push_to_this_server_with_credentials_is_not_refused():
+    for username, password in (("alice", ""), ("", "secret"), ("alice", "secret")):
+        push.check_not_self(external("http://localhost:3141/", username, password), ("127.0.0.1", 3141), None)
+    # Nor one to another index of this server, nor when the listener is unknown.
+    push.check_not_self(push.PushRequest("pkg", "1.0", targetindex="alice/prod"), ("127.0.0.1", 3141), None)
+    push.check_not_self(external("http://localhost:3141/"), None, None)

@@ -765,6 +765,29 @@ def test_push_fields_of_the_wrong_type_are_refused(client, context, alice, field
     assert context.storage.serial == serial
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "127.0.0.53"])
+def test_push_to_this_server_without_credentials_is_refused(client, context, alice, host):
+    # The in-memory server listens on 127.0.0.1:3141.
+    client.request("PUT", "/alice/dev", {}, headers=alice)
+    client.request("PUT", "/alice/prod", {"acl_upload": [":ANONYMOUS:"]}, headers=alice)
+    filename, data = make_wheel("pkg-a", "1.0")
+    upload(client, alice, "pkg-a", "1.0", filename, data)
+    serial = context.storage.serial
+    for credentials in ({}, {"username": "", "password": None}):
+        body = {
+            "name": "pkg-a",
+            "version": "1.0",
+            "posturl": f"http://{host}:3141/alice/prod/",
+            **credentials,
+        }
+        answer = client.request("PUSH", "/alice/dev", body, headers=alice)
+        assert answer.code == 400, answer.body
+        assert answer.message.startswith(f"push target http://{host}:3141/alice/prod/ is this server:")
+        assert "targetindex" in answer.message
+    assert context.storage.serial == serial
+    assert client.get("/alice/prod/pkg-a").code == 404
+
+
 def test_index_delete_removes_files(client, context, dev):
     filename, data = make_wheel("pkg-a", "1.0")
     upload(client, dev, "pkg-a", "1.0", filename, data)

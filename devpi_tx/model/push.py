@@ -4,7 +4,8 @@ another.
 
 A push request (L{parse_push_request}) names the release and either an
 index of this server (C{targetindex}) or an external repository
-(C{posturl}).
+(C{posturl}), which must not be this server itself unless credentials
+are given (L{check_not_self}).
 
 The files are not copied: the target's links point at the same blobs
 (stored by content), whose reference counts go up.  Each file keeps its
@@ -14,6 +15,9 @@ over, as devpi does); tox results follow the files they were run against.
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import socket
 from urllib.parse import urlsplit
 
 import attrs
@@ -21,6 +25,7 @@ import attrs
 from . import releases
 from .errors import InvalidInput, NotFound
 from .indexes import get_index, split_stagename
+from .redact import redact_url
 from .values import json_type
 
 #: The keys of a push to another index of this server, and of one to an
@@ -29,6 +34,9 @@ _INTERNAL_KEYS = frozenset({"name", "version", "targetindex", "no_docs", "only_d
 _EXTERNAL_KEYS = frozenset(
     {"name", "version", "posturl", "username", "password", "register_project", "no_docs", "only_docs"}
 )
+#: Host names that are this machine (besides 127.0.0.0/8, ::1 and the
+#: unspecified addresses, which connect to it too).
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -72,7 +80,8 @@ def _flag(data: dict, key: str) -> bool:
 
 def _host_port(url: str) -> tuple[str, int]:
     """
-    The host (in lower case) and port an http(s) URL connects to.
+    The host (normalised, L{_normal_host}) and port an http(s) URL
+    connects to.
 
     @raise InvalidInput: it has no host, or no valid port.
     """
@@ -87,7 +96,42 @@ def _host_port(url: str) -> tuple[str, int]:
         port = _DEFAULT_PORTS[parts.scheme.lower()]
     if not 0 < port < 65536:
         raise InvalidInput("push: 'posturl' has an invalid port")
-    return parts.hostname.lower(), port
+    return _normal_host(parts.hostname), port
+
+
+def _normal_host(host: str) -> str:
+    """
+    A host as a resolver would see it: IP addresses in their usual form
+    (IPv4 in IPv6 as IPv4, the legacy forms C{127.1} and C{2130706433}
+    too), names in lower case without a trailing dot.
+    """
+    host = host.lower().rstrip(".")
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        if not re.fullmatch(r"[0-9a-fx.]+", host):
+            return host
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address)
+
+
+def is_loopback(host: str) -> bool:
+    """
+    Whether a connection to C{host} (normalised, L{_normal_host}) stays on
+    this machine, without asking a resolver.
+    """
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
 
 
 def parse_push_request(data: object) -> PushRequest:
@@ -133,6 +177,34 @@ def parse_push_request(data: object) -> PushRequest:
         no_docs=no_docs,
         only_docs=only_docs,
     )
+
+
+def check_not_self(request: PushRequest, listener: tuple[str, int] | None, outside_url: str | None) -> None:
+    """
+    Refuse an external push without credentials to this server itself:
+    to the address and port the request came in on (C{listener}), to
+    C{outside_url}'s host and port, or to a loopback host on the
+    listener's port.
+
+    @raise InvalidInput: it is.
+    """
+    if request.posturl is None or request.username or request.password:
+        return
+    target = _host_port(request.posturl)
+    own = set()
+    if listener is not None:
+        own.add((_normal_host(listener[0]), listener[1]))
+    if outside_url:
+        try:
+            own.add(_host_port(outside_url))
+        except InvalidInput:
+            pass
+    host, port = target
+    if target in own or (listener is not None and port == listener[1] and is_loopback(host)):
+        raise InvalidInput(
+            f"push target {redact_url(request.posturl)} is this server: pushing to it needs "
+            "credentials ('username', 'password'), or push to one of its indexes with 'targetindex'"
+        )
 
 
 #: Link fields a pushed file keeps besides its blob.

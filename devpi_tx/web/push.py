@@ -77,6 +77,9 @@ class PushRoutes(StageHelpers):
         """
         Act like twine against C{posturl}, streaming each file from disk.
         """
+        address = request.getHost()
+        listener = (address.host, address.port) if hasattr(address, "port") else None
+        localpush.check_not_self(pushed, listener, self.ctx.config.outside_url)
         auth = await self.auth.authenticate(request)
         config = self._stage(*stage.split("/"))
         if not self.ctx.policy.may_upload(auth.identity, config.get("acl_upload", [])):
