@@ -133,6 +133,9 @@ def test_user_lifecycle(client, root):
     assert sorted(state(client)) == ["bob", "root"]
     bob = client.login("bob", "bobpw")
     answer = client.request("PATCH", "/bob", {"title": "", "description": "dev", "nope": 1}, headers=bob)
+    assert (answer.code, answer.message) == (400, "Unknown keys in user config: nope")
+    assert client.get("/bob").json["result"]["title"] == "Bob"
+    answer = client.request("PATCH", "/bob", {"title": "", "description": "dev"}, headers=bob)
     assert (answer.code, answer.message) == (200, "user updated")
     record = client.get("/bob").json["result"]
     assert "title" not in record and record["description"] == "dev"
@@ -156,6 +159,31 @@ def test_user_errors(client, alice):
     assert (answer.code, answer.message) == (404, "no user 'nobody'")
 
 
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"email": ["alice@example.com"]}, "email must be a string, got a list"),
+        ({"title": 42}, "title must be a string, got a number"),
+        ({"description": {"a": 1}}, "description must be a string, got an object"),
+        ({"password": 12345678}, "password must be a string, got a number"),
+    ],
+)
+def test_user_fields_of_the_wrong_type_are_refused(client, alice, body, message):
+    before = client.get("/alice").json["result"]
+    answer = client.request("PATCH", "/alice", body, headers=alice)
+    assert (answer.code, answer.message) == (400, message)
+    assert client.get("/alice").json["result"] == before
+    answer = client.request("PUT", "/bob", {"password": "bobpw", **body})
+    assert (answer.code, answer.message) == (400, message)
+    assert client.get("/bob").code == 404
+
+
+def test_user_custom_data_may_be_any_json(client, alice):
+    data = {"teams": ["a", "b"], "level": 3, "nested": {"ok": True}}
+    assert client.request("PATCH", "/alice", {"custom_data": data}, headers=alice).code == 200
+    assert client.get("/alice").json["result"]["custom_data"] == data
+
+
 def test_user_modify_permission(client, alice):
     client.request("PUT", "/bob", {"password": "bobpw"})
     answer = client.request("PATCH", "/bob", {"title": "hacked"}, headers=alice)
@@ -176,6 +204,16 @@ def test_password_change(client, alice):
     assert api["authstatus"][0] == "noauth"
     api = client.get("/+api", headers=devpi_auth("alice", new_token)).json["result"]
     assert api["authstatus"][:2] == ["ok", "alice"]
+
+
+def test_devpi_client_style_modify(client, alice):
+    # devpi user -m sends back the record it got, with the changed fields.
+    record = client.get("/alice").json["result"]
+    record.pop("indexes")
+    record.pop("username")
+    record["email"] = "alice@example.org"
+    assert client.request("PATCH", "/alice", record, headers=alice).code == 200
+    assert client.get("/alice").json["result"]["email"] == "alice@example.org"
 
 
 def test_devpi_client_style_passwd(client, alice):

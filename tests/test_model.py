@@ -241,7 +241,7 @@ def test_user_create_validation(storage):
 def test_user_patch_plan():
     record = {"username": "alice", "email": "a@x", "title": "A", "pwhash": "$h"}
     changes, password, password_only = users.plan_modify(
-        record, {"email": "a@x", "title": "", "nope": 1, "password": "new", "created": "x"}
+        record, {"email": "a@x", "title": "", "password": "new", "created": "x", "modified": "y"}
     )
     assert changes == {"title": None}
     assert password == "new" and not password_only
@@ -249,6 +249,55 @@ def test_user_patch_plan():
         record, {"email": "a@x", "title": "A", "password": "new"}
     )
     assert (changes, password_only) == ({}, True)
+
+
+@pytest.mark.parametrize(
+    "field, value, kind",
+    [
+        ("email", ["a@x"], "a list"),
+        ("email", True, "a boolean"),
+        ("title", 1, "a number"),
+        ("description", {"text": "d"}, "an object"),
+        ("password", 7, "a number"),
+        ("password", ["pw"], "a list"),
+    ],
+)
+def test_user_field_types(storage, field, value, kind):
+    message = f"^{field} must be a string, got {kind}$"
+    with pytest.raises(InvalidInput, match=message):
+        users.validate_create(storage, "bob", {"password": "x", field: value})
+    with pytest.raises(InvalidInput, match=message):
+        users.plan_modify(users.get_user(storage, "alice"), {field: value})
+
+
+def test_user_custom_data_is_any_json_and_falsy_strings_remove_fields(storage):
+    record = users.get_user(storage, "alice")
+    for value in ({"team": ["a", 1]}, [1, 2], 3, True, "x"):
+        changes, _, _ = users.plan_modify(record, {"custom_data": value})
+        assert changes == {"custom_data": value}
+    fields = users.validate_create(storage, "bob", {"password": "x", "custom_data": {"k": [None]}})
+    assert fields == {"custom_data": {"k": [None]}}
+    for value in (None, ""):
+        changes, _, _ = users.plan_modify(record, {"email": value, "title": value})
+        assert changes == {"email": None}
+
+
+def test_user_unknown_keys_refused_on_create_and_modify(storage):
+    record = users.get_user(storage, "alice")
+    for data in ({"nope": 1}, {"title": "A", "zz": 1, "nope": 2}):
+        with pytest.raises(InvalidInput, match=r"^Unknown keys in user config: nope(, zz)?$"):
+            users.plan_modify(record, data)
+        with pytest.raises(InvalidInput, match=r"^Unknown keys in user config: nope(, zz)?$"):
+            users.validate_create(storage, "bob", {"password": "x", **data})
+    # Shown on one line, and not too much of them.
+    with pytest.raises(InvalidInput) as info:
+        users.plan_modify(record, {"a\nb": 1, "x" * 5000: 1, **{f"k{i:02}": 1 for i in range(20)}})
+    assert "\n" not in info.value.message and len(info.value.message) < 300
+    assert "(and 12 more)" in info.value.message
+    # What the server sets is ignored, as devpi-client sends the record back.
+    shown = users.public_user(record)
+    changes, _, _ = users.plan_modify(record, dict(shown, title="T"))
+    assert changes == {"title": "T"}
 
 
 def test_user_delete_refused_with_non_volatile_index(storage):

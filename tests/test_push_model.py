@@ -157,3 +157,148 @@ def test_a_release_without_files_is_not_pushed(storage):
         run(storage)
     with pytest.raises(InvalidInput, match="there are no files for pkg 2.0"):
         push.release_to_push(storage, "alice/dev", "pkg", "2.0")
+
+
+# -- the push request ---------------------------------------------------------------
+
+EXTERNAL = {"name": "pkg", "version": "1.0", "posturl": "https://upload.example/legacy/"}
+
+
+def test_push_requests_as_devpi_client_sends_them():
+    internal = push.parse_push_request({"name": "pkg", "version": "1.0", "targetindex": "alice/prod"})
+    assert internal == push.PushRequest("pkg", "1.0", targetindex="alice/prod")
+    # devpi push to pypi: sends null credentials when .pypirc has none.
+    body = dict(EXTERNAL, username=None, password=None, register_project=True, no_docs=True)
+    external = push.parse_push_request(body)
+    assert external == push.PushRequest(
+        "pkg", "1.0", posturl=EXTERNAL["posturl"], register_project=True, no_docs=True
+    )
+    assert (
+        push.parse_push_request(dict(EXTERNAL, username="u", password="p", only_docs=False)).username == "u"
+    )
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ([], "Bad request: expected a JSON object"),
+        ({"version": "1.0", "targetindex": "a/b"}, "push needs 'name' and 'version'"),
+        ({"name": "pkg", "targetindex": "a/b"}, "push needs 'name' and 'version'"),
+        ({"name": ["pkg"], "version": "1.0"}, "push: 'name' must be a string, got a list"),
+        ({"name": "pkg", "version": 1.0}, "push: 'version' must be a string, got a number"),
+        (
+            {"name": "pkg", "version": "1.0", "targetindex": ["alice/prod"]},
+            "push: 'targetindex' must be a string (user/index), got a list",
+        ),
+        (
+            {"name": "pkg", "version": "1.0", "targetindex": 3},
+            "push: 'targetindex' must be a string (user/index), got a number",
+        ),
+        (
+            {"name": "pkg", "version": "1.0", "targetindex": {}},
+            "push: 'targetindex' must be a string (user/index), got an object",
+        ),
+        (
+            {"name": "pkg", "version": "1.0", "targetindex": None},
+            "push: 'targetindex' must be a string (user/index), got null",
+        ),
+        (
+            {"name": "pkg", "version": "1.0", "targetindex": "a/b", "no_docs": "yes"},
+            "push: 'no_docs' must be true or false, got a string",
+        ),
+        (
+            {"name": "pkg", "version": "1.0", "targetindex": "a/b", "only_docs": 1},
+            "push: 'only_docs' must be true or false, got a number",
+        ),
+        (
+            {"name": "pkg", "version": "1.0", "targetindex": "a/b", "no_docs": True, "only_docs": True},
+            "can't use 'no_docs' and 'only_docs' together",
+        ),
+        (
+            {"name": "pkg", "version": "1.0", "targetindex": "a/b", "posturl": "http://x/"},
+            "unknown additional options: posturl",
+        ),
+        (dict(EXTERNAL, bogus=1, other=2), "unknown additional options: bogus, other"),
+        (dict(EXTERNAL, posturl=["http://x/"]), "push: 'posturl' must be a string, got a list"),
+        (dict(EXTERNAL, posturl=5), "push: 'posturl' must be a string, got a number"),
+        (dict(EXTERNAL, posturl=None), "push needs 'targetindex', or 'posturl' with an http(s) URL"),
+        (dict(EXTERNAL, posturl="ftp://x/"), "push needs 'targetindex', or 'posturl' with an http(s) URL"),
+        (dict(EXTERNAL, posturl="http:///legacy/"), "push: 'posturl' has no host"),
+        (dict(EXTERNAL, posturl="http://x:99999/"), "push: 'posturl' has an invalid port"),
+        (dict(EXTERNAL, posturl="http://x:port/"), "push: 'posturl' has an invalid port"),
+        (
+            dict(EXTERNAL, posturl="http://x/\nEvil: 1"),
+            "push: 'posturl' must not contain spaces or control characters",
+        ),
+        (
+            dict(EXTERNAL, posturl="https://me:secret@upload.example/"),
+            "push: 'posturl' must not hold credentials: send 'username' and 'password'",
+        ),
+        (dict(EXTERNAL, username=5), "push: 'username' must be a string, got a number"),
+        (dict(EXTERNAL, password=["pw"]), "push: 'password' must be a string, got a list"),
+        (
+            dict(EXTERNAL, register_project="true"),
+            "push: 'register_project' must be true or false, got a string",
+        ),
+    ],
+)
+def test_malformed_push_requests_are_refused(body, message):
+    with pytest.raises(InvalidInput) as info:
+        push.parse_push_request(body)
+    assert info.value.message == message
+
+
+def external(posturl, username="", password=""):
+    return push.parse_push_request(dict(EXTERNAL, posturl=posturl, username=username, password=password))
+
+
+@pytest.mark.parametrize(
+    "posturl",
+    [
+        "http://127.0.0.1:3141/alice/prod/",
+        "http://localhost:3141/alice/prod/",
+        "http://LOCALHOST.:3141/",
+        "http://sub.localhost:3141/",
+        "http://127.0.0.2:3141/",
+        "http://127.1:3141/",
+        "http://2130706433:3141/",
+        "http://0.0.0.0:3141/",
+        "http://[::1]:3141/",
+        "http://[::ffff:127.0.0.1]:3141/",
+        "http://[0:0:0:0:0:0:0:1]:3141/",
+        "http://10.0.0.5:3141/",  # the address the request came in on
+        "https://devpi.example.com/alice/prod/",  # the outside URL's host and port
+        "https://DEVPI.example.com:443/",
+    ],
+)
+def test_a_push_to_this_server_without_credentials_is_refused(posturl):
+    with pytest.raises(InvalidInput) as info:
+        push.check_not_self(external(posturl), ("10.0.0.5", 3141), "https://devpi.example.com/")
+    assert "is this server: pushing to it needs credentials" in info.value.message
+    assert "secret" not in info.value.message
+    with pytest.raises(InvalidInput):
+        push.check_not_self(external(posturl), ("::ffff:10.0.0.5", 3141), "https://devpi.example.com")
+
+
+@pytest.mark.parametrize(
+    "posturl",
+    [
+        "http://127.0.0.1:3142/ext/prod/",  # another server on this machine
+        "http://localhost/",
+        "https://127.0.0.1/",
+        "http://10.0.0.6:3141/",
+        "http://devpi.example.com/",  # port 80, the outside URL is 443
+        "https://upload.pypi.org/legacy/",
+        "http://localhost.example.com:3141/",
+    ],
+)
+def test_a_push_elsewhere_is_not_refused(posturl):
+    push.check_not_self(external(posturl), ("10.0.0.5", 3141), "https://devpi.example.com/")
+
+
+def test_a_push_to_this_server_with_credentials_is_not_refused():
+    for username, password in (("alice", ""), ("", "secret"), ("alice", "secret")):
+        push.check_not_self(external("http://localhost:3141/", username, password), ("127.0.0.1", 3141), None)
+    # Nor one to another index of this server, nor when the listener is unknown.
+    push.check_not_self(push.PushRequest("pkg", "1.0", targetindex="alice/prod"), ("127.0.0.1", 3141), None)
+    push.check_not_self(external("http://localhost:3141/"), None, None)

@@ -625,6 +625,50 @@ def test_toxresult_upload(client, dev):
     assert client.request("POST", "/alice/dev/+f/aaa/bbb/nothing.whl", {}).code == 404
 
 
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"[]", "tox result must be a JSON object, got a list"),
+        (b'"passed"', "tox result must be a JSON object, got a string"),
+        (b"{}", "tox result has no 'testenvs'"),
+        (b'{"testenvs": ["py311"]}', "tox result: 'testenvs' must be an object, got a list"),
+        (b'{"testenvs": {"py311": "ok"}}', "tox result: testenvs['py311'] must be an object, got a string"),
+        (b'{"testenvs": {}, "toxversion": 4}', "tox result: 'toxversion' must be a string, got a number"),
+        (b"\xff", "Bad request: could not decode json"),
+    ],
+)
+def test_malformed_toxresult_is_refused_and_not_stored(client, context, dev, body, message):
+    filename, data = make_wheel("pkg-a", "1.0")
+    upload(client, dev, "pkg-a", "1.0", filename, data)
+    blobs, serial = stored_blobs(context), context.storage.serial
+    answer = client.request("POST", file_path(data, filename), raw=body, accept=None)
+    assert (answer.code, answer.header("Content-Type")) == (400, "application/json")
+    assert answer.message == message
+    assert (stored_blobs(context), context.storage.serial) == (blobs, serial)
+
+
+def test_toxresult_size_is_capped_whatever_the_content_type(client, context, dev):
+    filename, data = make_wheel("pkg-a", "1.0")
+    upload(client, dev, "pkg-a", "1.0", filename, data)
+    blobs, serial = stored_blobs(context), context.storage.serial
+    cap = context.config.max_json_body_size  # smaller than toxresults.MAX_SIZE: the effective cap
+    output = "x" * cap
+    body = json.dumps({"testenvs": {"py311": {"test": [{"output": output}]}}}).encode()
+    # A multipart/* type other than form-data (which Twisted parses) gets
+    # the site's upload cap, not its JSON cap: the route caps it.
+    for content_type in ("application/json", "multipart/mixed; boundary=xyz"):
+        answer = client.request(
+            "POST", file_path(data, filename), raw=body, headers={"Content-Type": content_type}, accept=None
+        )
+        assert answer.code == 413, (content_type, answer.body)
+        assert "too large" in answer.message
+        assert (stored_blobs(context), context.storage.serial) == (blobs, serial)
+    # Just under the cap is stored.
+    body = json.dumps({"testenvs": {"py311": {"test": [{"output": output[:-100]}]}}}).encode()
+    answer = client.request("POST", file_path(data, filename), raw=body, accept=None)
+    assert answer.code == 200, answer.body
+
+
 def test_push_copies_by_hash(client, context, alice):
     client.request("PUT", "/alice/dev", {}, headers=alice)
     client.request("PUT", "/alice/prod", {"volatile": False}, headers=alice)
@@ -681,6 +725,67 @@ def test_push_errors(client, alice):
         "unknown additional options: bogus"
         in client.request("PUSH", "/alice/dev", body, headers=alice).message
     )
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"targetindex": ["alice/prod"]}, "push: 'targetindex' must be a string (user/index), got a list"),
+        ({"targetindex": 7}, "push: 'targetindex' must be a string (user/index), got a number"),
+        (
+            {"targetindex": {"user": "alice"}},
+            "push: 'targetindex' must be a string (user/index), got an object",
+        ),
+        ({"targetindex": "alice/prod", "name": {"n": 1}}, "push: 'name' must be a string, got an object"),
+        ({"targetindex": "alice/prod", "version": 1}, "push: 'version' must be a string, got a number"),
+        (
+            {"targetindex": "alice/prod", "no_docs": "no"},
+            "push: 'no_docs' must be true or false, got a string",
+        ),
+        (
+            {"targetindex": "alice/prod", "only_docs": [True]},
+            "push: 'only_docs' must be true or false, got a list",
+        ),
+        ({"posturl": ["http://x/"]}, "push: 'posturl' must be a string, got a list"),
+        ({"posturl": {"url": "http://x/"}}, "push: 'posturl' must be a string, got an object"),
+        ({"posturl": "http://x/", "username": 1}, "push: 'username' must be a string, got a number"),
+        ({"posturl": "http://x/", "password": ["p"]}, "push: 'password' must be a string, got a list"),
+        ({"posturl": "http://x:0/"}, "push: 'posturl' has an invalid port"),
+    ],
+)
+def test_push_fields_of_the_wrong_type_are_refused(client, context, alice, fields, message):
+    client.request("PUT", "/alice/dev", {}, headers=alice)
+    client.request("PUT", "/alice/prod", {}, headers=alice)
+    filename, data = make_wheel("pkg-a", "1.0")
+    upload(client, alice, "pkg-a", "1.0", filename, data)
+    serial = context.storage.serial
+    body = {"name": "pkg-a", "version": "1.0", **fields}
+    answer = client.request("PUSH", "/alice/dev", body, headers=alice)
+    assert (answer.code, answer.message) == (400, message)
+    assert context.storage.serial == serial
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "127.0.0.53"])
+def test_push_to_this_server_without_credentials_is_refused(client, context, alice, host):
+    # The in-memory server listens on 127.0.0.1:3141.
+    client.request("PUT", "/alice/dev", {}, headers=alice)
+    client.request("PUT", "/alice/prod", {"acl_upload": [":ANONYMOUS:"]}, headers=alice)
+    filename, data = make_wheel("pkg-a", "1.0")
+    upload(client, alice, "pkg-a", "1.0", filename, data)
+    serial = context.storage.serial
+    for credentials in ({}, {"username": "", "password": None}):
+        body = {
+            "name": "pkg-a",
+            "version": "1.0",
+            "posturl": f"http://{host}:3141/alice/prod/",
+            **credentials,
+        }
+        answer = client.request("PUSH", "/alice/dev", body, headers=alice)
+        assert answer.code == 400, answer.body
+        assert answer.message.startswith(f"push target http://{host}:3141/alice/prod/ is this server:")
+        assert "targetindex" in answer.message
+    assert context.storage.serial == serial
+    assert client.get("/alice/prod/pkg-a").code == 404
 
 
 def test_index_delete_removes_files(client, context, dev):

@@ -13,9 +13,13 @@ import time
 from .errors import Conflict, Forbidden, InvalidInput, NotFound
 from .names import check_username
 from .redact import public_config
+from .values import json_type
 
 #: Fields a client may set.
 WRITABLE = ("email", "title", "description", "custom_data")
+#: The writable fields that must be strings (or null, or "", to remove
+#: them); C{custom_data} may be any JSON value, as devpi stores it.
+STRING_FIELDS = ("email", "title", "description")
 #: Fields the server sets; ignored on input.
 SERVER_SET = ("created", "modified", "indexes", "username")
 #: Never sent over HTTP, but replicated and exported.
@@ -58,14 +62,33 @@ def list_users(reader) -> dict[str, dict]:
     return users
 
 
-def _check_password(data: dict) -> str | None:
-    password = data.get("password")
-    if password is not None and not isinstance(password, str):
-        raise InvalidInput("password must be a string")
+def _check_keys(data: dict) -> None:
+    """
+    Refuse keys that are neither fields a client may set nor ones the
+    server sets (those are ignored: devpi-client sends back the record it
+    got, C{created} and C{modified} included).
+    """
+    unknown = sorted(set(data) - set(WRITABLE) - set(SERVER_SET) - {"password", "pwhash"})
+    if unknown:
+        shown = [key if key.isprintable() and len(key) <= 40 else repr(key[:40]) for key in unknown[:10]]
+        more = f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""
+        raise InvalidInput(f"Unknown keys in user config: {', '.join(shown)}{more}")
+
+
+def _check_types(data: dict) -> str | None:
+    """
+    Check the types of the fields a client may set.
+
+    @return: the new password, if one was given.
+    """
+    for key in ("password", *STRING_FIELDS):
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise InvalidInput(f"{key} must be a string, got {json_type(value)}")
     pwhash = data.get("pwhash")
     if pwhash is not None and not (isinstance(pwhash, str) and pwhash.startswith("$")):
         raise InvalidInput("pwhash must be a password hash string")
-    return password
+    return data.get("password")
 
 
 def validate_create(reader, name: str, data: object) -> dict:
@@ -77,12 +100,10 @@ def validate_create(reader, name: str, data: object) -> dict:
     check_username(name)
     if not isinstance(data, dict):
         raise InvalidInput("Bad request: expected a JSON object")
-    unknown = sorted(set(data) - set(WRITABLE) - set(SERVER_SET) - {"password", "pwhash"})
-    if unknown:
-        raise InvalidInput(f"Unknown keys in user config: {', '.join(unknown)}")
+    _check_keys(data)
     if get_user(reader, name) is not None:
         raise Conflict("user already exists")
-    password = _check_password(data)
+    password = _check_types(data)
     if password is None and not data.get("pwhash"):
         raise InvalidInput("password needs to be set")
     fields = {key: data[key] for key in WRITABLE if data.get(key) not in (None, "")}
@@ -108,7 +129,8 @@ def create_user(tx, name: str, fields: dict, pwhash: str | None) -> dict:
 
 def plan_modify(record: dict, data: object) -> tuple[dict, str | None, bool]:
     """
-    Work out what a PATCH changes.
+    Work out what a PATCH changes.  Unknown keys are refused, as on
+    creation (devpi-server drops them silently).
 
     @return: the field changes (L{None} values remove a field), the new
         password if one was given, and whether nothing but the password
@@ -116,7 +138,8 @@ def plan_modify(record: dict, data: object) -> tuple[dict, str | None, bool]:
     """
     if not isinstance(data, dict):
         raise InvalidInput("Bad request: expected a JSON object")
-    password = _check_password(data)
+    _check_keys(data)
+    password = _check_types(data)
     changes: dict = {}
     for key in WRITABLE + ("pwhash",):
         if key not in data:

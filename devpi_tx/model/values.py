@@ -99,3 +99,23 @@ def parse_text(key: str):
 
 def parse_any(value: object) -> object:
     return value
+
+
+def json_type(value: object) -> str:
+    """
+    The kind of a JSON value, as messages name it: C{"a list"},
+    C{"an object"}, C{"a number"}...
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

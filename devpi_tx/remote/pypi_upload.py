@@ -2,6 +2,9 @@
 Pushing a release to an external index the way twine does: one multipart
 POST per file (and one for the docs), with HTTP Basic auth, each file
 streamed from disk by treq's multipart producer.
+
+A failed step is reported with the repository (credentials redacted) and
+why: what it answered, or that it could not be reached and how.
 """
 
 from __future__ import annotations
@@ -10,10 +13,19 @@ import uuid
 
 import attrs
 from treq.multipart import MultiPartProducer
+from twisted.internet import error as neterror
 from twisted.logger import Logger
-from twisted.web.client import FileBodyProducer
+from twisted.web.client import (
+    FileBodyProducer,
+    RequestGenerationFailed,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 
 from ..interfaces import IFileStore
+from ..mirror.errors import is_timeout
+from ..model.redact import redact_url
 from ..model.releases import LIST_FIELDS, METADATA_KEYS
 
 log = Logger(namespace="devpi_tx.push")
@@ -25,6 +37,64 @@ class PushTarget:
     username: str
     password: str
     register_project: bool = False
+
+
+@attrs.frozen
+class PushResult:
+    """
+    What an external push did.
+
+    @ivar status: 200 when the last step succeeded, else 502.
+    @ivar actions: devpi's action log, one entry per step.
+    @ivar message: why it failed (the repository, and what went wrong),
+        or L{None}.
+    """
+
+    status: int
+    actions: list
+    message: str | None = None
+
+
+#: Modules whose exceptions mean the TLS handshake or the certificate
+#: check failed (pyOpenSSL, service_identity, the standard library's ssl).
+_TLS_MODULES = ("OpenSSL", "service_identity", "ssl")
+
+
+_WRAPPERS = (ResponseNeverReceived, ResponseFailed, RequestGenerationFailed, RequestTransmissionFailed)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """
+    The exceptions under the agents' wrappers, each of which holds
+    failures.
+    """
+    if isinstance(exc, _WRAPPERS):
+        return [cause for reason in exc.reasons for cause in _causes(reason.value)]
+    return [exc]
+
+
+def describe_failure(exc: BaseException, timeout: float) -> str:
+    """
+    Why a request got no answer, in a few words: connection refused, timed
+    out, a TLS error...
+    """
+    causes = _causes(exc) or [exc]
+    if any(is_timeout(cause) for cause in causes):
+        # Cancelled by treq's timeout, while sending or waiting.
+        return f"timed out (no answer within {timeout:g} s)"
+    for cause in causes:
+        if type(cause).__module__.split(".", 1)[0] in _TLS_MODULES:
+            return f"TLS error: {type(cause).__name__}: {cause}".splitlines()[0]
+    cause = causes[0]
+    if isinstance(cause, neterror.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, neterror.DNSLookupError):
+        return "host not found"
+    if isinstance(cause, (neterror.ConnectionLost, neterror.ConnectionDone)):
+        return "connection closed before an answer"
+    if isinstance(cause, neterror.ConnectError):
+        return f"could not connect: {cause}".splitlines()[0]
+    return f"{type(cause).__name__}: {cause}".splitlines()[0]
 
 
 def _metadata_fields(metadata: dict) -> list[tuple[str, str]]:
@@ -55,6 +125,10 @@ def _file_fields(link: dict) -> list[tuple[str, str]]:
 
 
 async def _post(http, target: PushTarget, fields: list, timeout: float) -> tuple[int, str]:
+    """
+    One POST; a request that got no answer gives status -1 and the
+    message saying why.
+    """
     boundary = uuid.uuid4().hex.encode("ascii")
     try:
         response = await http.post(
@@ -66,9 +140,19 @@ async def _post(http, target: PushTarget, fields: list, timeout: float) -> tuple
         )
         text = await response.text()
     except Exception as exc:
-        log.warn("push to {url} failed: {error}", url=target.posturl, error=str(exc))
-        return -1, str(exc)
+        message = f"push to {redact_url(target.posturl)} failed: {describe_failure(exc, timeout)}"
+        log.warn("{message}", message=message)
+        return -1, message
     return response.code, text
+
+
+def _failed(target: PushTarget, what: str, status: int, text: str) -> str:
+    """
+    The message for a step that failed with C{status} (and C{text}).
+    """
+    if status == -1:
+        return text
+    return f"push to {redact_url(target.posturl)} failed: {what} answered {status}"
 
 
 async def push_release(
@@ -81,22 +165,25 @@ async def push_release(
     no_docs: bool = False,
     only_docs: bool = False,
     timeout: float = 30.0,
-) -> tuple[int, list]:
+) -> PushResult:
     """
     Upload a version's files (and doc zip) to C{target.posturl}.
 
     @return: the overall status (200 when the last step succeeded, else
-        502) and devpi's action log.
+        502), devpi's action log (an entry that got no answer has status
+        -1 and says why) and what failed.
     """
     name, version = metadata["name"], metadata["version"]
     results: list = []
     meta_fields = _metadata_fields(metadata)
-    last = 200
+    last, message = 200, None
     if target.register_project:
-        status, _ = await _post(http, target, [(":action", "submit"), *meta_fields], timeout)
-        results.append([status, "register", name, version])
+        status, text = await _post(http, target, [(":action", "submit"), *meta_fields], timeout)
+        results.append([status, "register", name, version] + ([text] if status == -1 else []))
         if status not in (200, 201, 410):
-            return 502, results
+            return PushResult(
+                502, results, _failed(target, f"the registration of {name} {version}", status, text)
+            )
     for link in links:
         rel = link["rel"]
         if rel == "toxresult" or (rel == "doczip" and no_docs) or (rel == "releasefile" and only_docs):
@@ -108,10 +195,16 @@ async def push_release(
                 fields.append(("content", content))
                 status, text = await _post(http, target, fields, timeout)
                 results.append([status, "upload", link["relpath"], text])
+                what = f"the upload of {link['basename']}"
             else:
                 fields = [(":action", "doc_upload"), *meta_fields]
                 fields.append(("content", (f"{name}.zip", "application/zip", FileBodyProducer(body))))
                 status, text = await _post(http, target, fields, timeout)
-                results.append([status, "docfile", name])
+                results.append([status, "docfile", name] + ([text] if status == -1 else []))
+                what = f"the documentation upload of {name}"
         last = status
-    return (200 if last in (200, 201) else 502), results
+        if status not in (200, 201):
+            message = _failed(target, what, status, text)
+    if last in (200, 201):
+        return PushResult(200, results)
+    return PushResult(502, results, message)

@@ -11,6 +11,7 @@ from twisted.web.iweb import IRequest
 
 from ..model import push as localpush
 from ..model.errors import InvalidInput
+from ..model.redact import redact_url
 from ..remote.pypi_upload import PushTarget, push_release
 from .negotiation import read_json
 from .render import envelope, error
@@ -41,21 +42,12 @@ class PushRoutes(StageHelpers):
                 "expected a multipart/form-data upload or a JSON push request, "
                 f"got Content-Type {content_type!r}"
             ) from None
-        if not isinstance(data, dict):
-            raise InvalidInput("Bad request: expected a JSON object")
-        name, version = data.get("name"), data.get("version")
-        if not isinstance(name, str) or not isinstance(version, str):
-            raise InvalidInput("push needs 'name' and 'version'")
-        no_docs, only_docs = bool(data.get("no_docs")), bool(data.get("only_docs"))
-        if no_docs and only_docs:
-            raise InvalidInput("can't use 'no_docs' and 'only_docs' together")
+        pushed = localpush.parse_push_request(data)
+        name, version = pushed.name, pushed.version
         record = localpush.release_to_push(self.ctx.storage, stage, name, version)
-        if "targetindex" not in data:
-            return await self._push_external(request, stage, data, record, no_docs, only_docs)
-        extra = set(data) - {"name", "version", "targetindex", "no_docs", "only_docs"}
-        if extra:
-            raise InvalidInput(f"unknown additional options: {', '.join(sorted(extra))}")
-        target = data["targetindex"]
+        if pushed.targetindex is None:
+            return await self._push_external(request, stage, pushed, record)
+        target = pushed.targetindex
         target_config = localpush.push_target(self.ctx.storage, target)
         auth = await self.auth.authenticate(request)
         if not self.ctx.policy.may_upload(auth.identity, target_config.get("acl_upload", [])):
@@ -70,8 +62,8 @@ class PushRoutes(StageHelpers):
                 name,
                 version,
                 auth.identity.username,
-                no_docs=no_docs,
-                only_docs=only_docs,
+                no_docs=pushed.no_docs,
+                only_docs=pushed.only_docs,
             )
         self._cleanup(outcome.unused)
         log.info(
@@ -79,41 +71,36 @@ class PushRoutes(StageHelpers):
         )
         return envelope(request, type="actionlog", result=outcome.actions)
 
-    async def _push_external(self, request, stage, data, record, no_docs, only_docs) -> bytes:
+    async def _push_external(
+        self, request: IRequest, stage: str, pushed: localpush.PushRequest, record: dict
+    ) -> bytes:
         """
         Act like twine against C{posturl}, streaming each file from disk.
         """
-        extra = set(data) - {
-            "name", "version", "posturl", "username", "password", "register_project", "no_docs", "only_docs"
-        }  # fmt: skip
-        if extra:
-            raise InvalidInput(f"unknown additional options: {', '.join(sorted(extra))}")
-        posturl = data.get("posturl")
-        if not isinstance(posturl, str) or not posturl.startswith(("http://", "https://")):
-            raise InvalidInput("push needs 'targetindex', or 'posturl' with an http(s) URL")
+        address = request.getHost()
+        listener = (address.host, address.port) if hasattr(address, "port") else None
+        localpush.check_not_self(pushed, listener, self.ctx.config.outside_url)
         auth = await self.auth.authenticate(request)
         config = self._stage(*stage.split("/"))
         if not self.ctx.policy.may_upload(auth.identity, config.get("acl_upload", [])):
             return self.deny(request, auth, f"no permission to push from {stage}")
-        target = PushTarget(
-            posturl,
-            str(data.get("username") or ""),
-            str(data.get("password") or ""),
-            bool(data.get("register_project")),
-        )
+        target = PushTarget(pushed.posturl, pushed.username, pushed.password, pushed.register_project)
         metadata = {k: v for k, v in record.items() if k != "+links"}
-        status, results = await push_release(
+        outcome = await push_release(
             self.ctx.http,
             self.ctx.files,
             target,
             metadata,
             record["+links"],
-            no_docs=no_docs,
-            only_docs=only_docs,
+            no_docs=pushed.no_docs,
+            only_docs=pushed.only_docs,
             timeout=self.ctx.config.request_timeout * 6,
         )
         log.info(
             "pushed {name} {version} from {src} to {url}: {status}",
-            name=record["name"], version=record["version"], src=stage, url=posturl, status=status,
+            name=record["name"], version=record["version"], src=stage, url=redact_url(pushed.posturl),
+            status=outcome.status,
         )  # fmt: skip
-        return envelope(request, status, type="actionlog", result=results)
+        return envelope(
+            request, outcome.status, type="actionlog", result=outcome.actions, message=outcome.message
+        )

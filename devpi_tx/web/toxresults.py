@@ -1,7 +1,8 @@
 """
 Tox results (C{POST /<user>/<index>/+f/...} with JSON, as C{devpi test}
 sends them): stored as files linked to the release file they were run
-against, under the index's C{acl_toxresult_upload}.
+against, under the index's C{acl_toxresult_upload}, if shaped like tox's
+C{--result-json} report and not too large (L{devpi_tx.model.toxresults}).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import time
 
 from twisted.web.iweb import IRequest
 
-from ..model import releases
+from ..model import releases, toxresults
 from ..model.errors import ModelError, NotFound
 from .negotiation import read_json
 from .render import envelope, error
@@ -50,7 +51,12 @@ class ToxResultRoutes(StageHelpers):
         entry = releases.get_file(self.ctx.storage, path)
         if entry is None or entry["rel"] != "releasefile":
             raise NotFound(f"no release file found at {path}")
-        read_json(request)  # must be JSON; the raw bytes are stored
+        # The site caps JSON bodies; one labelled multipart may be larger.
+        request.content.seek(0, 2)
+        toxresults.check_size(
+            request.content.tell(), min(toxresults.MAX_SIZE, self.ctx.config.max_json_body_size)
+        )
+        toxresults.check_toxresult(read_json(request))  # the raw bytes are stored
         request.content.seek(0)
         data = request.content.read()
         writer = self.ctx.files.writer()
