@@ -42,60 +42,7 @@ SEED = 14
 
 #: Kinds the server fails today; each fix makes its test XPASS, which
 #: fails the suite (strict) until the mark is removed here.
-KNOWN_FAILURES: dict[str, str] = {
-    "names_user": (
-        "issue 14: PUT /.. creates user '..'; GET /%2f/ and GET /%2E%2E/ answer 200 (the user list); "
-        "GET /+x/+api and GET /a%00b/+api answer 200"
-    ),
-    "names_index": (
-        "issue 14: PUT /alice/.%2e/ creates index '..', which GET, PATCH, DELETE, uploads and push "
-        "targets then take"
-    ),
-    "names_project": (
-        "issue 14: +explain takes any name (GET /alice/dev/+explain/.. 200); GET /alice/dev/+explain/%3f "
-        "asks upstream for /simple/?/ (the name goes into the URL unquoted): 502"
-    ),
-    "json_malformed": (
-        "issue 14: nested JSON (2,000 levels) raises RecursionError on every JSON route: 500; a lone "
-        "surrogate in a password or user name ('\\udfff') raises UnicodeEncodeError: 500"
-    ),
-    "types_user": (
-        "issue 14: PUT/PATCH /user take lists, numbers and booleans for email, title and description, "
-        "and unknown keys (201/200)"
-    ),
-    "types_login": (
-        "issue 14: POST /+login with a user name holding a lone surrogate: UnicodeEncodeError in the "
-        "storage lookup, 500"
-    ),
-    "push": (
-        "issue 14: targetindex [] raises AttributeError (500); no_docs/only_docs of any type (5, 'no') "
-        "are taken as booleans (200); a malformed posturl (http:///x) and username/password/"
-        "register_project of the wrong type go out to the external server (502)"
-    ),
-    "push_loopback": (
-        "issue 14: a push to this server's own listener is sent (502 in memory), not refused with 400"
-    ),
-    "push_external": (
-        "issue 14: a push the external repository refuses answers 502 (as devpi-server does; the issue "
-        "wants no 5xx, and the repository and the reason named)"
-    ),
-    "toxresult": (
-        "issue 14: any JSON is stored as a tox result ([], 5, {}, {'testenvs': 5}, NaN: 200); nested "
-        "JSON: 500"
-    ),
-    "methods": (
-        "issue 14: methods match case-insensitively: 'delete /alice/prod' deletes the index (201), "
-        "'get /' answers 200 (want 405 or 501)"
-    ),
-    "headers": (
-        "issue 14: Accept: \\xff\\xfe on a file GET raises UnicodeDecodeError (500); a Host whose label "
-        "is over 63 bytes makes werkzeug's bind raise BadHost outside Klein's handlers (500)"
-    ),
-    "oversized": (
-        "issue 14: a request line or header line over 16 KiB closes the connection with no answer "
-        "(want 414/431); over 500 headers or a 16 KiB head answer 400 (want 431)"
-    ),
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 _STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})[ \r]")
 

@@ -150,8 +150,7 @@ def test_json_within_the_depth_is_read(client, alice):
 @pytest.mark.parametrize("name", ["..", ".", "%2e%2e", "%2E", "+x", "a b", "a%2fb"])
 def test_path_segments_and_reserved_names_are_never_user_names(client, name):
     answer = client.request("PUT", f"/{name}", {"password": "pw"})
-    # (An encoded slash makes it a user and an index: no such user, 404.)
-    assert answer.code == (404 if "%2f" in name else 400), (name, answer.body)
+    assert answer.code == 400, (name, answer.body)
     listed = client.get("/").json["result"]
     assert set(listed) == {"root"}
 
@@ -206,3 +205,84 @@ async def test_a_refusal_is_read_by_a_client_that_is_still_sending(context):
         await port.stopListening()
     assert received.startswith(b"HTTP/1.1 414 URI Too Long"), received[:200]
     assert received.endswith(b"}\n")
+
+
+# -- what the fuzz run found ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (b"/%c0%af/+api", "the request path is not UTF-8"),
+        (b"/a%00b/+api", "the request path holds control characters"),
+        (b"/%2f/", "names cannot contain '/' (an encoded slash in the path)"),
+    ],
+)
+def test_request_paths_that_are_no_names(client, target, message):
+    status, _, body = answer_of(
+        raw(client, b"GET " + target + b" HTTP/1.1\r\nAccept: application/json\r\n\r\n")
+    )
+    assert status == b"HTTP/1.1 400 Bad Request"
+    assert body["message"] == message
+
+
+@pytest.mark.parametrize("host", [b"x" * 64, b"a..b", b"ex ample", b"[zz]"])
+def test_a_bad_host_header_is_400(client, host):
+    head = b"GET /+api HTTP/1.1\r\nHost: " + host + b"\r\nAccept: application/json\r\n\r\n"
+    status, _, body = answer_of(raw(client, head))
+    assert status == b"HTTP/1.1 400 Bad Request"
+    assert body["message"] == "bad Host header"
+
+
+def test_a_header_that_is_not_utf8_is_read_not_crashed_on(client):
+    status, _, _ = answer_of(raw(client, b"GET /+api HTTP/1.1\r\nHost: x\r\nAccept: \xff\xfe\r\n\r\n"))
+    assert status == b"HTTP/1.1 200 OK"
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b'{"title": NaN}', "Bad request: NaN is not JSON"),
+        (b'{"title": Infinity}', "Bad request: Infinity is not JSON"),
+        (b'{"title": "\\ud800"}', "Bad request: JSON holds a lone surrogate (\\ud800-\\udfff), not Unicode"),
+        (b'{"\\udfff": 1}', "Bad request: JSON holds a lone surrogate (\\ud800-\\udfff), not Unicode"),
+    ],
+)
+def test_json_that_is_not_json_or_not_unicode_is_400(client, alice, body, message):
+    answer = client.request("PATCH", "/alice", raw=body, headers=alice)
+    assert (answer.code, answer.message) == (400, message)
+
+
+@pytest.mark.parametrize("name", ["a%23b", "%3f", "..", "(a)"])
+def test_explain_takes_project_names_only(client, alice, name):
+    client.request("PUT", "/alice/dev", {}, headers=alice)
+    answer = client.get(f"/alice/dev/+explain/{name}", headers=alice)
+    assert answer.code == 400, answer.body
+    assert "invalid project name" in answer.message
+
+
+@pytest.mark.parametrize("path", ["/+x/+api", "/%2e%2e/+api", "/alice/+x/+api"])
+def test_api_of_a_name_that_is_no_name_is_400(client, alice, path):
+    assert client.get(path).code == 400
+
+
+def test_an_upstream_page_is_asked_for_by_a_quoted_name(client, upstream):
+    client.get("/root/pypi/+simple/a%23b/", accept="application/vnd.pypi.simple.v1+json")
+    assert ("GET", "/simple/a%23b/") in upstream.requests
+
+
+@pytest.mark.parametrize(
+    "posturl, message",
+    [
+        ("http://[::1/x/", "push: 'posturl' is not a URL: Invalid IPv6 URL"),
+        (
+            "http://" + "x" * 64 + "/x/",
+            "push: 'posturl' has an invalid host name (labels of 63 characters at most)",
+        ),
+    ],
+)
+def test_push_urls_that_are_no_urls(client, alice, posturl, message):
+    client.request("PUT", "/alice/dev", {}, headers=alice)
+    body = {"name": "pkg-a", "version": "1.0", "posturl": posturl, "username": "u", "password": "p"}
+    answer = client.request("PUSH", "/alice/dev", body, headers=alice)
+    assert (answer.code, answer.message) == (400, message)

@@ -7,6 +7,8 @@ named here too, for the modules that speak to upstream through this one.
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import attrs
 
 from ..model.indexes import redact_url as redact
@@ -89,9 +91,9 @@ class UpstreamClient:
         headers = {"Accept": ACCEPT}
         if etag:
             headers["If-None-Match"] = etag
-        response = await fetch_whole(
-            self._http, "GET", f"{mirror_url.rstrip('/')}/{project}/", headers=headers, timeout=self._timeout
-        )
+        # The name as a path segment: a '#' or '?' in it must not end the path.
+        page = f"{mirror_url.rstrip('/')}/{quote(project, safe='')}/"
+        response = await fetch_whole(self._http, "GET", page, headers=headers, timeout=self._timeout)
         url, body = response.url, response.body
         if response.code == 304:
             raise NotModified()

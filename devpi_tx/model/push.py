@@ -85,9 +85,14 @@ def _host_port(url: str) -> tuple[str, int]:
 
     @raise InvalidInput: it has no host, or no valid port.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unbalanced IPv6 bracket, say
+        raise InvalidInput(f"push: 'posturl' is not a URL: {exc}") from None
     if not parts.hostname:
         raise InvalidInput("push: 'posturl' has no host")
+    if len(parts.hostname) > 253 or any(len(label) > 63 for label in parts.hostname.split(".")):
+        raise InvalidInput("push: 'posturl' has an invalid host name (labels of 63 characters at most)")
     try:
         port = parts.port
     except ValueError:
@@ -165,7 +170,11 @@ def parse_push_request(data: object) -> PushRequest:
     if any(char.isspace() or not char.isprintable() for char in posturl):
         raise InvalidInput("push: 'posturl' must not contain spaces or control characters")
     _host_port(posturl)
-    if "@" in urlsplit(posturl).netloc:
+    try:
+        netloc = urlsplit(posturl).netloc
+    except ValueError as exc:  # an unbalanced IPv6 bracket, say
+        raise InvalidInput(f"push: 'posturl' is not a URL: {exc}") from None
+    if "@" in netloc:
         raise InvalidInput("push: 'posturl' must not hold credentials: send 'username' and 'password'")
     return PushRequest(
         name,

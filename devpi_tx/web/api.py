@@ -19,6 +19,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 from .. import COMPATIBLE_SERVER_VERSION, __version__
 from ..model import indexes, releases, users
 from ..model.errors import InvalidInput, ModelError
+from ..model.names import check_indexname, check_username
 from . import simple
 from .context import ServerContext
 from .credentials import Authenticator, AuthResult
@@ -118,6 +119,10 @@ class DevpiAPI(ReleaseRoutes):
     @app.route("/<user>/+api", methods=["GET"])
     @app.route("/<user>/<index>/+api", methods=["GET"])
     async def api(self, request: IRequest, user: str | None = None, index: str | None = None):
+        if user is not None:
+            check_username(user)
+        if index is not None:
+            check_indexname(index)
         auth = await self.auth.authenticate(request)
         base = self.outside_url(request)
         if auth.status == "ok":

@@ -20,7 +20,8 @@ from http import HTTPStatus
 from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.web.http import HTTPChannel
 
-#: Longest request line (method, target, version), in bytes, by default.
+#: Longest request line (method, target, version), and longest header
+#: field, in bytes, by default.
 MAX_REQUEST_LINE = 8 * 1024
 #: Largest request head (request line and every header), by default.
 MAX_HEADER_BYTES = 64 * 1024
@@ -89,6 +90,8 @@ class DevpiChannel(HTTPChannel):
             self._on_first_line = False
             if len(line) > self._max_line:
                 return self.refuse(414, f"request line longer than {self._max_line} bytes")
+        elif len(line) > self._max_line:
+            return self.refuse(431, f"header field longer than {self._max_line} bytes")
         if self._head_bytes > self._max_head:
             return self.refuse(431, f"request head larger than {self._max_head} bytes")
         if not line:

@@ -67,15 +67,35 @@ def has_flag(request: IRequest, name: str) -> bool:
 MAX_JSON_DEPTH = 32
 
 
+def _refuse_constant(name: str) -> object:
+    raise InvalidInput(f"Bad request: {name} is not JSON")
+
+
+def _unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(
+            "Bad request: JSON holds a lone surrogate (\\ud800-\\udfff), not Unicode"
+        ) from None
+    return text
+
+
 def _depth(value: object) -> int:
     """
-    How deeply C{value} nests lists and objects, found without recursion.
+    How deeply C{value} nests lists and objects, found without recursion;
+    every string (keys too) checked to be Unicode on the way.
     """
     deepest = 0
     stack = [(value, 1)]
     while stack:
         item, level = stack.pop()
+        if isinstance(item, str):
+            _unicode(item)
+            continue
         if isinstance(item, dict):
+            for key in item:
+                _unicode(key)
             children = item.values()
         elif isinstance(item, list):
             children = item
@@ -94,13 +114,14 @@ def read_json(request: IRequest) -> object:
     that every malformed body is the same 400 (the body's size is capped
     before it is read, see L{site.DevpiSite.body_limit}).
 
-    @raise InvalidInput: not UTF-8 JSON, or nested more than
-        L{MAX_JSON_DEPTH} levels deep.
+    @raise InvalidInput: not UTF-8 JSON (C{NaN} and C{Infinity} are not,
+        nor are lone surrogates), or nested more than L{MAX_JSON_DEPTH}
+        levels deep.
     """
     request.content.seek(0)
     raw = request.content.read()
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
     except RecursionError:
         raise InvalidInput(f"Bad request: JSON nested more than {MAX_JSON_DEPTH} levels deep") from None
     except (UnicodeDecodeError, ValueError):

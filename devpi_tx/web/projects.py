@@ -33,6 +33,7 @@ class ProjectRoutes(StageHelpers):
         (beyond devpi): the inheritance and whitelist rule made visible.
         """
         self._stage(user, index)
+        releases.check_project_name(project)
         stage = f"{user}/{index}"
         name = canonicalize_name(project)
         try:

@@ -7,8 +7,10 @@ enforced before they are read, and one structured log event per request
 from __future__ import annotations
 
 import io
+import re
 import time
 import uuid
+from urllib.parse import unquote_to_bytes
 
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.web.server import Request, Site
@@ -23,6 +25,10 @@ log = Logger(namespace="devpi_tx.site")
 #: The methods devpi's API and installers use (PUSH is devpi-client's).
 #: Methods are case-sensitive: anything else is not implemented (501).
 METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS", b"PUSH"})
+#: A Host header: a name of labels up to 63 characters, an IPv4 address or
+#: a bracketed IPv6 one, and a port.
+_LABEL = rb"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST = re.compile(rb"(?:" + _LABEL + rb"(?:\." + _LABEL + rb")*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 
 class DevpiRequest(Request):
@@ -98,12 +104,49 @@ class DevpiRequest(Request):
         headers = self.responseHeaders
         for name, value in self.channel.site.static_headers:
             headers.setRawHeaders(name, [value])
-        if self.method not in METHODS:
-            body = error(self, 501, f"method {self.method.decode('latin-1')!r} not implemented")
-            self.write(body)
+        refusal = self._refusal()
+        if refusal is not None:
+            status, message = refusal
+            self.write(error(self, status, message))
             self.finish()
             return
         super().process()
+
+    def _refusal(self) -> tuple[int, str] | None:
+        """
+        What is wrong with the request line or the Host header before any
+        route sees them, as (status, message); L{None} if nothing is.
+        """
+        if self.method not in METHODS:
+            return 501, f"method {self.method.decode('latin-1')!r} not implemented"
+        path = self.path
+        if b"%2f" in path.lower():
+            return 400, "names cannot contain '/' (an encoded slash in the path)"
+        try:
+            decoded = unquote_to_bytes(path).decode("utf-8")
+        except UnicodeDecodeError:
+            return 400, "the request path is not UTF-8"
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in decoded):
+            return 400, "the request path holds control characters"
+        host = self.requestHeaders.getRawHeaders(b"host")
+        if host is not None and (len(host) > 1 or not _HOST.fullmatch(host[0])):
+            return 400, "bad Host header"
+        return None
+
+    def getHeader(self, key):
+        """
+        As Twisted's, but a header that is not UTF-8 (C{Accept: \\xff})
+        reads as Latin-1 rather than raising.
+        """
+        if not isinstance(key, str):
+            return super().getHeader(key)
+        values = self.requestHeaders.getRawHeaders(key.encode("latin-1"))
+        if values is None:
+            return None
+        try:
+            return values[-1].decode("utf-8")
+        except UnicodeDecodeError:
+            return values[-1].decode("latin-1")
 
     @property
     def request_id(self) -> str:
