@@ -180,6 +180,18 @@ def test_throttling_is_logged_once_per_window(throttle, clock, events):
     assert [e["seconds"] for e in events] == [1, 2]
 
 
+def test_failures_during_a_window_extend_it_without_logging_again(throttle, events):
+    # A known pair is not held back by its address's throttle, but its
+    # failures still count there.
+    succeed(throttle, user="alice", address="10.9.9.9")
+    for i in range(20):
+        fail(throttle, user=f"name{i}", address="10.9.9.9")
+    assert throttle.attempt_allowed("bob", "10.9.9.9") == 1
+    fail(throttle, user="alice", address="10.9.9.9")
+    assert throttle.attempt_allowed("bob", "10.9.9.9") == 2
+    assert [(e["scope"], e["failures"]) for e in events] == [("address", 20)]
+
+
 def test_throttled_seconds_are_whole_and_at_least_one():
     assert Throttled("alice", 0.2).seconds == 1
     assert Throttled("alice", 1.0).seconds == 1
