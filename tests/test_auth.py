@@ -14,7 +14,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
 
 from devpi_tx.auth.passwords import PasswordChecker, fast_hasher
-from devpi_tx.auth.throttle import PasswordThrottle
+from devpi_tx.auth.throttle import Limits, PasswordThrottle
 from devpi_tx.auth.tokens import TokenSigner
 from devpi_tx.mirror.http import UpstreamHTTP
 from devpi_tx.service import build_context
@@ -199,7 +199,8 @@ def guarded(config, upstream):
     )
     clock = task.Clock()
     clock.advance(1_000_000)
-    context.throttle = PasswordThrottle(clock)
+    # Refused answers are not held here (see test_refused_answers_are_held).
+    context.throttle = PasswordThrottle(clock, Limits(hold=0))
     client = Client(context)
     answer = client.request("PUT", "/alice", {"password": "alicepw"})
     assert answer.code == 201, answer.body
@@ -308,3 +309,27 @@ def test_an_attack_from_elsewhere_leaves_a_known_address_working(guarded):
     from_address(client, "192.168.7.7")
     assert login(client, "alicepw").code == 200
     assert upload(client, basic("alice", "alicepw")).code == 200
+
+
+def test_refused_answers_are_held(guarded):
+    client, clock, checker = guarded
+    throttle = client.context.throttle
+    throttle.limits = Limits()  # held for up to a second
+    for _ in range(5):
+        assert login(client, "guess").code == 401
+    clock.advance(0.5)  # half a second of the back-off left
+    answers: list = []
+    client.http.request(
+        "POST",
+        "http://127.0.0.1:3141/+login",
+        data=b'{"user": "alice", "password": "guess"}',
+        headers={"Accept": "application/json"},
+    ).addBoth(answers.append)
+    client.flush()
+    assert answers == []
+    assert throttle.held == 1
+    clock.advance(0.5)
+    client.flush()
+    assert (answers[0].code, answers[0].headers.getRawHeaders("Retry-After")) == (429, ["1"])
+    assert checker.verifications == 5
+    assert throttle.held == 0

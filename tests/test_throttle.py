@@ -192,6 +192,37 @@ def test_failures_during_a_window_extend_it_without_logging_again(throttle, even
     assert [(e["scope"], e["failures"]) for e in events] == [("address", 20)]
 
 
+def test_refused_answers_are_held_up_to_a_second(throttle, clock):
+    fired = []
+    throttle.hold(0.25).addCallback(fired.append)
+    throttle.hold(30).addCallback(fired.append)
+    assert throttle.held == 2
+    clock.advance(0.25)
+    assert len(fired) == 1
+    clock.advance(0.74)
+    assert len(fired) == 1
+    clock.advance(0.01)
+    assert len(fired) == 2
+    assert throttle.held == 0
+
+
+def test_held_answers_are_bounded_and_released_when_cancelled(clock):
+    throttle = PasswordThrottle(clock, Limits(max_held=2))
+    first, second = throttle.hold(1), throttle.hold(1)
+    third = []
+    throttle.hold(1).addCallback(third.append)
+    assert third == [None]  # answered at once
+    first.cancel()
+    first.addErrback(lambda f: None)
+    assert throttle.held == 1
+    fourth = throttle.hold(1)
+    assert throttle.held == 2
+    clock.advance(1)
+    assert second.called and fourth.called
+    assert throttle.held == 0
+    assert clock.getDelayedCalls() == []
+
+
 def test_throttled_seconds_are_whole_and_at_least_one():
     assert Throttled("alice", 0.2).seconds == 1
     assert Throttled("alice", 1.0).seconds == 1

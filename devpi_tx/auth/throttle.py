@@ -31,6 +31,12 @@ Whom each key blocks:
    a pair known).  A user logging in from a new address while their name
    is under attack waits out the back-off (at most 60 s at a time).
 
+A refused attempt's answer is held for up to a second (L{hold}; at most
+1,000 at once, past that they are answered at once): a guessing client
+that waits for each answer, as most do, then sends a few requests a second
+instead of as many as the server can answer, which would slow everyone
+else's requests down almost as much as the password checks did.
+
 Login tokens (C{X-Devpi-Auth} or Basic with a token) are checked by their
 signature, never by argon2, and never pass through this throttle, so a
 guessing storm cannot stop token-based use (devpi-client after
@@ -54,7 +60,9 @@ from collections import OrderedDict
 from collections.abc import Hashable
 
 import attrs
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 log = Logger(namespace="devpi_tx.auth.throttle")
@@ -73,6 +81,8 @@ class Limits:
     @ivar quiet: a key without failures for this long is forgotten.
     @ivar known: how long a successful password login keeps its pair known.
     @ivar max_entries: records kept per key kind (and known pairs).
+    @ivar hold: the longest a refused attempt's answer is held.
+    @ivar max_held: answers held at once.
     """
 
     pair: int = 5
@@ -83,6 +93,8 @@ class Limits:
     quiet: float = 600.0
     known: float = 7 * 86400.0
     max_entries: int = 10000
+    hold: float = 1.0
+    max_held: int = 1000
 
 
 class Throttled(Exception):
@@ -169,17 +181,20 @@ class PasswordThrottle:
     Counts failed password checks per (user, address), address and user,
     and says when an attempt must wait (see the module's description).
 
-    @param clock: what time it is (C{seconds()}).
+    @param clock: what time it is (C{seconds()}), and where held answers
+        wait (C{callLater}).
     """
 
     def __init__(self, clock: IReactorTime, limits: Limits | None = None) -> None:
-        self._clock = clock
+        self.clock = clock
         self.limits = limits = limits or Limits()
         self._pairs = _Counts("user and address", limits.pair, limits)
         self._addresses = _Counts("address", limits.address, limits)
         self._users = _Counts("user", limits.user, limits)
         #: (user, address) -> until when the pair is known.
         self._known: OrderedDict[tuple[str, str], float] = OrderedDict()
+        #: Refused attempts whose answers are being held.
+        self.held = 0
 
     def _keys(self, user: str, address: str) -> list[tuple[_Counts, Hashable]]:
         return [(self._pairs, (user, address)), (self._addresses, address), (self._users, user)]
@@ -201,7 +216,7 @@ class PasswordThrottle:
             L{failed} or L{succeeded}, exactly once), else the seconds to
             wait.
         """
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         known = self._is_known(user, address, now)
         wait = 0.0
         for counts, key in self._keys(user, address):
@@ -221,7 +236,7 @@ class PasswordThrottle:
         A password allowed by L{attempt_allowed} was wrong (or the user
         does not exist).
         """
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         limits = self.limits
         for counts, key in self._keys(user, address):
             record = counts.get(key, now)
@@ -252,7 +267,7 @@ class PasswordThrottle:
         and the user's failures stay (a right password for one name says
         nothing about guesses at others).
         """
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         for counts, key in self._keys(user, address):
             record = counts.find(key, now)
             if record is None:
@@ -266,6 +281,22 @@ class PasswordThrottle:
         self._known.move_to_end((user, address))
         while len(self._known) > self.limits.max_entries:
             self._known.popitem(last=False)
+
+    def hold(self, wait: float) -> Deferred[None]:
+        """
+        Fires when the answer to an attempt refused for C{wait} seconds may
+        be sent: after C{wait} or C{limits.hold} seconds, whichever is
+        less, or at once if C{limits.max_held} answers are held already.
+        """
+        if self.held >= self.limits.max_held or self.limits.hold <= 0:
+            return succeed(None)
+        self.held += 1
+
+        def release(result):
+            self.held -= 1
+            return result
+
+        return deferLater(self.clock, min(wait, self.limits.hold), lambda: None).addBoth(release)
 
     def sizes(self) -> dict[str, int]:
         """

@@ -145,12 +145,15 @@ class Authenticator:
         right.  Each outcome is counted by the throttle.
 
         @raise Throttled: password attempts for C{user} from the request's
-            address must wait; nothing was checked.
+            address must wait; nothing was checked.  The answer is held
+            first (L{PasswordThrottle.hold}).
         """
         address = client_address(request)
         wait = self._throttle.attempt_allowed(user, address)
         if wait is not None:
-            raise Throttled(user, wait)
+            held_since = self._throttle.clock.seconds()
+            await self._throttle.hold(wait)
+            raise Throttled(user, wait - (self._throttle.clock.seconds() - held_since))
         ok = False
         try:
             record = users.get_user(self._storage, user)
