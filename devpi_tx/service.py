@@ -18,6 +18,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger, STDLibLogObserver, globalLogPublisher
 
 from .auth.passwords import PasswordChecker
+from .auth.throttle import PasswordThrottle
 from .auth.tokens import TokenSigner
 from .config import ServerConfig
 from .customizers import default_registry
@@ -134,6 +135,7 @@ def build_context(
         policy=Policy(parse_restrict_modify(config.restrict_modify)),
         signer=TokenSigner(secret),
         passwords=passwords or PasswordChecker(),
+        throttle=PasswordThrottle(reactor),
         uuid=nodeinfo["uuid"],
         files=files,
         run_in_thread=run_in_thread,

@@ -28,20 +28,25 @@ class Connections:
     """
     Connects client protocols to new protocols of C{server} (a factory);
     L{flush} moves bytes both ways until nothing moves.
+
+    @ivar client_address: the address new connections come from (a test
+        may change it between requests).
     """
 
     def __init__(self, server: IProtocolFactory, clock) -> None:
         self._server = server
         self._clock = clock
         self._pumps: list[iosim.IOPump] = []
+        self.client_address = CLIENT_ADDRESS
 
     def connect(self, client_protocol) -> iosim.IOPump:
-        server_protocol = self._server.buildProtocol(CLIENT_ADDRESS)
+        client_address = self.client_address
+        server_protocol = self._server.buildProtocol(client_address)
         server_transport = iosim.FakeTransport(
-            server_protocol, isServer=True, hostAddress=SERVER_ADDRESS, peerAddress=CLIENT_ADDRESS
+            server_protocol, isServer=True, hostAddress=SERVER_ADDRESS, peerAddress=client_address
         )
         client_transport = iosim.FakeTransport(
-            client_protocol, isServer=False, hostAddress=CLIENT_ADDRESS, peerAddress=SERVER_ADDRESS
+            client_protocol, isServer=False, hostAddress=client_address, peerAddress=SERVER_ADDRESS
         )
         pump = iosim.connect(
             server_protocol,

@@ -17,12 +17,13 @@ from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from .. import COMPATIBLE_SERVER_VERSION, __version__
+from ..auth.throttle import Throttled
 from ..model import indexes, releases, users
 from ..model.errors import InvalidInput, ModelError
 from ..model.names import check_indexname, check_username
 from . import simple
 from .context import ServerContext
-from .credentials import Authenticator, AuthResult
+from .credentials import Authenticator, AuthResult, too_many_attempts
 from .negotiation import has_flag, read_json, wants_json
 from .releases import ReleaseRoutes
 from .render import envelope, error
@@ -43,7 +44,7 @@ class DevpiAPI(ReleaseRoutes):
 
     def __init__(self, context: ServerContext) -> None:
         self.ctx = context
-        self.auth = Authenticator(context.storage, context.signer, context.passwords)
+        self.auth = Authenticator(context.storage, context.signer, context.passwords, context.throttle)
 
     # -- helpers -----------------------------------------------------------
 
@@ -88,6 +89,10 @@ class DevpiAPI(ReleaseRoutes):
     def model_error(self, request: IRequest, failure) -> bytes:
         exc = failure.value
         return error(request, exc.status, exc.message)
+
+    @app.handle_errors(Throttled)
+    def throttled(self, request: IRequest, failure) -> bytes:
+        return too_many_attempts(request, failure.value)
 
     @app.handle_errors(RouteNotFound)
     def not_found(self, request: IRequest, failure) -> bytes:
@@ -173,9 +178,7 @@ class DevpiAPI(ReleaseRoutes):
         ):
             raise InvalidInput("Bad request: no user/password specified")
         user, password = data["user"], data["password"]
-        record = users.get_user(self.ctx.storage, user)
-        ok = record is not None and await self.ctx.passwords.verify(user, record.get("pwhash"), password)
-        if not ok:
+        if not await self.auth.check_password(request, user, password):
             log.info("login of {user!r} rejected", user=user)
             return error(request, 401, f"user {user!r} could not be authenticated")
         token = self.ctx.signer.issue(user)
@@ -202,7 +205,13 @@ class DevpiAPI(ReleaseRoutes):
         except Exception:
             request.setResponseCode(403)
             return b""
-        auth = await self.auth.authenticate(request)
+        try:
+            auth = await self.auth.authenticate(request)
+        except Throttled as throttled:
+            # nginx's auth_request takes only 2xx, 401 and 403.
+            request.setHeader("Retry-After", str(throttled.seconds))
+            request.setResponseCode(401)
+            return b""
         if auth.failed:
             agent = request.getHeader("user-agent") or ""
             request.setResponseCode(403 if "devpi-client" in agent else 401)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import attrs
 
 from ..auth.passwords import PasswordChecker
+from ..auth.throttle import PasswordThrottle
 from ..auth.tokens import TokenSigner
 from ..config import ServerConfig
 from ..customizers import CustomizerRegistry
@@ -41,6 +42,8 @@ class ServerContext:
         indexes, their files, push targets).
     @ivar blobs: which blobs must stay on disk (held by uploads in flight,
         or linked).
+    @ivar throttle: failed password checks, and who must wait before the
+        next (every password check asks it first).
     """
 
     config: ServerConfig
@@ -49,6 +52,7 @@ class ServerContext:
     policy: Policy
     signer: TokenSigner
     passwords: PasswordChecker
+    throttle: PasswordThrottle
     uuid: str
     files: IFileStore
     run_in_thread: Callable

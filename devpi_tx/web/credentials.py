@@ -1,6 +1,11 @@
 """
 Who is asking: credentials from C{X-Devpi-Auth} (devpi-client) or HTTP
 Basic (pip, twine), each holding a login token or a password.
+
+Every password check of the server goes through
+L{Authenticator.check_password}, which asks the L{PasswordThrottle} first:
+a throttled attempt raises L{Throttled} (answered 429, see
+L{too_many_attempts}) without running argon2.  Tokens never reach it.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ import attrs
 from twisted.web.iweb import IRequest
 
 from ..auth.passwords import PasswordChecker
+from ..auth.throttle import PasswordThrottle, Throttled
 from ..auth.tokens import TokenSigner
 from ..model import users
 from ..model.acl import ANONYMOUS_IDENTITY, Identity
+from .render import error
 
 
 @attrs.frozen
@@ -67,18 +74,48 @@ def parse_credentials(request: IRequest) -> tuple[str, str] | None:
     return None
 
 
+def client_address(request: IRequest) -> str:
+    """
+    The address a request came from, as the throttle counts it.
+    """
+    address = request.getClientAddress()
+    return getattr(address, "host", None) or str(address)
+
+
+def too_many_attempts(request: IRequest, throttled: Throttled, **kwargs) -> bytes:
+    """
+    The 429 answer to a throttled password attempt (C{kwargs} go to
+    L{error}).
+    """
+    request.setHeader("Retry-After", str(throttled.seconds))
+    return error(
+        request,
+        429,
+        f"too many failed password attempts for user {throttled.user!r}: try again in {throttled.seconds} s",
+        **kwargs,
+    )
+
+
 class Authenticator:
     """
     Turn a request's credentials into an L{AuthResult}, checking tokens by
-    their signature and passwords through the L{PasswordChecker}.
+    their signature and passwords through the L{PasswordChecker}, after
+    asking the L{PasswordThrottle}.
     """
 
-    def __init__(self, storage, signer: TokenSigner, passwords: PasswordChecker) -> None:
+    def __init__(
+        self, storage, signer: TokenSigner, passwords: PasswordChecker, throttle: PasswordThrottle
+    ) -> None:
         self._storage = storage
         self._signer = signer
         self._passwords = passwords
+        self._throttle = throttle
 
     async def authenticate(self, request: IRequest) -> AuthResult:
+        """
+        @raise Throttled: the request carries a password and password
+            attempts of its user or address are being throttled.
+        """
         cached = getattr(request, "devpi_auth", None)
         if cached is not None:
             return cached
@@ -98,7 +135,32 @@ class Authenticator:
             return AuthResult(ANONYMOUS_IDENTITY, "rejected", user)
         if self._signer.looks_like_token(secret):
             return AuthResult(ANONYMOUS_IDENTITY, "expired", user)
-        record = users.get_user(self._storage, user)
-        if record is not None and await self._passwords.verify(user, record.get("pwhash"), secret):
+        if await self.check_password(request, user, secret):
             return AuthResult(Identity(user), "ok", user)
         return AuthResult(ANONYMOUS_IDENTITY, "rejected", user)
+
+    async def check_password(self, request: IRequest, user: str, password: str) -> bool:
+        """
+        Is C{password} the password of C{user}?  An unknown user's is never
+        right.  Each outcome is counted by the throttle.
+
+        @raise Throttled: password attempts for C{user} from the request's
+            address must wait; nothing was checked.  The answer is held
+            first (L{PasswordThrottle.hold}).
+        """
+        address = client_address(request)
+        wait = self._throttle.attempt_allowed(user, address)
+        if wait is not None:
+            held_since = self._throttle.clock.seconds()
+            await self._throttle.hold(wait)
+            raise Throttled(user, wait - (self._throttle.clock.seconds() - held_since))
+        ok = False
+        try:
+            record = users.get_user(self._storage, user)
+            ok = record is not None and await self._passwords.verify(user, record.get("pwhash"), password)
+        finally:
+            if ok:
+                self._throttle.succeeded(user, address)
+            else:
+                self._throttle.failed(user, address)
+        return ok

@@ -20,10 +20,12 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from .._compat import pending_request_line
+from ..auth.throttle import Throttled
 from ..model import metadata as coremetadata
 from ..model import releases
 from ..model.errors import InvalidInput, ModelError
 from ..model.metadata import is_zip, wheel_metadata
+from .credentials import too_many_attempts
 from .render import error
 from .router import app
 from .stagehelpers import StageHelpers
@@ -83,7 +85,11 @@ class UploadRoutes(StageHelpers):
             raise Refusal(lambda: _upload_error(request, 404, f"index '{user}/{index}' does not exist"))
         if config["type"] == "mirror":
             raise Refusal(lambda: _upload_error(request, 404, "cannot submit to mirror index"))
-        auth = await self.auth.authenticate(request)
+        try:
+            auth = await self.auth.authenticate(request)
+        except Throttled as exc:
+            throttled = exc  # the except clause's name is gone when the refusal renders
+            raise Refusal(lambda: too_many_attempts(request, throttled, reason_is_message=True)) from None
         if self.ctx.policy.may_upload(auth.identity, config.get("acl_upload", [])):
             return
         if auth.identity.authenticated:
