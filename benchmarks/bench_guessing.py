@@ -41,20 +41,17 @@ import http.client
 import itertools
 import json
 import os
-import platform
-import signal
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
-from bench_basic_auth import INDEX, PASSWORD, USER, DevpiTx, basic, default_tx_venv
+from bench_basic_auth import INDEX, PASSWORD, USER, basic, default_tx_venv
 from bench_upload_rate import (
     PIP_ACCEPT,
     guarded,
+    machine,
+    scratch_server,
     server_cpu_ms,
-    sigterm_as_interrupt,
     upload_body,
     wheel_bytes,
 )
@@ -176,25 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--guesses: 1 to 100,000; --clients: 1 to 64")
     if not 0 <= args.interval <= 1:
         ap.error("--interval: 0 to 1 s")
-    tx_venv = Path(args.devpi_tx_venv)
-    if not (tx_venv / "bin" / "twistd").exists():
-        ap.error(f"no twistd in {tx_venv}/bin (use --devpi-tx-venv)")
-
-    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
-    base = Path(args.workdir).resolve() if args.workdir else None
-    if base:
-        base.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-guessing-", dir=base))
-    server = DevpiTx(workdir / "devpi-tx", tx_venv)
-    results: dict = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
-            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-        },
-    }
+    workdir, server = scratch_server(args, "bench-guessing-", ap)
+    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine()}
     page = None
     with guarded(server, workdir, args.keep) as status:
         print(f"starting devpi-tx on 127.0.0.1:{server.port} ...", flush=True)

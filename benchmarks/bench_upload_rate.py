@@ -200,6 +200,34 @@ def sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt("SIGTERM")
 
 
+def scratch_server(args, prefix: str, ap: argparse.ArgumentParser) -> tuple[Path, DevpiTx]:
+    """
+    The scratch directory (under C{--workdir} if given) and the devpi-tx
+    of C{--devpi-tx-venv} to run in it; SIGTERM stops the run as Ctrl-C.
+    """
+    tx_venv = Path(args.devpi_tx_venv)
+    if not (tx_venv / "bin" / "twistd").exists():
+        ap.error(f"no twistd in {tx_venv}/bin (use --devpi-tx-venv)")
+    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
+    base = Path(args.workdir).resolve() if args.workdir else None
+    if base:
+        base.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    return workdir, DevpiTx(workdir / "devpi-tx", tx_venv)
+
+
+def machine() -> dict:
+    """
+    What the results were measured on.
+    """
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
 @contextlib.contextmanager
 def guarded(server, workdir: Path, keep: bool = False) -> Iterator[dict]:
     """
@@ -248,16 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--wrk-at: counts between 1 and --count")
     if wrk_at and not shutil.which("wrk"):
         ap.error("--wrk-at needs wrk")
-    tx_venv = Path(args.devpi_tx_venv)
-    if not (tx_venv / "bin" / "twistd").exists():
-        ap.error(f"no twistd in {tx_venv}/bin (use --devpi-tx-venv)")
-
-    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
-    base = Path(args.workdir).resolve() if args.workdir else None
-    if base:
-        base.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-upload-rate-", dir=base))
-    server = DevpiTx(workdir / "devpi-tx", tx_venv)
+    workdir, server = scratch_server(args, "bench-upload-rate-", ap)
 
     versions = [f"1.{i}" for i in range(count)]
     bodies = [upload_body(PROJECT, v, wheel_bytes(PROJECT, v, os.urandom(64))) for v in versions]

@@ -77,27 +77,31 @@ def make_doczip() -> bytes:
     return buf.getvalue()
 
 
-def multipart(fields: list[tuple[str, str]], file: tuple[str, bytes] | None = None) -> tuple[str, bytes]:
+def multipart(
+    fields: list[tuple[str, str]], file: tuple[str, bytes] | None = None, *, boundary: str | None = None
+) -> tuple[str, bytes]:
     """
     A multipart/form-data body as twine sends it; returns (content type,
-    body).
+    body).  Text that is not Unicode (lone surrogates, as hostile tests
+    send) goes out as the bytes it stands for.
+
+    @param boundary: a fixed boundary (the same bytes on every call), else
+        a random one.
     """
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields:
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+    boundary = boundary or uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode(
+            "utf-8", "surrogateescape"
         )
+        for name, value in fields
+    ]
     if file is not None:
         filename, data = file
-        parts.append(
-            (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="content"; '
-                f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
-            ).encode()
-            + data
-            + b"\r\n"
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="content"; '
+            f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
         )
+        parts.append(head.encode("utf-8", "surrogateescape") + data + b"\r\n")
     parts.append(f"--{boundary}--\r\n".encode())
     return f"multipart/form-data; boundary={boundary}", b"".join(parts)
 
@@ -109,6 +113,8 @@ def upload_form(
     data: bytes,
     action: str = "file_upload",
     extra: list[tuple[str, str]] | None = None,
+    *,
+    boundary: str | None = None,
 ) -> tuple[str, bytes]:
     fields = [
         (":action", action),
@@ -121,4 +127,4 @@ def upload_form(
         ("filetype", "bdist_wheel" if filename.endswith(".whl") else "sdist"),
         ("pyversion", "py3" if filename.endswith(".whl") else "source"),
     ] + list(extra or [])
-    return multipart(fields, (filename, data))
+    return multipart(fields, (filename, data), boundary=boundary)

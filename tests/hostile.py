@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+from . import distfiles
 from .distfiles import make_doczip, make_wheel
 
 REFUSE = "refuse"
@@ -81,47 +82,9 @@ def world_wheel() -> tuple[str, bytes]:
 BOUNDARY = "hostile0fuzz0boundary0d3f9a"
 
 
-def multipart(fields: list[tuple[str, str]], file: tuple[str, bytes] | None = None) -> tuple[str, bytes]:
-    """
-    A multipart/form-data body as twine sends it: (content type, body).
-    """
-    parts = [
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode(
-            "utf-8", "surrogateescape"
-        )
-        for name, value in fields
-    ]
-    if file is not None:
-        filename, data = file
-        head = (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="content"; '
-            f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
-        )
-        parts.append(head.encode("utf-8", "surrogateescape") + data + b"\r\n")
-    parts.append(f"--{BOUNDARY}--\r\n".encode())
-    return f"multipart/form-data; boundary={BOUNDARY}", b"".join(parts)
-
-
-def upload_form(
-    name: str,
-    version: str,
-    filename: str,
-    data: bytes,
-    action: str = "file_upload",
-    extra: list[tuple[str, str]] | None = None,
-) -> tuple[str, bytes]:
-    fields = [
-        (":action", action),
-        ("protocol_version", "1"),
-        ("name", name),
-        ("version", version),
-        ("metadata_version", "2.1"),
-        ("summary", f"test package {name}"),
-        ("sha256_digest", hashlib.sha256(data).hexdigest()),
-        ("filetype", "bdist_wheel" if filename.endswith(".whl") else "sdist"),
-        ("pyversion", "py3" if filename.endswith(".whl") else "source"),
-    ] + list(extra or [])
-    return multipart(fields, (filename, data))
+#: Twine-style forms with the fixed boundary.
+multipart = functools.partial(distfiles.multipart, boundary=BOUNDARY)
+upload_form = functools.partial(distfiles.upload_form, boundary=BOUNDARY)
 
 
 @dataclass
