@@ -25,8 +25,9 @@ from . import simple
 from .context import ServerContext
 from .credentials import Authenticator, AuthResult, too_many_attempts
 from .negotiation import has_flag, read_json, wants_json
+from .pagecache import Page
 from .releases import ReleaseRoutes
-from .render import envelope, error
+from .render import dump_json, envelope, error, send_json
 from .router import app
 
 log = Logger(namespace="devpi_tx.api")
@@ -306,7 +307,18 @@ class DevpiAPI(ReleaseRoutes):
                     return ensureDeferred(self._mirror_index_json(request, stage, config))
                 config["projects"] = self.ctx.mirrors.cached_projects(stage)
             else:
-                config["projects"] = releases.project_names(self.ctx.storage, stage)
+                # Kept until a commit adds or removes a project, or changes
+                # the user record (the page cache's rule for lists).
+                key = (stage, None, "indexconfig")
+                page = self.ctx.page_cache.get(key)
+                if page is None:
+                    config["projects"] = releases.project_names(self.ctx.storage, stage)
+                    body = dump_json(
+                        {"type": "indexconfig", "result": indexes.public_config(config)}, compact=True
+                    )
+                    page = Page(body, "", "application/json")
+                    self.ctx.page_cache.put(key, page)
+                return send_json(request, page.body)
         return envelope(request, type="indexconfig", result=indexes.public_config(config))
 
     async def _mirror_index_json(self, request: IRequest, stage: str, config: dict):

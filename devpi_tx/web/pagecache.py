@@ -6,8 +6,9 @@ A page of a project with a thousand versions takes milliseconds to build
 and is asked for by every installer, so it is built once per change.  The
 storage tells the cache which keys each commit changed: a change to a
 project (its versions or files) drops that project's pages on every index
-(inheritance makes them depend on each other), a change to a user record
-(index configuration, bases) drops everything.
+(inheritance makes them depend on each other), a project that appears or
+goes drops the project lists (and the indexes' JSON), a change to a user
+record (index configuration, bases) drops everything.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ class PageCache:
         return page
 
     def put(self, key: tuple, page: Page) -> None:
-        if len(page.body) > self._max_bytes // 8:
-            return  # a whole upstream project list: not worth the memory
+        if len(page.body) > self._max_bytes // 2:
+            return  # more than half the cache: not worth the memory
         self._drop(key)
         self._pages[key] = page
         self._by_project.setdefault(key[1], set()).add(key)
@@ -78,6 +79,7 @@ class PageCache:
         A storage commit listener.
         """
         projects: set[str] = set()
+        names_changed = False
         for key in keys:
             kind, _, rest = key.partition("/")
             if kind == "user":
@@ -89,8 +91,18 @@ class PageCache:
                 parts = rest.split("/")
                 if len(parts) >= 3:
                     projects.add(parts[2])
+                # A project key is written when a project appears or goes
+                # (a mirror's page may be a name new to its cached list);
+                # a version of a known project leaves every list as it was.
+                names_changed = names_changed or kind != "version"
         for project in projects:
-            self.invalidate_project(project)
+            self._drop_project(project)
+        if names_changed:
+            self._drop_project(None)
+
+    def _drop_project(self, project: str | None) -> None:
+        for key in list(self._by_project.get(project, ())):
+            self._drop(key)
 
     def __len__(self) -> int:
         return len(self._pages)

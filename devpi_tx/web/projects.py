@@ -16,7 +16,8 @@ from ..model import releases, stages
 from ..model.errors import NotFound
 from . import simple
 from .negotiation import has_flag, wants_json
-from .render import envelope, error
+from .pagecache import Page
+from .render import dump_json, envelope, error, send_json
 from .router import app
 from .stagehelpers import StageHelpers
 
@@ -58,11 +59,15 @@ class ProjectRoutes(StageHelpers):
         }
         return envelope(request, type="explain", result=result)
 
-    async def _merged_versions(self, request: IRequest, user: str, index: str, project: str) -> dict:
+    async def _merged_versions(
+        self, request: IRequest, user: str, index: str, project: str, only: str | None = None
+    ) -> dict:
         """
         The version records of a project over the index's chain (the
         first stage with a version wins), by the same whitelist rule as its
         simple page; mirrors the rule lets in are asked as for that page.
+        With C{only}, that version's record alone: a private stage reads
+        one key, not every version of the project.
 
         A mirror that fails with nothing cached contributes nothing (as
         devpi, whose stale project list then lacks the project): the
@@ -92,14 +97,27 @@ class ProjectRoutes(StageHelpers):
                 records = self.ctx.mirrors.version_records(source, project)
                 if records is None:
                     continue
+            elif only is not None:
+                if releases.get_project(self.ctx.storage, source.name, project) is None:
+                    continue
+                record = releases.get_version(self.ctx.storage, source.name, project, only)
+                records = {only: record} if record is not None else {}
             else:
                 records = releases.version_records(self.ctx.storage, source.name, project)
+            if only is not None and records:
+                records = {only: records[only]} if only in records else {}
             found = True
             for version, record in records.items():
                 merged.setdefault(version, record)
         if not found:
             raise NotFound("; ".join([f"no project {project!r}", *failures]))
         return merged
+
+    def _mirrors_stale(self, stage: str, project: str) -> bool:
+        """
+        Whether a mirror the project's JSON draws on must be asked first.
+        """
+        return not all(self.ctx.mirrors.is_fresh(m, project) for m in self._consulted_mirrors(stage, project))
 
     @app.route("/<user>/<index>/<project>", methods=["GET", "HEAD"])
     @app.route("/<user>/<index>/<project>/", methods=["GET", "HEAD"])
@@ -110,15 +128,28 @@ class ProjectRoutes(StageHelpers):
 
     async def _project_json(self, request: IRequest, user: str, index: str, project: str) -> bytes:
         base = self.outside_url(request)
-        merged = await self._merged_versions(request, user, index, canonicalize_name(project))
-        result = {version: self._record_json(base, record) for version, record in merged.items()}
-        return envelope(request, type="projectconfig", result=result)
+        name = canonicalize_name(project)
+        ignore_bases = has_flag(request, "ignore_bases")
+        # Kept until a commit touches the project (the page cache's rule);
+        # mirrors are still brought up to date first.
+        key = (f"{user}/{index}", name, "projectconfig", base, ignore_bases)
+        page = self.ctx.page_cache.get(key)
+        if page is not None and not self._mirrors_stale(f"{user}/{index}", name):
+            return send_json(request, page.body)
+        merged = await self._merged_versions(request, user, index, name)
+        page = self.ctx.page_cache.get(key)  # still valid if no mirror page changed
+        if page is None:
+            result = {version: self._record_json(base, record) for version, record in merged.items()}
+            body = dump_json({"type": "projectconfig", "result": result}, compact=True)
+            page = Page(body, "", "application/json")
+            self.ctx.page_cache.put(key, page)
+        return send_json(request, page.body)
 
     @app.route("/<user>/<index>/<project>/<version>", methods=["GET", "HEAD"])
     @app.route("/<user>/<index>/<project>/<version>/", methods=["GET", "HEAD"])
     async def version_get(self, request: IRequest, user: str, index: str, project: str, version: str):
         name = canonicalize_name(project)
-        merged = await self._merged_versions(request, user, index, name)
+        merged = await self._merged_versions(request, user, index, name, only=version)
         if version not in merged:
             raise NotFound(f"The version {version} of project {name} does not exist.")
         return envelope(

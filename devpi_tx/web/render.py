@@ -13,11 +13,26 @@ from twisted.web.iweb import IRequest
 from .negotiation import wants_json
 
 
-def dump_json(data: object) -> bytes:
+def dump_json(data: object, *, compact: bool = False) -> bytes:
     """
-    JSON as devpi sends it: indented by 2, ending in a newline.
+    JSON as devpi sends it: indented by 2, ending in a newline; or, for
+    answers that grow with the state (an index's projects, a project's
+    versions), compact, which Python encodes in C (indenting makes it use
+    its pure-Python encoder, ten times slower).
     """
+    if compact:
+        return (json.dumps(data, separators=(",", ":")) + "\n").encode("utf-8")
     return (json.dumps(data, indent=2, sort_keys=False) + "\n").encode("utf-8")
+
+
+def send_json(request: IRequest, body: bytes, status: int = 200) -> bytes:
+    """
+    Set the status and headers of a JSON answer made already (C{body}).
+    """
+    request.setResponseCode(status)
+    request.setHeader("Content-Type", "application/json")
+    request.setHeader("Content-Length", str(len(body)))
+    return body
 
 
 def envelope(

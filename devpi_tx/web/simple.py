@@ -184,21 +184,22 @@ def render_project(
     absolute_base: str | None,
 ) -> bytes:
     files = []
-    versions: list[str] = []
+    # Each version once, in order of appearance: a dict, linear in the
+    # versions (a list's membership test made it quadratic).
+    versions: dict[str, None] = {}
     for contribution in contributions:
         for link in contribution.links:
             url = link_url(page_dir, link["relpath"], absolute_base)
             files.append((contribution.stage, _file_entry(link, url)))
         for version in contribution.versions:
-            if version not in versions:
-                versions.append(version)
+            versions.setdefault(version)
     if fmt == JSON_V1:
         return json.dumps(
             {
                 "meta": {"api-version": API_VERSION},
                 "name": name,
                 "files": [entry for _, entry in files],
-                "versions": versions,
+                "versions": list(versions),
             },
             separators=(",", ":"),
         ).encode("utf-8")
