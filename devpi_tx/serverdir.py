@@ -40,6 +40,18 @@ def is_initialized(serverdir: str) -> bool:
     return os.path.exists(os.path.join(serverdir, ".nodeinfo"))
 
 
+#: The layout of the state a server directory holds: 2 since file links
+#: have keys of their own (L{releases.migrate_links} moves a layout-1 state).
+LAYOUT = 2
+
+
+def write_nodeinfo(serverdir: str, nodeinfo: dict) -> None:
+    tmp = os.path.join(serverdir, ".nodeinfo.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(nodeinfo, f)
+    os.replace(tmp, os.path.join(serverdir, ".nodeinfo"))
+
+
 def read_nodeinfo(serverdir: str) -> dict:
     with open(os.path.join(serverdir, ".nodeinfo"), encoding="utf-8") as f:
         return json.load(f)
@@ -117,11 +129,8 @@ def initialize(config: ServerConfig, hasher: PasswordHasher | None = None) -> li
     finally:
         storage.close()
     ensure_secret(config.secret_path)
-    nodeinfo = {"uuid": uuid.uuid4().hex, "role": "standalone", "version": __version__}
-    tmp = os.path.join(serverdir, ".nodeinfo.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(nodeinfo, f)
-    os.replace(tmp, os.path.join(serverdir, ".nodeinfo"))
+    nodeinfo = {"uuid": uuid.uuid4().hex, "role": "standalone", "version": __version__, "layout": LAYOUT}
+    write_nodeinfo(serverdir, nodeinfo)
     done.append(f"node uuid {nodeinfo['uuid']}")
     return done
 

@@ -27,11 +27,12 @@ from .mirror.files import MirrorFiles
 from .mirror.http import UpstreamHTTP, make_http_client
 from .mirror.pages import MirrorPages
 from .mirror.projectlist import ProjectLists, ProjectListService
+from .model import releases
 from .model.acl import Policy, parse_restrict_modify
 from .model.blobs import BlobLedger
 from .model.memo import StateMemo
 from .pipconfig import default_mirror_url
-from .serverdir import ensure_secret, initialize, is_initialized, read_nodeinfo
+from .serverdir import LAYOUT, ensure_secret, initialize, is_initialized, read_nodeinfo, write_nodeinfo
 from .storage.files import LocalFileStore
 from .storage.sqlite import open_storage
 from .web.accesslog import open_access_log
@@ -119,6 +120,11 @@ def build_context(
     nodeinfo = read_nodeinfo(config.serverdir)
     secret = ensure_secret(config.secret_path)
     storage = open_storage(config.serverdir, clock=clock)
+    if nodeinfo.get("layout", 1) < LAYOUT:
+        with storage.transaction() as tx:
+            moved = releases.migrate_links(tx)
+        log.info("state layout {layout}: file links of {moved} versions moved", layout=LAYOUT, moved=moved)
+        write_nodeinfo(config.serverdir, dict(nodeinfo, layout=LAYOUT))
     files = LocalFileStore(os.path.join(config.serverdir, "+files"))
     run_in_thread = run_in_thread or deferToThread
     http = upstream_http or make_http_client(reactor, connect_timeout=config.request_timeout)

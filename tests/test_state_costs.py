@@ -121,3 +121,94 @@ def test_rendering_a_project_page_is_linear_in_its_versions(count):
     body = simple.render_project(simple.JSON_V1, "a/dev", "p", contributions, "/a/dev/+simple/p/", None)
     assert len(json.loads(body)["versions"]) == count
     assert Counted.comparisons <= 2 * count
+
+
+# -- a commit writes what changed --------------------------------------------------------
+
+
+def test_an_upload_into_a_version_of_many_files_writes_its_own_link(client, context, dev):
+    upload(client, dev, "pkg-a", "1.0", *make_wheel("pkg-a", "1.0"))
+    for n in range(40):
+        name = f"pkg_a-1.0-{n}-py3-none-any.whl"
+        assert (
+            upload(client, dev, "pkg-a", "1.0", name, make_wheel("pkg-a", "1.0", payload=b"%d" % n)[1]).code
+            == 200
+        )
+    changes = context.storage.changelog_entry(context.storage.serial)["changes"]
+    keys = set(changes)
+    assert not any(key.startswith("version/") for key in keys)  # the metadata did not change
+    assert [key for key in keys if key.startswith("link/")] == [
+        "link/alice/dev/pkg-a/1.0/pkg_a-1.0-39-py3-none-any.whl"
+    ]
+    assert len(str(changes)) < 4096
+    record = client.get("/alice/dev/pkg-a/1.0").json["result"]
+    assert len(record["+links"]) == 41
+    # Oldest first, as they were uploaded.
+    assert record["+links"][-1]["href"].endswith("pkg_a-1.0-39-py3-none-any.whl")
+
+
+def test_a_state_of_the_old_layout_is_moved_at_start(tmp_path, config):
+    """
+    Version records that hold their links (layout 1) get keys for them at
+    start; what clients see does not change.
+    """
+    import json
+
+    from devpi_tx.model import releases
+    from devpi_tx.service import build_context
+
+    from .conftest import Client, synchronous, synchronous_passwords
+
+    def start():
+        return build_context(config, passwords=synchronous_passwords(), run_in_thread=synchronous)
+
+    context = start()
+    client = Client(context)
+    auth = client.login("root", "rootpw")
+    client.request("PUT", "/root/dev", {}, headers=auth)
+    upload(client, auth, "pkg-a", "1.0", *make_wheel("pkg-a", "1.0"), path="/root/dev/")
+    upload(client, auth, "pkg-a", "1.0", "pkg-a-1.0.tar.gz", b"sdist", path="/root/dev/")
+    before = client.get("/root/dev/pkg-a").json
+    # Back to the old layout: the links inline, no link keys, layout 1.
+    with context.storage.transaction() as tx:
+        record = releases.get_version(tx, "root/dev", "pkg-a", "1.0")
+        for key in tx.keys("link/"):
+            tx.delete(key)
+        tx.set(releases.version_key("root/dev", "pkg-a", "1.0"), record)
+    nodeinfo = tmp_path / "server" / ".nodeinfo"
+    info = json.loads(nodeinfo.read_text())
+    nodeinfo.write_text(json.dumps({k: v for k, v in info.items() if k != "layout"}))
+    context.close()
+
+    context = start()
+    client = Client(context)
+    assert client.get("/root/dev/pkg-a").json == before
+    assert len(context.storage.keys("link/root/dev/pkg-a/1.0/")) == 2
+    assert "+links" not in context.storage.get(releases.version_key("root/dev", "pkg-a", "1.0"))
+    assert json.loads(nodeinfo.read_text())["layout"] == 2
+    context.close()
+
+
+def test_an_old_record_keeps_its_links_when_a_file_is_added(context):
+    from devpi_tx.model import releases
+
+    with context.storage.transaction() as tx:
+        releases.ensure_project(tx, "root/pypi", "old")
+        link = {
+            "rel": "releasefile",
+            "basename": "old-1.0.tar.gz",
+            "relpath": "root/pypi/+f/aaa/bbb/old-1.0.tar.gz",
+            "sha256": "a" * 64,
+            "size": 1,
+            "last_modified": 1.0,
+            "log": [],
+        }
+        record = dict(releases.empty_record("old", "1.0"), **{"+links": [link]})
+        tx.set(releases.version_key("root/pypi", "old", "1.0"), record)
+    with context.storage.transaction() as tx:
+        releases.add_file(
+            tx, "root/pypi", True, {"name": "old", "version": "1.0"},
+            rel="releasefile", basename="old-1.0.zip", sha256="b" * 64, size=2, who="root",
+        )  # fmt: skip
+    links = releases.get_version(context.storage, "root/pypi", "old", "1.0")["+links"]
+    assert [x["basename"] for x in links] == ["old-1.0.tar.gz", "old-1.0.zip"]

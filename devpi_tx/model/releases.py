@@ -5,14 +5,21 @@ Keys in the state::
 
     project/<stage>/<project>            {"name": <display name>}
     version/<stage>/<project>/<version>  the version record: core metadata
-                                         plus "+links", one per file
+    link/<stage>/<project>/<version>/<basename>
+                                         one file of the version (a release
+                                         file, a doc zip, a tox result): an
+                                         upload writes its own key, not the
+                                         whole version again
     file/<stage>/<hash dir>/<basename>   what a +f URL points to
     gone/<stage>/<hash dir>/<basename>   a deleted file (answers 410)
     blob/<sha256>                        how many links use a stored blob
 
 <stage> is C{user/index}, <project> the normalised name, <hash dir> the
 C{+f/<sha[:3]>/<sha[3:16]>} part of the URL.  A version per key keeps an
-upload's write small however many versions a project has.
+upload's write small however many versions a project has, and a link per
+key however many files a version has.  Readers get a version's links as
+its record's C{"+links"} (L{get_version}, L{version_records}), oldest
+first.
 """
 
 from __future__ import annotations
@@ -65,6 +72,10 @@ def project_key(stage: str, project: str) -> str:
 
 def version_key(stage: str, project: str, version: str) -> str:
     return f"version/{stage}/{canonicalize_name(project)}/{version}"
+
+
+def link_key(stage: str, project: str, version: str, basename: str) -> str:
+    return f"link/{stage}/{canonicalize_name(project)}/{version}/{basename}"
 
 
 def hash_dir(sha256: str) -> str:
@@ -150,7 +161,6 @@ def metadata_from_form(fields: dict[str, list[str]]) -> dict:
 def empty_record(name: str, version: str) -> dict:
     record: dict = {key: [] if key in LIST_FIELDS else "" for key in METADATA_KEYS}
     record.update(name=name, version=version)
-    record["+links"] = []
     return record
 
 
@@ -169,13 +179,46 @@ def get_project(reader, stage: str, project: str) -> dict | None:
     return reader.get(project_key(stage, project))
 
 
+def _ordered(links: list[dict]) -> list[dict]:
+    return sorted(links, key=lambda link: (link.get("last_modified", 0), link["basename"]))
+
+
+def _with_links(record: dict, links: list[dict]) -> dict:
+    """
+    A version record as readers see it: its links under C{"+links"} (a
+    record from before links had keys of their own has them inline).
+    """
+    if "+links" in record:
+        return record
+    return dict(record, **{"+links": _ordered(links)})
+
+
 def version_records(reader, stage: str, project: str) -> dict[str, dict]:
-    prefix = f"version/{stage}/{canonicalize_name(project)}/"
-    return {key[len(prefix) :]: reader.get(key) for key in reader.keys(prefix)}
+    """
+    Every version record of a project on a stage, with its links: two
+    range scans however many versions and files there are.
+    """
+    name = canonicalize_name(project)
+    prefix = f"version/{stage}/{name}/"
+    records = {key[len(prefix) :]: reader.get(key) for key in reader.keys(prefix)}
+    links: dict[str, list[dict]] = {}
+    link_prefix = f"link/{stage}/{name}/"
+    for key in reader.keys(link_prefix):
+        version = key[len(link_prefix) :].split("/", 1)[0]
+        links.setdefault(version, []).append(reader.get(key))
+    return {version: _with_links(record, links.get(version, [])) for version, record in records.items()}
+
+
+def version_links(reader, stage: str, project: str, version: str) -> list[dict]:
+    prefix = link_key(stage, project, version, "")
+    return _ordered([reader.get(key) for key in reader.keys(prefix)])
 
 
 def get_version(reader, stage: str, project: str, version: str) -> dict | None:
-    return reader.get(version_key(stage, project, version))
+    record = reader.get(version_key(stage, project, version))
+    if record is None:
+        return None
+    return _with_links(record, [] if "+links" in record else version_links(reader, stage, project, version))
 
 
 def get_file(reader, path: str) -> dict | None:
@@ -220,19 +263,35 @@ def register(tx, stage: str, metadata: dict, *, replace: bool, save: bool = True
     version = check_version(metadata.get("version", ""))
     ensure_project(tx, stage, name)
     key = version_key(stage, name, version)
-    record = tx.get(key)
-    if record is None or replace:
-        links = record["+links"] if record else []
-        record = empty_record(name, version)
-        record["+links"] = links
-    record.update({k: v for k, v in metadata.items() if k not in ("name", "version")})
-    if save:
+    stored = tx.get(key)
+    if stored is not None and "+links" in stored:
+        _split(tx, stage, stored)  # keep the links of an old record
+        stored = tx.get(key)
+    record = empty_record(name, version) if stored is None or replace else dict(stored)
+    record.pop("+links", None)  # links have keys of their own
+    record.update({k: v for k, v in metadata.items() if k not in ("name", "version", "+links")})
+    if save and record != stored:
         tx.set(key, record)
     return record
 
 
-def _remove_link(tx, record: dict, link: dict, unused: set[str]) -> None:
+def _save_record(tx, stage: str, record: dict) -> None:
+    """
+    Store a version record (its metadata) if it changed: a file added to
+    a known version mostly leaves it as it was.
+    """
+    key = version_key(stage, record["name"], record["version"])
+    if tx.get(key) != record:
+        tx.set(key, record)
+
+
+def _remove_link(tx, stage: str, record: dict, link: dict, unused: set[str]) -> None:
+    """
+    Drop C{link} from C{record["+links"]} and the state, with the tox
+    results that belong to it.
+    """
     record["+links"].remove(link)
+    tx.delete(link_key(stage, record["name"], record["version"], link["basename"]))
     tx.delete(file_key(link["relpath"]))
     tx.set(gone_key(link["relpath"]), {"deleted": iso_time(time.time())})
     _decref(tx, link["sha256"], unused)
@@ -241,7 +300,7 @@ def _remove_link(tx, record: dict, link: dict, unused: set[str]) -> None:
             _decref(tx, link[extra], unused)
     # Tox results belong to the file they were run against.
     for other in [x for x in record["+links"] if x.get("for_relpath") == link["relpath"]]:
-        _remove_link(tx, record, other, unused)
+        _remove_link(tx, stage, record, other, unused)
 
 
 def add_file(
@@ -272,7 +331,7 @@ def add_file(
     """
     unused: set[str] = set()
     name, version = metadata["name"], metadata["version"]
-    record = get_version(tx, stage, name, version)
+    record = _migrated(tx, stage, name, version)
     existing = None
     if record is not None:
         for link in record["+links"]:
@@ -286,13 +345,16 @@ def add_file(
         if existing["sha256"] == sha256:
             return "identical", existing, unused
         raise Conflict(f"{basename} already exists in non-volatile index")
+    links = list(record["+links"]) if record is not None else []
     record = register(tx, stage, metadata, replace=False, save=False)
+    _save_record(tx, stage, record)
+    record = dict(record, **{"+links": links})
     overwrites = 0
     if existing is not None:
         # devpi's count: the earlier overwrites' counts plus this one.
         overwrites = sum(e.get("count", 0) for e in existing.get("log", []) if e["what"] == "overwrite") + 1
         current = next(x for x in record["+links"] if x["relpath"] == existing["relpath"])
-        _remove_link(tx, record, current, unused)
+        _remove_link(tx, stage, record, current, unused)
     path = path or relpath(stage, sha256, basename)
     now = time.time()
     link = {
@@ -310,8 +372,7 @@ def add_file(
         + [event or log_entry("upload", who, dst=stage)],
     }
     link.update(extra or {})
-    record["+links"].append(link)
-    tx.set(version_key(stage, name, version), record)
+    tx.set(link_key(stage, name, version, basename), link)
     entry = {
         "rel": rel,
         "project": canonicalize_name(name),
@@ -339,16 +400,15 @@ def delete_file(tx, stage: str, path: str, *, volatile: bool, force: bool) -> se
         raise NotFound(f"no file at {path}")
     if not volatile and not force:
         raise Forbidden("cannot delete file on non-volatile index")
-    record = get_version(tx, stage, entry["project"], entry["version"])
+    record = _migrated(tx, stage, entry["project"], entry["version"])
     unused: set[str] = set()
     link = next(x for x in record["+links"] if x["relpath"] == path)
-    _remove_link(tx, record, link, unused)
-    tx.set(version_key(stage, entry["project"], entry["version"]), record)
+    _remove_link(tx, stage, record, link, unused)
     return unused
 
 
 def delete_version(tx, stage: str, project: str, version: str, *, volatile: bool, force: bool) -> set[str]:
-    record = get_version(tx, stage, project, version)
+    record = _migrated(tx, stage, project, version)
     if record is None:
         raise NotFound(f"The version {version} of project {project} does not exist.")
     if not volatile and not force:
@@ -356,7 +416,7 @@ def delete_version(tx, stage: str, project: str, version: str, *, volatile: bool
     unused: set[str] = set()
     for link in list(record["+links"]):
         if link in record["+links"]:
-            _remove_link(tx, record, link, unused)
+            _remove_link(tx, stage, record, link, unused)
     tx.delete(version_key(stage, project, version))
     return unused
 
@@ -393,13 +453,13 @@ def set_yanked(tx, stage: str, path: str, reason: str | bool | None) -> dict:
     entry = get_file(tx, path)
     if entry is None:
         raise NotFound(f"no file at {path}")
-    record = get_version(tx, stage, entry["project"], entry["version"])
+    record = _migrated(tx, stage, entry["project"], entry["version"])
     link = next(x for x in record["+links"] if x["relpath"] == path)
     if reason is None or reason is False:
         link.pop("yanked", None)
     else:
         link["yanked"] = reason
-    tx.set(version_key(stage, entry["project"], entry["version"]), record)
+    tx.set(link_key(stage, record["name"], record["version"], link["basename"]), link)
     return link
 
 
@@ -416,3 +476,42 @@ def latest_version(reader, stage: str, project: str) -> str | None:
 
     versions = list(version_records(reader, stage, project))
     return max(versions, key=key) if versions else None
+
+
+# -- the layout of links ------------------------------------------------------------
+
+
+def _migrated(tx, stage: str, project: str, version: str) -> dict | None:
+    """
+    L{get_version}, for a writer: a record from before links had keys of
+    their own is moved to that layout first.
+    """
+    record = tx.get(version_key(stage, project, version))
+    if record is not None and "+links" in record:
+        _split(tx, stage, record)
+    return get_version(tx, stage, project, version)
+
+
+def _split(tx, stage: str, record: dict) -> None:
+    for link in record["+links"]:
+        tx.set(link_key(stage, record["name"], record["version"], link["basename"]), link)
+    tx.set(
+        version_key(stage, record["name"], record["version"]),
+        {k: v for k, v in record.items() if k != "+links"},
+    )
+
+
+def migrate_links(tx) -> int:
+    """
+    Give every file link of a state from before links had keys of their
+    own its key (run at start, in one transaction); return how many
+    version records were moved.
+    """
+    moved = 0
+    for key in tx.keys("version/"):
+        record = tx.get(key)
+        if record is not None and "+links" in record:
+            stage = "/".join(key.split("/")[1:3])
+            _split(tx, stage, record)
+            moved += 1
+    return moved

@@ -85,16 +85,16 @@ class PageCache:
             if kind == "user":
                 self.clear()
                 return
-            if kind in ("project", "version", "mirror"):
+            if kind in ("project", "version", "link", "mirror"):
                 # project/<user>/<index>/<name>, version/<user>/<index>/<name>/<v>,
-                # mirror/<user>/<index>/<name>
+                # link/<user>/<index>/<name>/<v>/<file>, mirror/<user>/<index>/<name>
                 parts = rest.split("/")
                 if len(parts) >= 3:
                     projects.add(parts[2])
                 # A project key is written when a project appears or goes
                 # (a mirror's page may be a name new to its cached list);
                 # a version of a known project leaves every list as it was.
-                names_changed = names_changed or kind != "version"
+                names_changed = names_changed or kind not in ("version", "link")
         for project in projects:
             self._drop_project(project)
         if names_changed:
