@@ -212,3 +212,43 @@ def test_an_old_record_keeps_its_links_when_a_file_is_added(context):
         )  # fmt: skip
     links = releases.get_version(context.storage, "root/pypi", "old", "1.0")["+links"]
     assert [x["basename"] for x in links] == ["old-1.0.tar.gz", "old-1.0.zip"]
+
+
+def test_a_large_listing_is_rendered_off_the_reactor_and_not_cached_if_it_moved(
+    client, context, dev, monkeypatch
+):
+    """
+    A list of many names is rendered by a worker thread (here: when the
+    test says); a project that appears meanwhile keeps the rendered page
+    out of the cache, and the next request shows it.
+    """
+    from twisted.internet.defer import Deferred
+
+    from devpi_tx.web import simplepages
+
+    monkeypatch.setattr(simplepages, "THREADED_LIST", 0)
+    upload(client, dev, "pkg-a", "1.0", *make_wheel("pkg-a", "1.0"))
+    jobs: list[tuple[Deferred, object]] = []
+
+    def later(f, *args):
+        d: Deferred = Deferred()
+        jobs.append((d, lambda: f(*args)))
+        return d
+
+    monkeypatch.setattr(context, "run_in_thread", later)
+    connection = client.connect()
+    connection.send(
+        b"GET /alice/dev/+simple/ HTTP/1.1\r\nHost: x\r\nAccept: application/vnd.pypi.simple.v1+json\r\n\r\n"
+    )
+    client.flush()
+    assert connection.received == b"" and len(jobs) == 1  # rendering, off the reactor
+    monkeypatch.undo()
+    upload(client, dev, "pkg-b", "1.0", *make_wheel("pkg-b", "1.0"))
+    d, job = jobs.pop()
+    d.callback(job())
+    client.flush()
+    assert connection.received.startswith(b"HTTP/1.1 200 OK")
+    assert b'"pkg-a"' in connection.received  # what was listed when it was asked for
+    # Not cached: the next request lists the new project.
+    listing = client.get("/alice/dev/+simple/", accept=PIP_ACCEPT).json["projects"]
+    assert sorted(p["name"] for p in listing) == ["pkg-a", "pkg-b"]

@@ -34,6 +34,9 @@ class PageCache:
         self._bytes = 0
         self._max_entries = max_entries
         self._max_bytes = max_bytes
+        #: Goes up whenever project lists are dropped: a list rendered off
+        #: the reactor is cached only if it did not move meanwhile.
+        self.generation = 0
 
     def get(self, key: tuple) -> Page | None:
         page = self._pages.get(key)
@@ -62,6 +65,7 @@ class PageCache:
                 del self._by_project[key[1]]
 
     def clear(self) -> None:
+        self.generation += 1
         self._pages.clear()
         self._by_project.clear()
         self._bytes = 0
@@ -70,6 +74,7 @@ class PageCache:
         """
         Drop every page of C{project} and every project list.
         """
+        self.generation += 1
         for name in {None, project}:
             for key in list(self._by_project.get(name, ())):
                 self._drop(key)
@@ -101,6 +106,8 @@ class PageCache:
             self._drop_project(None)
 
     def _drop_project(self, project: str | None) -> None:
+        if project is None:
+            self.generation += 1
         for key in list(self._by_project.get(project, ())):
             self._drop(key)
 
