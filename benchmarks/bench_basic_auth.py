@@ -129,6 +129,8 @@ class Server:
     """
 
     name = "?"
+    #: Seconds between the /+api polls of L{start}.
+    poll_interval = 0.2
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -174,7 +176,7 @@ class Server:
                     return
             except OSError:
                 pass
-            time.sleep(0.2)
+            time.sleep(self.poll_interval)
         raise TimeoutError(f"{self.name} did not answer /+api in {START_TIMEOUT_S:.0f}s")
 
     def log_tail(self, lines: int = 30) -> str:

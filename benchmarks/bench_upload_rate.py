@@ -96,11 +96,12 @@ def wheel_bytes(project: str, version: str, payload: bytes) -> bytes:
     return buf.getvalue()
 
 
-def upload_body(project: str, version: str, content: bytes) -> tuple[bytes, str]:
+def upload_body(project: str, version: str, content: bytes, filename: str | None = None) -> tuple[bytes, str]:
     """
-    twine's multipart/form-data body for one wheel; returns (body, content type).
+    twine's multipart/form-data body for one wheel (named as pip names a
+    pure-Python wheel unless C{filename} is given); returns (body, content type).
     """
-    filename = f"{project.replace('-', '_')}-{version}-py3-none-any.whl"
+    filename = filename or f"{project.replace('-', '_')}-{version}-py3-none-any.whl"
     fields = {
         ":action": "file_upload",
         "protocol_version": "1",
