@@ -137,12 +137,19 @@ def test_known_pairs_expire(throttle, clock):
 
 
 def test_attempts_being_checked_count_as_failures(throttle):
-    for _ in range(5):
+    # A pair that has not failed may check several at once (parallel
+    # uploads with the right password), up to what one address may.
+    for _ in range(20):
         assert throttle.attempt_allowed("alice", "10.0.0.1") is None
-    # Five checks in flight: a sixth waits for them.
     assert throttle.attempt_allowed("alice", "10.0.0.1") == 1
-    throttle.succeeded("alice", "10.0.0.1")
+    for _ in range(20):
+        throttle.succeeded("alice", "10.0.0.1")
+    # Once the pair has failed, its checks in flight count too: two more
+    # failures would reach its threshold of five.
+    fail(throttle, times=3)
     assert throttle.attempt_allowed("alice", "10.0.0.1") is None
+    assert throttle.attempt_allowed("alice", "10.0.0.1") is None
+    assert throttle.attempt_allowed("alice", "10.0.0.1") == 1
 
 
 def test_after_a_back_off_one_attempt_at_a_time(throttle, clock):

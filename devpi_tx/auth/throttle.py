@@ -17,7 +17,9 @@ after it, at most 60 s.  When a back-off has run out one attempt at a time
 is let through; a failure starts the next, longer one.  A key with no
 failure for 10 minutes is forgotten.  Attempts still being checked count
 as failures until they are decided, so that a client cannot start a
-thousand checks at once before the first has failed.
+thousand checks at once before the first has failed (for a user and
+address that have not failed, only against the address's and the user's
+thresholds: parallel uploads with the right password are not refused).
 
 Whom each key blocks:
 
@@ -128,12 +130,12 @@ class _Record:
     def stale(self, now: float, quiet: float) -> bool:
         return self.pending == 0 and now >= max(self.last_failure + quiet, self.blocked_until)
 
-    def wait(self, now: float, threshold: int, base: float) -> float:
+    def wait(self, now: float, threshold: int, base: float, count_pending: bool = True) -> float:
         if self.blocked_until > now:
             return self.blocked_until - now
         # Attempts being checked count as failures: one at a time past the
         # threshold.
-        if self.pending >= max(1, threshold - self.failures):
+        if count_pending and self.pending >= max(1, threshold - self.failures):
             return base
         return 0.0
 
@@ -224,7 +226,11 @@ class PasswordThrottle:
                 continue
             record = counts.find(key, now)
             if record is not None:
-                wait = max(wait, record.wait(now, counts.threshold, self.limits.base))
+                # A pair that has not failed may check several passwords at
+                # once (parallel uploads with the right one); the address's
+                # and the user's counts still bound what is in flight.
+                count_pending = counts is not self._pairs or record.failures > 0
+                wait = max(wait, record.wait(now, counts.threshold, self.limits.base, count_pending))
         if wait > 0:
             return wait
         for counts, key in self._keys(user, address):
