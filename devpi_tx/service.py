@@ -31,6 +31,7 @@ from .model import releases
 from .model.acl import Policy, parse_restrict_modify
 from .model.blobs import BlobLedger
 from .model.memo import StateMemo
+from .model.names_index import ProjectNames
 from .pipconfig import default_mirror_url
 from .serverdir import LAYOUT, ensure_secret, initialize, is_initialized, read_nodeinfo, write_nodeinfo
 from .storage.files import LocalFileStore
@@ -174,6 +175,7 @@ def build_context(
             on_change=lambda: page_cache.invalidate_project(None),
         ),
         blobs=blobs,
+        project_names=ProjectNames(storage),
     )
 
 

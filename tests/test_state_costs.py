@@ -71,7 +71,8 @@ def test_a_new_version_of_a_known_project_keeps_the_listing_and_index_json(clien
     listing = client.get("/alice/dev/+simple/", accept=PIP_ACCEPT)
     assert sorted(p["name"] for p in listing.json["projects"]) == ["pkg-a", "pkg-b"]
     assert client.get("/alice/dev").json["result"]["projects"] == ["pkg-a", "pkg-b"]
-    assert listed
+    # The names are kept from the commits, not read from the state again.
+    assert listed == []
 
 
 def test_the_index_json_is_compact(client, dev):
@@ -252,3 +253,45 @@ def test_a_large_listing_is_rendered_off_the_reactor_and_not_cached_if_it_moved(
     # Not cached: the next request lists the new project.
     listing = client.get("/alice/dev/+simple/", accept=PIP_ACCEPT).json["projects"]
     assert sorted(p["name"] for p in listing) == ["pkg-a", "pkg-b"]
+
+
+def test_the_names_of_an_index_follow_the_commits(client, context, dev):
+    from devpi_tx.model.names_index import ProjectNames
+
+    names = ProjectNames(context.storage)
+    assert names.get("alice/dev") == []
+    for project in ("pkg-b", "pkg-a", "pkg-c"):
+        upload(client, dev, project, "1.0", *make_wheel(project, "1.0"))
+    assert names.get("alice/dev") == ["pkg-a", "pkg-b", "pkg-c"]
+    assert client.request("DELETE", "/alice/dev/pkg-b", headers=dev).code == 200
+    assert names.get("alice/dev") == ["pkg-a", "pkg-c"]
+    # An index deleted (a user/ key): everything is read again when asked.
+    assert client.request("DELETE", "/alice/dev", headers=dev).code == 201
+    assert names.get("alice/dev") == []
+
+
+def test_a_large_index_json_is_encoded_off_the_reactor(client, context, dev, monkeypatch):
+    from twisted.internet.defer import Deferred
+
+    from devpi_tx.web import api
+
+    monkeypatch.setattr(api, "THREADED_LIST", 0)
+    upload(client, dev, "pkg-a", "1.0", *make_wheel("pkg-a", "1.0"))
+    jobs: list = []
+
+    def later(f, *args):
+        d: Deferred = Deferred()
+        jobs.append((d, lambda: f(*args)))
+        return d
+
+    monkeypatch.setattr(context, "run_in_thread", later)
+    connection = client.connect()
+    connection.send(b"GET /alice/dev HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n\r\n")
+    client.flush()
+    assert connection.received == b"" and len(jobs) == 1
+    d, job = jobs.pop()
+    d.callback(job())
+    client.flush()
+    assert connection.received.startswith(b"HTTP/1.1 200 OK")
+    assert b'"projects":["pkg-a"]' in connection.received
+    )

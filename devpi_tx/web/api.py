@@ -29,6 +29,7 @@ from .pagecache import Page
 from .releases import ReleaseRoutes
 from .render import dump_json, envelope, error, send_json
 from .router import app
+from .simplepages import THREADED_LIST
 
 log = Logger(namespace="devpi_tx.api")
 
@@ -312,14 +313,23 @@ class DevpiAPI(ReleaseRoutes):
                 key = (stage, None, "indexconfig")
                 page = self.ctx.page_cache.get(key)
                 if page is None:
-                    config["projects"] = releases.project_names(self.ctx.storage, stage)
-                    body = dump_json(
-                        {"type": "indexconfig", "result": indexes.public_config(config)}, compact=True
-                    )
-                    page = Page(body, "", "application/json")
+                    config["projects"] = list(self.ctx.project_names.get(stage))
+                    data = {"type": "indexconfig", "result": indexes.public_config(config)}
+                    if len(config["projects"]) > THREADED_LIST:
+                        # Many names: encoded by a worker thread.
+                        return ensureDeferred(self._threaded_index_json(request, key, data))
+                    page = Page(dump_json(data, compact=True), "", "application/json")
                     self.ctx.page_cache.put(key, page)
                 return send_json(request, page.body)
         return envelope(request, type="indexconfig", result=indexes.public_config(config))
+
+    async def _threaded_index_json(self, request: IRequest, key: tuple, data: dict) -> bytes:
+        cache = self.ctx.page_cache
+        generation = cache.generation
+        body = await self.ctx.run_in_thread(lambda: dump_json(data, compact=True))
+        if cache.generation == generation:
+            cache.put(key, Page(body, "", "application/json"))
+        return send_json(request, body)
 
     async def _mirror_index_json(self, request: IRequest, stage: str, config: dict):
         rendered = await self.ctx.list_pages.index_json(

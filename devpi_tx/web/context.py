@@ -24,10 +24,11 @@ from ..mirror.files import MirrorFiles
 from ..mirror.http import UpstreamHTTP
 from ..mirror.pages import MirrorPages
 from ..mirror.projectlist import ProjectLists
-from ..model import releases, stages
+from ..model import stages
 from ..model.acl import Policy
 from ..model.blobs import BlobLedger
 from ..model.memo import StateMemo
+from ..model.names_index import ProjectNames
 from .derivedblobs import DerivedBlobs
 from .listpages import ListPages
 from .pagecache import PageCache
@@ -65,6 +66,7 @@ class ServerContext:
     mirror_files: MirrorFiles
     project_lists: ProjectLists
     blobs: BlobLedger
+    project_names: ProjectNames
     started: float = attrs.field(factory=time.time)
 
     # The ledger's holds and sound blobs, as tests and older callers know them.
@@ -90,7 +92,7 @@ class ServerContext:
         sources: list[tuple[str, list[str] | str]] = []
         for stage in stages.resolution_order(self.storage, stagename):
             if not stage.is_mirror:
-                sources.append((stage.name, releases.project_names(self.storage, stage.name)))
+                sources.append((stage.name, self.project_names.get(stage.name)))
             elif not stage.config.get("mirror_no_project_list") and self.project_lists.has_list(stage.name):
                 sources.append((stage.name, self.project_lists.path(stage.name)))
             else:
