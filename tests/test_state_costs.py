@@ -294,4 +294,3 @@ def test_a_large_index_json_is_encoded_off_the_reactor(client, context, dev, mon
     client.flush()
     assert connection.received.startswith(b"HTTP/1.1 200 OK")
     assert b'"projects":["pkg-a"]' in connection.received
-    )
