@@ -294,3 +294,32 @@ def test_a_large_index_json_is_encoded_off_the_reactor(client, context, dev, mon
     client.flush()
     assert connection.received.startswith(b"HTTP/1.1 200 OK")
     assert b'"projects":["pkg-a"]' in connection.received
+
+
+def test_an_upload_into_a_version_of_many_files_reads_none_of_the_others(client, context, dev, monkeypatch):
+    for n in range(30):
+        name = f"pkg_a-1.0-{n}-py3-none-any.whl"
+        upload(client, dev, "pkg-a", "1.0", name, make_wheel("pkg-a", "1.0", payload=b"%d" % n)[1])
+    scans: list[str] = []
+    keys = context.storage.keys
+
+    def counted(prefix):
+        if prefix.startswith("link/"):
+            scans.append(prefix)
+        return keys(prefix)
+
+    monkeypatch.setattr(context.storage, "keys", counted)
+    read: list[str] = []
+    encoded = context.storage._encoded
+
+    def counted_read(key):
+        if key.startswith("link/"):
+            read.append(key)
+        return encoded(key)
+
+    monkeypatch.setattr(context.storage, "_encoded", counted_read)
+    name = "pkg_a-1.0-99-py3-none-any.whl"
+    assert upload(client, dev, "pkg-a", "1.0", name, make_wheel("pkg-a", "1.0", payload=b"99")[1]).code == 200
+    assert scans == []
+    assert read == [f"link/alice/dev/pkg-a/1.0/{name}"]  # its own key only
+    assert len(client.get("/alice/dev/pkg-a/1.0").json["result"]["+links"]) == 31

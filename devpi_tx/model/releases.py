@@ -331,28 +331,28 @@ def add_file(
     """
     unused: set[str] = set()
     name, version = metadata["name"], metadata["version"]
-    record = _migrated(tx, stage, name, version)
+    stored = tx.get(version_key(stage, name, version))
+    if stored is not None and "+links" in stored:
+        _split(tx, stage, stored)  # a record of the old layout
     existing = None
-    if record is not None:
-        for link in record["+links"]:
-            same = link["basename"] == basename and link["rel"] == rel
-            if rel == "doczip":
-                same = link["rel"] == "doczip"
-            if same:
-                existing = link
-                break
+    if stored is not None and rel == "doczip":
+        # One doc zip per version, whatever it was named.
+        existing = next((x for x in version_links(tx, stage, name, version) if x["rel"] == "doczip"), None)
+    elif stored is not None:
+        # The file's own key: no need to read the version's other files.
+        existing = tx.get(link_key(stage, name, version, basename))
     if existing is not None and not volatile:
         if existing["sha256"] == sha256:
             return "identical", existing, unused
         raise Conflict(f"{basename} already exists in non-volatile index")
-    links = list(record["+links"]) if record is not None else []
     record = register(tx, stage, metadata, replace=False, save=False)
     _save_record(tx, stage, record)
-    record = dict(record, **{"+links": links})
     overwrites = 0
     if existing is not None:
         # devpi's count: the earlier overwrites' counts plus this one.
         overwrites = sum(e.get("count", 0) for e in existing.get("log", []) if e["what"] == "overwrite") + 1
+        # Its tox results go with it: the version's links are read now.
+        record = dict(record, **{"+links": version_links(tx, stage, name, version)})
         current = next(x for x in record["+links"] if x["relpath"] == existing["relpath"])
         _remove_link(tx, stage, record, current, unused)
     path = path or relpath(stage, sha256, basename)
