@@ -288,7 +288,7 @@ def test_a_push_to_this_server_without_credentials_is_refused(posturl):
         "https://127.0.0.1/",
         "http://10.0.0.6:3141/",
         "http://devpi.example.com/",  # port 80, the outside URL is 443
-        "https://upload.pypi.org/legacy/",
+        "https://uploads.example.org/legacy/",  # a remote repository
         "http://localhost.example.com:3141/",
     ],
 )
