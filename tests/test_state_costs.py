@@ -215,6 +215,24 @@ def test_an_old_record_keeps_its_links_when_a_file_is_added(context):
     assert [x["basename"] for x in links] == ["old-1.0.tar.gz", "old-1.0.zip"]
 
 
+def held_jobs(monkeypatch, context) -> list:
+    """
+    Work the server hands to a worker thread, held until the test runs it:
+    a list of (Deferred, job) to fire with C{d.callback(job())}.
+    """
+    from twisted.internet.defer import Deferred
+
+    jobs: list = []
+
+    def later(f, *args):
+        d: Deferred = Deferred()
+        jobs.append((d, lambda: f(*args)))
+        return d
+
+    monkeypatch.setattr(context, "run_in_thread", later)
+    return jobs
+
+
 def test_a_large_listing_is_rendered_off_the_reactor_and_not_cached_if_it_moved(
     client, context, dev, monkeypatch
 ):
@@ -223,20 +241,11 @@ def test_a_large_listing_is_rendered_off_the_reactor_and_not_cached_if_it_moved(
     test says); a project that appears meanwhile keeps the rendered page
     out of the cache, and the next request shows it.
     """
-    from twisted.internet.defer import Deferred
-
     from devpi_tx.web import simplepages
 
     monkeypatch.setattr(simplepages, "THREADED_LIST", 0)
     upload(client, dev, "pkg-a", "1.0", *make_wheel("pkg-a", "1.0"))
-    jobs: list[tuple[Deferred, object]] = []
-
-    def later(f, *args):
-        d: Deferred = Deferred()
-        jobs.append((d, lambda: f(*args)))
-        return d
-
-    monkeypatch.setattr(context, "run_in_thread", later)
+    jobs = held_jobs(monkeypatch, context)
     connection = client.connect()
     connection.send(
         b"GET /alice/dev/+simple/ HTTP/1.1\r\nHost: x\r\nAccept: application/vnd.pypi.simple.v1+json\r\n\r\n"
@@ -271,20 +280,11 @@ def test_the_names_of_an_index_follow_the_commits(client, context, dev):
 
 
 def test_a_large_index_json_is_encoded_off_the_reactor(client, context, dev, monkeypatch):
-    from twisted.internet.defer import Deferred
-
     from devpi_tx.web import api
 
     monkeypatch.setattr(api, "THREADED_LIST", 0)
     upload(client, dev, "pkg-a", "1.0", *make_wheel("pkg-a", "1.0"))
-    jobs: list = []
-
-    def later(f, *args):
-        d: Deferred = Deferred()
-        jobs.append((d, lambda: f(*args)))
-        return d
-
-    monkeypatch.setattr(context, "run_in_thread", later)
+    jobs = held_jobs(monkeypatch, context)
     connection = client.connect()
     connection.send(b"GET /alice/dev HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n\r\n")
     client.flush()

@@ -251,13 +251,12 @@ def ensure_project(tx, stage: str, name: str) -> None:
         tx.set(project_key(stage, name), {"name": name})
 
 
-def register(tx, stage: str, metadata: dict, *, replace: bool, save: bool = True) -> dict:
+def register(tx, stage: str, metadata: dict, *, replace: bool) -> dict:
     """
-    Create or update a version record from form metadata.  With
-    C{replace} (C{:action=submit}) missing keys are reset to empty;
-    otherwise only the keys given change.  Without C{save} the caller
-    stores the record it gets back (having changed it further), so that
-    it is encoded once.
+    Create or update a version record from form metadata, writing it only
+    if it changed (a file added to a known version mostly leaves it as it
+    was).  With C{replace} (C{:action=submit}) missing keys are reset to
+    empty; otherwise only the keys given change.
     """
     name = check_project_name(metadata.get("name", ""))
     version = check_version(metadata.get("version", ""))
@@ -270,19 +269,9 @@ def register(tx, stage: str, metadata: dict, *, replace: bool, save: bool = True
     record = empty_record(name, version) if stored is None or replace else dict(stored)
     record.pop("+links", None)  # links have keys of their own
     record.update({k: v for k, v in metadata.items() if k not in ("name", "version", "+links")})
-    if save and record != stored:
+    if record != stored:
         tx.set(key, record)
     return record
-
-
-def _save_record(tx, stage: str, record: dict) -> None:
-    """
-    Store a version record (its metadata) if it changed: a file added to
-    a known version mostly leaves it as it was.
-    """
-    key = version_key(stage, record["name"], record["version"])
-    if tx.get(key) != record:
-        tx.set(key, record)
 
 
 def _remove_link(tx, stage: str, record: dict, link: dict, unused: set[str]) -> None:
@@ -345,8 +334,7 @@ def add_file(
         if existing["sha256"] == sha256:
             return "identical", existing, unused
         raise Conflict(f"{basename} already exists in non-volatile index")
-    record = register(tx, stage, metadata, replace=False, save=False)
-    _save_record(tx, stage, record)
+    record = register(tx, stage, metadata, replace=False)  # written only if it changed
     overwrites = 0
     if existing is not None:
         # devpi's count: the earlier overwrites' counts plus this one.

@@ -98,24 +98,12 @@ class DevpiAPI(ReleaseRoutes):
 
     @app.handle_errors(RouteNotFound)
     def not_found(self, request: IRequest, failure) -> bytes:
+        # (An encoded slash never gets here: DevpiRequest refuses it first.)
         path = request.path.decode("utf-8", "replace")
-        return self._encoded_slash(request) or error(request, 404, f"no such resource: {path}")
-
-    def _encoded_slash(self, request: IRequest) -> bytes | None:
-        """
-        An encoded slash is decoded before routing, so a name with one never
-        reaches the handler that would name the problem; name it here.
-        """
-        path = request.path.decode("utf-8", "replace")
-        if "%2f" in path.lower():
-            return error(request, 400, f"names cannot contain '/': {path}")
-        return None
+        return error(request, 404, f"no such resource: {path}")
 
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request: IRequest, failure) -> bytes:
-        slash = self._encoded_slash(request)
-        if slash is not None:
-            return slash
         allowed = failure.value.valid_methods or []
         request.setHeader("Allow", ", ".join(allowed))
         return error(request, 405, f"method {request.method.decode()} not allowed here")

@@ -79,6 +79,9 @@ class SimpleRoutes(StageHelpers):
     async def _threaded_list(self, request: IRequest, key: tuple, stage: str, fmt: str, sources) -> bytes:
         cache = self.ctx.page_cache
         generation = cache.generation
+        # The thread gets its own copies: the names index changes with the
+        # next commit, on the reactor, while the thread reads.
+        sources = [(name, list(names) if isinstance(names, list) else names) for name, names in sources]
         page = await self.ctx.run_in_thread(_list_page, fmt, stage, sources)
         if cache.generation == generation:
             # No list was dropped meanwhile: the page is still what it shows.

@@ -27,6 +27,7 @@ log = Logger(namespace="devpi_tx.site")
 METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS", b"PUSH"})
 #: A Host header: a name of labels up to 63 characters, an IPv4 address or
 #: a bracketed IPv6 one, and a port.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LABEL = rb"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOST = re.compile(rb"(?:" + _LABEL + rb"(?:\." + _LABEL + rb")*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
@@ -126,7 +127,7 @@ class DevpiRequest(Request):
             decoded = unquote_to_bytes(path).decode("utf-8")
         except UnicodeDecodeError:
             return 400, "the request path is not UTF-8"
-        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in decoded):
+        if _CONTROL.search(decoded):
             return 400, "the request path holds control characters"
         host = self.requestHeaders.getRawHeaders(b"host")
         if host is not None and (len(host) > 1 or not _HOST.fullmatch(host[0])):
