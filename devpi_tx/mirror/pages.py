@@ -260,6 +260,9 @@ class MirrorPages:
         page = self.cached(stage.name, project)
         if page is None:
             return [], []
+        return self._shown(stage, page), list(page.get("versions", []))
+
+    def _shown(self, stage: Stage, page: dict) -> list[dict]:
         links = []
         for link in page["links"]:
             shown = {
@@ -291,7 +294,7 @@ class MirrorPages:
                 if link.get(source) is not None:
                     shown[target] = link[source]
             links.append(shown)
-        return links, list(page.get("versions", []))
+        return links
 
     def version_records(self, stage: Stage, project: str) -> dict[str, dict] | None:
         """
@@ -301,10 +304,11 @@ class MirrorPages:
         a log); L{None} when nothing is cached.  Files whose name shows no
         version are left out, as devpi leaves them out.
         """
-        if self.cached(stage.name, project) is None:
+        page = self.cached(stage.name, project)
+        if page is None:
             return None
         records: dict[str, dict] = {}
-        for link in self.links(stage, project)[0]:
+        for link in self._shown(stage, page):
             version = version_of(link["basename"])
             if version is None:
                 continue
