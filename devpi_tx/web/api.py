@@ -21,15 +21,14 @@ from ..auth.throttle import Throttled
 from ..model import indexes, releases, users
 from ..model.errors import InvalidInput, ModelError
 from ..model.names import check_indexname, check_username
-from . import simple
+from . import namepages, simple
 from .context import ServerContext
 from .credentials import Authenticator, AuthResult, too_many_attempts
 from .negotiation import has_flag, read_json, wants_json
 from .pagecache import Page
 from .releases import ReleaseRoutes
-from .render import dump_json, envelope, error, send_json
+from .render import envelope, error, send_json
 from .router import app
-from .simplepages import THREADED_LIST
 
 log = Logger(namespace="devpi_tx.api")
 
@@ -301,23 +300,12 @@ class DevpiAPI(ReleaseRoutes):
                 key = (stage, None, "indexconfig")
                 page = self.ctx.page_cache.get(key)
                 if page is None:
-                    config["projects"] = list(self.ctx.project_names.get(stage))
-                    data = {"type": "indexconfig", "result": indexes.public_config(config)}
-                    if len(config["projects"]) > THREADED_LIST:
-                        # Many names: encoded by a worker thread.
-                        return ensureDeferred(self._threaded_index_json(request, key, data))
-                    page = Page(dump_json(data, compact=True), "", "application/json")
+                    names = self.ctx.project_names.get(stage)
+                    body = namepages.index_json(indexes.public_config(config), names)
+                    page = Page(body, "", "application/json")
                     self.ctx.page_cache.put(key, page)
                 return send_json(request, page.body)
         return envelope(request, type="indexconfig", result=indexes.public_config(config))
-
-    async def _threaded_index_json(self, request: IRequest, key: tuple, data: dict) -> bytes:
-        cache = self.ctx.page_cache
-        generation = cache.generation
-        body = await self.ctx.run_in_thread(lambda: dump_json(data, compact=True))
-        if cache.generation == generation:
-            cache.put(key, Page(body, "", "application/json"))
-        return send_json(request, body)
 
     async def _mirror_index_json(self, request: IRequest, stage: str, config: dict):
         rendered = await self.ctx.list_pages.index_json(

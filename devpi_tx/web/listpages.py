@@ -91,12 +91,12 @@ def merged_names(sources: list[Source]) -> Iterator[tuple[str, Iterable[str]]]:
     """
     listed: set[str] = set()
     for position, (stage, names) in enumerate(sources):
-        remember = isinstance(names, list) or position < len(sources) - 1
+        remember = not isinstance(names, str) or position < len(sources) - 1
         yield stage, _unlisted(_names_of(names), listed, remember)
 
 
-def _names_of(names: list[str] | str) -> Iterable[str]:
-    if isinstance(names, list):
+def _names_of(names: Iterable[str] | str) -> Iterable[str]:
+    if not isinstance(names, str):
         yield from names
         return
     with open(names, encoding="utf-8") as lines:
@@ -145,7 +145,7 @@ class ListPages:
     @staticmethod
     def _token(sources: list[Source]) -> tuple:
         return tuple(
-            (stage, tuple(names) if isinstance(names, list) else (names, os.stat(names).st_mtime_ns))
+            (stage, (names, os.stat(names).st_mtime_ns) if isinstance(names, str) else tuple(names))
             for stage, names in sources
         )
 

@@ -14,8 +14,10 @@ from twisted.web.iweb import IRequest
 
 from ..mirror.pages import MirrorUnavailable
 from ..model import stages
+from ..model.names_index import SortedNames
 from . import simple
 from .listpages import merged_names
+from .namepages import list_page
 from .pagecache import Page
 from .render import error
 from .router import app
@@ -66,6 +68,11 @@ class SimpleRoutes(StageHelpers):
         page = self.ctx.page_cache.get(key)
         if page is None:
             sources = self.ctx.list_sources(stage)
+            if len(sources) == 1 and isinstance(sources[0][1], SortedNames):
+                # The index's own names only: put together from pieces.
+                page = list_page(fmt, stage, sources[0][1])
+                self.ctx.page_cache.put(key, page)
+                return self._send_page(request, page)
             if any(isinstance(names, str) for _, names in sources):
                 # An upstream's list: written to disk by a thread.
                 return ensureDeferred(self._large_list(request, stage, fmt, sources))
@@ -81,7 +88,7 @@ class SimpleRoutes(StageHelpers):
         generation = cache.generation
         # The thread gets its own copies: the names index changes with the
         # next commit, on the reactor, while the thread reads.
-        sources = [(name, list(names) if isinstance(names, list) else names) for name, names in sources]
+        sources = [(name, names if isinstance(names, str) else list(names)) for name, names in sources]
         page = await self.ctx.run_in_thread(_list_page, fmt, stage, sources)
         if cache.generation == generation:
             # No list was dropped meanwhile: the page is still what it shows.
