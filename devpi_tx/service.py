@@ -32,6 +32,7 @@ from .model.acl import Policy, parse_restrict_modify
 from .model.blobs import BlobLedger
 from .model.memo import StateMemo
 from .model.names_index import ProjectNames
+from .model.versions_memo import VersionsMemo
 from .pipconfig import default_mirror_url
 from .serverdir import LAYOUT, ensure_secret, initialize, is_initialized, read_nodeinfo, write_nodeinfo
 from .storage.files import LocalFileStore
@@ -176,6 +177,7 @@ def build_context(
         ),
         blobs=blobs,
         project_names=ProjectNames(storage),
+        versions=VersionsMemo(storage),
     )
 
 

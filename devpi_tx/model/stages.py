@@ -14,6 +14,7 @@ from packaging.utils import canonicalize_name
 
 from . import releases
 from .indexes import get_index, split_stagename
+from .versions_memo import VersionEntry, shown_links
 
 
 @attrs.frozen
@@ -63,10 +64,15 @@ class Contribution:
     links: list[dict]
     versions: list[str]
     reason: str
+    #: A private stage's links by version, when read from a
+    #: L{VersionsMemo} (renderers keep what they make from each).
+    groups: list[VersionEntry] | None = None
 
 
 #: How a mirror stage contributes links; filled in by the mirror package.
 MirrorLinks = Callable[[Stage, str], tuple[list[dict], list[str]]]
+#: A private stage's versions, committed and kept (L{VersionsMemo.entries}).
+OwnVersions = Callable[[str, str], dict[str, VersionEntry]]
 
 
 def _no_mirror_links(stage: Stage, project: str) -> tuple[list[dict], list[str]]:
@@ -82,13 +88,7 @@ def private_links(reader, stage: str, project: str) -> tuple[list[dict], list[st
     versions: list[str] = []
     for version, record in releases.version_records(reader, stage, project).items():
         versions.append(version)
-        for link in record.get("+links", []):
-            if link["rel"] != "releasefile":
-                continue
-            shown = dict(link)
-            if record.get("requires_python"):
-                shown["requires_python"] = record["requires_python"]
-            links.append(shown)
+        links.extend(shown_links(record))
     return links, versions
 
 
@@ -149,10 +149,14 @@ def project_contributions(
     project: str,
     mirror_links: MirrorLinks = _no_mirror_links,
     planned: Plan | None = None,
+    own_versions: OwnVersions | None = None,
 ) -> list[Contribution]:
     """
     For each stage of the chain: the links it contributes for C{project},
     and why (or why not); by C{planned}, the chain's L{plan}, if given.
+
+    @param own_versions: where private stages' versions are kept, if
+        C{reader} is the committed state (not a transaction).
     """
     project = canonicalize_name(project)
     if planned is None:
@@ -164,6 +168,12 @@ def project_contributions(
             continue
         if stage.is_mirror:
             links, versions = mirror_links(stage, project)
+        elif own_versions is not None:
+            entries = own_versions(stage.name, project)
+            groups = list(entries.values())
+            links = [link for entry in groups for link in entry.links]
+            result.append(Contribution(stage.name, links, list(entries), reason, groups))
+            continue
         else:
             links, versions = private_links(reader, stage.name, project)
         result.append(Contribution(stage.name, links, versions, reason))

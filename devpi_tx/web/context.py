@@ -29,6 +29,7 @@ from ..model.acl import Policy
 from ..model.blobs import BlobLedger
 from ..model.memo import StateMemo
 from ..model.names_index import ProjectNames
+from ..model.versions_memo import VersionsMemo
 from .derivedblobs import DerivedBlobs
 from .listpages import ListPages
 from .pagecache import PageCache
@@ -67,6 +68,7 @@ class ServerContext:
     project_lists: ProjectLists
     blobs: BlobLedger
     project_names: ProjectNames
+    versions: VersionsMemo
     started: float = attrs.field(factory=time.time)
 
     # The ledger's holds and sound blobs, as tests and older callers know them.

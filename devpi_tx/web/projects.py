@@ -103,7 +103,8 @@ class ProjectRoutes(StageHelpers):
                 record = releases.get_version(self.ctx.storage, source.name, project, only)
                 records = {only: record} if record is not None else {}
             else:
-                records = releases.version_records(self.ctx.storage, source.name, project)
+                entries = self.ctx.versions.entries(source.name, project)
+                records = {version: entry.record for version, entry in entries.items()}
             if only is not None and records:
                 records = {only: records[only]} if only in records else {}
             found = True

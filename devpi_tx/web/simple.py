@@ -183,28 +183,60 @@ def render_project(
     page_dir: str,
     absolute_base: str | None,
 ) -> bytes:
-    files = []
+    """
+    A project page from the links of each stage of the chain.
+
+    A private stage's links come by version (L{Contribution.groups}) when
+    read from the versions memo: each version's piece of the page is kept
+    with it, so that the page of a project of 4,000 versions, after an
+    upload, renders the new version's files and joins the rest.
+    """
+    pieces: list[bytes] = []
     # Each version once, in order of appearance: a dict, linear in the
     # versions (a list's membership test made it quadratic).
     versions: dict[str, None] = {}
     for contribution in contributions:
-        for link in contribution.links:
-            url = link_url(page_dir, link["relpath"], absolute_base)
-            files.append((contribution.stage, _file_entry(link, url)))
+        if contribution.groups is not None:
+            memo_key = (fmt, contribution.stage, page_dir, absolute_base)
+            for group in contribution.groups:
+                piece = group.derived.get(memo_key)
+                if piece is None:
+                    if len(group.derived) >= 4:
+                        group.derived.clear()  # pages of other paths: keep a few
+                    piece = group.derived[memo_key] = _piece(
+                        fmt, contribution.stage, group.links, page_dir, absolute_base
+                    )
+                if piece:
+                    pieces.append(piece)
+        elif contribution.links:
+            pieces.append(_piece(fmt, contribution.stage, contribution.links, page_dir, absolute_base))
         for version in contribution.versions:
             versions.setdefault(version)
     if fmt == JSON_V1:
-        return json.dumps(
-            {
-                "meta": {"api-version": API_VERSION},
-                "name": name,
-                "files": [entry for _, entry in files],
-                "versions": list(versions),
-            },
-            separators=(",", ":"),
-        ).encode("utf-8")
-    lines = [_html_head(f"{stagename}: links for {name}")]
-    for stage, entry in files:
+        head = b'{"meta":{"api-version":"' + API_VERSION.encode() + b'"},"name":' + json.dumps(name).encode()
+        return (
+            head
+            + b',"files":['
+            + b",".join(pieces)
+            + b'],"versions":'
+            + json.dumps(list(versions), separators=(",", ":")).encode("utf-8")
+            + b"}"
+        )
+    head = _html_head(f"{stagename}: links for {name}").encode("utf-8")
+    return b"\n".join([head, *pieces, b"</body></html>\n"])
+
+
+def _piece(fmt: str, stage: str, links: list[dict], page_dir: str, absolute_base: str | None) -> bytes:
+    """
+    The files of C{links} on a project page: JSON objects joined by commas,
+    or HTML lines joined by newlines.
+    """
+    entries = [_file_entry(link, link_url(page_dir, link["relpath"], absolute_base)) for link in links]
+    if fmt == JSON_V1:
+        return json.dumps(entries, separators=(",", ":"))[1:-1].encode("utf-8")
+    lines = []
+    escaped_stage = html.escape(stage)
+    for entry in entries:
         url = entry["url"]
         for algorithm, digest in entry["hashes"].items():
             url += f"#{algorithm}={digest}"
@@ -218,8 +250,7 @@ def render_project(
             meta = entry["core-metadata"]
             value = "true" if meta is True else "sha256=" + meta["sha256"]
             attrs.append(f'data-core-metadata="{value}" data-dist-info-metadata="{value}"')
-        lines.append(f"{html.escape(stage)} <a {' '.join(attrs)}>{html.escape(entry['filename'])}</a><br>")
-    lines.append("</body></html>\n")
+        lines.append(f"{escaped_stage} <a {' '.join(attrs)}>{html.escape(entry['filename'])}</a><br>")
     return "\n".join(lines).encode("utf-8")
 
 

@@ -137,7 +137,12 @@ class SimpleRoutes(StageHelpers):
         page = self.ctx.page_cache.get(key)
         if page is None:
             contributions = stages.project_contributions(
-                self.ctx.storage, stage, name, self.ctx.mirror_links, self._plan(stage, name)
+                self.ctx.storage,
+                stage,
+                name,
+                self.ctx.mirror_links,
+                self._plan(stage, name),
+                own_versions=self.ctx.versions.entries,
             )
             if not any(c.links or c.versions for c in contributions):
                 return error(request, 404, f"no project {project!r} on index {stage} or its bases")
