@@ -6,11 +6,14 @@ what each version rendered (L{devpi_tx.web.simple.render_project}).
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from devpi_tx.model import releases, stages
 from devpi_tx.model.versions_memo import VersionsMemo
 from devpi_tx.web import simple
+from devpi_tx.web.render import dump_json
 
 from .distfiles import make_wheel
 from .test_releases import PIP_ACCEPT, upload
@@ -110,3 +113,24 @@ def test_a_page_after_an_upload_renders_the_new_version_only(client, context, de
     page = client.get("/alice/dev/+simple/pkg/", accept=accept).body
     assert sorted(rendered) == [1, 1]
     assert page == page_without_memo(context, fmt)
+
+
+def test_project_json_after_an_upload_encodes_the_new_version_only(client, context, dev, monkeypatch):
+    from devpi_tx.web.projects import ProjectRoutes
+
+    uploaded(client, dev, [f"1.{n}" for n in range(12)])
+    first = client.get("/alice/dev/pkg", accept="application/json")
+    encoded: list[str] = []
+    record_json = ProjectRoutes._record_json
+
+    def counting(self, base, record):
+        encoded.append(record["version"])
+        return record_json(self, base, record)
+
+    monkeypatch.setattr(ProjectRoutes, "_record_json", counting)
+    uploaded(client, dev, ["1.4.1"])
+    answer = client.get("/alice/dev/pkg", accept="application/json")
+    assert encoded == ["1.4.1"]
+    assert set(answer.json["result"]) == {*first.json["result"], "1.4.1"}
+    # The same bytes as the whole answer encoded at once.
+    assert answer.body == dump_json(json.loads(answer.body), compact=True)

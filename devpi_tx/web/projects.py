@@ -7,6 +7,8 @@ rule at work.
 
 from __future__ import annotations
 
+import json
+
 from packaging.utils import canonicalize_name
 from twisted.internet.defer import ensureDeferred
 from twisted.web.iweb import IRequest
@@ -17,8 +19,9 @@ from ..model.errors import NotFound
 from . import simple
 from .negotiation import has_flag, wants_json
 from .pagecache import Page
-from .render import dump_json, envelope, error, send_json
+from .render import envelope, error, send_json
 from .router import app
+from .simple import MAX_DERIVED
 from .stagehelpers import StageHelpers
 
 
@@ -60,7 +63,13 @@ class ProjectRoutes(StageHelpers):
         return envelope(request, type="explain", result=result)
 
     async def _merged_versions(
-        self, request: IRequest, user: str, index: str, project: str, only: str | None = None
+        self,
+        request: IRequest,
+        user: str,
+        index: str,
+        project: str,
+        only: str | None = None,
+        derived: dict[str, dict] | None = None,
     ) -> dict:
         """
         The version records of a project over the index's chain (the
@@ -72,6 +81,10 @@ class ProjectRoutes(StageHelpers):
         A mirror that fails with nothing cached contributes nothing (as
         devpi, whose stale project list then lacks the project): the
         answer says so in a warning header, or in the 404's message.
+
+        @param derived: filled with the C{derived} slot of each version
+            read from the versions memo (what callers make from a version
+            can be kept there until it changes).
 
         @raise NotFound: no stage of the chain has the project.
         """
@@ -105,6 +118,9 @@ class ProjectRoutes(StageHelpers):
             else:
                 entries = self.ctx.versions.entries(source.name, project)
                 records = {version: entry.record for version, entry in entries.items()}
+                if derived is not None:
+                    for version, entry in entries.items():
+                        derived.setdefault(version, entry.derived)
             if only is not None and records:
                 records = {only: records[only]} if only in records else {}
             found = True
@@ -137,11 +153,26 @@ class ProjectRoutes(StageHelpers):
         page = self.ctx.page_cache.get(key)
         if page is not None and not self._mirrors_stale(f"{user}/{index}", name):
             return send_json(request, page.body)
-        merged = await self._merged_versions(request, user, index, name)
+        derived: dict[str, dict] = {}
+        merged = await self._merged_versions(request, user, index, name, derived=derived)
         page = self.ctx.page_cache.get(key)  # still valid if no mirror page changed
         if page is None:
-            result = {version: self._record_json(base, record) for version, record in merged.items()}
-            body = dump_json({"type": "projectconfig", "result": result}, compact=True)
+            # Each version's part kept with the version (if it comes from
+            # the memo): after an upload, one version is encoded again.
+            memo_key = ("projectconfig", base)
+            pieces = []
+            for version, record in merged.items():
+                slot = derived.get(version)
+                piece = None if slot is None else slot.get(memo_key)
+                if piece is None:
+                    shown = json.dumps(self._record_json(base, record), separators=(",", ":"))
+                    piece = (json.dumps(version) + ":" + shown).encode("utf-8")
+                    if slot is not None:
+                        if len(slot) >= MAX_DERIVED:
+                            slot.clear()
+                        slot[memo_key] = piece
+                pieces.append(piece)
+            body = b'{"type":"projectconfig","result":{' + b",".join(pieces) + b"}}\n"
             page = Page(body, "", "application/json")
             self.ctx.page_cache.put(key, page)
         return send_json(request, page.body)

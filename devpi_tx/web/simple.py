@@ -36,6 +36,10 @@ _FORMATS = {
     HTML_V1: HTML_V1,
     "text/html": "text/html",
 }
+#: What a version keeps of the pages it is part of (formats, paths,
+#: absolute bases): the common few.
+MAX_DERIVED = 8
+
 _INSTALLER = re.compile(r"([^ ]* )*(distribute|setuptools|pip|pex|uv)/.*")
 
 
@@ -201,7 +205,7 @@ def render_project(
             for group in contribution.groups:
                 piece = group.derived.get(memo_key)
                 if piece is None:
-                    if len(group.derived) >= 4:
+                    if len(group.derived) >= MAX_DERIVED:
                         group.derived.clear()  # pages of other paths: keep a few
                     piece = group.derived[memo_key] = _piece(
                         fmt, contribution.stage, group.links, page_dir, absolute_base
