@@ -65,7 +65,15 @@ def _piece(chunk: NameChunk, fmt: str) -> tuple[bytes, bytes]:
 
 def _assemble(head: bytes, separator: bytes, tail: bytes, names: SortedNames, fmt: str) -> tuple[bytes, str]:
     pieces = [_piece(chunk, fmt) for chunk in names.chunks]
-    body = head + separator.join(body for body, _ in pieces) + tail
+    parts = [head]
+    for body, _ in pieces:
+        parts.append(body)
+        parts.append(separator)
+    if pieces and separator:
+        parts.pop()
+    parts.append(tail)
+    # One copy of the page's bytes (concatenating the join copied it twice).
+    body = b"".join(parts)
     digest = hashlib.sha256(head + b"".join(digest for _, digest in pieces) + tail)
     return body, '"' + digest.hexdigest()[:32] + '"'
 
