@@ -218,10 +218,14 @@ def render_project(
             versions.setdefault(version)
     if fmt == JSON_V1:
         head = b'{"meta":{"api-version":"' + API_VERSION.encode() + b'"},"name":' + json.dumps(name).encode()
-        files = b",".join(pieces)
         tail = b'],"versions":' + json.dumps(list(versions), separators=(",", ":")).encode("utf-8") + b"}"
+        parts = [head, b',"files":[']
+        for piece in pieces:
+            parts += (piece, b",")
+        if pieces:
+            parts.pop()
         # One copy of the files' bytes: concatenating large bytes copies each time.
-        return b"".join([head, b',"files":[', files, tail])
+        return b"".join([*parts, tail])
     head = _html_head(f"{stagename}: links for {name}").encode("utf-8")
     return b"\n".join([head, *pieces, b"</body></html>\n"])
 
