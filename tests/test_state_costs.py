@@ -309,3 +309,25 @@ def test_an_upload_into_a_version_of_many_files_reads_none_of_the_others(client,
     assert scans == []
     assert read == [f"link/alice/dev/pkg-a/1.0/{name}"]  # its own key only
     assert len(client.get("/alice/dev/pkg-a/1.0").json["result"]["+links"]) == 31
+
+
+def test_user_json_is_kept_compact_until_a_user_changes(client, dev, monkeypatch):
+    from devpi_tx.model import users
+
+    made: list[str] = []
+    public_user = users.public_user
+
+    def counted(record):
+        made.append(record["username"])
+        return public_user(record)
+
+    monkeypatch.setattr(users, "public_user", counted)
+    first = client.get("/alice", accept="application/json")
+    assert client.get("/alice", accept="application/json").body == first.body
+    assert made == ["alice"] and b"\n " not in first.body
+    upload(client, dev, "pkg-a", "1.0", *make_wheel("pkg-a", "1.0"))  # not a user change
+    assert client.get("/alice", accept="application/json").json == first.json
+    assert client.request("PATCH", "/alice", {"email": "new@example.com"}, headers=dev).code == 200
+    assert client.get("/alice", accept="application/json").json["result"]["email"] == "new@example.com"
+    listed = client.get("/", accept="application/json").json["result"]
+    assert listed["alice"]["email"] == "new@example.com"

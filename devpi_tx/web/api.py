@@ -27,7 +27,7 @@ from .credentials import Authenticator, AuthResult, too_many_attempts
 from .negotiation import has_flag, read_json, wants_json
 from .pagecache import Page
 from .releases import ReleaseRoutes
-from .render import envelope, error, send_json
+from .render import dump_json, envelope, error, send_json
 from .router import app
 
 log = Logger(namespace="devpi_tx.api")
@@ -210,13 +210,33 @@ class DevpiAPI(ReleaseRoutes):
 
     @app.route("/", methods=["GET"])
     def user_list(self, request: IRequest):
-        return envelope(request, type="list:userconfig", result=users.list_users(self.ctx.storage))
+        return self._cached_json(
+            request,
+            ("+users", None, "list:userconfig"),
+            lambda: {"type": "list:userconfig", "result": users.list_users(self.ctx.storage)},
+        )
 
     @app.route("/<user>", methods=["GET"])
     @app.route("/<user>/", methods=["GET"])
     def user_get(self, request: IRequest, user: str):
         record = users.require_user(self.ctx.storage, user)
-        return envelope(request, type="userconfig", result=users.public_user(record))
+        return self._cached_json(
+            request,
+            (f"+user/{user}", None, "userconfig"),
+            lambda: {"type": "userconfig", "result": users.public_user(record)},
+        )
+
+    def _cached_json(self, request: IRequest, key: tuple, make) -> bytes:
+        """
+        A JSON answer kept in the page cache, compact (the C encoder), until
+        a commit changes a user record (which drops everything) or the
+        project names (which drop every key with no project).
+        """
+        page = self.ctx.page_cache.get(key)
+        if page is None:
+            page = Page(dump_json(make(), compact=True), "", "application/json")
+            self.ctx.page_cache.put(key, page)
+        return send_json(request, page.body)
 
     @app.route("/<user>", methods=["PUT"])
     @app.route("/<user>/", methods=["PUT"])
