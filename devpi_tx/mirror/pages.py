@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from twisted.logger import Logger
 
@@ -38,6 +38,12 @@ NOT_FOUND_TTL = 60.0
 #: wheels the download costs about what the extra request does, so their
 #: pages say nothing (their .metadata is still served when asked for).
 SYNTHESIZED_METADATA_MIN_SIZE = 8 * 1024 * 1024
+
+
+#: On a replica: ask the primary to bring a page up to date and wait until
+#: the replica has applied what it committed; whether upstream has the
+#: project.  Raises L{UpstreamError} when the primary fails.
+ViaPrimary = Callable[[Stage, str], Awaitable[bool]]
 
 
 #: How many projects' freshness (and upstream 404s) are remembered per
@@ -109,8 +115,16 @@ class MirrorPages:
         clock: Callable[[], float] = time.monotonic,
         metadata_min_size: int = SYNTHESIZED_METADATA_MIN_SIZE,
         max_remembered: int = MAX_REMEMBERED,
+        via_primary: ViaPrimary | None = None,
     ) -> None:
+        """
+        @param via_primary: on a replica, how a page is brought up to date:
+            the primary is asked (it fetches upstream and commits), and the
+            replica waits until it has applied that commit; a replica never
+            commits a page itself, as its serials are the primary's.
+        """
         self._storage = storage
+        self._via_primary = via_primary
         self._metadata_min_size = metadata_min_size
         self._client = client
         self._default_expiry = default_expiry
@@ -167,6 +181,8 @@ class MirrorPages:
         return await self._fetches.run(key, lambda: self._refresh(stage, project))
 
     async def _refresh(self, stage: Stage, project: str) -> str | None:
+        if self._via_primary is not None:
+            return await self._refresh_via_primary(stage, project)
         key = (stage.name, project)
         stored = self.cached(stage.name, project)
         url = stage.config.get("mirror_url", "")
@@ -215,6 +231,26 @@ class MirrorPages:
         if stored == page:
             return None
         self._store(stage.name, project, page, stored)
+        return None
+
+    async def _refresh_via_primary(self, stage: Stage, project: str) -> str | None:
+        key = (stage.name, project)
+        assert self._via_primary is not None
+        try:
+            found = await self._via_primary(stage, project)
+        except UpstreamError as exc:
+            log.warn("mirror {stage} through the primary: {error}", stage=stage.name, error=str(exc))
+            if self.cached(stage.name, project) is None:
+                raise MirrorUnavailable(
+                    f"the primary failed to answer for {stage.name}/{project}: {exc}",
+                    status=gateway_status(exc),
+                ) from None
+            return f"the primary failed, serving the cached page ({exc})"
+        if found:
+            self._checked[key] = self._clock()
+            self._missing.pop(key, None)
+        else:
+            self._missing[key] = self._clock() + NOT_FOUND_TTL
         return None
 
     def _store(self, stage: str, project: str, page: dict, stored: dict | None) -> None:
