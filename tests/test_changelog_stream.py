@@ -179,3 +179,19 @@ def test_stopping_the_feed_ends_streams_and_waits(primary):
     assert stream.complete and [e.serial for e in stream.entries()] == [1]
     assert waiting.status == 202
     assert primary.client.get("/+changelog/0", headers=primary.headers()).code == 503
+
+
+def test_a_stream_whose_read_fails_drops_the_connection(primary, monkeypatch):
+    primary.commit(0)
+    answer = primary.raw("/+changelog/1-")
+    assert [e.serial for e in answer.entries()] == [1]
+
+    def broken(start, max_bytes):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(primary.storage, "changelog_frames", broken)
+    primary.commit(1)
+    primary.client.flush()
+    assert answer.conn.closed and not answer.complete
+    assert [e.serial for e in answer.entries()] == [1]  # whole entries only
+    assert primary.feed.streams == set()

@@ -327,7 +327,17 @@ class ChangeStream:
 
     def _schedule(self) -> None:
         if self._write_call is None and not self.paused and not self.ended:
-            self._write_call = self._feed.clock.callLater(0, self._write)
+            self._write_call = self._feed.clock.callLater(0, self._turn)
+
+    def _turn(self) -> None:
+        try:
+            self._write()
+        except Exception:
+            # Nothing can be said to the client in the middle of a body:
+            # drop it (it keeps the whole entries it has) and end.
+            log.failure("changelog stream to replica {replica} failed", replica=self._replica)
+            self._stop()
+            self._request.channel.transport.abortConnection()
 
     def _write(self) -> None:
         """
