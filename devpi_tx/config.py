@@ -7,15 +7,26 @@ devpi-server's option names so that existing files and scripts keep working.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import attrs
 import yaml
 
+from .model.errors import InvalidInput
+from .model.names import check_indexname, check_username
+
 DEFAULT_SERVERDIR = "~/.devpi-tx/server"
 DEFAULT_MAX_BODY = 1024 * 1024 * 1024
 DEFAULT_MAX_JSON_BODY = 1024 * 1024
+
+#: The values of C{--role}, as the config keeps them (C{master} is read as
+#: C{primary}; C{auto} is resolved by L{build_config}).
+ROLES = ("auto", "standalone", "primary", "replica")
+#: Index types C{--file-replication-skip-indexes} may name besides indexes.
+SKIP_INDEX_TYPES = frozenset({"all", "mirror", "stage"})
 
 
 class ConfigError(Exception):
@@ -37,8 +48,17 @@ class ServerConfig:
     request_timeout: float = 5.0
     offline_mode: bool = False
     debug: bool = False
+    #: One of L{ROLES}; never C{auto} once L{build_config} made the config.
     role: str = "auto"
     primary_url: str | None = None
+    replica_max_retries: int = 0
+    replica_file_search_path: str | None = None
+    hard_links: bool = False
+    file_replication_threads: int = 5
+    #: Index names (C{user/index}), index types (C{mirror}, C{stage}) or C{all}.
+    file_replication_skip_indexes: tuple[str, ...] = ()
+    proxy_timeout: float = 30.0
+    replica_cert: str | None = None
     logger_cfg: str | None = None
     access_log: str = "-"
     mirror_url: str | None = None
@@ -62,6 +82,16 @@ class ServerConfig:
         return (f"tcp:{self.port}:interface={host}",)
 
     @property
+    def effective_role(self) -> str:
+        """
+        C{standalone}, C{primary} or C{replica}: C{auto} means replica if
+        a primary URL is given, else standalone.
+        """
+        if self.role == "auto":
+            return "replica" if self.primary_url else "standalone"
+        return self.role
+
+    @property
     def secret_path(self) -> str:
         return self.secretfile or os.path.join(self.serverdir, ".secret")
 
@@ -78,6 +108,8 @@ def _bool(name: str, value: object) -> bool:
 
 
 def _int(name: str, value: object) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"option {name}: expected an integer, got {value!r}")
     try:
         return int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -85,10 +117,54 @@ def _int(name: str, value: object) -> int:
 
 
 def _float(name: str, value: object) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"option {name}: expected a number, got {value!r}")
     try:
-        return float(value)  # type: ignore[arg-type]
+        number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ConfigError(f"option {name}: expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"option {name}: expected a finite number, got {value!r}")
+    return number
+
+
+def _at_least(minimum: int):
+    def parse(name: str, value: object) -> int:
+        number = _int(name, value)
+        if number < minimum:
+            raise ConfigError(f"option {name}: expected an integer of at least {minimum}, got {number}")
+        return number
+
+    return parse
+
+
+def _positive_float(name: str, value: object) -> float:
+    number = _float(name, value)
+    if number <= 0:
+        raise ConfigError(f"option {name}: expected a number of seconds above 0, got {value!r}")
+    return number
+
+
+def _skip_indexes(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        items = [v.strip() for v in _str(name, value).split(",")]
+    items = [item for item in items if item]
+    for item in items:
+        if "/" not in item:
+            if item not in SKIP_INDEX_TYPES:
+                raise ConfigError(
+                    f"option {name}: {item!r} is neither an index (user/index) nor 'mirror', 'stage' or 'all'"
+                )
+            continue
+        user, _, index = item.partition("/")
+        try:
+            check_username(user)
+            check_indexname(index)
+        except InvalidInput:
+            raise ConfigError(f"option {name}: {item!r} is not an index name (user/index)") from None
+    return tuple(items)
 
 
 def _str(name: str, value: object) -> str:
@@ -101,7 +177,7 @@ def _role(name: str, value: object) -> str:
     role = _str(name, value).lower()
     if role == "master":
         role = "primary"
-    if role not in ("auto", "primary", "standalone", "replica"):
+    if role not in ROLES:
         raise ConfigError(f"option {name}: unknown role {value!r}")
     return role
 
@@ -129,6 +205,13 @@ OPTIONS: dict[str, tuple[str, object]] = {
     "role": ("role", _role),
     "primary-url": ("primary_url", _str),
     "master-url": ("primary_url", _str),
+    "replica-max-retries": ("replica_max_retries", _at_least(0)),
+    "replica-file-search-path": ("replica_file_search_path", _str),
+    "hard-links": ("hard_links", _bool),
+    "file-replication-threads": ("file_replication_threads", _at_least(1)),
+    "file-replication-skip-indexes": ("file_replication_skip_indexes", _skip_indexes),
+    "proxy-timeout": ("proxy_timeout", _positive_float),
+    "replica-cert": ("replica_cert", _str),
     "logger-cfg": ("logger_cfg", _str),
     "access-log": ("access_log", _str),
     "mirror-url": ("mirror_url", _str),
@@ -215,10 +298,44 @@ def build_config(
     config = ServerConfig(**kwargs)  # type: ignore[arg-type]
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"option port: {config.port} is not a port number")
-    if config.role == "replica" or config.primary_url:
-        raise ConfigError("option role: the replica role is not implemented yet in devpi-tx")
+    config = _check_replication(config)
     if config.outside_url and not config.outside_url.startswith(("http://", "https://")):
         raise ConfigError(f"option outside-url: {config.outside_url!r} is not a URL")
     if config.mirror_url and not config.mirror_url.startswith(("http://", "https://")):
         raise ConfigError(f"option mirror-url: {config.mirror_url!r} is not a URL")
     return config
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises for a port that is not a number)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _check_replication(config: ServerConfig) -> ServerConfig:
+    """
+    Resolve C{--role auto} and check the replication options against the
+    role; return the config with its role resolved.
+    """
+    role = config.effective_role
+    if config.primary_url is not None:
+        if not _is_http_url(config.primary_url):
+            raise ConfigError(f"option primary-url: {config.primary_url!r} is not an http or https URL")
+        if role != "replica":
+            raise ConfigError(f"option primary-url: a {role} has no primary (give it to a replica only)")
+    elif role == "replica":
+        raise ConfigError("option primary-url: required for role replica (the URL of the primary)")
+    paths = {}
+    for option, attribute, exists, kind in [
+        ("replica-file-search-path", "replica_file_search_path", os.path.isdir, "a directory"),
+        ("replica-cert", "replica_cert", os.path.isfile, "a file"),
+    ]:
+        path = getattr(config, attribute)
+        if path is not None:
+            paths[attribute] = os.path.abspath(os.path.expanduser(path))
+            if not exists(paths[attribute]):
+                raise ConfigError(f"option {option}: {path!r} is not {kind}")
+    return attrs.evolve(config, role=role, **paths)

@@ -82,6 +82,16 @@ class IStorage(Interface):
         for a deletion), or L{None} if there is no such serial.
         """
 
+    def changelog_frames(start: int, max_bytes: int) -> list[tuple[int, float, str]]:
+        """
+        Return the entries from serial C{start} on, in serial order, as
+        stored: (serial, timestamp, the JSON text of the changes), the text
+        L{changelog_entry} decodes.  Stop after the entry that brings the
+        texts' length to C{max_bytes} or more (so at least one entry if
+        there is any from C{start}); an empty list if there is none.
+        Committed non-durable transactions not yet written are included.
+        """
+
     def last_commit_timestamp() -> float | None:
         """
         Return the time of the last commit, or L{None} for a new state.

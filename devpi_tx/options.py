@@ -30,9 +30,53 @@ class ServerOptions(usage.Options):
         ["secretfile", None, None, "File with the secret that signs login tokens."],
         ["restrict-modify", None, None, "Comma list of users and :groups who may manage users and indexes."],
         ["request-timeout", None, None, "Timeout of outgoing requests in seconds (default 5)."],
-        ["role", None, None, "auto, primary or standalone."],
-        ["primary-url", None, None, "Primary to replicate (not implemented yet)."],
+        [
+            "role",
+            None,
+            None,
+            "standalone, primary (old name master: serves the changelog to replicas), replica (follows "
+            "--primary-url), or auto (the default): replica if --primary-url is given, else standalone.",
+        ],
+        ["primary-url", None, None, "http(s) URL of the primary a replica follows; only for role replica."],
         ["master-url", None, None, "Old name of --primary-url."],
+        [
+            "replica-max-retries",
+            None,
+            None,
+            "How many times a replica retries a request to the primary whose connection failed (default 0).",
+        ],
+        [
+            "replica-file-search-path",
+            None,
+            None,
+            "Directory laid out like a server directory's +files, where a replica looks for a file "
+            "(checked by its hash) before fetching it from the primary.",
+        ],
+        [
+            "file-replication-threads",
+            None,
+            None,
+            "How many files a replica fetches from the primary at once (default 5).",
+        ],
+        [
+            "file-replication-skip-indexes",
+            None,
+            None,
+            "Comma list of indexes (user/index) or index types (mirror, stage), or all, whose files a "
+            "replica does not fetch as they appear; they are fetched when first asked for.",
+        ],
+        [
+            "proxy-timeout",
+            None,
+            None,
+            "Seconds a replica waits for the primary's answer to a write it passes on (default 30).",
+        ],
+        [
+            "replica-cert",
+            None,
+            None,
+            "PEM file with the client certificate (and its key) a replica presents to the primary.",
+        ],
         ["logger-cfg", None, None, "JSON or YAML file for logging.config.dictConfig."],
         [
             "access-log",
@@ -52,6 +96,11 @@ class ServerOptions(usage.Options):
         ["offline-mode", None, "Never contact upstream; serve what is cached."],
         ["debug", None, "Log more."],
         ["no-root-pypi", None, "When initialising, do not create root/pypi."],
+        [
+            "hard-links",
+            None,
+            "A replica hard-links files found under --replica-file-search-path instead of copying them.",
+        ],
     ]
 
     def __init__(self) -> None:

@@ -129,7 +129,12 @@ def initialize(config: ServerConfig, hasher: PasswordHasher | None = None) -> li
     finally:
         storage.close()
     ensure_secret(config.secret_path)
-    nodeinfo = {"uuid": uuid.uuid4().hex, "role": "standalone", "version": __version__, "layout": LAYOUT}
+    nodeinfo = {
+        "uuid": uuid.uuid4().hex,
+        "role": config.effective_role,
+        "version": __version__,
+        "layout": LAYOUT,
+    }
     write_nodeinfo(serverdir, nodeinfo)
     done.append(f"node uuid {nodeinfo['uuid']}")
     return done

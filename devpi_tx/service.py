@@ -18,6 +18,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger, STDLibLogObserver, globalLogPublisher
 
 from .auth.passwords import PasswordChecker
+from .auth.replicatokens import ReplicaTokens
 from .auth.throttle import PasswordThrottle
 from .auth.tokens import TokenSigner
 from .config import ServerConfig
@@ -39,6 +40,7 @@ from .storage.files import LocalFileStore
 from .storage.sqlite import open_storage
 from .web.accesslog import open_access_log
 from .web.api import DevpiAPI
+from .web.changefeed import ChangeFeed
 from .web.context import ServerContext
 from .web.derivedblobs import DerivedBlobs
 from .web.installer import InstallerFastPath
@@ -126,7 +128,14 @@ def build_context(
         with storage.transaction() as tx:
             moved = releases.migrate_links(tx)
         log.info("state layout {layout}: file links of {moved} versions moved", layout=LAYOUT, moved=moved)
-        write_nodeinfo(config.serverdir, dict(nodeinfo, layout=LAYOUT))
+        nodeinfo = dict(nodeinfo, layout=LAYOUT)
+        write_nodeinfo(config.serverdir, nodeinfo)
+    role = config.effective_role
+    if role in ("primary", "standalone") and nodeinfo.get("role", "standalone") not in (role, "replica"):
+        # The role this node last ran as (a former replica's directory is
+        # the replica side's to judge).
+        nodeinfo = dict(nodeinfo, role=role)
+        write_nodeinfo(config.serverdir, nodeinfo)
     files = LocalFileStore(os.path.join(config.serverdir, "+files"))
     run_in_thread = run_in_thread or deferToThread
     http = upstream_http or make_http_client(reactor, connect_timeout=config.request_timeout)
@@ -178,6 +187,8 @@ def build_context(
         blobs=blobs,
         project_names=ProjectNames(storage),
         versions=VersionsMemo(storage),
+        replica_tokens=ReplicaTokens(secret, clock=reactor.seconds),
+        changefeed=ChangeFeed(storage, reactor),
     )
 
 
@@ -210,17 +221,19 @@ def make_service(config: ServerConfig, reactor) -> MultiService:
     start in this order and stop in the reverse one, each after the last:
 
     1. the state (closed last),
-    2. the upstream client's connection pool,
-    3. the writer of derived blobs,
-    4. the refresher of upstream project lists (not offline),
-    5. the threads that send large files,
-    6. one web server per listening endpoint.
+    2. the changelog streams to replicas (ended before the state closes),
+    3. the upstream client's connection pool,
+    4. the writer of derived blobs,
+    5. the refresher of upstream project lists (not offline),
+    6. the threads that send large files,
+    7. one web server per listening endpoint.
     """
     if config.logger_cfg:
         _configure_stdlib_logging(config.logger_cfg)
     context = build_context(config, clock=reactor, reactor=reactor)
     root = OrderedMultiService()
     CallOnStop("state", context.storage.close).setServiceParent(root)
+    CallOnStop("changefeed", context.changefeed.stop).setServiceParent(root)
     CallOnStop("upstream", context.http.close_idle).setServiceParent(root)
     CallOnStop("derived-blobs", context.derived_blobs.stop).setServiceParent(root)
     if not config.offline_mode:

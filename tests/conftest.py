@@ -104,10 +104,11 @@ class Client:
     @ivar site: the server's site.
     """
 
-    def __init__(self, context, *, api: DevpiAPI | None = None, resource=None) -> None:
+    def __init__(self, context, *, api: DevpiAPI | None = None, resource=None, clock=None) -> None:
         self.context = context
         self.api = api or DevpiAPI(context)
-        self.clock = MemoryReactorClock()
+        # (A test whose context runs on a clock of its own passes it here.)
+        self.clock = clock if clock is not None else MemoryReactorClock()
         self.site = make_site(context, reactor=self.clock, api=self.api)
         if resource is not None:
             # The same site in front of another resource (a part of the tree).

@@ -60,7 +60,24 @@ def test_listen_is_repeatable_and_overrides_host_port():
         (["--port", "http"], "port"),
         (["--role", "leader"], "role"),
         (["--outside-url", "nope"], "outside-url"),
-        (["--role", "replica"], "replica"),
+        (["--role", "replica"], "primary-url"),
+        (["--role", "primary", "--primary-url", "https://p.example.com"], "primary-url"),
+        (["--role", "standalone", "--master-url", "https://p.example.com"], "primary-url"),
+        (["--primary-url", "p.example.com"], "primary-url"),
+        (["--primary-url", "ftp://p.example.com/"], "primary-url"),
+        (["--primary-url", "http://"], "primary-url"),
+        (["--primary-url", "http://p.example.com:port/"], "primary-url"),
+        (["--replica-max-retries", "-1"], "replica-max-retries"),
+        (["--replica-max-retries", "x"], "replica-max-retries"),
+        (["--file-replication-threads", "0"], "file-replication-threads"),
+        (["--proxy-timeout", "0"], "proxy-timeout"),
+        (["--proxy-timeout", "-3"], "proxy-timeout"),
+        (["--proxy-timeout", "nan"], "proxy-timeout"),
+        (["--proxy-timeout", "soon"], "proxy-timeout"),
+        (["--file-replication-skip-indexes", "alice/dev,nonsense"], "file-replication-skip-indexes"),
+        (["--file-replication-skip-indexes", "alice/d:ev"], "file-replication-skip-indexes"),
+        (["--replica-file-search-path", "/nonexistent/dir"], "replica-file-search-path"),
+        (["--replica-cert", "/nonexistent/cert.pem"], "replica-cert"),
     ],
 )
 def test_bad_option_one_line_message(argv, word):
@@ -69,6 +86,109 @@ def test_bad_option_one_line_message(argv, word):
     message = str(info.value.code)
     assert "\n" not in message
     assert word in message
+
+
+@pytest.mark.parametrize(
+    "argv, role",
+    [
+        ([], "standalone"),
+        (["--role", "auto"], "standalone"),
+        (["--role", "standalone"], "standalone"),
+        (["--role", "primary"], "primary"),
+        (["--role", "MASTER"], "primary"),
+        (["--primary-url", "https://p.example.com/"], "replica"),
+        (["--role", "auto", "--master-url", "http://p.example.com:3141"], "replica"),
+        (["--role", "replica", "--primary-url", "https://p.example.com/"], "replica"),
+    ],
+)
+def test_role_is_resolved(argv, role):
+    config = parse(*argv)
+    assert (config.role, config.effective_role) == (role, role)
+
+
+def test_effective_role_of_a_config_made_directly():
+    assert ServerConfig(serverdir="/s").effective_role == "standalone"
+    assert ServerConfig(serverdir="/s", primary_url="http://p.example.com").effective_role == "replica"
+    assert ServerConfig(serverdir="/s", role="primary").effective_role == "primary"
+
+
+def test_replication_defaults():
+    config = parse()
+    assert config.primary_url is None
+    assert config.replica_max_retries == 0
+    assert config.replica_file_search_path is None
+    assert config.hard_links is False
+    assert config.file_replication_threads == 5
+    assert config.file_replication_skip_indexes == ()
+    assert config.proxy_timeout == 30.0
+    assert config.replica_cert is None
+
+
+def test_replication_options(tmp_path):
+    cert = tmp_path / "replica.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    config = parse(
+        "--primary-url", "https://primary.example.com/", "--replica-max-retries", "3",
+        "--replica-file-search-path", str(tmp_path), "--hard-links",
+        "--file-replication-threads", "2", "--file-replication-skip-indexes", "alice/dev, mirror",
+        "--proxy-timeout", "2.5", "--replica-cert", str(cert),
+    )  # fmt: skip
+    assert config.role == "replica"
+    assert config.primary_url == "https://primary.example.com/"
+    assert config.replica_max_retries == 3
+    assert config.replica_file_search_path == str(tmp_path)
+    assert config.hard_links is True
+    assert config.file_replication_threads == 2
+    assert config.file_replication_skip_indexes == ("alice/dev", "mirror")
+    assert config.proxy_timeout == 2.5
+    assert config.replica_cert == str(cert)
+
+
+def test_replication_options_from_file_and_environment(tmp_path):
+    path = tmp_path / "devpi.yml"
+    path.write_text(
+        "devpi-server:\n  role: replica\n  master-url: http://primary.example.com:3141\n"
+        "  hard-links: yes\n  file-replication-skip-indexes: [all]\n  proxy-timeout: 5\n"
+    )
+    environ = {"DEVPISERVER_FILE_REPLICATION_THREADS": "9", "DEVPISERVER_REPLICA_MAX_RETRIES": "1"}
+    config = build_config({}, str(path), environ=environ)
+    assert config.role == "replica"
+    assert config.primary_url == "http://primary.example.com:3141"
+    assert config.hard_links is True
+    assert config.file_replication_skip_indexes == ("all",)
+    assert config.proxy_timeout == 5.0
+    assert (config.file_replication_threads, config.replica_max_retries) == (9, 1)
+    # The command line's role wins, and a primary has no primary.
+    with pytest.raises(ConfigError, match="^option primary-url: a primary has no primary"):
+        build_config({"role": "primary"}, str(path), environ=environ)
+
+
+@pytest.mark.parametrize(
+    "text, word",
+    [
+        ("devpi-server:\n  file-replication-threads: yes\n", "file-replication-threads"),
+        ("devpi-server:\n  proxy-timeout: [1]\n", "proxy-timeout"),
+        ("devpi-server:\n  file-replication-skip-indexes: {a: 1}\n", "file-replication-skip-indexes"),
+        ("devpi-server:\n  role: replica\n", "primary-url"),
+    ],
+)
+def test_bad_replication_options_in_a_file(tmp_path, text, word):
+    path = tmp_path / "devpi.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"^option {word}:") as info:
+        build_config({}, str(path), environ={})
+    assert "\n" not in str(info.value)
+
+
+def test_help_names_the_replication_options():
+    text = str(ServerOptions())
+    for option in [
+        "--role", "--primary-url", "--master-url", "--replica-max-retries", "--replica-file-search-path",
+        "--hard-links", "--file-replication-threads", "--file-replication-skip-indexes",
+        "--proxy-timeout", "--replica-cert",
+    ]:  # fmt: skip
+        assert option in text
+    assert "not implemented" not in text
 
 
 def test_config_file_and_precedence(tmp_path, monkeypatch):
@@ -203,3 +323,9 @@ def test_cli_init_warns_about_empty_root_password(tmp_path, capsys):
     assert cli_main(["init", "--serverdir", serverdir, "--no-root-pypi"]) == 0
     assert "empty password" in capsys.readouterr().out
     assert json.loads((tmp_path / "s" / ".nodeinfo").read_text())["role"] == "standalone"
+
+
+def test_initialize_records_the_role(tmp_path):
+    config = ServerConfig(serverdir=str(tmp_path / "s"), no_root_pypi=True, role="primary")
+    initialize(config, hasher=fast_hasher())
+    assert read_nodeinfo(config.serverdir)["role"] == "primary"

@@ -5,6 +5,7 @@ The serial-numbered state and the content-addressed file store.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -440,6 +441,65 @@ def test_a_full_batch_is_written_at_once(batching):
     clock.advance(0)
     assert _on_disk(s) == 2
     assert clock.getDelayedCalls() == []
+
+
+# -- changelog frames ------------------------------------------------------------
+
+
+def _commit(s, n: int, durable: bool = True, size: int = 10) -> None:
+    with s.transaction(durable=durable) as tx:
+        tx.set(f"k/{n}", "x" * size)
+
+
+def test_changelog_frames_are_the_stored_rows_in_order(storage):
+    assert storage.changelog_frames(0, 1000) == []
+    for n in range(5):
+        _commit(storage, n)
+    with storage.transaction() as tx:
+        tx.delete("k/0")
+        tx.set("k/é", {"b": [1, None], "a": "ü"})
+    frames = storage.changelog_frames(0, 10**9)
+    assert [serial for serial, _, _ in frames] == list(range(6))
+    for serial, timestamp, text in frames:
+        entry = storage.changelog_entry(serial)
+        assert (timestamp, json.loads(text)) == (entry["timestamp"], entry["changes"])
+        row = storage._db.execute("SELECT changes FROM changelog WHERE serial=?", (serial,)).fetchone()
+        assert text == row[0]  # as stored, not decoded and encoded again
+    assert [serial for serial, _, _ in storage.changelog_frames(3, 10**9)] == [3, 4, 5]
+    assert storage.changelog_frames(6, 10**9) == []
+    assert storage.changelog_frames(60, 10**9) == []
+
+
+def test_changelog_frames_stop_at_max_bytes_with_at_least_one(storage):
+    for n in range(10):
+        _commit(storage, n, size=100)
+    size = len(storage.changelog_frames(0, 1)[0][2])
+    assert size > 100
+    # One entry whatever the limit; then entries until the limit is reached.
+    assert [f[0] for f in storage.changelog_frames(0, 1)] == [0]
+    assert [f[0] for f in storage.changelog_frames(4, size)] == [4]
+    assert [f[0] for f in storage.changelog_frames(4, size + 1)] == [4, 5]
+    assert [f[0] for f in storage.changelog_frames(4, 3 * size)] == [4, 5, 6]
+    assert [f[0] for f in storage.changelog_frames(8, 3 * size)] == [8, 9]
+
+
+def test_changelog_frames_include_pending_batched_commits_without_writing_them(batching):
+    s, clock = batching
+    _commit(s, 0)
+    _commit(s, 1, durable=False)
+    with s.transaction(durable=False) as tx:
+        tx.set("k/2", {"z": 1, "a": [2]})
+        tx.delete("k/1")
+    assert (s.serial, _on_disk(s)) == (2, 0)
+    pending = s.changelog_frames(0, 10**9)
+    assert [f[0] for f in pending] == [0, 1, 2]
+    assert [f[0] for f in s.changelog_frames(2, 10**9)] == [2]
+    assert [f[0] for f in s.changelog_frames(1, 1)] == [1]
+    assert _on_disk(s) == 0  # served from memory: the batch is not written early
+    clock.advance(0.05)
+    assert _on_disk(s) == 2
+    # The same entries once written: same serials, timestamps and text.
+    assert s.changelog_frames(0, 10**9) == pending
 
 
 def test_absent_keys_are_remembered_within_bounds_and_forgotten_when_set(tmp_path):

@@ -22,6 +22,9 @@ INIT_OPTIONS = frozenset(
         "mirror-url",
         "secretfile",
         "role",
+        # With the role, so that a replica's config file passes its checks.
+        "primary-url",
+        "master-url",
     ]
 )
 

@@ -89,6 +89,15 @@ def _overlaid(found: list[str], writes: dict[str, str | None], prefix: str) -> l
     return sorted(keys)
 
 
+def _entry_text(changes: dict[str, str | None]) -> str:
+    """
+    The JSON text of a changelog entry: its keys sorted, each with its new
+    value as encoded (C{null} for a deletion).
+    """
+    items = sorted(changes.items())
+    return "{" + ",".join(f"{json.dumps(key)}:{'null' if enc is None else enc}" for key, enc in items) + "}"
+
+
 @implementer(ITransaction)
 class SQLiteTransaction:
     """
@@ -347,16 +356,9 @@ class SQLiteStorage:
                     "serial=excluded.serial",
                     (key, encoded, serial),
                 )
-        entry = (
-            "{"
-            + ",".join(
-                f"{json.dumps(key)}:{'null' if enc is None else enc}" for key, enc in sorted(changes.items())
-            )
-            + "}"
-        )
         db.execute(
             "INSERT INTO changelog (serial, timestamp, changes) VALUES (?, ?, ?)",
-            (serial, timestamp, entry),
+            (serial, timestamp, _entry_text(changes)),
         )
 
     def _notify(self, serial: int, changes: dict[str, str | None]) -> None:
@@ -374,6 +376,44 @@ class SQLiteStorage:
         if row is None:
             return None
         return {"serial": serial, "timestamp": row[0], "changes": json.loads(row[1])}
+
+    def changelog_frames(self, start: int, max_bytes: int) -> list[tuple[int, float, str]]:
+        """
+        The entries from serial C{start} on, as stored; see
+        L{IStorage.changelog_frames}.
+
+        Rows are read one at a time from a cursor that is closed once the
+        batch is full, so a long log is never read whole.  Batched
+        non-durable commits not yet written are served from memory, with
+        the text and timestamp they will be written with, rather than
+        flushed first: a replica following the log asks after every
+        commit, and a flush per request would write each mirrored page in
+        a SQLite commit of its own again (and make a read write).
+        """
+        frames: list[tuple[int, float, str]] = []
+        size = 0
+        if start <= self._written:
+            cursor = self._db.execute(
+                "SELECT serial, timestamp, changes FROM changelog WHERE serial >= ? AND serial <= ? "
+                "ORDER BY serial",
+                (start, self._written),
+            )
+            try:
+                for serial, timestamp, text in cursor:
+                    frames.append((serial, timestamp, text))
+                    size += len(text)
+                    if size >= max_bytes:
+                        return frames
+            finally:
+                cursor.close()
+        for serial, timestamp, changes in self._pending:
+            if serial >= start:
+                text = _entry_text(changes)
+                frames.append((serial, timestamp, text))
+                size += len(text)
+                if size >= max_bytes:
+                    break
+        return frames
 
     def last_commit_timestamp(self) -> float | None:
         if self._pending:

@@ -22,6 +22,7 @@ from ..model import indexes, releases, users
 from ..model.errors import InvalidInput, ModelError
 from ..model.names import check_indexname, check_username
 from . import namepages, simple
+from .changelog import ChangelogRoutes
 from .context import ServerContext
 from .credentials import Authenticator, AuthResult, too_many_attempts
 from .negotiation import has_flag, read_json, wants_json
@@ -36,7 +37,7 @@ log = Logger(namespace="devpi_tx.api")
 FEATURES = ["server-keyvalue-parsing", "push-no-docs", "push-only-docs"]
 
 
-class DevpiAPI(ReleaseRoutes):
+class DevpiAPI(ReleaseRoutes, ChangelogRoutes):
     """
     The Klein application.
     """
@@ -152,8 +153,10 @@ class DevpiAPI(ReleaseRoutes):
             "event-serial-timestamp": storage.last_commit_timestamp(),
             "event-serial-in-sync-at": time.time(),
             "metrics": [],
-            "role": "PRIMARY" if cfg.role == "primary" else "STANDALONE",
-            "polling_replicas": {},
+            # devpi-server's values: a primary and a standalone server
+            # are both "MASTER".
+            "role": "REPLICA" if cfg.effective_role == "replica" else "MASTER",
+            "polling_replicas": self.ctx.changefeed.replicas.snapshot(),
         }
         return envelope(request, type="status", result=result)
 

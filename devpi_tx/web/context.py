@@ -15,6 +15,7 @@ from collections.abc import Callable
 import attrs
 
 from ..auth.passwords import PasswordChecker
+from ..auth.replicatokens import ReplicaTokens
 from ..auth.throttle import PasswordThrottle
 from ..auth.tokens import TokenSigner
 from ..config import ServerConfig
@@ -30,6 +31,7 @@ from ..model.blobs import BlobLedger
 from ..model.memo import StateMemo
 from ..model.names_index import ProjectNames
 from ..model.versions_memo import VersionsMemo
+from .changefeed import ChangeFeed
 from .derivedblobs import DerivedBlobs
 from .listpages import ListPages
 from .pagecache import PageCache
@@ -46,6 +48,9 @@ class ServerContext:
         or linked).
     @ivar throttle: failed password checks, and who must wait before the
         next (every password check asks it first).
+    @ivar replica_tokens: checks the Bearer tokens of replicas.
+    @ivar changefeed: the changelog as a primary serves it to replicas,
+        and the replicas seen.
     """
 
     config: ServerConfig
@@ -69,6 +74,8 @@ class ServerContext:
     blobs: BlobLedger
     project_names: ProjectNames
     versions: VersionsMemo
+    replica_tokens: ReplicaTokens
+    changefeed: ChangeFeed
     started: float = attrs.field(factory=time.time)
 
     # The ledger's holds and sound blobs, as tests and older callers know them.
@@ -78,10 +85,12 @@ class ServerContext:
     def close(self) -> None:
         """
         What the service tree does when it stops, for tests that build a
-        context without one: stop the writer of derived blobs, close the
-        state and the kept upstream connections.
+        context without one: stop the writer of derived blobs, end the
+        changelog streams, close the state and the kept upstream
+        connections.
         """
         self.derived_blobs.stop()
+        self.changefeed.stop()
         self.storage.close()
         self.http.close_idle()
 
