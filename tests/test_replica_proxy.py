@@ -20,11 +20,13 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 from devpi_tx.config import ServerConfig
 from devpi_tx.mirror.http import UpstreamHTTP, make_http_client
@@ -52,6 +54,17 @@ def watched(d: Deferred) -> list:
 
     d.addBoth(got)
     return results
+
+
+async def turns_until(condition) -> None:
+    """
+    Let the reactor turn (no time passing) until C{condition()} holds.
+    """
+    for _ in range(100_000):
+        if condition():
+            return
+        await deferLater(reactor, 0, lambda: None)
+    raise AssertionError("the condition never held")
 
 
 def within(d: Deferred) -> Deferred:
@@ -226,17 +239,17 @@ class RawClient(Protocol):
     """
 
     def __init__(self) -> None:
-        self.data = b""
+        self.chunks: list[bytes] = []
         self.got_data: Deferred[None] = Deferred()
         self.closed: Deferred[bytes] = Deferred()
 
     def dataReceived(self, data: bytes) -> None:
-        self.data += data
+        self.chunks.append(data)
         if not self.got_data.called:
             self.got_data.callback(None)
 
     def connectionLost(self, reason) -> None:
-        self.closed.callback(self.data)
+        self.closed.callback(b"".join(self.chunks))
 
 
 async def raw(url: str, payload: bytes) -> RawClient:
@@ -319,6 +332,70 @@ async def test_the_answer_streams_back_as_it_arrives(make_setup):
     await within(done)
     assert b"".join(got) == b"abcdefgh"
     assert setup.primary.seen[0].method == b"PUSH"
+
+
+@implementer(IPushProducer)
+class Source:
+    """
+    The primary's side of a large answer: written as fast as its
+    connection takes it, paused when it does not.
+    """
+
+    def __init__(self, request: Request, total: int) -> None:
+        self.request, self.left, self.paused = request, total, False
+        self.piece = os.urandom(256 * 1024)
+        request.registerProducer(self, True)
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while not self.paused and self.left:
+            piece = self.piece[: self.left]
+            self.left -= len(piece)
+            self.request.write(piece)
+        if not self.left and not self.request.finished:
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.left = 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_does_not_read_pauses_the_primarys_answer(make_setup):
+    setup = make_setup()
+    total = 16 * 1024 * 1024  # more than the sockets' buffers between the primary and the client
+    sources: list[Source] = []
+
+    def large(request):
+        request.setHeader(b"X-Devpi-Serial", b"5")
+        request.setHeader(b"Content-Length", b"%d" % total)
+        sources.append(Source(request, total))
+        sources[0].resumeProducing()
+        return NOT_DONE_YET
+
+    setup.primary.respond = large
+    client = await raw(setup.url, b"")
+    client.transport.pauseProducing()  # reads nothing
+    client.transport.write(b"DELETE /alice/dev HTTP/1.1\r\nHost: replica\r\nConnection: close\r\n\r\n")
+    seen = await within(setup.primary.arrived)
+    relay_port = seen.request.transport.getPeer().port
+
+    def relay_reads() -> bool:
+        return any(
+            getattr(reader, "getHost", None) and reader.getHost().port == relay_port
+            for reader in reactor.getReaders()
+        )
+
+    await turns_until(lambda: not relay_reads())
+    # The relay stopped reading from the primary, which had more to send.
+    assert not relay_reads() and sources[0].left > 0
+    client.transport.resumeProducing()
+    status, headers, body = parse(await within(client.closed))
+    assert status == b"HTTP/1.1 200 OK"
+    assert len(body) == total and body[:262144] == sources[0].piece
 
 
 # -- headers -------------------------------------------------------------------------
@@ -446,8 +523,7 @@ async def test_the_answer_waits_for_the_replica_to_apply_the_serial(make_setup):
     results = watched(answered)
     seen = await within(setup.primary.arrived)
     await within(seen.request.notifyFinish())
-    while not setup.waits:
-        await deferLater(reactor, 0, lambda: None)
+    await turns_until(lambda: setup.waits)
     for _ in range(5):  # turns of the reactor: the answer is held all along
         await deferLater(reactor, 0, lambda: None)
     assert not results
@@ -466,6 +542,24 @@ async def test_a_replica_that_lags_answers_anyway_and_says_so(make_setup):
     assert response.code == 201
     assert response.headers.getRawHeaders("X-Devpi-Replica-Lag") == ["serial=5; waited=30"]
     assert await response.content() == b'{"message": "done"}\n'
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wait_that_never_ends_is_given_up(make_setup):
+    setup = make_setup(clock=True)
+    setup.wait_result = Deferred()  # a sync service that never answers
+    answered = setup.client.delete(setup.url + "/alice/dev")
+    results = watched(answered)
+    await within(setup.primary.arrived)
+    await turns_until(lambda: setup.waits)
+    setup.clock.advance(2 * TIMEOUT - 1)
+    for _ in range(5):
+        await deferLater(reactor, 0, lambda: None)
+    assert not results
+    setup.clock.advance(1)
+    response = await within(answered)
+    assert response.code == 201
+    assert response.headers.getRawHeaders("X-Devpi-Replica-Lag") == ["serial=5; waited=30"]
 
 
 @pytest_twisted.ensureDeferred
@@ -594,8 +688,7 @@ async def test_a_client_that_goes_away_cancels_the_relay(make_setup, stage):
     seen = await within(setup.primary.arrived)
     dropped = seen.request.notifyFinish()
     if stage == "serial":
-        while not setup.waits:
-            await deferLater(reactor, 0, lambda: None)
+        await turns_until(lambda: setup.waits)
     if stage == "body":
         await within(client.got_data)
     client.transport.abortConnection()

@@ -1,10 +1,10 @@
 """
 A replica's writes, relayed to its primary (devpi's replica proxy, section
-8.7 of the protocol notes): a replica's state is a copy of the primary's
-changelog, so anything that would change it (C{PUT}, C{POST} including
-uploads and C{/+login}, C{PATCH}, C{DELETE}, C{PUSH}) is sent on to the
-primary, and its answer relayed once the replica has applied the serial it
-reports, so that a client reads its own write from the replica next.
+8.7 of the protocol notes): the replica's state is a copy of the primary's
+changelog, so a request that would change it (C{PUT}, C{POST} including
+uploads and C{/+login}, C{PATCH}, C{DELETE}, C{PUSH}) goes to the primary,
+and its answer back once the replica has applied the serial it reports:
+the client then reads its own write from the replica.
 
 What the client sees: the primary's status, reason phrase, headers
 (hop-by-hop ones dropped) and body, streamed both ways at the client's
@@ -24,7 +24,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Mapping
 from typing import IO
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
@@ -41,7 +41,7 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from .._compat import pending_request_line
-from ..mirror.errors import is_timeout
+from ..mirror.errors import UpstreamError, is_timeout
 from ..mirror.http import UpstreamHTTP
 from ..model.indexes import redact_url as redact
 from .render import error
@@ -54,8 +54,8 @@ MUTATING = frozenset({b"PUT", b"POST", b"PATCH", b"DELETE", b"PUSH"})
 CHUNK = 64 * 1024
 #: Bodies up to this size are spooled in memory, larger ones to a file.
 IN_MEMORY = 100_000
-#: Headers of one connection, not of the message (RFC 9110 7.6.1), never
-#: passed on, in either direction; nor are those the Connection header names.
+#: Headers of one connection (RFC 9110 7.6.1), never passed on; nor are
+#: those a Connection header names.
 HOP_BY_HOP = frozenset(
     b"connection keep-alive proxy-authenticate proxy-authorization proxy-connection te trailer"
     b" trailers transfer-encoding upgrade".split()
@@ -63,35 +63,24 @@ HOP_BY_HOP = frozenset(
 #: Not sent to the primary: the agent writes its own Host and the body's
 #: length, and twisted.web has answered an C{Expect} already.
 _NOT_SENT = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
-#: Not relayed from the primary: the length is the body's as relayed, and
-#: the serial header is the replica's own (the primary's goes as
-#: C{X-Devpi-Primary-Serial}).
+#: Not relayed from the primary: the length is the body's as relayed; the
+#: serial is the replica's own (the primary's goes as PRIMARY_SERIAL_HEADER).
 _NOT_RELAYED = HOP_BY_HOP | {b"content-length", b"x-devpi-serial"}
 PROXY_HEADER = b"X-Devpi-Proxy"
 PRIMARY_SERIAL_HEADER = b"X-Devpi-Primary-Serial"
 LAG_HEADER = b"X-Devpi-Replica-Lag"
 
 
-def is_mutating(method: bytes) -> bool:
-    """
-    Whether a replica relays a request of this method to its primary.
-    """
-    return method in MUTATING
-
-
 def _connection_names(headers: Headers) -> set[bytes]:
-    """
-    The header names a C{Connection} header lists: hop-by-hop too.
-    """
+    # The names a Connection header lists: hop-by-hop too.
     names: set[bytes] = set()
     for value in headers.getRawHeaders(b"connection", []):
         names.update(token.strip().lower() for token in value.split(b","))
     return names
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    # Scheme, host and port, as compared: case-insensitive, default ports filled in.
-    parts = urlsplit(url)
+def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
+    # As compared: case-insensitive, default ports filled in.
     scheme = parts.scheme.lower()
     return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
 
@@ -100,30 +89,19 @@ def rewrite_location(location: str, primary_url: str, replica_url: str) -> str:
     """
     A C{Location} the primary sent, pointing into the replica if it pointed
     into the primary (an absolute URL at or below C{primary_url}, or an
-    absolute path on its host, below its path); any other one unchanged.
+    absolute path below its path); any other one unchanged.
     """
-    primary = urlsplit(primary_url)
-    if location.startswith("/") and not location.startswith("//"):
-        location_url = f"{primary.scheme}://{primary.netloc}{location}"
-    else:
-        location_url = location
-    if _origin(location_url) != _origin(primary_url):
+    primary, prefix = urlsplit(primary_url), urlsplit(primary_url).path.rstrip("/")
+    relative = location.startswith("/") and not location.startswith("//")
+    found = urlsplit(f"{primary.scheme}://{primary.netloc}{location}" if relative else location)
+    if _origin(found) != _origin(primary) or not (found.path + "/").startswith(prefix + "/"):
         return location
-    found = urlsplit(location_url)
-    prefix = primary.path.rstrip("/")
-    if found.path != prefix and not found.path.startswith(prefix + "/"):
-        return location
-    rest = found.path[len(prefix) :]
-    query = f"?{found.query}" if found.query else ""
-    fragment = f"#{found.fragment}" if found.fragment else ""
-    return replica_url.rstrip("/") + rest + query + fragment
+    rest = urlunsplit(("", "", found.path[len(prefix) :], found.query, found.fragment))
+    return replica_url.rstrip("/") + rest
 
 
 def _describe(exc: BaseException) -> str:
-    """
-    What a request failed with, in words: the first reason an agent's
-    wrapper exception (C{ResponseNeverReceived} and the like) carries.
-    """
+    # In words; the first reason of an agent's wrappers (ResponseNeverReceived...).
     reasons = getattr(exc, "reasons", None)
     if reasons:
         exc = reasons[0].value
@@ -131,39 +109,26 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class _BrokeOff(Exception):
-    """
-    The primary's answer broke off before any of it was relayed.
-    """
-
-
 class _ReadWatch:
     """
-    The request's spooled body, as the producer reads it: each read is
-    progress (the proxy's allowance counts from the last one); the file
-    stays open when the producer is done with it (the request owns it).
+    The request's spooled body as the producer reads it: each read is
+    progress (the proxy's allowance counts from the last one).
     """
 
     def __init__(self, file: IO[bytes], progress: Callable[[], None]) -> None:
         self._file, self._progress = file, progress
-        self.seek, self.tell = file.seek, file.tell
+        self.seek, self.tell, self.close = file.seek, file.tell, file.close
 
     def read(self, size: int = -1) -> bytes:
         self._progress()
         return self._file.read(size)
 
-    def close(self) -> None:
-        pass
-
 
 class SpooledBody:
     """
-    A relayed request's body, as it arrives: what the site's
-    C{stream_receiver} gives for a write (L{WriteProxy.body_receiver}).
-    Left to twisted.web, a multipart body (an upload) would be read whole
-    into memory and parsed before the request is processed; this one is
-    kept in memory while small, in a temporary file beyond, and read from
-    there in pieces when sent on.
+    A relayed request's body, kept as it arrives (the site's
+    C{stream_receiver}, L{WriteProxy.body_receiver}): twisted.web would
+    read a multipart body (an upload) whole into memory to parse it.
     """
 
     def __init__(self) -> None:
@@ -175,7 +140,7 @@ class SpooledBody:
     def body_complete(self) -> None:
         self.file.seek(0)
 
-    def discard(self) -> None:
+    def discard(self) -> None:  # the client went away, or the relay is over
         self.file.close()
 
 
@@ -195,24 +160,21 @@ class WriteProxy:
         outside_url: str | None = None,
     ) -> None:
         """
-        @param primary_url: where the primary is (a path below its host
-            allowed); requests go to it with their path and query appended.
+        @param primary_url: the primary's URL (a path allowed), to which
+            the request's path and query are appended.
         @param upstream: the server's one client; its reactor runs the
-            timers and reads the request bodies' files.
-        @param wait_for_serial: the replica's sync service: a fresh
-            Deferred that fires with True once the replica has applied the
-            serial, or False after the given seconds.  The proxy does not
-            cancel it; it stops waiting when the client goes away.
-        @param headers: the replica's headers for the primary (its uuid,
-            the primary's it expects); sent in place of a client's of the
-            same names, except C{Authorization}: a write's identity is its
-            client's, and the replica's own must never stand in for an
-            anonymous client's.
+            timers and reads the bodies' files.
+        @param wait_for_serial: the sync service's: fires with True once
+            the replica has applied the serial, False after the seconds
+            given (never cancelled by the proxy).
+        @param headers: the replica's headers for the primary, sent in
+            place of a client's of the same names, but C{Authorization}:
+            a write's identity is its client's, never the replica's.
         @param timeout: seconds (C{--proxy-timeout}) the primary may go
-            without progress (reading the body, answering, sending its
-            answer), and the wait for the serial.
-        @param outside_url: the replica's URL for clients (C{--outside-url});
-            without it, the request's C{X-Outside-Url} header or its host.
+            without progress (taking the body, answering, sending the
+            answer); also the wait for the serial.
+        @param outside_url: the replica's URL (C{--outside-url}); else the
+            request's C{X-Outside-Url} header or its host.
         """
         if urlsplit(primary_url).scheme not in ("http", "https"):
             raise ValueError(f"primary URL {redact(primary_url)!r} is not an http(s) URL")
@@ -237,22 +199,22 @@ class WriteProxy:
         receiver = getattr(request, "devpi_upload", None)
         if receiver is not None and not isinstance(receiver, SpooledBody):
             raise RuntimeError("a relayed request's body went to an upload receiver")
-        body = receiver.file if receiver is not None else request.content
-        return Deferred.fromCoroutine(_Relay(self, request, body).run())
+        if receiver is None:
+            return Deferred.fromCoroutine(_Relay(self, request, request.content).run())
+        done = Deferred.fromCoroutine(_Relay(self, request, receiver.file).run())
+        return done.addBoth(lambda _: receiver.discard())
 
     def body_receiver(self, request: IRequest) -> SpooledBody | None:
         """
-        For the site's C{stream_receiver}: a L{SpooledBody} for a request
-        that will be relayed (its head is in), else L{None}.
+        The site's C{stream_receiver}: a L{SpooledBody} for a write.
         """
         method, _ = pending_request_line(request.channel)
-        return SpooledBody() if method is not None and is_mutating(method) else None
+        return SpooledBody() if method in MUTATING else None
 
     def replica_url(self, request: IRequest) -> str:
         """
-        The replica's URL as this client knows it: the C{X-Outside-Url}
-        header (a front proxy's), the configured outside URL, or the
-        request's scheme and host (as the API's own URLs are made).
+        The replica's URL as the client knows it, as the API's own URLs
+        are made: a front proxy's C{X-Outside-Url}, the outside URL, the host.
         """
         header = request.getHeader("x-outside-url")
         if header:
@@ -267,11 +229,9 @@ class WriteProxy:
 
     def request_headers(self, request: IRequest) -> Headers:
         """
-        The headers sent to the primary: the client's but hop-by-hop ones,
-        with what a reverse proxy adds (C{X-Forwarded-For} extended,
-        C{X-Forwarded-Host} and C{-Proto} unless a front proxy set them,
-        C{X-Outside-Url} so that the primary's URLs name the replica), and
-        the replica's own headers.
+        The client's headers but hop-by-hop ones, what a reverse proxy adds
+        (C{X-Forwarded-*} unless a front proxy did; C{X-Outside-Url}, so
+        that the primary's URLs name the replica), and the replica's own.
         """
         incoming = request.requestHeaders
         skip = _NOT_SENT | _connection_names(incoming)
@@ -297,9 +257,7 @@ class WriteProxy:
         return sent
 
     def url_for(self, request: IRequest) -> bytes:
-        """
-        The primary's URL for the request: its path and query, as sent.
-        """
+        """The primary's URL for the request: its path and query, as sent."""
         target = request.uri
         if not target.startswith(b"/"):  # absolute-form: the path and query only
             parts = urlsplit(target)
@@ -317,31 +275,35 @@ class ForwardWrites(Resource):
 
     def __init__(self, inner: Resource, proxy: WriteProxy) -> None:
         super().__init__()
-        self._inner = inner
-        self._proxy = proxy
+        self._inner, self._proxy = inner, proxy
 
     def render(self, request: IRequest):
-        if is_mutating(request.method):
+        if request.method in MUTATING:
             self._proxy.forward(request)
             return NOT_DONE_YET
         return self._inner.render(request)
 
 
-class _Relay:
+@implementer(IPushProducer)
+class _Relay(Protocol):
     """
-    One request's trip: sent, the answer's head awaited, the serial
-    waited for, the answer relayed; stopped wherever the client leaves.
+    One request's trip (sent, answered, the serial waited for, the answer
+    relayed), stopped wherever the client leaves; the protocol the answer's
+    body is delivered to (held, its connection paused, until the head may
+    go), and the producer the client's connection pauses.
     """
 
     def __init__(self, proxy: WriteProxy, request: IRequest, content: IO[bytes] | None) -> None:
-        self.proxy = proxy
-        self.request = request
-        self.content = content
+        self.proxy, self.request, self.content = proxy, request, content
         #: What is awaited now (the answer's head, the serial), to cancel.
         self.pending: Deferred | None = None
-        self.body: _RelayBody | None = None
-        self.gone = False
-        self.timed_out = False
+        self.answered = self.sending = self.client_paused = self.ended = False
+        self.gone = self.timed_out = False
+        #: The answer's body, what arrived before it could be sent.
+        self.held: list[bytes] = []
+        #: Why the answer's body ended, if it did not end well.
+        self.failure: Failure | None = None
+        self._body_done: Deferred[bool] | None = None
         self._timer: IDelayedCall | None = None
         self._fields = {
             "method": request.method.decode("ascii", "replace"),
@@ -349,12 +311,8 @@ class _Relay:
             "primary": redact(proxy.primary_url),
         }
 
-    # -- the allowance -----------------------------------------------------
-
     def arm(self) -> None:
-        """
-        (Re)start the allowance: the primary must make progress within it.
-        """
+        # (Re)start the allowance: the primary must make progress within it.
         if self._timer is not None and self._timer.active():
             self._timer.reset(self.proxy.timeout)
         else:
@@ -366,8 +324,8 @@ class _Relay:
         self._timer = None
 
     def _sent_some(self) -> None:
-        # Reading the body is progress until the answer's head is in.
-        if self.body is None and not self.gone:
+        # Reading the request's body is progress until the answer's head is in.
+        if not self.answered and not self.gone:
             self.arm()
 
     def _expired(self) -> None:
@@ -375,10 +333,8 @@ class _Relay:
         self.timed_out = True
         if self.pending is not None:
             self.pending.cancel()
-        elif self.body is not None:
-            self.body.stop()
-
-    # -- the trip ----------------------------------------------------------
+        else:
+            self._stop_body()
 
     async def run(self) -> None:
         self.request.notifyFinish().addErrback(self._client_gone)
@@ -400,60 +356,46 @@ class _Relay:
         if content is not None:
             content.seek(0)
             producer = FileBodyProducer(_ReadWatch(content, self._sent_some), proxy._cooperator, CHUNK)
-            if producer.length == 0:
-                producer = None
+        body = producer if producer is not None and producer.length else None
         self.arm()
-        self.pending = proxy.upstream.relay(
-            request.method, proxy.url_for(request), proxy.request_headers(request), producer
-        )
+        headers = proxy.request_headers(request)
+        self.pending = proxy.upstream.relay(request.method, proxy.url_for(request), headers, body)
         response = await self.pending
-        self.pending = None
+        self.pending, self.answered = None, True
         self.disarm()
-        serial = self._serial(response)
-        self.body = body = _RelayBody(self)
-        response.deliverBody(body)
+        found = (response.headers.getRawHeaders(b"x-devpi-serial") or [b""])[-1]
+        serial = int(found) if found.isdigit() else None
+        response.deliverBody(self)
         applied = True
         if serial is not None and response.code < 400:
             applied = await self._wait(serial)
-        if body.failed_early():
+        elif response.code < 400:
+            log.warn("{method} {path}: no serial from the primary ({value!r})", value=found, **self._fields)
+        if self.failure is not None and not self.held:
             # Nothing was sent yet: a gateway error says more than a head
             # with a broken body.
-            raise _BrokeOff(_describe(body.failure.value))
+            raise UpstreamError(f"broke off its answer: {_describe(self.failure.value)}")
         self._send_head(response, serial, applied)
-        if await body.start():
+        if await self._send_body():
             request.unregisterProducer()
             request.finish()
-        else:
-            if self.gone:
-                return
-            log.warn(
-                "the primary's answer to {method} {path} broke off ({reason}): client dropped",
-                reason="no progress" if self.timed_out else _describe(body.failure.value),
-                **self._fields,
-            )
+        elif not self.gone:
+            reason = "no progress" if self.timed_out else _describe(self.failure.value)
+            log.warn("{method} {path}: the answer broke off ({reason})", reason=reason, **self._fields)
             self._drop_client()
 
-    def _serial(self, response: IResponse) -> int | None:
-        found = (response.headers.getRawHeaders(b"x-devpi-serial") or [b""])[-1]
-        if found.isdigit():
-            return int(found)
-        if response.code < 400:
-            log.warn("{method} {path}: no serial from the primary ({value!r})", value=found, **self._fields)
-        return None
-
     def _wait(self, serial: int) -> Deferred[bool]:
-        waited: Deferred[bool] = Deferred()
+        # A Deferred of our own, cancelled if the client goes (the sync
+        # service's may be shared), and given up on if that one never fires.
+        self.pending = waited = Deferred()
+        waited.addTimeout(2 * self.proxy.timeout, self.proxy.upstream.reactor, lambda result, timeout: False)
 
-        def done(applied: bool) -> None:
-            if not waited.called:
-                waited.callback(bool(applied))
-
-        def failed(failure: Failure) -> None:
+        def failed(failure: Failure) -> bool:
             log.failure("waiting for serial {serial} failed", failure, serial=serial, **self._fields)
-            done(False)
+            return False
 
-        self.pending = waited
-        self.proxy.wait_for_serial(serial, self.proxy.timeout).addCallbacks(done, failed)
+        found = self.proxy.wait_for_serial(serial, self.proxy.timeout).addErrback(failed)
+        found.addCallback(lambda applied: None if waited.called else waited.callback(bool(applied)))
         return waited
 
     def _send_head(self, response: IResponse, serial: int | None, applied: bool) -> None:
@@ -479,26 +421,76 @@ class _Relay:
         if serial is not None:
             own.setRawHeaders(PRIMARY_SERIAL_HEADER, [b"%d" % serial])
         if not applied:
-            log.warn(
-                "{method} {path}: serial {serial} not applied after {timeout} s, answered anyway",
-                serial=serial,
-                timeout=proxy.timeout,
-                **self._fields,
-            )
+            log.warn("{method} {path}: serial {serial} not applied in time", serial=serial, **self._fields)
             own.setRawHeaders(LAG_HEADER, [f"serial={serial}; waited={proxy.timeout:g}".encode()])
 
-    # -- failures ------------------------------------------------------------
+    # The answer's body, delivered here.
+
+    def connectionMade(self) -> None:
+        if not self.sending:
+            self.transport.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.sending:
+            self.held.append(data)
+            return
+        self.request.write(data)
+        if not self.client_paused:
+            self.arm()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.ended = True
+        if not reason.check(ResponseDone, PotentialDataLoss):
+            self.failure = reason
+        if self.sending:
+            self.disarm()
+        done, self._body_done = self._body_done, None
+        if done is not None:
+            done.callback(self.failure is None)
+
+    def _send_body(self) -> Deferred[bool]:
+        # What is held first, the rest as it arrives; fires with whether it came whole.
+        self.sending = True
+        self.request.registerProducer(self, True)
+        held, self.held = self.held, []
+        for data in held:
+            self.request.write(data)
+        if self.ended:
+            return succeed(self.failure is None)
+        self._body_done = Deferred()
+        if not self.client_paused:
+            self.arm()
+            self.transport.resumeProducing()
+        return self._body_done
+
+    def _stop_body(self) -> None:
+        if self.transport is not None and not self.ended:
+            self.transport.stopProducing()
+
+    # IPushProducer, for the client's connection.
+
+    def pauseProducing(self) -> None:
+        self.client_paused = True
+        self.disarm()
+        if not self.ended:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.client_paused = False
+        if not self.ended:
+            self.arm()
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._stop_body()
 
     def _refuse(self, exc: BaseException) -> None:
-        """
-        Answer for a primary that gave no answer: 504 if it ran out of
-        time, 502 otherwise.
-        """
+        # The primary gave no answer: 504 if it ran out of time, else 502.
         primary = self._fields["primary"]
         if self.timed_out or is_timeout(exc):
             status, message = 504, f"primary {primary} did not answer within {self.proxy.timeout:g} s"
-        elif isinstance(exc, _BrokeOff):
-            status, message = 502, f"primary {primary} broke off its answer: {exc}"
+        elif isinstance(exc, UpstreamError):
+            status, message = 502, f"primary {primary} {exc}"
         else:
             status, message = 502, f"primary {primary} could not be reached: {_describe(exc)}"
         log.warn("{method} {path}: {status} {message}", status=status, message=message, **self._fields)
@@ -507,114 +499,19 @@ class _Relay:
         self.request.finish()
 
     def _drop_client(self) -> None:
-        """
-        End a relayed answer that broke off after its head was sent: the
-        connection is closed, so that the client sees a broken answer
-        rather than a short one.
-        """
+        # The head is out: closing the connection tells the client the
+        # answer broke off, where finishing would pass a short one off as whole.
         if self.request.producer is not None:
             self.request.unregisterProducer()
         self.request.loseConnection()
 
     def _client_gone(self, reason: Failure) -> None:
-        """
-        The client went away: nothing it asked for is wanted any more.
-        """
+        # Nothing the client asked for is wanted any more.
         self.gone = True
         self.disarm()
         pending, self.pending = self.pending, None
-        if pending is not None or (self.body is not None and not self.body.ended):
+        if pending is not None or (self.transport is not None and not self.ended):
             log.info("{method} {path}: the client went away, relay cancelled", **self._fields)
         if pending is not None:
             pending.cancel()
-        if self.body is not None:
-            self.body.stop()
-
-
-@implementer(IPushProducer)
-class _RelayBody(Protocol):
-    """
-    The primary's answer body, held (its connection paused) until the
-    answer may be sent, then written to the client as it arrives: paused
-    while the client does not take it (its channel pauses this producer),
-    timed while it should be arriving.
-    """
-
-    def __init__(self, relay: _Relay) -> None:
-        self._relay = relay
-        self._request = relay.request
-        self._held: list[bytes] = []
-        self._started = False
-        self._client_paused = False
-        self.ended = False
-        #: Why the body ended, if it did not end well.
-        self.failure: Failure | None = None
-        self._done: Deferred[bool] | None = None
-
-    def connectionMade(self) -> None:
-        if not self._started:
-            self.transport.pauseProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        if not self._started:
-            self._held.append(data)
-            return
-        self._request.write(data)
-        if not self._client_paused:
-            self._relay.arm()
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.ended = True
-        if not reason.check(ResponseDone, PotentialDataLoss):
-            self.failure = reason
-        if self._started:
-            self._relay.disarm()
-        done, self._done = self._done, None
-        if done is not None:
-            done.callback(self.failure is None)
-
-    def failed_early(self) -> bool:
-        """
-        Whether the body failed before any of it could be sent.
-        """
-        return self.failure is not None and not self._held
-
-    def start(self) -> Deferred[bool]:
-        """
-        Send the body: what is held first, the rest as it arrives.
-
-        @return: fires with whether the body arrived whole.
-        """
-        self._started = True
-        self._request.registerProducer(self, True)
-        held, self._held = self._held, []
-        for data in held:
-            self._request.write(data)
-        if self.ended:
-            return succeed(self.failure is None)
-        self._done = Deferred()
-        if not self._client_paused:
-            self._relay.arm()
-            self.transport.resumeProducing()
-        return self._done
-
-    def stop(self) -> None:
-        if not self.ended:
-            self.transport.stopProducing()
-
-    # IPushProducer, for the client's channel.
-
-    def pauseProducing(self) -> None:
-        self._client_paused = True
-        self._relay.disarm()
-        if not self.ended:
-            self.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._client_paused = False
-        if not self.ended:
-            self._relay.arm()
-            self.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self.stop()
+        self._stop_body()
