@@ -28,10 +28,14 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
+from devpi_tx.auth.passwords import fast_hasher
 from devpi_tx.config import ServerConfig
 from devpi_tx.mirror.http import UpstreamHTTP, make_http_client
+from devpi_tx.service import build_context, make_site
 from devpi_tx.web.proxy import CHUNK, ForwardWrites, WriteProxy, rewrite_location
 from devpi_tx.web.site import DevpiRequest, DevpiSite
+
+from .conftest import UPSTREAM, devpi_auth, synchronous_passwords
 
 TIMEOUT = 30.0
 REPLICA_HEADERS = {
@@ -584,6 +588,39 @@ async def test_reads_are_served_by_the_replica(make_setup):
     response = await setup.client.get(setup.url + "/alice/dev")
     assert await response.content() == b"served by the replica"
     assert setup.primary.seen == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_and_a_write_through_to_a_devpi_tx_primary(make_setup, tmp_path):
+    config = ServerConfig(
+        serverdir=str(tmp_path / "primary"),
+        mirror_url=UPSTREAM,
+        root_passwd_hash=fast_hasher().hash("rootpw"),
+        access_log="off",
+    )
+    upstream = make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False), environ={})
+    context = build_context(config, passwords=synchronous_passwords(), upstream_http=upstream)
+    port = reactor.listenTCP(0, make_site(context), interface="127.0.0.1")
+    try:
+        setup = make_setup(primary_url=f"http://127.0.0.1:{port.getHost().port}")
+        accept = {"Accept": "application/json", "Content-Type": "application/json"}
+        login = await setup.client.post(
+            setup.url + "/+login", data=b'{"user": "root", "password": "rootpw"}', headers=accept
+        )
+        assert login.code == 200
+        token = json.loads(await login.content())["result"]["password"]
+        auth = devpi_auth("root", token)
+        created = await setup.client.put(
+            setup.url + "/alice", data=b'{"password": "alicepw"}', headers={**accept, **auth}
+        )
+        assert created.code == 201, await created.content()
+        serial = context.storage.serial
+        assert created.headers.getRawHeaders("X-Devpi-Primary-Serial") == [str(serial)]
+        assert setup.waits[-1] == (serial, TIMEOUT)
+        assert "alice" in json.loads(await created.content())["result"]["username"]
+    finally:
+        await port.stopListening()
+        context.close()
 
 
 # -- failures ------------------------------------------------------------------------
