@@ -7,8 +7,9 @@ and its answer back once the replica has applied the serial it reports:
 the client then reads its own write from the replica.
 
 What the client sees: the primary's status, reason phrase, headers
-(hop-by-hop ones dropped) and body, streamed both ways at the client's
-pace; C{X-Devpi-Proxy: replica}; C{X-Devpi-Primary-Serial: N}, the serial
+(hop-by-hop ones dropped) and body (the request's body is sent from where
+it was spooled, in pieces; the answer's as it arrives, at the client's
+pace); C{X-Devpi-Proxy: replica}; C{X-Devpi-Primary-Serial: N}, the serial
 the primary reported (C{X-Devpi-Serial} and the uuids stay the replica's);
 C{X-Devpi-Replica-Lag: serial=N; waited=T} when the replica had not
 applied C{N} after C{T} seconds (the write is done, but this replica may
