@@ -11,6 +11,10 @@ The stack, from the outside in::
           Agent over DirectEndpoints | ProxyAgent | Agent over a CONNECT tunnel
             one HTTPConnectionPool (MAX_KEPT_CONNECTIONS idle connections per host)
 
+A replica's writes, relayed to its primary, skip the two outer layers
+(L{UpstreamHTTP.relay}): a proxy answers redirects and passes bodies on
+as they came.
+
 Timeouts all come from the server's C{--request-timeout}: connecting (the
 endpoints), the answer's head (treq's timeout, which cancels the request),
 and a body that stops arriving (L{.bodies.collect_until_idle}; file
@@ -50,7 +54,7 @@ from twisted.web.client import (
 )
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IAgentEndpointFactory, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from .._compat import quiet_pool
@@ -86,11 +90,21 @@ class UpstreamHTTP:
     """
 
     def __init__(
-        self, http: HTTPClient, reactor: IReactorTime, pool: HTTPConnectionPool | None = None
+        self,
+        http: HTTPClient,
+        reactor: IReactorTime,
+        pool: HTTPConnectionPool | None = None,
+        *,
+        relay_agent: IAgent | None = None,
     ) -> None:
+        """
+        @param relay_agent: the stack's agent below its redirects and
+            decoding (L{relay}); L{None} relays through C{http}.
+        """
         self.http = http
         self.reactor = reactor
         self._pool = pool
+        self._relay_agent = relay_agent
 
     def request(
         self, method: str, url: str, *, headers: Mapping[str, str] | None = None, timeout: float | None = None
@@ -116,6 +130,36 @@ class UpstreamHTTP:
         Send a C{POST} (a push to another index); treq's keyword arguments.
         """
         return self.http.post(url, timeout=timeout, allow_redirects=False, reactor=self.reactor, **kwargs)
+
+    def relay(
+        self, method: bytes, url: bytes, headers: Headers, body: IBodyProducer | None
+    ) -> Deferred[IResponse]:
+        """
+        Send a request as a reverse proxy does (a replica's writes, sent on
+        to its primary, L{devpi_tx.web.proxy}): over the same pool and
+        proxy settings, but a redirect is answered rather than followed (a
+        POST followed as a GET would pass another answer off as the
+        write's), the body is not decoded (the client's C{Accept-Encoding}
+        goes along) and no cookies are kept between requests (they would
+        pass from one client to the next).  No timeout: the caller's
+        allowance runs while the body moves (an upload may take longer
+        than any one timeout).
+
+        Without a relay agent (an L{UpstreamHTTP} over
+        L{treq.testing.StubTreq}), through the treq client, redirects not
+        followed.
+        """
+        if self._relay_agent is not None:
+            return self._relay_agent.request(method, url, headers, body)
+        return self.http.request(
+            method.decode("ascii"),
+            url,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            unbuffered=True,
+            reactor=self.reactor,
+        )
 
     def close_idle(self) -> Deferred[None]:
         """
@@ -278,7 +322,7 @@ def make_http_client(
     )
     redirecting = BrowserLikeRedirectAgent(chooser, redirectLimit=MAX_REDIRECTS)
     agent = ContentDecoderAgent(redirecting, [(b"gzip", GzipDecoder)])
-    return UpstreamHTTP(HTTPClient(agent), reactor, pool)
+    return UpstreamHTTP(HTTPClient(agent), reactor, pool, relay_agent=chooser)
 
 
 # -- asking ----------------------------------------------------------------------------
