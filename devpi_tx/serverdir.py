@@ -109,6 +109,8 @@ def initialize(config: ServerConfig, hasher: PasswordHasher | None = None) -> li
     serverdir = config.serverdir
     if is_initialized(serverdir):
         raise AlreadyInitialized(f"{serverdir} is already initialised")
+    if config.effective_role == "replica":
+        return _initialize_replica(config)
     os.makedirs(serverdir, exist_ok=True)
     done = [f"initialising server directory {serverdir}"]
     hasher = hasher or PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4)
@@ -138,6 +140,28 @@ def initialize(config: ServerConfig, hasher: PasswordHasher | None = None) -> li
     write_nodeinfo(serverdir, nodeinfo)
     done.append(f"node uuid {nodeinfo['uuid']}")
     return done
+
+
+def _initialize_replica(config: ServerConfig) -> list[str]:
+    """
+    A replica's server directory: an empty state (every entry, serial 0
+    on, comes from the primary) and the node info.  The secret must be the
+    primary's: the replica's tokens are signed with it and the primary's
+    login tokens checked with it.
+    """
+    if not os.path.exists(config.secret_path):
+        raise ValueError(
+            f"a replica needs its primary's secret: no secret file at {config.secret_path}; "
+            "give the primary's with --secretfile"
+        )
+    os.makedirs(config.serverdir, exist_ok=True)
+    open_storage(config.serverdir).close()
+    nodeinfo = {"uuid": uuid.uuid4().hex, "role": "replica", "version": __version__, "layout": LAYOUT}
+    write_nodeinfo(config.serverdir, nodeinfo)
+    return [
+        f"initialising replica server directory {config.serverdir} (state from {config.primary_url})",
+        f"node uuid {nodeinfo['uuid']}",
+    ]
 
 
 def _initial_state(storage: SQLiteStorage, config: ServerConfig, pwhash: str, done: list[str]) -> None:
