@@ -97,6 +97,16 @@ class IStorage(Interface):
         Return the time of the last commit, or L{None} for a new state.
         """
 
+    def import_entry(serial: int, timestamp: float, changes: dict) -> None:
+        """
+        Commit an entry replicated from a primary, as the primary committed
+        it: with exactly C{serial} (which must follow L{serial}: anything
+        else raises L{ValueError} and changes nothing) and C{timestamp}, so
+        that a replica's changelog is the primary's.  C{changes} maps keys
+        to new values, L{None} for a deletion.  Durable, and reported to
+        listeners like any commit.
+        """
+
     def subscribe(listener) -> None:
         """
         Call C{listener(serial, keys)} after each commit with the keys it
