@@ -614,3 +614,17 @@ def test_import_drops_cached_values_it_changes(storage):
     storage.import_entry(1, 2.0, {"a": None, "b": 3, "c": 4})
     assert (storage.get("a"), storage.get("b"), storage.get("c")) == (None, 3, 4)
     assert storage.keys("") == ["b", "c"]
+
+
+def test_a_file_stored_by_a_hard_link_is_checked_first(files, tmp_path):
+    source = tmp_path / "elsewhere"
+    source.write_bytes(b"shared bytes")
+    digest = hashlib.sha256(b"shared bytes").hexdigest()
+    assert not files.link(str(source), hashlib.sha256(b"other").hexdigest())
+    assert os.listdir(files.tmpdir) == []
+    assert files.link(str(source), digest)
+    assert os.stat(files.path(digest)).st_ino == source.stat().st_ino
+    assert files.link(str(source), digest)  # already there: kept as it is
+    assert os.listdir(files.tmpdir) == []
+    with pytest.raises(OSError):
+        files.link(str(tmp_path / "missing"), digest)
