@@ -207,6 +207,24 @@ def test_a_stream_in_pieces_of_any_size_applies_only_whole_entries(replica, prim
     assert replica.uris == ["/+changelog/0-?initial_fetch", "/+changelog/5-"]
 
 
+def test_entries_that_arrive_together_are_synced_by_the_last(replica, primary, monkeypatch):
+    imported = []
+    import_entry = replica.storage.import_entry
+
+    def spy(serial, timestamp, changes, durable=True):
+        imported.append((serial, durable))
+        import_entry(serial, timestamp, changes, durable=durable)
+
+    monkeypatch.setattr(replica.storage, "import_entry", spy)
+    for serial in range(3):
+        primary.commit({f"k/{serial}": serial})
+    replica.sync.startService()
+    replica.flush()
+    primary.commit({"k/3": 3})
+    replica.flush()
+    assert imported == [(0, False), (1, False), (2, True), (3, True)]
+
+
 def test_a_cut_stream_leaves_no_partial_entry_and_the_next_request_resumes(replica, primary):
     for serial in range(3):
         primary.commit({f"k/{serial}": serial})
@@ -532,7 +550,7 @@ def test_status_has_devpis_names(replica, primary):
     assert status["primary-uuid"] == PRIMARY_UUID
     assert status["primary-serial"] == 0
     assert status["replica-in-sync-at"] == 0.0
-    assert status["replication-errors"] == {}
+    assert status["replica-changelog-errors"] == []
 
 
 def test_the_changelog_replicated_is_the_primarys(tmp_path):

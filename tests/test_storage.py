@@ -608,6 +608,20 @@ def test_import_refused_when_another_process_committed(tmp_path):
     b.close()
 
 
+def test_a_non_durable_import_is_a_commit_and_leaves_full_sync_on(tmp_path):
+    path = str(tmp_path / "state.sqlite")
+    s = SQLiteStorage(path)
+    s.import_entry(0, 1.0, {"a": 1}, durable=False)
+    assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with pytest.raises(ValueError):
+        s.import_entry(5, 1.0, {"a": 2}, durable=False)
+    assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    s.close()
+    s = SQLiteStorage(path)
+    assert (s.serial, s.get("a"), s.changelog_entry(0)["timestamp"]) == (0, 1, 1.0)
+    s.close()
+
+
 def test_import_drops_cached_values_it_changes(storage):
     storage.import_entry(0, 1.0, {"a": 1, "b": 2})
     assert (storage.get("a"), storage.get("b"), storage.get("c")) == (1, 2, None)

@@ -428,7 +428,7 @@ class SQLiteStorage:
         row = self._db.execute("SELECT timestamp FROM changelog ORDER BY serial DESC LIMIT 1").fetchone()
         return None if row is None else row[0]
 
-    def import_entry(self, serial: int, timestamp: float, changes: dict) -> None:
+    def import_entry(self, serial: int, timestamp: float, changes: dict, durable: bool = True) -> None:
         """
         Commit a primary's entry as the primary committed it (see
         L{IStorage.import_entry}).  The values are encoded as a local
@@ -445,6 +445,9 @@ class SQLiteStorage:
         encoded = {key: None if value is None else _encode(value) for key, value in changes.items()}
         entries = list(self._pending)
         db = self._db
+        relaxed = not durable and self._synchronous == "FULL"
+        if relaxed:
+            db.execute("PRAGMA synchronous=NORMAL")  # as in _commit
         db.execute("BEGIN IMMEDIATE")
         try:
             on_disk = self._db_serial()
@@ -464,6 +467,9 @@ class SQLiteStorage:
             db.execute("ROLLBACK")
             self._forget_all()
             raise
+        finally:
+            if relaxed:
+                db.execute("PRAGMA synchronous=FULL")
         for _, _, entry_changes in [*entries, (serial, timestamp, encoded)]:
             for key, value in entry_changes.items():
                 if value is None:
