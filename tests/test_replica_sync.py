@@ -173,7 +173,7 @@ def test_entries_are_applied_with_the_primarys_serials_and_the_headers_say_who_a
     assert first["headers"]["x-devpi-expected-primary-id"] == ""
     assert second["headers"]["x-devpi-expected-primary-id"] == PRIMARY_UUID
     assert first["headers"]["x-devpi-replica-outside-url"] == "http://replica.example"
-    assert first["headers"]["accept"] == MEDIA_TYPE
+    assert first["headers"]["accept"] == f"{MEDIA_TYPE}, application/json; q=0.5"
     assert replica.nodeinfo["primary-uuid"] == PRIMARY_UUID
     assert (replica.sync.primary_serial, replica.sync.connected) == (2, True)
     assert replica.sync.in_sync_at == replica.clock.seconds()

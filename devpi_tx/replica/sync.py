@@ -26,6 +26,7 @@ C{backoff_max} and starts again after an answer that worked.
 from __future__ import annotations
 
 import collections
+import json
 from collections.abc import Callable
 
 import attrs
@@ -45,6 +46,9 @@ from ..model.changes import MEDIA_TYPE, Entry, FrameParser
 from .primary import PrimaryLink
 
 log = Logger(namespace="devpi_tx.replica")
+
+#: Frames; refusals as JSON (their message alone, not an HTML page).
+ACCEPT = f"{MEDIA_TYPE}, application/json; q=0.5"
 
 
 class ReplicationFatal(Exception):
@@ -281,7 +285,7 @@ class ReplicaSync(Service):
         url = self._primary.url_for(f"+changelog/{start}-") + ("?initial_fetch" if initial else "")
         timeout = self._options.poll_timeout
         _, response = await ask_upstream(
-            self._http, "GET", url, timeout=timeout, headers=self._primary.headers(Accept=MEDIA_TYPE)
+            self._http, "GET", url, timeout=timeout, headers=self._primary.headers(Accept=ACCEPT)
         )
         self.primary_contacted_at = self._clock.seconds()
         code = response.code
@@ -406,6 +410,11 @@ class ReplicaSync(Service):
             body = await read_body(self._http, url, response, 4096, idle=self._options.poll_timeout)
         except UpstreamError:
             return ""
+        if (_header(response, "Content-Type") or "").startswith("application/json"):
+            try:
+                return str(json.loads(body)["message"])[:500]
+            except (ValueError, KeyError, TypeError):
+                pass
         return body.decode("utf-8", "replace").strip()[:500]
 
     # -- read-your-writes ----------------------------------------------------------------
