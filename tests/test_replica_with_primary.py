@@ -84,10 +84,23 @@ def test_a_replica_follows_a_real_primary(tmp_path):
     assert replicator.pending == 0 and replicator.files_in_sync_at is not None
     assert (fatal, sync.errors, replicator.errors) == ([], [], [])
 
-    sync.stopService()
+    stop(server, sync)
     replicator.stopService()
-    pump()
     storage.close()
+
+
+def stop(server: Server, sync: ReplicaSync) -> None:
+    """
+    The primary ends its streams first (as when it stops), so that no
+    connection is dropped in the middle of one.
+    """
+    server.feed.stop()
+    for _ in range(5):
+        server.client.flush()
+        server.clock.advance(0)
+    assert not sync.streaming
+    sync.stopService()
+    server.client.flush()
 
 
 def _sha(data: bytes) -> str:
@@ -132,6 +145,5 @@ def test_refusals_of_a_real_primary(tmp_path):
         client.flush()
         clock.advance(0)
     assert storage.serial == server.storage.serial and sync.connected
-    sync.stopService()
-    client.flush()
+    stop(server, sync)
     storage.close()
