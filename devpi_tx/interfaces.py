@@ -97,6 +97,21 @@ class IStorage(Interface):
         Return the time of the last commit, or L{None} for a new state.
         """
 
+    def import_entry(serial: int, timestamp: float, changes: dict, durable: bool = True) -> None:
+        """
+        Commit an entry replicated from a primary, as the primary committed
+        it: with exactly C{serial} (which must follow L{serial}: anything
+        else raises L{ValueError} and changes nothing) and C{timestamp}, so
+        that a replica's changelog is the primary's.  C{changes} maps keys
+        to new values, L{None} for a deletion.  Reported to listeners like
+        any commit.
+
+        With C{durable} false the commit is not synced to disk by itself
+        (the next durable one syncs it): for all but the last of entries
+        that arrived together, which a power loss may take back to an
+        earlier serial, never to a partial entry.
+        """
+
     def subscribe(listener) -> None:
         """
         Call C{listener(serial, keys)} after each commit with the keys it

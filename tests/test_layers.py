@@ -80,6 +80,7 @@ FORBIDDEN = {
     "customizers": ("devpi_tx.web", "devpi_tx.mirror", "devpi_tx.service", "klein"),
     "mirror": ("devpi_tx.web", "devpi_tx.service", "klein"),
     "remote": ("devpi_tx.web", "devpi_tx.service", "klein"),
+    "replica": ("devpi_tx.web", "devpi_tx.service", "devpi_tx.cli", "klein"),
     "web": ("devpi_tx.service", "devpi_tx.cli"),
 }
 

@@ -534,3 +534,111 @@ def test_a_fan_out_directory_removed_behind_the_store_is_made_again(tmp_path):
     writer.write(b"one")
     assert writer.commit() == digest
     assert store.exists(digest)
+
+
+# -- entries replicated from a primary ------------------------------------------------
+
+
+def test_imported_entries_make_the_primarys_changelog_and_state(tmp_path):
+    primary = SQLiteStorage(str(tmp_path / "primary.sqlite"))
+    replica = SQLiteStorage(str(tmp_path / "replica.sqlite"))
+    with primary.transaction() as tx:
+        tx.set("user/alice", {"username": "alice", "indexes": {"dev": {"type": "stage"}}})
+        tx.set("blob/" + "a" * 64, 1)
+    with primary.transaction() as tx:
+        tx.set("k", {"\u00e9": [1.5, None, True]})
+        tx.delete("blob/" + "a" * 64)
+    seen = []
+    replica.subscribe(lambda serial, keys: seen.append((serial, keys)))
+    for serial in range(primary.serial + 1):
+        entry = primary.changelog_entry(serial)
+        replica.import_entry(entry["serial"], entry["timestamp"], entry["changes"])
+    assert replica.serial == primary.serial == 1
+    assert seen == [
+        (0, frozenset(["user/alice", "blob/" + "a" * 64])),
+        (1, frozenset(["k", "blob/" + "a" * 64])),
+    ]
+    assert replica.get("k") == {"\u00e9": [1.5, None, True]}
+    assert replica.get("blob/" + "a" * 64) is None
+    assert replica.last_commit_timestamp() == primary.last_commit_timestamp()
+    rows = "SELECT serial, timestamp, changes FROM changelog ORDER BY serial"
+    kv = "SELECT key, value, serial FROM kv ORDER BY key"
+    assert replica._db.execute(rows).fetchall() == primary._db.execute(rows).fetchall()
+    assert replica._db.execute(kv).fetchall() == primary._db.execute(kv).fetchall()
+    replica.close()
+    replica = SQLiteStorage(str(tmp_path / "replica.sqlite"))
+    assert (replica.serial, replica.get("user/alice")["username"]) == (1, "alice")
+    replica.close()
+    primary.close()
+
+
+@pytest.mark.parametrize("serial", [0, 1, 3])
+def test_import_refuses_a_serial_that_does_not_follow(storage, serial):
+    """
+    After serial 1, entry 0 or 1 (applied already) and entry 3 (a gap) are
+    refused; nothing changes and no listener hears of them.
+    """
+    from devpi_tx.storage.sqlite import SerialMismatch
+
+    storage.import_entry(0, 1.0, {"a": 1})
+    storage.import_entry(1, 2.0, {"a": 2})
+    seen = []
+    storage.subscribe(lambda s, keys: seen.append(s))
+    with pytest.raises(SerialMismatch, match=f"entry {serial} does not follow serial 1"):
+        storage.import_entry(serial, 3.0, {"a": 3})
+    assert (storage.serial, storage.get("a"), seen) == (1, 2, [])
+    assert storage.changelog_entry(2) is None
+    storage.import_entry(2, 3.0, {"a": 3})
+    assert (storage.serial, storage.get("a"), seen) == (2, 3, [2])
+
+
+def test_import_refused_when_another_process_committed(tmp_path):
+    from devpi_tx.storage.sqlite import SerialMismatch
+
+    path = str(tmp_path / "state.sqlite")
+    a, b = SQLiteStorage(path), SQLiteStorage(path)
+    a.import_entry(0, 1.0, {"a": 1})
+    with b.transaction() as tx:
+        tx.set("b", 1)
+    with pytest.raises(SerialMismatch, match="on disk"):
+        a.import_entry(1, 2.0, {"a": 2})
+    assert a.serial == 1  # knows the serial on disk now
+    assert a.get("a") == 1 and a.changelog_entry(1)["changes"] == {"b": 1}
+    a.close()
+    b.close()
+
+
+def test_a_non_durable_import_is_a_commit_and_leaves_full_sync_on(tmp_path):
+    path = str(tmp_path / "state.sqlite")
+    s = SQLiteStorage(path)
+    s.import_entry(0, 1.0, {"a": 1}, durable=False)
+    assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with pytest.raises(ValueError):
+        s.import_entry(5, 1.0, {"a": 2}, durable=False)
+    assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    s.close()
+    s = SQLiteStorage(path)
+    assert (s.serial, s.get("a"), s.changelog_entry(0)["timestamp"]) == (0, 1, 1.0)
+    s.close()
+
+
+def test_import_drops_cached_values_it_changes(storage):
+    storage.import_entry(0, 1.0, {"a": 1, "b": 2})
+    assert (storage.get("a"), storage.get("b"), storage.get("c")) == (1, 2, None)
+    storage.import_entry(1, 2.0, {"a": None, "b": 3, "c": 4})
+    assert (storage.get("a"), storage.get("b"), storage.get("c")) == (None, 3, 4)
+    assert storage.keys("") == ["b", "c"]
+
+
+def test_a_file_stored_by_a_hard_link_is_checked_first(files, tmp_path):
+    source = tmp_path / "elsewhere"
+    source.write_bytes(b"shared bytes")
+    digest = hashlib.sha256(b"shared bytes").hexdigest()
+    assert not files.link(str(source), hashlib.sha256(b"other").hexdigest())
+    assert os.listdir(files.tmpdir) == []
+    assert files.link(str(source), digest)
+    assert os.stat(files.path(digest)).st_ino == source.stat().st_ino
+    assert files.link(str(source), digest)  # already there: kept as it is
+    assert os.listdir(files.tmpdir) == []
+    with pytest.raises(OSError):
+        files.link(str(tmp_path / "missing"), digest)

@@ -58,6 +58,15 @@ class _WatchedBody(TimeoutMixin, Protocol):
     def timeoutConnection(self) -> None:
         self._fail(Failure(UpstreamTimeout(f"{redact(self._url)}: no data for {self._idle:g} s")))
 
+    def cancel(self) -> None:
+        """
+        The reader gave up (its Deferred was cancelled): drop the connection;
+        the Deferred fails with L{CancelledError}.
+        """
+        self._finished = None
+        self.setTimeout(None)
+        self.transport.stopProducing()
+
     def _fail(self, failure: Failure) -> None:
         finished, self._finished = self._finished, None
         self.setTimeout(None)
@@ -85,9 +94,18 @@ def collect_until_idle(
     Like L{treq.collect}, but a body that stops arriving for C{idle}
     seconds fails with L{UpstreamTimeout} (a stalled upstream would
     otherwise hold a download, and everyone waiting on it, forever).
+    Cancelling the Deferred drops the connection (a replica stopping in
+    the middle of a stream).
     """
-    finished: Deferred[None] = Deferred()
-    response.deliverBody(_WatchedBody(finished, collector, http.reactor, idle, url))
+    protocol: _WatchedBody | None = None
+
+    def cancel(d: Deferred) -> None:
+        if protocol is not None:
+            protocol.cancel()
+
+    finished: Deferred[None] = Deferred(cancel)
+    protocol = _WatchedBody(finished, collector, http.reactor, idle, url)
+    response.deliverBody(protocol)
     return finished
 
 

@@ -197,3 +197,37 @@ class LocalFileStore:
             os.unlink(self.path(sha256))
         except FileNotFoundError:
             pass
+
+    def link(self, source: str, sha256: str) -> bool:
+        """
+        Store the file at C{source} (in another server directory on the
+        same filesystem) by a hard link instead of a copy, if its content
+        has digest C{sha256}; return whether it had.  Blocks (it reads the
+        whole file).
+
+        The link is made under a temporary name and hashed there, so what
+        gets the final name is the content that was checked.
+
+        @raise OSError: no hard link could be made (another filesystem,
+            say): copy instead.
+        """
+        final = self.path(sha256)
+        tmp = os.path.join(self.tmpdir, f"{_TMP_PREFIX}{os.urandom(8).hex()}")
+        os.link(source, tmp)
+        try:
+            digest = hashlib.sha256()
+            with open(tmp, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            if digest.hexdigest() != sha256:
+                return False
+            self.make_directory(os.path.dirname(final))
+            if not os.path.exists(final):
+                os.replace(tmp, final)
+                _fsync_dir(os.path.dirname(final))
+            return True
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass

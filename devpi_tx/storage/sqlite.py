@@ -68,6 +68,13 @@ class SchemaError(Exception):
     """
 
 
+class SerialMismatch(ValueError):
+    """
+    A replicated entry does not follow the state's last serial (a gap, or
+    one already applied).
+    """
+
+
 def _encode(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
@@ -420,6 +427,62 @@ class SQLiteStorage:
             return self._pending[-1][1]
         row = self._db.execute("SELECT timestamp FROM changelog ORDER BY serial DESC LIMIT 1").fetchone()
         return None if row is None else row[0]
+
+    def import_entry(self, serial: int, timestamp: float, changes: dict, durable: bool = True) -> None:
+        """
+        Commit a primary's entry as the primary committed it (see
+        L{IStorage.import_entry}).  The values are encoded as a local
+        commit encodes them, so the changelog row is the primary's byte for
+        byte.  Anything pending (there should be nothing: a replica does
+        not commit on its own) is written first, in the same SQLite
+        transaction, and the serial is checked against what is on disk, so
+        that an entry can neither skip a serial nor take one twice.
+
+        @raise SerialMismatch: C{serial} does not follow the last one.
+        """
+        if serial != self.serial + 1:
+            raise SerialMismatch(f"entry {serial} does not follow serial {self.serial}")
+        encoded = {key: None if value is None else _encode(value) for key, value in changes.items()}
+        entries = list(self._pending)
+        db = self._db
+        relaxed = not durable and self._synchronous == "FULL"
+        if relaxed:
+            db.execute("PRAGMA synchronous=NORMAL")  # as in _commit
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            on_disk = self._db_serial()
+            if on_disk + len(entries) + 1 != serial:
+                # Another process committed: refuse rather than renumber,
+                # and know the serial on disk from now on.
+                if not entries:
+                    self._written = self.serial = on_disk
+                raise SerialMismatch(
+                    f"entry {serial} does not follow serial {on_disk + len(entries)} on disk"
+                )
+            for entry_serial, entry_timestamp, entry_changes in entries:
+                self._write_entry(entry_serial, entry_timestamp, entry_changes)
+            self._write_entry(serial, timestamp, encoded)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            self._forget_all()
+            raise
+        finally:
+            if relaxed:
+                db.execute("PRAGMA synchronous=FULL")
+        for _, _, entry_changes in [*entries, (serial, timestamp, encoded)]:
+            for key, value in entry_changes.items():
+                if value is None:
+                    self._cache.pop(key, None)
+                else:
+                    self._remember(key, value)
+        self._pending.clear()
+        self._pending_values.clear()
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+            self._flush_call = None
+        self._written = self.serial = serial
+        self._notify(serial, encoded)
 
     def close(self) -> None:
         """
