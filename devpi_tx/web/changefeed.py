@@ -409,4 +409,6 @@ class ChangeStream:
                     call.cancel()
                 setattr(self, name, None)
         self._feed.streams.discard(self)
-        self._request.unregisterProducer()
+        if self._request.channel is not None:
+            # Gone with a lost connection: the request let go of it already.
+            self._request.unregisterProducer()
