@@ -35,17 +35,22 @@ from .model.memo import StateMemo
 from .model.names_index import ProjectNames
 from .model.versions_memo import VersionsMemo
 from .pipconfig import default_mirror_url
+from .replica.files import FileOptions, FileReplicator
+from .replica.mirrors import via_primary
+from .replica.primary import PrimaryLink
+from .replica.sync import ReplicaSync
 from .serverdir import LAYOUT, ensure_secret, initialize, is_initialized, read_nodeinfo, write_nodeinfo
 from .storage.files import LocalFileStore
 from .storage.sqlite import open_storage
 from .web.accesslog import open_access_log
 from .web.api import DevpiAPI
 from .web.changefeed import ChangeFeed
-from .web.context import ServerContext
+from .web.context import ReplicaParts, ServerContext
 from .web.derivedblobs import DerivedBlobs
 from .web.installer import InstallerFastPath
 from .web.listpages import ListPages
 from .web.pagecache import PageCache
+from .web.proxy import ForwardWrites, WriteProxy
 from .web.sendfile import SendfileWorkers
 from .web.site import DevpiSite
 
@@ -101,6 +106,7 @@ def build_context(
     upstream_http: UpstreamHTTP | None = None,
     clock=None,
     reactor=None,
+    on_fatal: Callable[[str], object] | None = None,
 ) -> ServerContext:
     """
     Open (initialising on first start) the server directory and build what
@@ -112,6 +118,8 @@ def build_context(
         written in batches on it.
     @param upstream_http: the client for other servers; one over the agent
         stack of L{make_http_client} if not given.
+    @param on_fatal: on a replica, what to do when replication must stop
+        (the primary changed, say); stop the reactor by default.
     """
     if reactor is None:
         from twisted.internet import reactor
@@ -124,13 +132,21 @@ def build_context(
     nodeinfo = read_nodeinfo(config.serverdir)
     secret = ensure_secret(config.secret_path)
     storage = open_storage(config.serverdir, clock=clock)
+    role = config.effective_role
+    if nodeinfo.get("role") == "replica" and role != "replica":
+        raise ValueError(
+            f"{config.serverdir} holds a replica's state; start it with --role replica "
+            "and --primary-url (a replica's state cannot be written to)"
+        )
+    if role == "replica" and nodeinfo.get("role") != "replica":
+        kind = nodeinfo.get("role", "standalone")
+        raise ValueError(f"{config.serverdir} holds a {kind} server's state, not a replica's")
     if nodeinfo.get("layout", 1) < LAYOUT:
         with storage.transaction() as tx:
             moved = releases.migrate_links(tx)
         log.info("state layout {layout}: file links of {moved} versions moved", layout=LAYOUT, moved=moved)
         nodeinfo = dict(nodeinfo, layout=LAYOUT)
         write_nodeinfo(config.serverdir, nodeinfo)
-    role = config.effective_role
     if role in ("primary", "standalone") and nodeinfo.get("role", "standalone") not in (role, "replica"):
         # The role this node last ran as (a former replica's directory is
         # the replica side's to judge).
@@ -145,6 +161,12 @@ def build_context(
 
     list_pages = ListPages(os.path.join(config.serverdir, "+mirrorlists", "pages"), run_in_thread)
     list_pages.clear_directory()
+    replica_tokens = ReplicaTokens(secret, clock=reactor.seconds)
+    replica = None
+    if role == "replica":
+        replica = _replica_parts(
+            config, nodeinfo, storage, files, http, replica_tokens, reactor, run_in_thread, on_fatal
+        )
     return ServerContext(
         config=config,
         storage=storage,
@@ -166,6 +188,9 @@ def build_context(
             UpstreamClient(http, config.request_timeout),
             default_expiry=config.mirror_cache_expiry,
             offline=config.offline_mode,
+            via_primary=None
+            if replica is None
+            else via_primary(http, replica.link, replica.sync.wait_for_serial, config.proxy_timeout),
         ),
         # Files and project lists may take long to arrive whole; each chunk
         # must still come within this allowance.
@@ -187,9 +212,72 @@ def build_context(
         blobs=blobs,
         project_names=ProjectNames(storage),
         versions=VersionsMemo(storage),
-        replica_tokens=ReplicaTokens(secret, clock=reactor.seconds),
+        replica_tokens=replica_tokens,
         changefeed=ChangeFeed(storage, reactor),
+        replica=replica,
     )
+
+
+def _replica_parts(
+    config: ServerConfig,
+    nodeinfo: dict,
+    storage,
+    files,
+    http: UpstreamHTTP,
+    tokens: ReplicaTokens,
+    reactor,
+    run_in_thread,
+    on_fatal: Callable[[str], object] | None,
+) -> ReplicaParts:
+    """
+    A replica's link to its primary (the primary's uuid kept in
+    C{.nodeinfo}), its sync services and its relay of writes.
+    """
+    serverdir = config.serverdir
+
+    def save_primary_uuid(primary_uuid: str) -> None:
+        write_nodeinfo(serverdir, dict(read_nodeinfo(serverdir), **{"primary-uuid": primary_uuid}))
+
+    def stop(message: str) -> None:
+        log.critical("replication stopped: {message}", message=message)
+        if reactor.running:
+            reactor.stop()
+
+    replica_uuid = nodeinfo["uuid"]
+    link = PrimaryLink(
+        config.primary_url,
+        replica_uuid=replica_uuid,
+        token=lambda: tokens.issue(replica_uuid),
+        load_primary_uuid=lambda: read_nodeinfo(serverdir).get("primary-uuid"),
+        save_primary_uuid=save_primary_uuid,
+        outside_url=config.outside_url,
+    )
+    search = config.replica_file_search_path
+    replicator = FileReplicator(
+        storage,
+        files,
+        http,
+        link,
+        clock=reactor,
+        run_in_thread=run_in_thread,
+        options=FileOptions(
+            threads=config.file_replication_threads,
+            skip_indexes=config.file_replication_skip_indexes,
+            search_paths=(search,) if search else (),
+            hard_links=config.hard_links,
+            timeout=config.request_timeout * 12,
+        ),
+    )
+    sync = ReplicaSync(storage, http, link, clock=reactor, on_fatal=on_fatal or stop, files=replicator)
+    proxy = WriteProxy(
+        config.primary_url,
+        http,
+        sync.wait_for_serial,
+        lambda: {k: v for k, v in link.headers().items() if k != "Authorization"},
+        config.proxy_timeout,
+        outside_url=config.outside_url,
+    )
+    return ReplicaParts(link, sync, replicator, proxy)
 
 
 def make_site(context: ServerContext, *, reactor=None, api: DevpiAPI | None = None) -> DevpiSite:
@@ -199,9 +287,16 @@ def make_site(context: ServerContext, *, reactor=None, api: DevpiAPI | None = No
     timers and threads of what it serves (see L{web.sendfile}).
     """
     api = api if api is not None else DevpiAPI(context)
+    root = InstallerFastPath(api.app.resource(), api)
+    stream_receiver = api.upload_receiver
+    if context.replica is not None:
+        # Writes go to the primary, their bodies spooled for it (never to
+        # the upload receiver: a replica stores nothing of its own).
+        root = ForwardWrites(root, context.replica.proxy)
+        stream_receiver = context.replica.proxy.body_receiver
     site = DevpiSite(
-        InstallerFastPath(api.app.resource(), api),
-        stream_receiver=api.upload_receiver,
+        root,
+        stream_receiver=stream_receiver,
         storage=context.storage,
         uuid=context.uuid,
         config=context.config,
@@ -235,6 +330,10 @@ def make_service(config: ServerConfig, reactor) -> MultiService:
     CallOnStop("state", context.storage.close).setServiceParent(root)
     CallOnStop("changefeed", context.changefeed.stop).setServiceParent(root)
     CallOnStop("upstream", context.http.close_idle).setServiceParent(root)
+    if context.replica is not None:
+        # Files first: the sync hands it the files of each entry it applies.
+        context.replica.files.setServiceParent(root)
+        context.replica.sync.setServiceParent(root)
     CallOnStop("derived-blobs", context.derived_blobs.stop).setServiceParent(root)
     if not config.offline_mode:
         ProjectListService(context.project_lists, config.mirror_cache_expiry, reactor).setServiceParent(root)

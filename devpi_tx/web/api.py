@@ -37,6 +37,20 @@ log = Logger(namespace="devpi_tx.api")
 FEATURES = ["server-keyvalue-parsing", "push-no-docs", "push-only-docs"]
 
 
+def replica_lag(sync, serial: int, now: float) -> tuple[int | None, float | None]:
+    """
+    How far a replica is behind its primary: in serials, and in seconds
+    since it last had the primary's serial (0 when it has it now; L{None}
+    before the primary first answered).
+    """
+    if sync.primary_serial is None:
+        return None, None
+    behind = max(0, sync.primary_serial - serial)
+    if behind == 0:
+        return 0, 0.0
+    return behind, (now - sync.in_sync_at) if sync.in_sync_at is not None else None
+
+
 class DevpiAPI(ReleaseRoutes, ChangelogRoutes):
     """
     The Klein application.
@@ -158,6 +172,23 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes):
             "role": "REPLICA" if cfg.effective_role == "replica" else "MASTER",
             "polling_replicas": self.ctx.changefeed.replicas.snapshot(),
         }
+        replica = self.ctx.replica
+        if replica is not None:
+            result.update(replica.sync.status())
+            result.update(replica.files.status())
+            lag = replica_lag(replica.sync, storage.serial, time.time())
+            result["replica-serials-behind"], result["replica-lag-seconds"] = lag
+            result["event-serial-in-sync-at"] = replica.sync.in_sync_at
+            limit = request.args.get(b"max-lag")
+            if limit:
+                # For a load balancer's health check: a replica further
+                # behind than this many seconds answers 503.
+                try:
+                    seconds = float(limit[0])
+                except ValueError:
+                    return error(request, 400, "max-lag must be a number of seconds")
+                if lag[1] is None or lag[1] > seconds:
+                    return envelope(request, 503, type="status", result=result)
         return envelope(request, type="status", result=result)
 
     @app.route("/+login", methods=["POST"])

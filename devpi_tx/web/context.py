@@ -31,10 +31,27 @@ from ..model.blobs import BlobLedger
 from ..model.memo import StateMemo
 from ..model.names_index import ProjectNames
 from ..model.versions_memo import VersionsMemo
+from ..replica.files import FileReplicator
+from ..replica.primary import PrimaryLink
+from ..replica.sync import ReplicaSync
 from .changefeed import ChangeFeed
 from .derivedblobs import DerivedBlobs
 from .listpages import ListPages
 from .pagecache import PageCache
+from .proxy import WriteProxy
+
+
+@attrs.define
+class ReplicaParts:
+    """
+    What a replica adds to a server: its link to the primary, the services
+    that follow the primary's state and files, and the relay of writes.
+    """
+
+    link: PrimaryLink
+    sync: ReplicaSync
+    files: FileReplicator
+    proxy: WriteProxy
 
 
 @attrs.define
@@ -76,6 +93,8 @@ class ServerContext:
     versions: VersionsMemo
     replica_tokens: ReplicaTokens
     changefeed: ChangeFeed
+    #: Set on a replica only.
+    replica: ReplicaParts | None = None
     started: float = attrs.field(factory=time.time)
 
     # The ledger's holds and sound blobs, as tests and older callers know them.

@@ -12,6 +12,7 @@ import os
 
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
 
 from ..mirror.client import UpstreamError, gateway_status
 from ..mirror.files import GrowingFileBody
@@ -41,6 +42,10 @@ class FileRoutes(StageHelpers):
         path = f"{user}/{index}/{kind}/{relpath}"
         storage = self.ctx.storage
         entry = releases.get_file(storage, path)
+        if self.ctx.replica is not None:
+            answered = await self._replica_file(request, path, entry)
+            if answered is not None:
+                return answered
         if entry is not None and entry.get("mirror") and not self.ctx.mirror_files.is_stored(entry):
             if wants_json(request):
                 result = {"url": indexes.redact_url(entry["url"]), "project": entry["project"]}
@@ -102,6 +107,37 @@ class FileRoutes(StageHelpers):
             return envelope(request, type="releasefilemeta", result=result)
         content_type = "application/json" if entry["rel"] == "toxresult" else "application/octet-stream"
         return self._serve_blob(request, entry["sha256"], entry["last_modified"], content_type)
+
+    async def _replica_file(self, request: IRequest, path: str, entry: dict | None):
+        """
+        On a replica, a file it does not have yet: a mirror's that the
+        primary has not stored either (or its metadata) is relayed from the
+        primary, which fetches and stores it, since a replica stores nothing
+        of its own; any other is fetched from the primary now, sharing the
+        download the file sync may have started.  L{None} when the replica
+        has what it needs to answer.
+        """
+        replica = self.ctx.replica
+        assert replica is not None
+        wheel = releases.get_file(self.ctx.storage, path[: -len(".metadata")]) if entry is None else None
+        if path.endswith(".metadata") and wheel is not None:
+            if wheel.get("core_metadata_sha256") and self.ctx.files.exists(wheel["core_metadata_sha256"]):
+                return None
+            if wheel.get("mirror") and not wheel.get("core_metadata_sha256"):
+                await replica.proxy.forward(request)
+                return NOT_DONE_YET
+        elif entry is None or (entry.get("sha256") and self.ctx.files.exists(entry["sha256"])):
+            return None
+        elif entry.get("mirror") and not entry.get("stored"):
+            await replica.proxy.forward(request)
+            return NOT_DONE_YET
+        if wants_json(request) and entry is not None:
+            return None  # the file's metadata: in the state already
+        try:
+            await replica.files.fetch(path)
+        except UpstreamError as exc:
+            return error(request, gateway_status(exc), f"{path}: not replicated yet, and {exc}")
+        return None
 
     def _send_growing(self, request: IRequest, download, entry: dict):
         """
