@@ -170,13 +170,14 @@ class ServerProcess:
 
     def start(self, timeout: float = START_TIMEOUT) -> ServerProcess:
         """
-        Start the server and wait until C{GET /+api} answers.
+        Start the server (again, once stopped: same port and directory)
+        and wait until C{GET /+api} answers.
 
         @raise ServerStartError: if it exits or does not answer within
             C{timeout} seconds (it is killed in the latter case).
         """
-        if self._proc is not None:
-            raise RuntimeError("server already started")
+        if self._proc is not None and self._proc.poll() is None:
+            raise RuntimeError("server already running")
         with open(self.logfile, "ab") as log:
             self._proc = subprocess.Popen(
                 self.args,

@@ -76,7 +76,7 @@ class ReplicaOptions:
 
     poll_timeout: float = 37.5
     backoff_initial: float = 0.5
-    backoff_max: float = 5.0
+    backoff_max: float = 1.0
     max_errors: int = 20
 
 
