@@ -236,5 +236,11 @@ def test_a_file_the_primary_serves_damaged_is_not_kept(primary, replica, tools, 
         ),
     )
     assert not (replica.serverdir / "+files" / wheel.sha256[:3] / wheel.sha256[3:]).exists()
-    code, _, _ = call(f"{replica.url}/alice/dev/+simple/repl-bad/", accept="text/html")
+    code, _, page = call(
+        f"{replica.url}/alice/dev/+simple/repl-bad/", accept="application/vnd.pypi.simple.v1+json"
+    )
     assert code == 200
+    [link] = page["files"]
+    # Asked for, it is fetched again, damaged again, and refused.
+    code, _, body = call(f"{replica.url}/alice/dev/+simple/repl-bad/{link['url']}", accept="*/*")
+    assert code == 502 and b"sha256 mismatch" in body
