@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 
@@ -242,5 +243,5 @@ def test_a_file_the_primary_serves_damaged_is_not_kept(primary, replica, tools, 
     assert code == 200
     [link] = page["files"]
     # Asked for, it is fetched again, damaged again, and refused.
-    code, _, body = call(f"{replica.url}/alice/dev/+simple/repl-bad/{link['url']}", accept="*/*")
+    code, _, body = call(urljoin(f"{replica.url}/alice/dev/+simple/repl-bad/", link["url"]), accept="*/*")
     assert code == 502 and b"sha256 mismatch" in body
