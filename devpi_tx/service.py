@@ -37,7 +37,7 @@ from .model.versions_memo import VersionsMemo
 from .pipconfig import default_mirror_url
 from .replica.files import FileOptions, FileReplicator
 from .replica.mirrors import via_primary
-from .replica.primary import PrimaryLink
+from .replica.primary import PrimaryCertificatePolicy, PrimaryLink
 from .replica.sync import ReplicaSync
 from .serverdir import LAYOUT, ensure_secret, initialize, is_initialized, read_nodeinfo, write_nodeinfo
 from .storage.files import LocalFileStore
@@ -154,7 +154,15 @@ def build_context(
         write_nodeinfo(config.serverdir, nodeinfo)
     files = LocalFileStore(os.path.join(config.serverdir, "+files"))
     run_in_thread = run_in_thread or deferToThread
-    http = upstream_http or make_http_client(reactor, connect_timeout=config.request_timeout)
+    if upstream_http is None:
+        tls_policy = None
+        if role == "replica" and config.replica_cert:
+            with open(config.replica_cert, "rb") as pem:
+                tls_policy = PrimaryCertificatePolicy(config.primary_url, pem.read())
+        upstream_http = make_http_client(
+            reactor, connect_timeout=config.request_timeout, tls_policy=tls_policy
+        )
+    http = upstream_http
     page_cache = PageCache()
     storage.subscribe(page_cache.changed)
     blobs = BlobLedger(storage, files)

@@ -155,6 +155,11 @@ def test_the_replica_follows_the_primary_from_an_empty_directory(primary, replic
     assert nodeinfo["role"] == "replica" and nodeinfo["primary-uuid"] == found["primary-uuid"]
     polling = status(primary)["polling_replicas"]
     assert found["uuid"] in polling
+    assert found["replica-serials-behind"] == 0 and found["replica-lag-seconds"] == 0
+    code, _, _ = call(f"{replica.url}/+status?max-lag=5")
+    assert code == 200
+    code, _, _ = call(f"{replica.url}/+status?max-lag=soon")
+    assert code == 400
 
 
 def test_devpi_and_twine_work_through_the_replica(primary, replica, tools, dist, workdir) -> None:

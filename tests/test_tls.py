@@ -57,7 +57,7 @@ def make_self_signed(directory: Path, name: str = "server") -> SelfSigned:
     Write C{NAME-cert.pem} and C{NAME-key.pem} into C{directory}: an RSA key
     and a certificate for C{localhost} / C{127.0.0.1}, valid for a day, that
     is its own issuer (and marked as a CA, so that strict verifiers accept
-    it as a trust anchor).
+    it as a trust anchor), good for a server or a client.
     """
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     subject = x509.Name(
@@ -97,7 +97,10 @@ def make_self_signed(directory: Path, name: str = "server") -> SelfSigned:
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), critical=False)
         .sign(key, hashes.SHA256())

@@ -9,6 +9,10 @@ from collections.abc import Callable
 from urllib.parse import quote, urlsplit
 
 import attrs
+from twisted.internet.ssl import PrivateCertificate, optionsForClientTLS, platformTrust
+from twisted.web.client import BrowserLikePolicyForHTTPS
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
 
 
 @attrs.define
@@ -67,3 +71,41 @@ class PrimaryLink:
         The URL of C{path} (relative to the primary's root) on the primary.
         """
         return f"{self.url}/{quote(path.lstrip('/'), safe='/+@=')}"
+
+
+@implementer(IPolicyForHTTPS)
+class PrimaryCertificatePolicy:
+    """
+    TLS for the server's one client on a replica with C{--replica-cert}:
+    the replica's client certificate is presented to its primary (a PEM
+    file with the certificate and its private key), and to no other host;
+    every host's certificate is checked against the platform's trust store.
+    """
+
+    def __init__(
+        self, primary_url: str, pem: bytes, fallback: IPolicyForHTTPS | None = None, trust_root=None
+    ) -> None:
+        """
+        @param trust_root: what the primary's certificate is checked
+            against; the platform's trust store by default.
+        @raise ValueError: C{pem} holds no certificate with its key.
+        """
+        self._trust_root = trust_root
+        host = urlsplit(primary_url).hostname
+        if not host:
+            raise ValueError(f"primary URL {primary_url!r} has no host")
+        self._host = host.encode("idna")
+        try:
+            self._certificate = PrivateCertificate.loadPEM(pem)
+        except Exception as exc:
+            raise ValueError(f"--replica-cert: not a PEM certificate with its key ({exc})") from None
+        self._fallback = fallback or BrowserLikePolicyForHTTPS()
+
+    def creatorForNetloc(self, hostname: bytes, port: int):
+        if hostname.lower() == self._host.lower():
+            return optionsForClientTLS(
+                hostname.decode("idna"),
+                trustRoot=self._trust_root or platformTrust(),
+                clientCertificate=self._certificate,
+            )
+        return self._fallback.creatorForNetloc(hostname, port)

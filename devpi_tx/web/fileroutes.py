@@ -133,10 +133,16 @@ class FileRoutes(StageHelpers):
             return NOT_DONE_YET
         if wants_json(request) and entry is not None:
             return None  # the file's metadata: in the state already
-        try:
-            await replica.files.fetch(path)
-        except UpstreamError as exc:
-            return error(request, gateway_status(exc), f"{path}: not replicated yet, and {exc}")
+        # --replica-max-retries: tries again at once after a failure (an
+        # aborted connection, say) before the client is told.
+        for attempt in range(self.ctx.config.replica_max_retries + 1):
+            try:
+                await replica.files.fetch(path)
+            except UpstreamError as exc:
+                if attempt == self.ctx.config.replica_max_retries:
+                    return error(request, gateway_status(exc), f"{path}: not replicated yet, and {exc}")
+            else:
+                return None
         return None
 
     def _send_growing(self, request: IRequest, download, entry: dict):
