@@ -249,6 +249,8 @@ def _replica_parts(
     def stop(message: str) -> None:
         log.critical("replication stopped: {message}", message=message)
         if reactor.running:
+            # Exit code 3 once the services have stopped, as devpi's replica.
+            reactor.addSystemEventTrigger("after", "shutdown", os._exit, 3)
             reactor.stop()
 
     replica_uuid = nodeinfo["uuid"]
