@@ -250,3 +250,20 @@ def test_a_file_the_primary_serves_damaged_is_not_kept(primary, replica, tools, 
     # Asked for, it is fetched again, damaged again, and refused.
     code, _, body = call(urljoin(f"{replica.url}/alice/dev/+simple/repl-bad/", link["url"]), accept="*/*")
     assert code == 502 and b"sha256 mismatch" in body
+
+
+def test_a_replica_stops_when_its_primary_is_another(primary, replica, secret, upstream, workdir) -> None:  # noqa: F811
+    _, url = upstream
+    primary.stop()
+    other = ServerProcess(
+        workdir / "other-primary",
+        ("--role", "primary", "--secretfile", str(secret), "--mirror-url", url),
+        port=primary.port,
+    )
+    other.start()
+    try:
+        wait_until("the replica exits", lambda: replica._proc.poll() is not None)
+        assert replica.stop() == 3
+        assert "replication stopped" in replica.log_text() and "primary_uuid" in replica.log_text()
+    finally:
+        other.stop()
