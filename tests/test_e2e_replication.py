@@ -26,7 +26,7 @@ import pytest
 from tests.distfiles import make_wheel
 from tests.serverproc import DevpiClient, ServerProcess
 from tests.test_e2e_mirror import PROJECTS, upstream  # noqa: F401 (a fixture)
-from tests.test_e2e_private_index import ALICE_PW, BIN, Tools, pip_download, write
+from tests.test_e2e_private_index import ALICE_PW, Tools, pip_download, write
 
 pytestmark = pytest.mark.e2e
 
@@ -64,20 +64,9 @@ def call(
         return status, headers, raw
 
 
-def twine(tools: Tools, url: str, *paths: Path) -> None:
-    tools.ok(
-        BIN / "twine",
-        "upload",
-        "--non-interactive",
-        "--disable-progress-bar",
-        "--repository-url",
-        url,
-        "-u",
-        "alice",
-        "-p",
-        ALICE_PW,
-        *paths,
-    )
+def twine(tools: Tools, url: str, *dists) -> None:
+    result = tools.twine(url, *dists)
+    assert result.returncode == 0, result
 
 
 def status(server: ServerProcess) -> dict:
@@ -169,7 +158,7 @@ def test_devpi_and_twine_work_through_the_replica(primary, replica, tools, dist,
     client.ok("login", "alice", "--password", ALICE_PW)
     client.ok("index", "-c", "dev", "bases=root/pypi", "volatile=True")
     wheel = write(dist, make_wheel("repl-a", "1.0"))
-    twine(tools, f"{replica.url}/alice/dev/", wheel.path)
+    twine(tools, f"{replica.url}/alice/dev/", wheel)
     # Read-your-writes: the replica answered once it had the upload.
     code, _, body = call(f"{replica.url}/alice/dev/repl-a")
     assert code == 200 and "1.0" in body["result"]
@@ -179,7 +168,7 @@ def test_devpi_and_twine_work_through_the_replica(primary, replica, tools, dist,
 
 def test_uploads_to_the_primary_install_from_the_replica(primary, replica, tools, dist, workdir) -> None:
     wheel = write(dist, make_wheel("repl-b", "2.0"))
-    twine(tools, f"{primary.url}/alice/dev/", wheel.path)
+    twine(tools, f"{primary.url}/alice/dev/", wheel)
     wait_until("the replica has the upload", lambda: in_sync(primary, replica))
     target = workdir / "download-b"
     result = pip_download(tools, f"{replica.url}/alice/dev/+simple/", "repl-b==2.0", target)
@@ -209,7 +198,7 @@ def test_reads_go_on_while_the_primary_is_down_and_sync_resumes(primary, replica
     assert code in (502, 503, 504), (code, body)
     primary.start()
     wheel = write(dist, make_wheel("repl-c", "1.0"))
-    twine(tools, f"{primary.url}/alice/dev/", wheel.path)
+    twine(tools, f"{primary.url}/alice/dev/", wheel)
     wait_until("the replica follows the restarted primary", lambda: in_sync(primary, replica))
 
 
@@ -219,7 +208,7 @@ def test_a_replica_that_was_down_catches_up(primary, replica, tools, dist) -> No
     twine(
         tools,
         f"{primary.url}/alice/dev/",
-        *(w.path for w in wheels),
+        *wheels,
     )
     replica.start()
     wait_until("the restarted replica caught up", lambda: in_sync(primary, replica))
@@ -230,7 +219,7 @@ def test_a_replica_that_was_down_catches_up(primary, replica, tools, dist) -> No
 def test_a_file_the_primary_serves_damaged_is_not_kept(primary, replica, tools, dist) -> None:
     replica.stop()
     wheel = write(dist, make_wheel("repl-bad", "1.0"))
-    twine(tools, f"{primary.url}/alice/dev/", wheel.path)
+    twine(tools, f"{primary.url}/alice/dev/", wheel)
     stored = primary.serverdir / "+files" / wheel.sha256[:3] / wheel.sha256[3:]
     assert stored.read_bytes() == wheel.data
     stored.write_bytes(b"X" * len(wheel.data))

@@ -336,6 +336,15 @@ class SQLiteStorage:
             db.execute("ROLLBACK")
             self._forget_all()
             raise
+        self._written_up_to(entries, serial)
+        if changes:
+            self._notify(serial, changes)
+
+    def _written_up_to(self, entries: list, serial: int) -> None:
+        """
+        After C{entries} (every pending one among them) were written, up
+        to C{serial}: their values go to the read cache, nothing is pending.
+        """
         for _, _, entry_changes in entries:
             for key, encoded in entry_changes.items():
                 if encoded is None:
@@ -348,8 +357,6 @@ class SQLiteStorage:
             self._flush_call.cancel()
             self._flush_call = None
         self._written = self.serial = serial
-        if changes:
-            self._notify(serial, changes)
 
     def _write_entry(self, serial: int, timestamp: float, changes: dict[str, str | None]) -> None:
         db = self._db
@@ -470,18 +477,7 @@ class SQLiteStorage:
         finally:
             if relaxed:
                 db.execute("PRAGMA synchronous=FULL")
-        for _, _, entry_changes in [*entries, (serial, timestamp, encoded)]:
-            for key, value in entry_changes.items():
-                if value is None:
-                    self._cache.pop(key, None)
-                else:
-                    self._remember(key, value)
-        self._pending.clear()
-        self._pending_values.clear()
-        if self._flush_call is not None:
-            self._flush_call.cancel()
-            self._flush_call = None
-        self._written = self.serial = serial
+        self._written_up_to([*entries, (serial, timestamp, encoded)], serial)
         self._notify(serial, encoded)
 
     def close(self) -> None:
