@@ -51,6 +51,20 @@ def wants_json(request: IRequest) -> bool:
     return json_q >= offers.get("text/html", 0.0)
 
 
+def wants_json_error(request: IRequest) -> bool:
+    """
+    Whether an error should be told in JSON: the client asked for JSON, or
+    for a JSON form of the simple API (PEP 691) at least as much as for
+    HTML.
+    """
+    if wants_json(request):
+        return True
+    offers = dict(parse_accept(accept_header(request)))
+    json_q = max((q for media, q in offers.items() if media.endswith("+json")), default=0.0)
+    html_q = max(offers.get("text/html", 0.0), offers.get("application/vnd.pypi.simple.v1+html", 0.0))
+    return json_q > 0 and json_q >= html_q
+
+
 def has_flag(request: IRequest, name: str) -> bool:
     """
     Whether the query string holds C{name}, with or without a value

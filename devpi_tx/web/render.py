@@ -10,7 +10,7 @@ from http import HTTPStatus
 
 from twisted.web.iweb import IRequest
 
-from .negotiation import wants_json
+from .negotiation import wants_json_error
 
 
 def dump_json(data: object, *, compact: bool = False) -> bytes:
@@ -85,7 +85,7 @@ def error(
     reason = message if reason_is_message else _reason(status)
     # A reason phrase must be one line of latin-1 text.
     reason = (reason.splitlines() or [_reason(status)])[0]
-    if as_json or wants_json(request):
+    if as_json or wants_json_error(request):
         body = envelope(request, status, message=message)
     else:
         request.setHeader("Content-Type", "text/html; charset=utf-8")
