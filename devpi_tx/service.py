@@ -216,6 +216,7 @@ def build_context(
             config.serverdir,
             timeout=config.request_timeout * 12,
             on_change=lambda: page_cache.invalidate_project(None),
+            default_expiry=config.mirror_cache_expiry,
         ),
         blobs=blobs,
         project_names=ProjectNames(storage),
@@ -346,7 +347,9 @@ def make_service(config: ServerConfig, reactor) -> MultiService:
         context.replica.sync.setServiceParent(root)
     CallOnStop("derived-blobs", context.derived_blobs.stop).setServiceParent(root)
     if not config.offline_mode:
-        ProjectListService(context.project_lists, config.mirror_cache_expiry, reactor).setServiceParent(root)
+        # Looked at every 5 minutes at most; fetched only once stale.
+        interval = min(config.mirror_cache_expiry, 300)
+        ProjectListService(context.project_lists, interval, reactor).setServiceParent(root)
     site = make_site(context, reactor=reactor)
     CallOnStop("sendfile", site.sendfile_workers.stop).setServiceParent(root)
     for description in config.endpoints:
