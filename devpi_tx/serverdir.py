@@ -20,16 +20,16 @@ import stat
 import uuid
 
 from argon2 import PasswordHasher
-from twisted.logger import Logger
 
 from . import __version__
 from .config import ServerConfig
 from .customizers import default_registry
+from .logs import logger
 from .model import indexes, users
 from .pipconfig import default_mirror_url, pip_default_index
 from .storage.sqlite import SQLiteStorage, open_storage
 
-log = Logger(namespace="devpi_tx.init")
+log = logger("devpi_tx.init")
 
 
 class AlreadyInitialized(Exception):

@@ -15,7 +15,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.threads import deferToThread
-from twisted.logger import Logger, STDLibLogObserver, globalLogPublisher
+from twisted.logger import STDLibLogObserver, globalLogPublisher
 
 from .auth.passwords import PasswordChecker
 from .auth.replicatokens import ReplicaTokens
@@ -23,6 +23,7 @@ from .auth.throttle import PasswordThrottle
 from .auth.tokens import TokenSigner
 from .config import ServerConfig
 from .customizers import default_registry
+from .logs import logger, set_debug
 from .mirror.client import UpstreamClient
 from .mirror.files import MirrorFiles
 from .mirror.http import UpstreamHTTP, make_http_client
@@ -54,7 +55,7 @@ from .web.proxy import ForwardWrites, WriteProxy
 from .web.sendfile import SendfileWorkers
 from .web.site import DevpiSite
 
-log = Logger(namespace="devpi_tx.service")
+log = logger("devpi_tx.service")
 
 
 class OrderedMultiService(MultiService):
@@ -336,6 +337,7 @@ def make_service(config: ServerConfig, reactor) -> MultiService:
     """
     if config.logger_cfg:
         _configure_stdlib_logging(config.logger_cfg)
+    set_debug(config.debug)
     context = build_context(config, clock=reactor, reactor=reactor)
     root = OrderedMultiService()
     CallOnStop("state", context.storage.close).setServiceParent(root)

@@ -92,3 +92,27 @@ def test_make_service_builds_one_tree_with_the_state_closed_last(config):
     with pytest.raises(Exception, match="closed"):
         with storage.transaction() as tx:
             tx.set("x", 1)
+
+
+def test_debug_events_are_written_only_with_debug():
+    from twisted.logger import globalLogPublisher
+
+    from devpi_tx.logs import logger, set_debug
+
+    seen: list[str] = []
+
+    def observe(event):
+        if event.get("log_namespace") == "devpi_tx.test":
+            seen.append(event["log_level"].name)
+
+    globalLogPublisher.addObserver(observe)
+    log = logger("devpi_tx.test")
+    try:
+        set_debug(False)
+        log.debug("hidden")
+        log.info("shown")
+        set_debug(True)
+        log.debug("shown too")
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert seen == ["info", "debug"]

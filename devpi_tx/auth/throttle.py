@@ -65,9 +65,10 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 
-log = Logger(namespace="devpi_tx.auth.throttle")
+from ..logs import logger
+
+log = logger("devpi_tx.auth.throttle")
 
 
 @attrs.frozen

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from ..logs import logger
 from ..model import releases
 from ..model.metadata import MAX_METADATA, wheel_metadata
 from ..singleflight import SingleFlight
@@ -26,7 +26,7 @@ from .client import UpstreamError, ask_upstream, collect_until_idle, fetch_whole
 from .pages import SYNTHESIZED_METADATA_MIN_SIZE
 from .remotezip import RangeNotSupported, fetch_wheel_metadata
 
-log = Logger(namespace="devpi_tx.mirror")
+log = logger("devpi_tx.mirror")
 
 #: Bytes read from the growing file per step.
 STEP = 256 * 1024

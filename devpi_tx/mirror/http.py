@@ -41,7 +41,6 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.logger import Logger
 from twisted.web.client import (
     URI,
     Agent,
@@ -58,13 +57,14 @@ from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IPoli
 from zope.interface import implementer
 
 from .._compat import quiet_pool
+from ..logs import logger
 from ..model.indexes import redact_url as redact
 from .bodies import read_body
 from .errors import UpstreamTimeout, is_timeout, upstream_error
 from .quickack import QuickAckEndpoint
 from .tunnel import HTTPProxy, tunnelling_agent
 
-log = Logger(namespace="devpi_tx.mirror")
+log = logger("devpi_tx.mirror")
 
 #: Redirects followed for one request.
 MAX_REDIRECTS = 5

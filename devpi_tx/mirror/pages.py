@@ -18,15 +18,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
-from twisted.logger import Logger
-
+from ..logs import logger
 from ..model import releases
 from ..model.archives import version_of
 from ..model.stages import Stage
 from ..singleflight import SingleFlight
 from .client import NotFoundUpstream, NotModified, UpstreamClient, UpstreamError, gateway_status, redact
 
-log = Logger(namespace="devpi_tx.mirror")
+log = logger("devpi_tx.mirror")
 
 #: How long an upstream 404 is remembered, in seconds.
 NOT_FOUND_TTL = 60.0

@@ -27,12 +27,12 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
+from ..logs import logger
 from ..model.stages import Stage
 from .client import ACCEPT, JSON_V1, ask_upstream, collect_until_idle, redact
 
-log = Logger(namespace="devpi_tx.mirror")
+log = logger("devpi_tx.mirror")
 
 _JSON_NAME = re.compile(rb'"name"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _HTML_NAME = re.compile(rb"<a\b[^>]*>([^<]*)</a>", re.I)

@@ -32,13 +32,13 @@ import zlib
 
 import attrs
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 
+from ..logs import logger
 from ..model.errors import InvalidInput
 from ..model.metadata import MAX_METADATA
 from .client import UpstreamError, ask_upstream, read_body, redact
 
-log = Logger(namespace="devpi_tx.mirror")
+log = logger("devpi_tx.mirror")
 
 #: End Of Central Directory record, zip64 EOCD locator and zip64 EOCD record,
 #: central directory header, local file header (APPNOTE.TXT 4.3).

@@ -14,7 +14,6 @@ import uuid
 import attrs
 from treq.multipart import MultiPartProducer
 from twisted.internet import error as neterror
-from twisted.logger import Logger
 from twisted.web.client import (
     FileBodyProducer,
     RequestGenerationFailed,
@@ -24,11 +23,12 @@ from twisted.web.client import (
 )
 
 from ..interfaces import IFileStore
+from ..logs import logger
 from ..mirror.errors import is_timeout
 from ..model.redact import redact_url
 from ..model.releases import LIST_FIELDS, METADATA_KEYS
 
-log = Logger(namespace="devpi_tx.push")
+log = logger("devpi_tx.push")
 
 
 @attrs.frozen

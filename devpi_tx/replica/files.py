@@ -27,9 +27,9 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 
 from ..interfaces import IFileStore, IStorage
+from ..logs import logger
 from ..mirror.bodies import collect_until_idle, read_body
 from ..mirror.errors import UpstreamError
 from ..mirror.http import UpstreamHTTP, ask_upstream
@@ -39,7 +39,7 @@ from ..singleflight import SingleFlight
 from . import localcopy
 from .primary import PrimaryLink
 
-log = Logger(namespace="devpi_tx.replica")
+log = logger("devpi_tx.replica")
 
 #: File keys looked at per turn of the reactor when scanning the state.
 SCAN_BATCH = 1000

@@ -35,17 +35,17 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from twisted.web.iweb import IResponse
 
 from ..interfaces import IStorage
+from ..logs import logger
 from ..mirror.bodies import collect_until_idle, read_body
 from ..mirror.errors import UpstreamError
 from ..mirror.http import UpstreamHTTP, ask_upstream
 from ..model.changes import MEDIA_TYPE, Entry, FrameParser
 from .primary import PrimaryLink
 
-log = Logger(namespace="devpi_tx.replica")
+log = logger("devpi_tx.replica")
 
 #: Frames; refusals as JSON (their message alone, not an HTML page).
 ACCEPT = f"{MEDIA_TYPE}, application/json; q=0.5"

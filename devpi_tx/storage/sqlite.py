@@ -36,12 +36,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..interfaces import IStorage, ITransaction
+from ..logs import logger
 
-log = Logger(namespace="devpi_tx.storage")
+log = logger("devpi_tx.storage")
 
 SCHEMA_VERSION = 1
 

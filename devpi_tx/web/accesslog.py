@@ -15,10 +15,12 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from twisted.logger import ILogObserver, LogEvent, Logger, formatTime
+from twisted.logger import ILogObserver, LogEvent, formatTime
 from zope.interface import implementer
 
-log = Logger(namespace="devpi_tx.accesslog")
+from ..logs import logger
+
+log = logger("devpi_tx.accesslog")
 
 #: What C{--access-log} accepts besides a file path.
 STDOUT = "-"

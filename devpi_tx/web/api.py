@@ -11,13 +11,13 @@ import time
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import ensureDeferred
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from .. import COMPATIBLE_SERVER_VERSION, __version__
 from ..auth.throttle import Throttled
+from ..logs import logger
 from ..model import indexes, releases, users
 from ..model.errors import InvalidInput, ModelError
 from ..model.names import check_indexname, check_username
@@ -31,7 +31,7 @@ from .releases import ReleaseRoutes
 from .render import dump_json, envelope, error, send_json
 from .router import app
 
-log = Logger(namespace="devpi_tx.api")
+log = logger("devpi_tx.api")
 
 #: Features advertised in /+api that devpi-client checks for.
 FEATURES = ["server-keyvalue-parsing", "push-no-docs", "push-only-docs"]

@@ -27,14 +27,14 @@ from collections import OrderedDict
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from ..logs import logger
 from ..model.changes import MEDIA_TYPE, encode_frame
 from .render import error
 
-log = Logger(namespace="devpi_tx.changefeed")
+log = logger("devpi_tx.changefeed")
 
 #: How much changes text one read of the state returns (one entry at least).
 BATCH_BYTES = 256 * 1024

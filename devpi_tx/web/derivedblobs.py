@@ -17,11 +17,11 @@ from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 
 from ..interfaces import IFileStore
+from ..logs import logger
 
-log = Logger(namespace="devpi_tx.blobs")
+log = logger("devpi_tx.blobs")
 
 
 class DerivedBlobs:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
+from ..logs import logger
 from ..mirror.client import UpstreamError, gateway_status
 from ..mirror.files import GrowingFileBody
 from ..model import indexes, releases
@@ -25,7 +25,7 @@ from .render import envelope, error
 from .router import app
 from .stagehelpers import StageHelpers
 
-log = Logger(namespace="devpi_tx.releases")
+log = logger("devpi_tx.releases")
 
 
 class FileRoutes(StageHelpers):

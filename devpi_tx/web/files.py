@@ -19,14 +19,14 @@ from typing import IO
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPullProducer
-from twisted.logger import Logger
 from twisted.web.http import datetimeToString
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from ..logs import logger
 from .sendfile import SendfileBody
 
-log = Logger(namespace="devpi_tx.files")
+log = logger("devpi_tx.files")
 
 #: How much is read from disk per C{resumeProducing}: the transport's own
 #: buffer size, so one chunk about fills it.

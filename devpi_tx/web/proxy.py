@@ -31,7 +31,6 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -42,12 +41,13 @@ from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from .._compat import pending_request_line
+from ..logs import logger
 from ..mirror.errors import UpstreamError, is_timeout
 from ..mirror.http import UpstreamHTTP
 from ..model.indexes import redact_url as redact
 from .render import error
 
-log = Logger(namespace="devpi_tx.proxy")
+log = logger("devpi_tx.proxy")
 
 #: The methods a replica relays: every one that may change the state.
 MUTATING = frozenset({b"PUT", b"POST", b"PATCH", b"DELETE", b"PUSH"})

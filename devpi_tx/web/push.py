@@ -6,9 +6,9 @@ external index that takes twine uploads (L{devpi_tx.remote.pypi_upload}).
 
 from __future__ import annotations
 
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from ..logs import logger
 from ..model import push as localpush
 from ..model.errors import InvalidInput
 from ..model.redact import redact_url
@@ -17,7 +17,7 @@ from .negotiation import read_json
 from .render import envelope, error
 from .stagehelpers import StageHelpers
 
-log = Logger(namespace="devpi_tx.releases")
+log = logger("devpi_tx.releases")
 
 
 class PushRoutes(StageHelpers):

@@ -29,13 +29,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
 
 from .._compat import tcp_write_pending
+from ..logs import logger
 
-log = Logger(namespace="devpi_tx.sendfile")
+log = logger("devpi_tx.sendfile")
 
 #: Bodies smaller than this are not worth a thread.
 MIN_SIZE = 1024 * 1024

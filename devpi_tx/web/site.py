@@ -17,10 +17,11 @@ from twisted.web.server import Request, Site
 
 from .. import COMPATIBLE_SERVER_VERSION
 from .._compat import pending_request_line
+from ..logs import logger
 from .channel import MAX_HEADER_BYTES, MAX_REQUEST_LINE, DevpiChannel
 from .render import error
 
-log = Logger(namespace="devpi_tx.site")
+log = logger("devpi_tx.site")
 
 #: The methods devpi's API and installers use (PUSH is devpi-client's).
 #: Methods are case-sensitive: anything else is not implemented (501).

@@ -15,11 +15,11 @@ from collections.abc import Awaitable, Callable
 
 from multipart import MultipartError, PushMultipartParser, parse_options_header
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.logger import Logger
 
 from ..interfaces import IFileStore, IFileWriter
+from ..logs import logger
 
-log = Logger(namespace="devpi_tx.upload")
+log = logger("devpi_tx.upload")
 
 #: Largest value of a non-file form field, and of all of them together.
 MAX_FIELD = 1024 * 1024

@@ -16,11 +16,11 @@ import json
 import re
 from urllib.parse import unquote
 
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from .._compat import pending_request_line
 from ..auth.throttle import Throttled
+from ..logs import logger
 from ..model import metadata as coremetadata
 from ..model import releases
 from ..model.errors import InvalidInput, ModelError
@@ -31,7 +31,7 @@ from .router import app
 from .stagehelpers import StageHelpers
 from .upload import Refusal, UploadReceiver, multipart_boundary
 
-log = Logger(namespace="devpi_tx.releases")
+log = logger("devpi_tx.releases")
 
 _UPLOAD_PATH = re.compile(r"^/([^/+][^/]*)/([^/+][^/]*)/?$")
 _CHUNK = 65536
