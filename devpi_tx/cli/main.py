@@ -3,6 +3,7 @@ C{devpi-tx}: maintenance commands next to C{twistd devpi}.
 
     devpi-tx init [--serverdir DIR] [--no-root-pypi] [--root-passwd PW]
                   [--root-passwd-hash HASH] [--mirror-url URL] [-c FILE]
+    devpi-tx gen-config [server options] [--output DIR] [--socket-activation] ...
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 
 from ..config import ConfigError, build_config
 from ..serverdir import AlreadyInitialized, initialize
+from . import genconfig
 
 INIT_OPTIONS = frozenset(
     [
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("--mirror-url")
     init.add_argument("--secretfile")
     init.set_defaults(run=_init)
+    genconfig.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
