@@ -6,6 +6,7 @@ C{devpi-tx}: maintenance commands next to C{twistd devpi}.
     devpi-tx passwd USER [--serverdir DIR]      (the server stopped)
     devpi-tx gen-secret [--secretfile PATH] [--force]
     devpi-tx fsck [--serverdir DIR] [--repair]  (the server stopped)
+    devpi-tx gen-config [server options] [--output DIR] [--socket-activation] ...
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 
 from ..config import DEFAULT_SERVERDIR, ConfigError, build_config
 from ..serverdir import AlreadyInitialized, initialize
-from . import maintenance
+from . import genconfig, maintenance
 
 INIT_OPTIONS = frozenset(
     [
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--serverdir")
     check.add_argument("--repair", action="store_true", help="mend what can be mended; say what was done")
     check.set_defaults(run=_fsck)
+    genconfig.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
