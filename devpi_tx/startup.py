@@ -87,23 +87,26 @@ def _nearest_existing(path: str) -> str:
     return path
 
 
-def check_directory(option: str, path: str) -> None:
+def check_directory(option: str, path: str, file: str | None = None) -> None:
     """
     C{path} is a directory this process may write in, or one it may
     create (its nearest existing ancestor is a directory it may write in).
+
+    @param file: the file to be made in it, if that is what is wanted.
     """
     path = os.path.abspath(path)
-    if os.path.exists(path):
+    if os.path.exists(path) and file is None:
         if not os.path.isdir(path):
             raise ConfigError(f"option {option}: {path} is a file, not a directory")
         if not os.access(path, os.W_OK | os.X_OK):
             raise ConfigError(f"option {option}: this user may not write in {path}")
         return
+    wanted = file or path
     ancestor = _nearest_existing(path)
     if not os.path.isdir(ancestor):
-        raise ConfigError(f"option {option}: cannot create {path}: {ancestor} is a file, not a directory")
+        raise ConfigError(f"option {option}: cannot create {wanted}: {ancestor} is a file, not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"option {option}: cannot create {path}: this user may not write in {ancestor}")
+        raise ConfigError(f"option {option}: cannot create {wanted}: this user may not write in {ancestor}")
 
 
 def check_paths(config: ServerConfig) -> None:
@@ -121,7 +124,7 @@ def check_paths(config: ServerConfig) -> None:
         except OSError as e:
             raise ConfigError(f"option secretfile: cannot read {path}: {e.strerror}") from None
     else:
-        check_directory("secretfile", os.path.dirname(os.path.abspath(path)))
+        check_directory("secretfile", os.path.dirname(os.path.abspath(path)), file=path)
     if config.logger_cfg:
         _check_logger_cfg(config.logger_cfg)
     if config.access_log not in ("-", "off"):
