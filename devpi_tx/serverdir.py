@@ -10,7 +10,8 @@ Layout::
                  --secretfile points elsewhere
     .lock        locked (flock) by the process using the directory, which
                  wrote its pid in it; see L{lock_serverdir}
-    twistd.pid   twistd's pid file, unless --pidfile says otherwise
+    twistd.pid   twistd's pid file, unless --pidfile says otherwise (and
+                 twistd.log, a daemon's log, unless --logfile does)
     +files/      release files by sha256 (see storage.files)
 """
 
