@@ -133,6 +133,17 @@ def test_serverdir_that_is_a_file(tmp_path):
         startup.check_paths(config_for(tmp_path))
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write in a read-only directory")
+def test_serverdir_in_a_read_only_directory(tmp_path):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    config = config_for(tmp_path, serverdir=str(tmp_path / "ro" / "server"))
+    with pytest.raises(ConfigError) as info:
+        startup.check_paths(config)
+    assert str(info.value) == (
+        f"option serverdir: cannot create {config.serverdir}: this user may not write in {tmp_path / 'ro'}"
+    )
+
+
 def test_serverdir_that_cannot_be_created_is_told_on_creation(tmp_path):
     config = config_for(tmp_path, serverdir="/proc/devpi-tx/server")
     with pytest.raises(ConfigError) as info:
