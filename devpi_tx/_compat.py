@@ -80,3 +80,21 @@ def pip_builtin_index() -> str | None:
         return None
     url = getattr(PyPI, "simple_url", None)
     return url if isinstance(url, str) else None
+
+
+def server_endpoint_address(endpoint) -> tuple[str, int] | None:
+    """
+    The interface and port a TCP or TLS server endpoint (C{tcp:},
+    C{tcp6:}, C{ssl:}) will bind, so that the address can be tried before
+    anything is written; L{None} for other endpoints (C{unix:},
+    C{systemd:}, plugins).
+
+    Relies on: L{TCP4ServerEndpoint}, L{TCP6ServerEndpoint} and
+    L{SSL4ServerEndpoint} keep their constructor's C{port} and
+    C{interface} as C{_port} and C{_interface}.
+    """
+    from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+
+    if not isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint, SSL4ServerEndpoint)):
+        return None
+    return endpoint._interface, endpoint._port

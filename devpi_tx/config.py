@@ -7,8 +7,11 @@ devpi-server's option names so that existing files and scripts keep working.
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import math
 import os
+import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -104,27 +107,27 @@ def _bool(name: str, value: object) -> bool:
         return True
     if isinstance(value, str) and value.lower() in ("no", "false", "0", "off", ""):
         return False
-    raise ConfigError(f"option {name}: expected yes/no/true/false, got {value!r}")
+    raise ConfigError(f"{name}: expected yes/no/true/false, got {value!r}")
 
 
 def _int(name: str, value: object) -> int:
     if isinstance(value, bool):
-        raise ConfigError(f"option {name}: expected an integer, got {value!r}")
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
     try:
         return int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ConfigError(f"option {name}: expected an integer, got {value!r}") from None
+        raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
 
 
 def _float(name: str, value: object) -> float:
     if isinstance(value, bool):
-        raise ConfigError(f"option {name}: expected a number, got {value!r}")
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ConfigError(f"option {name}: expected a number, got {value!r}") from None
+        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
     if not math.isfinite(number):
-        raise ConfigError(f"option {name}: expected a finite number, got {value!r}")
+        raise ConfigError(f"{name}: expected a finite number, got {value!r}")
     return number
 
 
@@ -132,7 +135,7 @@ def _at_least(minimum: int):
     def parse(name: str, value: object) -> int:
         number = _int(name, value)
         if number < minimum:
-            raise ConfigError(f"option {name}: expected an integer of at least {minimum}, got {number}")
+            raise ConfigError(f"{name}: expected an integer of at least {minimum}, got {number}")
         return number
 
     return parse
@@ -141,7 +144,7 @@ def _at_least(minimum: int):
 def _positive_float(name: str, value: object) -> float:
     number = _float(name, value)
     if number <= 0:
-        raise ConfigError(f"option {name}: expected a number of seconds above 0, got {value!r}")
+        raise ConfigError(f"{name}: expected a number of seconds above 0, got {value!r}")
     return number
 
 
@@ -155,7 +158,7 @@ def _skip_indexes(name: str, value: object) -> tuple[str, ...]:
         if "/" not in item:
             if item not in SKIP_INDEX_TYPES:
                 raise ConfigError(
-                    f"option {name}: {item!r} is neither an index (user/index) nor 'mirror', 'stage' or 'all'"
+                    f"{name}: {item!r} is neither an index (user/index) nor 'mirror', 'stage' or 'all'"
                 )
             continue
         user, _, index = item.partition("/")
@@ -163,13 +166,13 @@ def _skip_indexes(name: str, value: object) -> tuple[str, ...]:
             check_username(user)
             check_indexname(index)
         except InvalidInput:
-            raise ConfigError(f"option {name}: {item!r} is not an index name (user/index)") from None
+            raise ConfigError(f"{name}: {item!r} is not an index name (user/index)") from None
     return tuple(items)
 
 
 def _str(name: str, value: object) -> str:
     if isinstance(value, (dict, list)) or value is None:
-        raise ConfigError(f"option {name}: expected a string, got {value!r}")
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
     return str(value)
 
 
@@ -178,7 +181,7 @@ def _role(name: str, value: object) -> str:
     if role == "master":
         role = "primary"
     if role not in ROLES:
-        raise ConfigError(f"option {name}: unknown role {value!r}")
+        raise ConfigError(f"{name}: unknown role {value!r}")
     return role
 
 
@@ -187,7 +190,7 @@ def _listen(name: str, value: object) -> tuple[str, ...]:
         return (value,)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
-    raise ConfigError(f"option {name}: expected endpoint strings, got {value!r}")
+    raise ConfigError(f"{name}: expected endpoint strings, got {value!r}")
 
 
 OPTIONS: dict[str, tuple[str, object]] = {
@@ -258,12 +261,43 @@ def load_config_file(path: str) -> dict[str, object]:
     return options
 
 
+#: The prefix of the environment variables that set options.
+ENV_PREFIX = "DEVPISERVER_"
+
+
+def env_name(option: str) -> str:
+    """
+    The environment variable of an option: C{DEVPISERVER_OUTSIDE_URL} for
+    C{outside-url}.
+    """
+    return ENV_PREFIX + option.upper().replace("-", "_")
+
+
+def _did_you_mean(var: str, choices: list[str]) -> str:
+    # Compared without the prefix they all share.
+    suffixes = {choice[len(ENV_PREFIX) :]: choice for choice in choices}
+    close = difflib.get_close_matches(var[len(ENV_PREFIX) :], list(suffixes), n=1, cutoff=0.7)
+    return f"did you mean {suffixes[close[0]]}?" if close else ""
+
+
 def options_from_environ(environ: Mapping[str, str]) -> dict[str, object]:
+    """
+    The options set by C{DEVPISERVER_*} variables; an empty one counts as
+    not set, as devpi-server reads them.
+
+    @raise ConfigError: for a variable that names no option (a misspelt
+        one would otherwise be ignored without a word).
+    """
+    names = {env_name(name): name for name in OPTIONS}
     options: dict[str, object] = {}
-    for name in OPTIONS:
-        var = "DEVPISERVER_" + name.upper().replace("-", "_")
-        if var in environ:
-            options[name] = environ[var]
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        if var not in names:
+            hint = _did_you_mean(var, sorted(names)) or "unset it (twistd devpi --help lists the options)"
+            raise ConfigError(f"environment variable {var} names no option of devpi-tx; {hint}")
+        if environ[var]:
+            options[names[var]] = environ[var]
     return options
 
 
@@ -274,36 +308,63 @@ def build_config(
     allowed: frozenset[str] | None = None,
 ) -> ServerConfig:
     """
-    Merge the option sources into a L{ServerConfig}.
+    Merge the option sources into a L{ServerConfig}.  A value that does not
+    parse is reported with its source: the environment variable, the
+    config file, or the option.
 
     @param command_line: options given on the command line, by option name;
         L{None} values count as not given.
     @param allowed: option names this command accepts (others in a config
-        file are ignored, as devpi ignores server options in devpi-init).
+        file or the environment are ignored, as devpi ignores server
+        options in devpi-init).
     """
     environ = os.environ if environ is None else environ
-    merged: dict[str, object] = {}
+    # option name -> (value, what to call it in an error)
+    merged: dict[str, tuple[object, str]] = {}
     if configfile:
-        merged.update(load_config_file(configfile))
-    merged.update(options_from_environ(environ))
-    merged.update({k: v for k, v in command_line.items() if v is not None})
+        for name, value in load_config_file(configfile).items():
+            merged[name] = (value, f"configfile {configfile}: option {name}")
+    for name, value in options_from_environ(environ).items():
+        merged[name] = (value, f"environment variable {env_name(name)}")
+    for name, value in command_line.items():
+        if value is not None:
+            merged[name] = (value, f"option {name}")
     kwargs: dict[str, object] = {}
-    for name, value in merged.items():
+    for name, (value, label) in merged.items():
         if allowed is not None and name not in allowed:
             continue
         attribute, parse = OPTIONS[name]
-        kwargs[attribute] = parse(name, value)  # type: ignore[operator]
+        kwargs[attribute] = parse(label, value)  # type: ignore[operator]
     serverdir = kwargs.pop("serverdir", None) or DEFAULT_SERVERDIR
     kwargs["serverdir"] = os.path.abspath(os.path.expanduser(str(serverdir)))
     config = ServerConfig(**kwargs)  # type: ignore[arg-type]
     if not 0 <= config.port <= 65535:
-        raise ConfigError(f"option port: {config.port} is not a port number")
+        raise ConfigError(f"option port: {config.port} is not a port number (0 to 65535)")
+    _check_host(config.host)
     config = _check_replication(config)
     if config.outside_url and not config.outside_url.startswith(("http://", "https://")):
         raise ConfigError(f"option outside-url: {config.outside_url!r} is not a URL")
     if config.mirror_url and not config.mirror_url.startswith(("http://", "https://")):
         raise ConfigError(f"option mirror-url: {config.mirror_url!r} is not a URL")
     return config
+
+
+def _check_host(host: str) -> None:
+    """
+    Refuse a C{--host} that looks like an IP address but is none (such as
+    C{999.1.1.1}), which would otherwise be looked up as a host name when
+    the server binds; names are resolved by L{devpi_tx.startup}.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if not host or re.fullmatch(r"[0-9.]+", host) or ":" in host or "/" in host or " " in host:
+        raise ConfigError(
+            f"option host: {host!r} is not an IP address or host name "
+            "(give one of this machine's addresses, 127.0.0.1, or 0.0.0.0 for all)"
+        )
 
 
 def _is_http_url(url: str) -> bool:

@@ -4,6 +4,7 @@ The command line of C{twistd devpi}, with devpi-server's option names.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from twisted.python import usage
@@ -19,7 +20,15 @@ class ServerOptions(usage.Options):
     """
 
     synopsis = "[options]"
-    longdesc = "Run devpi-tx, a private package index and PyPI caching server compatible with devpi-server."
+    longdesc = (
+        "Run devpi-tx, a private package index and PyPI caching server compatible with devpi-server. "
+        "Every option can also be set as an environment variable DEVPISERVER_<OPTION> "
+        "(DEVPISERVER_PORT=3142, DEVPISERVER_OUTSIDE_URL=...; flags take yes/no) or in a YAML file "
+        "(-c FILE) under a 'devpi-server:' mapping; the command line wins over the environment, which "
+        "wins over the file, and a misspelt name is an error.  One process at a time uses a server "
+        "directory: it locks SERVERDIR/.lock, and twistd's pid file is SERVERDIR/twistd.pid unless "
+        "--pidfile is given before 'devpi'.  Start-up errors are one line; --debug shows the traceback."
+    )
 
     optParameters = [
         ["configfile", "c", None, "YAML config file with a 'devpi-server:' mapping."],
@@ -94,7 +103,7 @@ class ServerOptions(usage.Options):
     optFlags = [
         ["absolute-urls", None, "Use absolute URLs in simple pages."],
         ["offline-mode", None, "Never contact upstream; serve what is cached."],
-        ["debug", None, "Log more."],
+        ["debug", None, "Show the traceback of an error at start-up."],
         ["no-root-pypi", None, "When initialising, do not create root/pypi."],
         [
             "hard-links",
@@ -112,12 +121,12 @@ class ServerOptions(usage.Options):
             self[long] = None
 
     def opt_listen(self, endpoint: str) -> None:
-        """
-        Twisted endpoint to listen on (repeatable), e.g. tcp:3141 or
-        ssl:3443:privateKey=key.pem:certKey=cert.pem.  Overrides
-        --host/--port.
-        """
         self["listen"].append(endpoint)
+
+    opt_listen.__doc__ = (
+        "Twisted endpoint to listen on (repeatable), e.g. tcp:3141:interface=127.0.0.1 or "
+        "ssl:3443:privateKey=key.pem:certKey=cert.pem; overrides --host/--port."
+    )
 
     def opt_version(self) -> None:
         """
@@ -143,3 +152,60 @@ class ServerOptions(usage.Options):
             self.config: ServerConfig = build_config(given, self["configfile"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+
+#: twistd's default pid file, in the current directory.
+TWISTD_PIDFILE = "twistd.pid"
+
+
+class TwistdServerOptions(ServerOptions):
+    """
+    The options as the twistd plugin takes them: parsed, then everything
+    checked that can be without writing (L{startup.check_start}), then the
+    server directory created and locked (held in C{lock} for the process's
+    life), so that a second server on it stops here, before twistd writes
+    its pid file.  Under twistd (not C{twist}), a pid file left at its
+    default goes into the server directory, and so does a daemon's log.
+    """
+
+    lock = None
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        from twisted.internet import reactor
+
+        from . import startup
+
+        try:
+            startup.check_start(self.config, reactor)
+            self.lock = startup.take_serverdir(self.config)
+        except startup.USER_ERRORS as e:
+            raise usage.UsageError(str(e)) from None
+        daemon = self._twistd_files()
+        if not self.config.debug:
+            twistd = self.parent is not None and "pidfile" in self.parent
+            startup.install_excepthook("twistd devpi" if twistd else "twist devpi", log_it=daemon)
+
+    def _twistd_files(self) -> bool:
+        """
+        Point twistd's pid file (and a daemon's log) into the server
+        directory; remove a pid file there that no process holding the
+        lock can have left (a pid recorded before a crash may belong to
+        another process since, which twistd would take for a server).
+
+        @return: whether twistd will run as a daemon.
+        """
+        parent = self.parent
+        if parent is None or "pidfile" not in parent:
+            return False
+        serverdir = self.config.serverdir
+        if parent["pidfile"] == TWISTD_PIDFILE:
+            parent["pidfile"] = os.path.join(serverdir, TWISTD_PIDFILE)
+            try:
+                os.remove(parent["pidfile"])
+            except FileNotFoundError:
+                pass
+        daemon = not parent.get("nodaemon")
+        if daemon and not parent.get("logfile"):
+            parent["logfile"] = os.path.join(serverdir, "twistd.log")
+        return daemon

@@ -8,12 +8,18 @@ Layout::
     .nodeinfo    JSON: this node's uuid and role
     .secret      the secret that signs login tokens (mode 0600), unless
                  --secretfile points elsewhere
+    .lock        locked (flock) by the process using the directory, which
+                 wrote its pid in it; see L{lock_serverdir}
+    twistd.pid   twistd's pid file, unless --pidfile says otherwise (and
+                 twistd.log, a daemon's log, unless --logfile does)
     +files/      release files by sha256 (see storage.files)
 """
 
 from __future__ import annotations
 
 import base64
+import errno
+import fcntl
 import json
 import os
 import stat
@@ -22,7 +28,7 @@ import uuid
 from argon2 import PasswordHasher
 
 from . import __version__
-from .config import ServerConfig
+from .config import ConfigError, ServerConfig
 from .customizers import default_registry
 from .logs import logger
 from .model import indexes, users
@@ -34,6 +40,110 @@ log = logger("devpi_tx.init")
 
 class AlreadyInitialized(Exception):
     pass
+
+
+#: The file in a server directory that its process holds locked.
+LOCK_NAME = ".lock"
+
+
+class ServerDirBusy(Exception):
+    """
+    Another process holds the server directory's lock; the message names
+    its pid.
+    """
+
+
+class ServerDirLock:
+    """
+    An exclusive C{flock} on a server directory's L{LOCK_NAME}, which holds
+    the pid of its process.  The kernel releases it when the process exits,
+    however it exits; a fork shares it (a daemon keeps what its parent took).
+    """
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    def write_pid(self, pid: int | None = None) -> None:
+        """
+        Record C{pid} (this process's by default: again after twistd made
+        a daemon of it) for whoever is refused the lock.
+        """
+        assert self._fd is not None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid() if pid is None else pid}\n".encode(), 0)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+def lock_serverdir(serverdir: str) -> ServerDirLock:
+    """
+    Take the lock on an existing server directory, for as long as the
+    process lives (or until L{ServerDirLock.release}).
+
+    @raise ServerDirBusy: another process holds it.
+    @raise OSError: the lock file cannot be opened (a directory one may
+        not write in).
+    """
+    path = os.path.join(serverdir, LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            os.close(fd)
+            raise
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        who = f"pid {holder}" if holder.isdigit() else "its pid not written yet"
+        raise ServerDirBusy(
+            f"server directory {serverdir} is in use by another devpi-tx process ({who}); "
+            "stop it first, or give another --serverdir"
+        ) from None
+    lock = ServerDirLock(path, fd)
+    lock.write_pid()
+    return lock
+
+
+def check_role(config: ServerConfig, nodeinfo: dict) -> None:
+    """
+    Refuse to start a replica on another kind of server's state, and any
+    other role on a replica's.
+
+    @raise ConfigError: the roles disagree.
+    """
+    role, kind = config.effective_role, nodeinfo.get("role", "standalone")
+    if kind == "replica" and role != "replica":
+        raise ConfigError(
+            f"option role: {config.serverdir} holds a replica's state; start it with --role replica "
+            "and --primary-url (a replica's state cannot be written to)"
+        )
+    if role == "replica" and kind != "replica":
+        raise ConfigError(
+            f"option role: {config.serverdir} holds a {kind} server's state, not a replica's; "
+            "give a replica an empty --serverdir"
+        )
+
+
+def check_replica_secret(config: ServerConfig) -> None:
+    """
+    A replica signs and checks tokens with its primary's secret, which it
+    cannot make itself.
+
+    @raise ConfigError: the secret file is missing.
+    """
+    if config.effective_role == "replica" and not os.path.exists(config.secret_path):
+        raise ConfigError(
+            f"option secretfile: a replica needs its primary's secret, and {config.secret_path} does not "
+            "exist; copy the primary's secret file here, or give it with --secretfile"
+        )
 
 
 def is_initialized(serverdir: str) -> bool:
@@ -77,10 +187,23 @@ def ensure_secret(path: str) -> bytes:
             path=path,
             mode=mode,
         )
+    return read_secret(path)
+
+
+def read_secret(path: str) -> bytes:
+    """
+    The secret in an existing secret file.
+
+    @raise ConfigError: it is too short to be one.
+    @raise OSError: it cannot be read.
+    """
     with open(path, "rb") as f:
         secret = f.read().strip()
     if len(secret) < 32:
-        raise ValueError(f"secret file {path} holds fewer than 32 bytes")
+        raise ConfigError(
+            f"option secretfile: {path} holds fewer than 32 bytes; "
+            "give a file of at least 32 random bytes (or remove it to have one made)"
+        )
     return secret
 
 
@@ -149,11 +272,7 @@ def _initialize_replica(config: ServerConfig) -> list[str]:
     primary's: the replica's tokens are signed with it and the primary's
     login tokens checked with it.
     """
-    if not os.path.exists(config.secret_path):
-        raise ValueError(
-            f"a replica needs its primary's secret: no secret file at {config.secret_path}; "
-            "give the primary's with --secretfile"
-        )
+    check_replica_secret(config)
     os.makedirs(config.serverdir, exist_ok=True)
     open_storage(config.serverdir).close()
     nodeinfo = {"uuid": uuid.uuid4().hex, "role": "replica", "version": __version__, "layout": LAYOUT}
@@ -171,8 +290,8 @@ def _initial_state(storage: SQLiteStorage, config: ServerConfig, pwhash: str, do
         if not config.no_root_pypi:
             mirror_url = config.mirror_url or default_mirror_url()
             if not mirror_url:
-                raise ValueError(
-                    "no upstream index found in pip's configuration; "
+                raise ConfigError(
+                    "option mirror-url: no upstream index found in pip's configuration; "
                     "give one with --mirror-url or use --no-root-pypi"
                 )
             indexes.create_index(tx, default_registry(), "root", "pypi", root_pypi_config(mirror_url))

@@ -14,6 +14,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThread
 from twisted.logger import STDLibLogObserver, globalLogPublisher
 
@@ -40,7 +41,18 @@ from .replica.files import FileOptions, FileReplicator
 from .replica.mirrors import via_primary
 from .replica.primary import PrimaryCertificatePolicy, PrimaryLink
 from .replica.sync import ReplicaSync
-from .serverdir import LAYOUT, ensure_secret, initialize, is_initialized, read_nodeinfo, write_nodeinfo
+from .serverdir import (
+    LAYOUT,
+    ServerDirLock,
+    check_replica_secret,
+    check_role,
+    ensure_secret,
+    initialize,
+    is_initialized,
+    read_nodeinfo,
+    write_nodeinfo,
+)
+from .startup import HoldServerDir, ListenError, error_path, listen_failure, listen_labels
 from .storage.files import LocalFileStore
 from .storage.sqlite import open_storage
 from .web.accesslog import open_access_log
@@ -131,17 +143,11 @@ def build_context(
             else:
                 log.info("init: {line}", line=line)
     nodeinfo = read_nodeinfo(config.serverdir)
+    check_role(config, nodeinfo)
+    check_replica_secret(config)
     secret = ensure_secret(config.secret_path)
     storage = open_storage(config.serverdir, clock=clock)
     role = config.effective_role
-    if nodeinfo.get("role") == "replica" and role != "replica":
-        raise ValueError(
-            f"{config.serverdir} holds a replica's state; start it with --role replica "
-            "and --primary-url (a replica's state cannot be written to)"
-        )
-    if role == "replica" and nodeinfo.get("role") != "replica":
-        kind = nodeinfo.get("role", "standalone")
-        raise ValueError(f"{config.serverdir} holds a {kind} server's state, not a replica's")
     if nodeinfo.get("layout", 1) < LAYOUT:
         with storage.transaction() as tx:
             moved = releases.migrate_links(tx)
@@ -322,11 +328,43 @@ def make_site(context: ServerContext, *, reactor=None, api: DevpiAPI | None = No
     return site
 
 
-def make_service(config: ServerConfig, reactor) -> MultiService:
+class ListeningService(StreamServerEndpointService):
+    """
+    One endpoint's web server, whose failure to listen when it starts is
+    raised at once as a L{ListenError} naming the option and the address
+    (the start-up checks bound it a moment before; another process may
+    have taken it since).
+    """
+
+    def __init__(self, endpoint, factory, description: str, labels: tuple[str, str]) -> None:
+        super().__init__(endpoint, factory)
+        self._raiseSynchronously = True
+        self._description = description
+        self._labels = labels
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            error = e.socketError if isinstance(e.socketError, BaseException) else e
+            raise ListenError(listen_failure(*self._labels, e.interface, e.port, error)) from e
+        except OSError as e:
+            # A UNIX socket's directory missing, say (its lock file is
+            # the second file name).
+            path = error_path(e)
+            where = f" ({path})" if path else ""
+            raise ListenError(
+                f"{self._labels[1]}: cannot listen on {self._description}: {e.strerror or e}{where}"
+            ) from e
+
+
+def make_service(config: ServerConfig, reactor, lock: ServerDirLock | None = None) -> MultiService:
     """
     The server: one service tree, built from the config, whose children
     start in this order and stop in the reverse one, each after the last:
 
+    0. with C{lock} (the server directory's, which the caller took), what
+       keeps it and writes this process's pid into it,
     1. the state (closed last),
     2. the changelog streams to replicas (ended before the state closes),
     3. the upstream client's connection pool,
@@ -340,6 +378,8 @@ def make_service(config: ServerConfig, reactor) -> MultiService:
     set_debug(config.debug)
     context = build_context(config, clock=reactor, reactor=reactor)
     root = OrderedMultiService()
+    if lock is not None:
+        HoldServerDir(lock).setServiceParent(root)
     CallOnStop("state", context.storage.close).setServiceParent(root)
     CallOnStop("changefeed", context.changefeed.stop).setServiceParent(root)
     CallOnStop("upstream", context.http.close_idle).setServiceParent(root)
@@ -356,9 +396,8 @@ def make_service(config: ServerConfig, reactor) -> MultiService:
     CallOnStop("sendfile", site.sendfile_workers.stop).setServiceParent(root)
     for description in config.endpoints:
         endpoint = serverFromString(reactor, description)
-        service = StreamServerEndpointService(endpoint, site)
-        service._raiseSynchronously = True
-        service.setServiceParent(root)
+        labels = listen_labels(config, description)
+        ListeningService(endpoint, site, description, labels).setServiceParent(root)
         log.info(
             "devpi-tx serving {serverdir} on {endpoint}",
             serverdir=config.serverdir,

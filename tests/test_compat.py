@@ -15,7 +15,13 @@ from twisted.test import iosim
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.http import HTTPChannel, Request
 
-from devpi_tx._compat import pending_request_line, pip_builtin_index, quiet_pool, tcp_write_pending
+from devpi_tx._compat import (
+    pending_request_line,
+    pip_builtin_index,
+    quiet_pool,
+    server_endpoint_address,
+    tcp_write_pending,
+)
 
 
 class _SeesTheHead(Request):
@@ -113,3 +119,20 @@ def test_quiet_pool_makes_quiet_factories_once():
     assert factory.noisy is False
     # Other pools are left alone.
     assert HTTPConnectionPool(reactor)._factory(lambda protocol: None, "m").noisy is True
+
+
+def test_tcp_and_tls_server_endpoints_keep_their_interface_and_port(tmp_path):
+    from twisted.internet.endpoints import serverFromString
+
+    from .test_tls import make_self_signed, ssl_endpoint
+
+    memory = MemoryReactor()
+    assert server_endpoint_address(serverFromString(memory, "tcp:3141:interface=127.0.0.1")) == (
+        "127.0.0.1",
+        3141,
+    )
+    assert server_endpoint_address(serverFromString(memory, "tcp:3142")) == ("", 3142)
+    assert server_endpoint_address(serverFromString(memory, "tcp6:3143:interface=\\:\\:1")) == ("::1", 3143)
+    tls = serverFromString(memory, ssl_endpoint(3444, make_self_signed(tmp_path)))
+    assert server_endpoint_address(tls) == ("127.0.0.1", 3444)
+    assert server_endpoint_address(serverFromString(memory, f"unix:{tmp_path}/sock")) is None

@@ -175,7 +175,7 @@ def test_replication_options_from_file_and_environment(tmp_path):
 def test_bad_replication_options_in_a_file(tmp_path, text, word):
     path = tmp_path / "devpi.yml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=f"^option {word}:") as info:
+    with pytest.raises(ConfigError, match=rf"^(configfile {path}: )?option {word}:") as info:
         build_config({}, str(path), environ={})
     assert "\n" not in str(info.value)
 

@@ -7,6 +7,12 @@ C{devpi-tx}: maintenance commands next to C{twistd devpi}.
     devpi-tx gen-secret [--secretfile PATH] [--force]
     devpi-tx fsck [--serverdir DIR] [--repair]  (the server stopped)
     devpi-tx gen-config [server options] [--output DIR] [--socket-activation] ...
+
+Every command takes C{--debug}; without it a failure is one line on
+standard error (exit code 1) naming the option or path and what to do.
+A command that writes the state takes the server directory's lock first
+(L{devpi_tx.startup.take_serverdir}), so it refuses to run beside a
+server on the same directory.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ import argparse
 import os
 import sys
 
-from ..config import DEFAULT_SERVERDIR, ConfigError, build_config
-from ..serverdir import AlreadyInitialized, initialize
+from ..config import build_config
+from ..serverdir import initialize, is_initialized
+from ..startup import check_start, one_line, take_serverdir
 from . import genconfig, maintenance
 
 INIT_OPTIONS = frozenset(
@@ -45,18 +52,38 @@ def _init(args: argparse.Namespace) -> int:
         "secretfile": args.secretfile,
     }
     config = build_config(given, args.configfile, allowed=INIT_OPTIONS)
-    for line in initialize(config):
-        print(line)
+    check_start(config, reactor=None, listen=False)
+    lock = take_serverdir(config)
+    try:
+        for line in initialize(config):
+            print(line)
+    finally:
+        lock.release()
     return 0
 
 
+def _serverdir_config(args: argparse.Namespace):
+    """
+    The config of a command on an existing server directory (refused
+    before the lock would create one).
+    """
+    config = build_config({"serverdir": args.serverdir}, None, allowed=frozenset(["serverdir", "secretfile"]))
+    if args.command != "gen-secret" and not is_initialized(config.serverdir):
+        raise ValueError(f"option serverdir: {config.serverdir} holds no server (give --serverdir)")
+    return config
+
+
 def _serverdir(args: argparse.Namespace) -> str:
-    return os.path.abspath(os.path.expanduser(args.serverdir or DEFAULT_SERVERDIR))
+    return _serverdir_config(args).serverdir
 
 
 def _passwd(args: argparse.Namespace) -> int:
     password = maintenance.read_new_password()
-    maintenance.set_password(_serverdir(args), args.user, password)
+    lock = take_serverdir(_serverdir_config(args))
+    try:
+        maintenance.set_password(_serverdir(args), args.user, password)
+    finally:
+        lock.release()
     print(f"password of {args.user} set")
     return 0
 
@@ -68,7 +95,11 @@ def _gen_secret(args: argparse.Namespace) -> int:
 
 
 def _fsck(args: argparse.Namespace) -> int:
-    report = maintenance.fsck(_serverdir(args), repair=args.repair)
+    lock = take_serverdir(_serverdir_config(args))
+    try:
+        report = maintenance.fsck(_serverdir(args), repair=args.repair)
+    finally:
+        lock.release()
     print(f"checked {report.checked} files, {report.bytes} bytes")
     for label, found in (
         ("missing", report.missing),
@@ -85,37 +116,79 @@ def _fsck(args: argparse.Namespace) -> int:
     return 0 if args.repair else 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="devpi-tx", description="devpi-tx maintenance")
-    commands = parser.add_subparsers(dest="command", required=True)
-    init = commands.add_parser("init", help="initialise a server directory")
-    init.add_argument("-c", "--configfile")
-    init.add_argument("--serverdir")
-    init.add_argument("--no-root-pypi", action="store_true")
-    init.add_argument("--root-passwd")
-    init.add_argument("--root-passwd-hash")
-    init.add_argument("--mirror-url")
-    init.add_argument("--secretfile")
+def _add_init(commands) -> None:
+    init = commands.add_parser(
+        "init",
+        help="initialise a server directory",
+        description="Initialise a server directory, as devpi-init does: the state with user root and "
+        "(unless --no-root-pypi) the root/pypi mirror, and the secret that signs login tokens.  "
+        "twistd devpi does the same on its first start.  Options may also come from a config file "
+        "(-c) or DEVPISERVER_* environment variables, as for twistd devpi.",
+    )
+    init.add_argument(
+        "-c", "--configfile", metavar="FILE", help="YAML config file with a 'devpi-server:' mapping"
+    )
+    init.add_argument(
+        "--serverdir", metavar="DIR", help="the server directory to create (default ~/.devpi-tx/server)"
+    )
+    init.add_argument("--no-root-pypi", action="store_true", help="do not create the root/pypi mirror")
+    init.add_argument(
+        "--root-passwd", metavar="PASSWORD", help="password of user root (default: empty, with a warning)"
+    )
+    init.add_argument(
+        "--root-passwd-hash",
+        metavar="HASH",
+        help="argon2 hash of root's password, as devpi-server stores it (instead of --root-passwd)",
+    )
+    init.add_argument(
+        "--mirror-url",
+        metavar="URL",
+        help="upstream simple index of root/pypi (default: the index pip is configured with)",
+    )
+    init.add_argument(
+        "--secretfile",
+        metavar="FILE",
+        help="file with the secret that signs login tokens (default SERVERDIR/.secret, created)",
+    )
     init.set_defaults(run=_init)
+
+
+def _add_maintenance(commands) -> None:
     passwd = commands.add_parser("passwd", help="set a user's password (the server stopped)")
     passwd.add_argument("user")
-    passwd.add_argument("--serverdir")
+    passwd.add_argument("--serverdir", metavar="DIR")
     passwd.set_defaults(run=_passwd)
     secret = commands.add_parser("gen-secret", help="write a new secret file")
-    secret.add_argument("--serverdir")
-    secret.add_argument("--secretfile")
+    secret.add_argument("--serverdir", metavar="DIR")
+    secret.add_argument("--secretfile", metavar="FILE")
     secret.add_argument("--force", action="store_true", help="replace an existing secret")
     secret.set_defaults(run=_gen_secret)
     check = commands.add_parser("fsck", help="check the stored files against the state (the server stopped)")
-    check.add_argument("--serverdir")
+    check.add_argument("--serverdir", metavar="DIR")
     check.add_argument("--repair", action="store_true", help="mend what can be mended; say what was done")
     check.set_defaults(run=_fsck)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="devpi-tx", description="devpi-tx maintenance commands")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_init(commands)
+    _add_maintenance(commands)
     genconfig.add_parser(commands)
-    args = parser.parse_args(argv)
+    # Last, so that every command has it.
+    for command in commands.choices.values():
+        command.add_argument("--debug", action="store_true", help="show the traceback when the command fails")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, AlreadyInitialized, ValueError) as e:
-        print(f"devpi-tx {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        if args.debug:
+            raise
+        print(one_line(f"devpi-tx {args.command}", e), file=sys.stderr)
         return 1
 
 

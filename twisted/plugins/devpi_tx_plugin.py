@@ -16,16 +16,16 @@ class DevpiServiceMaker:
     def options(self):
         # Imported lazily so that `twistd --help` stays fast and a broken
         # install shows up as an error of this plugin only.
-        from devpi_tx.options import ServerOptions
+        from devpi_tx.options import TwistdServerOptions
 
-        return ServerOptions
+        return TwistdServerOptions
 
     def makeService(self, options):
         from twisted.internet import reactor
 
         from devpi_tx.service import make_service
 
-        return make_service(options.config, reactor)
+        return make_service(options.config, reactor, lock=getattr(options, "lock", None))
 
 
 serviceMaker = DevpiServiceMaker()
