@@ -174,10 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_init(commands)
     _add_maintenance(commands)
-    genconfig.add_parser(commands)
     # Last, so that every command has it.
     for command in commands.choices.values():
         command.add_argument("--debug", action="store_true", help="show the traceback when the command fails")
+    # After: it takes every option of the server, --debug included.
+    genconfig.add_parser(commands)
     return parser
 
 
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except Exception as e:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         print(one_line(f"devpi-tx {args.command}", e), file=sys.stderr)
         return 1
