@@ -23,6 +23,7 @@ from .auth.throttle import PasswordThrottle
 from .auth.tokens import TokenSigner
 from .config import ServerConfig
 from .customizers import default_registry
+from .mirror.cachebound import MirrorCache, MirrorCacheService
 from .mirror.client import UpstreamClient
 from .mirror.files import MirrorFiles
 from .mirror.http import UpstreamHTTP, make_http_client
@@ -89,14 +90,22 @@ class CallOnStop(Service):
         return maybeDeferred(self._on_stop).addCallback(lambda _: None)
 
 
-def _configure_stdlib_logging(path: str) -> None:
+def _configure_stdlib_logging(path: str) -> STDLibLogObserver:
+    """
+    C{--logger-cfg}, as devpi-server reads it: a JSON (C{.json}) or YAML
+    file (the safe loader) for C{logging.config.dictConfig}; the server's
+    log events then also go to the standard library's logger C{devpi_tx}.
+    Return the observer that sends them.
+    """
     import yaml
 
     with open(path, encoding="utf-8") as f:
         text = f.read()
     data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     logging.config.dictConfig(data)
-    globalLogPublisher.addObserver(STDLibLogObserver(name="devpi_tx"))
+    observer = STDLibLogObserver(name="devpi_tx")
+    globalLogPublisher.addObserver(observer)
+    return observer
 
 
 def build_context(
@@ -123,6 +132,11 @@ def build_context(
     """
     if reactor is None:
         from twisted.internet import reactor
+    if config.mirror_cache_size is not None and config.effective_role == "replica":
+        raise ValueError(
+            "--mirror-cache-size: a replica's state follows its primary's; bound the primary's "
+            "mirror cache (the files it evicts are removed from its replicas too)"
+        )
     if not is_initialized(config.serverdir):
         for line in initialize(config):
             if line.startswith("WARNING"):
@@ -175,7 +189,7 @@ def build_context(
         replica = _replica_parts(
             config, nodeinfo, storage, files, http, replica_tokens, reactor, run_in_thread, on_fatal
         )
-    return ServerContext(
+    context = ServerContext(
         config=config,
         storage=storage,
         registry=default_registry(config.mirror_url or default_mirror_url()),
@@ -209,6 +223,7 @@ def build_context(
             timeout=config.request_timeout * 12,
             run_in_thread=run_in_thread,
             offline=config.offline_mode,
+            blobs=blobs,
         ),
         project_lists=ProjectLists(
             storage,
@@ -224,6 +239,16 @@ def build_context(
         changefeed=ChangeFeed(storage, reactor),
         replica=replica,
     )
+    if config.mirror_cache_size is not None:
+        context.mirror_cache = context.mirror_files.cache = MirrorCache(
+            storage,
+            files,
+            blobs,
+            limit=config.mirror_cache_size,
+            clock=reactor,
+            run_in_thread=run_in_thread,
+        )
+    return context
 
 
 def _replica_parts(
@@ -311,6 +336,7 @@ def make_site(context: ServerContext, *, reactor=None, api: DevpiAPI | None = No
         uuid=context.uuid,
         config=context.config,
         access_log=open_access_log(context.config.access_log),
+        request_stats=None if context.config.no_metrics else context.metrics.requests,
         timeout=120,
         reactor=reactor,
     )
@@ -330,8 +356,9 @@ def make_service(config: ServerConfig, reactor) -> MultiService:
     3. the upstream client's connection pool,
     4. the writer of derived blobs,
     5. the refresher of upstream project lists (not offline),
-    6. the threads that send large files,
-    7. one web server per listening endpoint.
+    6. the eviction of mirrored files (with --mirror-cache-size),
+    7. the threads that send large files,
+    8. one web server per listening endpoint.
     """
     if config.logger_cfg:
         _configure_stdlib_logging(config.logger_cfg)
@@ -347,6 +374,8 @@ def make_service(config: ServerConfig, reactor) -> MultiService:
     CallOnStop("derived-blobs", context.derived_blobs.stop).setServiceParent(root)
     if not config.offline_mode:
         ProjectListService(context.project_lists, config.mirror_cache_expiry, reactor).setServiceParent(root)
+    if context.mirror_cache is not None:
+        MirrorCacheService(context.mirror_cache, reactor).setServiceParent(root)
     site = make_site(context, reactor=reactor)
     CallOnStop("sendfile", site.sendfile_workers.stop).setServiceParent(root)
     for description in config.endpoints:
