@@ -250,3 +250,29 @@ def test_a_replica_cannot_bound_its_cache(config, upstream):
     replica = attrs.evolve(config, mirror_cache_size=LIMIT, role="replica", primary_url="http://primary:3141")
     with pytest.raises(ValueError, match="mirror-cache-size"):
         build_context(replica, upstream_http=UpstreamHTTP(StubTreq(upstream), Clock()), reactor=Clock())
+
+
+def test_a_long_eviction_goes_in_paced_batches_and_stops_with_the_service(bounded, projects, clock):
+    client = Client(bounded)
+    for name in ("p1", "p2", "p3"):
+        fetch(client, name, projects)
+    cache = MirrorCache(
+        bounded.storage,
+        bounded.files,
+        bounded.blobs,
+        limit=0,
+        clock=clock,
+        run_in_thread=synchronous,
+        batch=1,
+    )
+    cache.load()
+    done = cache.evict()
+    assert len(cache) == 2 and not done.called  # one batch, then a pause on the clock
+    assert cache.evicting and cache.evict() is not done
+    clock.advance(10)
+    assert len(cache) == 1 and not done.called
+    stopped = cache.stop()
+    assert not stopped.called  # it waits for the eviction, whose pause ends now
+    clock.advance(0)
+    assert len(cache) == 1 and done.called and stopped.called
+    assert done.result == 2

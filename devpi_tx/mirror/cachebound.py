@@ -13,10 +13,11 @@ entry's C{last_modified}), as read from the state when the service starts
 An eviction (L{MirrorCache.evict}, run by L{MirrorCacheService} when a
 download takes the size past the bound, and every minute) works on the
 reactor only for what is quick: it picks blobs least recently used first
-until the size would be 90 % of the bound, commits their entries back to
-"not stored" and their blobs' reference counts down in one non-durable
-transaction (an evicted file is one that can be fetched again), and then
-removes the files in a worker thread.  A blob is never evicted while
+until the size would be 90 % of the bound (at most L{BATCH} at a time,
+each batch followed by a pause L{PACE} times as long as it took),
+commits their entries back to "not stored" and their blobs' reference
+counts down in one non-durable transaction (an evicted file is one that
+can be fetched again), and then removes the files in a worker thread.  A blob is never evicted while
 anything else links it (a private upload of the same bytes: blobs are
 shared by content, and their C{blob/} count is then higher than the
 mirror entries that use it) or while an upload or a download holds it in
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import os
+import time
 from collections.abc import Callable
 
 from twisted.application.service import Service
@@ -50,7 +52,11 @@ log = Logger(namespace="devpi_tx.mirror.cache")
 #: An eviction frees blobs until the size is this share of the bound.
 LOW_WATER = 0.9
 #: Blobs evicted per transaction (and per turn of the reactor).
-BATCH = 500
+BATCH = 100
+#: After each batch an eviction waits this many times as long as the
+#: batch took, so that evicting never takes more than a tenth of the
+#: process's time from the requests (a batch of 100 takes about 10 ms).
+PACE = 9.0
 #: How often the service checks the bound besides after downloads.
 INTERVAL = 60.0
 #: The names blobs are renamed to while being removed (the store
@@ -96,6 +102,7 @@ class MirrorCache:
         run_in_thread: Callable,
         low_water: float = LOW_WATER,
         batch: int = BATCH,
+        pace: float = PACE,
     ) -> None:
         self._storage = storage
         self._files = files
@@ -105,6 +112,8 @@ class MirrorCache:
         self._run = run_in_thread
         self._low_water = low_water
         self._batch = batch
+        self._pace = pace
+        self._pause = None
         #: State key of each stored mirrored file -> its blob, least recently used first.
         self._entries: collections.OrderedDict[str, str] = collections.OrderedDict()
         #: Blob -> the keys of the tracked entries linking it.
@@ -267,6 +276,8 @@ class MirrorCache:
         if self._soon is not None and self._soon.active():
             self._soon.cancel()
         self._stopped = True
+        if self._pause is not None and self._pause.active():
+            self._pause.reset(0)
         if self._waiters is None:
             return succeed(None)
         d: Deferred[None] = Deferred()
@@ -286,14 +297,20 @@ class MirrorCache:
                     limit=format_size(self.limit),
                 )
                 break
+            started = time.perf_counter()
             unlinked = self._commit(batch)
             evicted += sum(len(keys) for keys in batch.values())
             await self._remove(unlinked)
-            if self.size > target:
-                # The next batch in a later turn of the reactor.
+            if self.size > target and not self._stopped:
+                # The next batch later, paced by what this one took (its
+                # time on the reactor and in a thread, and any wait for one).
                 wait: Deferred[None] = Deferred()
-                self._clock.callLater(0, wait.callback, None)
+                self._pause = self._clock.callLater(
+                    (time.perf_counter() - started) * self._pace, wait.callback, None
+                )
                 await wait
+            if self._stopped:
+                break
         return evicted
 
     def _pick(self, target: int) -> dict[str, list[str]]:
