@@ -29,6 +29,9 @@ setup(
         # Incremental (push) multipart parser for streaming uploads; already
         # required by treq, named here because devpi-tx uses it directly.
         "multipart>=1.0",
+        # /+metrics: the Prometheus text exposition format, written by the
+        # reference client library rather than by hand.
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "test": [

@@ -20,6 +20,7 @@ import yaml
 
 from .model.errors import InvalidInput
 from .model.names import check_indexname, check_username
+from .sizes import parse_free_space, parse_size
 
 DEFAULT_SERVERDIR = "~/.devpi-tx/server"
 DEFAULT_MAX_BODY = 1024 * 1024 * 1024
@@ -73,6 +74,11 @@ class ServerConfig:
     no_root_pypi: bool = False
     root_passwd: str | None = None
     root_passwd_hash: str | None = None
+    no_metrics: bool = False
+    #: Bytes of mirrored files kept; L{None}: no bound.
+    mirror_cache_size: int | None = None
+    #: Free disk space below which /+health fails: (bytes, fraction of the disk), one of them 0.
+    min_free_space: tuple[int, float] = (1 << 30, 0.0)
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -193,6 +199,20 @@ def _listen(name: str, value: object) -> tuple[str, ...]:
     raise ConfigError(f"{name}: expected endpoint strings, got {value!r}")
 
 
+def _size(name: str, value: object) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise ConfigError(f"option {name}: {e}") from None
+
+
+def _free_space(name: str, value: object) -> tuple[int, float]:
+    try:
+        return parse_free_space(value)
+    except ValueError as e:
+        raise ConfigError(f"option {name}: {e}") from None
+
+
 OPTIONS: dict[str, tuple[str, object]] = {
     "serverdir": ("serverdir", _str),
     "host": ("host", _str),
@@ -225,6 +245,9 @@ OPTIONS: dict[str, tuple[str, object]] = {
     "no-root-pypi": ("no_root_pypi", _bool),
     "root-passwd": ("root_passwd", _str),
     "root-passwd-hash": ("root_passwd_hash", _str),
+    "no-metrics": ("no_metrics", _bool),
+    "mirror-cache-size": ("mirror_cache_size", _size),
+    "min-free-space": ("min_free_space", _free_space),
 }
 
 

@@ -98,6 +98,20 @@ class ServerOptions(usage.Options):
         ["max-request-body-size", None, None, "Largest request body in bytes (default 1 GiB)."],
         ["max-request-line", None, None, "Longest request line in bytes; longer is 414 (default 8192)."],
         ["max-header-size", None, None, "Largest request head in bytes; larger is 431 (default 65536)."],
+        [
+            "mirror-cache-size",
+            None,
+            None,
+            "Bytes of mirrored files kept (suffixes K, M, G, T: 10G); past it the least recently used are "
+            "removed in the background and fetched again when next asked for (default: no bound).",
+        ],
+        [
+            "min-free-space",
+            None,
+            None,
+            "Free space on the server directory's disk below which /+health answers 503: a size (1G) or "
+            "a percentage (5%) (default 1G).",
+        ],
     ]
 
     optFlags = [
@@ -110,6 +124,7 @@ class ServerOptions(usage.Options):
             None,
             "A replica hard-links files found under --replica-file-search-path instead of copying them.",
         ],
+        ["no-metrics", None, "Do not serve /+metrics (Prometheus text format; on by default)."],
     ]
 
     def __init__(self) -> None:

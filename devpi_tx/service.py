@@ -25,6 +25,7 @@ from .auth.tokens import TokenSigner
 from .config import ServerConfig
 from .customizers import default_registry
 from .logs import logger, set_debug
+from .mirror.cachebound import MirrorCache, MirrorCacheService
 from .mirror.client import UpstreamClient
 from .mirror.files import MirrorFiles
 from .mirror.http import UpstreamHTTP, make_http_client
@@ -102,14 +103,22 @@ class CallOnStop(Service):
         return maybeDeferred(self._on_stop).addCallback(lambda _: None)
 
 
-def _configure_stdlib_logging(path: str) -> None:
+def _configure_stdlib_logging(path: str) -> STDLibLogObserver:
+    """
+    C{--logger-cfg}, as devpi-server reads it: a JSON (C{.json}) or YAML
+    file (the safe loader) for C{logging.config.dictConfig}; the server's
+    log events then also go to the standard library's logger C{devpi_tx}.
+    Return the observer that sends them.
+    """
     import yaml
 
     with open(path, encoding="utf-8") as f:
         text = f.read()
     data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     logging.config.dictConfig(data)
-    globalLogPublisher.addObserver(STDLibLogObserver(name="devpi_tx"))
+    observer = STDLibLogObserver(name="devpi_tx")
+    globalLogPublisher.addObserver(observer)
+    return observer
 
 
 def build_context(
@@ -136,6 +145,11 @@ def build_context(
     """
     if reactor is None:
         from twisted.internet import reactor
+    if config.mirror_cache_size is not None and config.effective_role == "replica":
+        raise ValueError(
+            "--mirror-cache-size: a replica's state follows its primary's; bound the primary's "
+            "mirror cache (the files it evicts are removed from its replicas too)"
+        )
     if not is_initialized(config.serverdir):
         for line in initialize(config):
             if line.startswith("WARNING"):
@@ -182,7 +196,7 @@ def build_context(
         replica = _replica_parts(
             config, nodeinfo, storage, files, http, replica_tokens, reactor, run_in_thread, on_fatal
         )
-    return ServerContext(
+    context = ServerContext(
         config=config,
         storage=storage,
         registry=default_registry(config.mirror_url or default_mirror_url()),
@@ -216,6 +230,7 @@ def build_context(
             timeout=config.request_timeout * 12,
             run_in_thread=run_in_thread,
             offline=config.offline_mode,
+            blobs=blobs,
         ),
         project_lists=ProjectLists(
             storage,
@@ -232,6 +247,16 @@ def build_context(
         changefeed=ChangeFeed(storage, reactor),
         replica=replica,
     )
+    if config.mirror_cache_size is not None:
+        context.mirror_cache = context.mirror_files.cache = MirrorCache(
+            storage,
+            files,
+            blobs,
+            limit=config.mirror_cache_size,
+            clock=reactor,
+            run_in_thread=run_in_thread,
+        )
+    return context
 
 
 def _replica_parts(
@@ -319,6 +344,7 @@ def make_site(context: ServerContext, *, reactor=None, api: DevpiAPI | None = No
         uuid=context.uuid,
         config=context.config,
         access_log=open_access_log(context.config.access_log),
+        request_stats=None if context.config.no_metrics else context.metrics.requests,
         timeout=120,
         reactor=reactor,
     )
@@ -370,8 +396,9 @@ def make_service(config: ServerConfig, reactor, lock: ServerDirLock | None = Non
     3. the upstream client's connection pool,
     4. the writer of derived blobs,
     5. the refresher of upstream project lists (not offline),
-    6. the threads that send large files,
-    7. one web server per listening endpoint.
+    6. the eviction of mirrored files (with --mirror-cache-size),
+    7. the threads that send large files,
+    8. one web server per listening endpoint.
     """
     if config.logger_cfg:
         _configure_stdlib_logging(config.logger_cfg)
@@ -392,6 +419,8 @@ def make_service(config: ServerConfig, reactor, lock: ServerDirLock | None = Non
         # Looked at every 5 minutes at most; fetched only once stale.
         interval = min(config.mirror_cache_expiry, 300)
         ProjectListService(context.project_lists, interval, reactor).setServiceParent(root)
+    if context.mirror_cache is not None:
+        MirrorCacheService(context.mirror_cache, reactor).setServiceParent(root)
     site = make_site(context, reactor=reactor)
     CallOnStop("sendfile", site.sendfile_workers.stop).setServiceParent(root)
     for description in config.endpoints:

@@ -49,3 +49,29 @@ def test_broken_stream_disables_the_log_once():
     writer(event(time.time()))  # no exception reaches the request
     writer(event(time.time()))
     assert writer._out is None
+
+
+def test_json_lines(tmp_path):
+    import json
+
+    path = tmp_path / "access.log"
+    writer = open_access_log(f"json:{path}")
+    writer(event(1700000000.25, client="10.0.0.1"))
+    writer(event(1700000001.5, status=404, ms=1.234))
+    first, second = (json.loads(line) for line in path.read_text().splitlines())
+    assert first == {
+        "time": "2023-11-14T22:13:20Z",
+        "method": "GET",
+        "path": "/root/pypi/+simple/a/",
+        "status": 200,
+        "bytes": 539,
+        "ms": 0.43,
+        "client": "10.0.0.1",
+    }
+    assert (second["time"], second["status"], second["ms"], second["client"]) == (
+        "2023-11-14T22:13:21Z",
+        404,
+        1.23,
+        None,
+    )
+    assert type(open_access_log("json:-")).__name__ == "JSONAccessLogWriter"

@@ -9,6 +9,7 @@ a short 200), leaves no file, and the next request tries again.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import time
 from urllib.parse import urlsplit
@@ -199,8 +200,21 @@ class MirrorFiles:
         # decides whether a page advertises that METADATA.
         range_threshold: int = SYNTHESIZED_METADATA_MIN_SIZE,
         offline: bool = False,
+        blobs=None,
     ) -> None:
+        """
+        @param blobs: the L{BlobLedger} a download's blob is held in from
+            before it gets its final name until its entry is committed, so
+            that no removal (an eviction, say) takes it meanwhile.
+        """
         self._storage = storage
+        self._blobs = blobs
+        #: The bound on the stored files (a L{MirrorCache}), told of each
+        #: file stored and served; L{None}: no bound.
+        self.cache = None
+        #: Downloads by result, and the bytes stored (metrics).
+        self.downloads: collections.Counter[str] = collections.Counter({"ok": 0, "error": 0})
+        self.download_bytes = 0
         self._files = files
         self._http = http
         self._timeout = timeout
@@ -216,6 +230,14 @@ class MirrorFiles:
 
     def is_stored(self, entry: dict) -> bool:
         return bool(entry.get("stored")) and self._files.exists(entry["sha256"])
+
+    def touch(self, path: str) -> None:
+        """
+        The stored mirrored file at C{path} is being served (recency, for
+        the cache's bound).
+        """
+        if self.cache is not None:
+            self.cache.touch(path)
 
     def download(self, path: str, entry: dict) -> Download:
         """
@@ -378,12 +400,17 @@ class MirrorFiles:
             else:
                 log.warn("mirror download failed: {error}", error=str(exc))
             writer.abort()  # nothing to do once committed
+            self.downloads["error"] += 1
             self._downloads.pop(path, None)
             download.reached("started", False, exc)
             download.end(exc)
             download.reached("finished", False, exc)
             return
         del self._downloads[path]
+        self.downloads["ok"] += 1
+        self.download_bytes += writer.size
+        if self.cache is not None:
+            self.cache.stored(path, current)
         log.info("mirrored {url} ({size} bytes)", url=redact(url), size=writer.size)
         download.end(None)
         download.reached("finished", True, current)
@@ -422,12 +449,20 @@ class MirrorFiles:
                 f"{redact(url)}: {other.name} mismatch, expected {spec}, got {other.hexdigest()}"
             )
         download.committing = True
-        sha256 = await self._run(writer.commit)
-        with self._storage.transaction() as tx:
-            current = tx.get(releases.file_key(path)) or entry
-            was_stored = current.get("stored")
-            current = dict(current, sha256=sha256, size=writer.size, last_modified=time.time(), stored=True)
-            tx.set(releases.file_key(path), current)
-            if not was_stored:
-                tx.set(releases.blob_key(sha256), (tx.get(releases.blob_key(sha256)) or 0) + 1)
+        if self._blobs is not None:
+            self._blobs.hold(digest)
+        try:
+            sha256 = await self._run(writer.commit)
+            with self._storage.transaction() as tx:
+                current = tx.get(releases.file_key(path)) or entry
+                was_stored = current.get("stored")
+                current = dict(
+                    current, sha256=sha256, size=writer.size, last_modified=time.time(), stored=True
+                )
+                tx.set(releases.file_key(path), current)
+                if not was_stored:
+                    tx.set(releases.blob_key(sha256), (tx.get(releases.blob_key(sha256)) or 0) + 1)
+        finally:
+            if self._blobs is not None:
+                self._blobs.release(digest)
         return current

@@ -26,6 +26,7 @@ L{treq.HTTPClient} is; everything above it is the same code.
 from __future__ import annotations
 
 import base64
+import collections
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -105,6 +106,20 @@ class UpstreamHTTP:
         self.reactor = reactor
         self._pool = pool
         self._relay_agent = relay_agent
+        #: Requests by (method, outcome): C{2xx} ... C{5xx}, C{timeout} or
+        #: C{error} (the metrics' upstream requests).
+        self.outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def _count(self, d: Deferred, method: str) -> Deferred:
+        def answered(response):
+            self.outcomes[(method, f"{response.code // 100}xx")] += 1
+            return response
+
+        def failed(failure):
+            self.outcomes[(method, "timeout" if is_timeout(failure.value) else "error")] += 1
+            return failure
+
+        return d.addCallbacks(answered, failed)
 
     def request(
         self, method: str, url: str, *, headers: Mapping[str, str] | None = None, timeout: float | None = None
@@ -115,7 +130,7 @@ class UpstreamHTTP:
         @param timeout: seconds until the answer's head is in (connecting
             included), after which the request is cancelled.
         """
-        return self.http.request(
+        d = self.http.request(
             method,
             url,
             headers=dict(headers or {}),
@@ -124,12 +139,14 @@ class UpstreamHTTP:
             unbuffered=True,
             reactor=self.reactor,
         )
+        return self._count(d, method)
 
     def post(self, url: str, *, timeout: float | None = None, **kwargs) -> Deferred[IResponse]:
         """
         Send a C{POST} (a push to another index); treq's keyword arguments.
         """
-        return self.http.post(url, timeout=timeout, allow_redirects=False, reactor=self.reactor, **kwargs)
+        d = self.http.post(url, timeout=timeout, allow_redirects=False, reactor=self.reactor, **kwargs)
+        return self._count(d, "POST")
 
     def relay(
         self, method: bytes, url: bytes, headers: Headers, body: IBodyProducer | None

@@ -13,6 +13,7 @@ State keys::
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import time
 from collections import OrderedDict
@@ -103,6 +104,10 @@ def link_relpath(stage: str, link: dict) -> str:
     return f"{stage}/+e/{mangled}/{link['filename']}"
 
 
+#: How a page asked for upstream turned out (the metrics' results).
+FETCH_RESULTS = ("changed", "unchanged", "not_modified", "not_found", "error", "older_serial", "via_primary")
+
+
 class MirrorPages:
     def __init__(
         self,
@@ -134,6 +139,8 @@ class MirrorPages:
         #: Until when each (stage, project) upstream answered 404 for is taken as absent.
         self._missing = _Recent(max_remembered)
         self._fetches: SingleFlight[str | None] = SingleFlight()
+        #: Pages asked for upstream (or through the primary), by result (metrics).
+        self.fetches: collections.Counter[str] = collections.Counter(dict.fromkeys(FETCH_RESULTS, 0))
 
     def forget(self, stage: str, project: str) -> None:
         """
@@ -188,15 +195,18 @@ class MirrorPages:
         try:
             fetched = await self._client.project_page(url, project, etag=(stored or {}).get("etag"))
         except NotModified:
+            self.fetches["not_modified"] += 1
             self._checked[key] = self._clock()
             return None
         except NotFoundUpstream:
+            self.fetches["not_found"] += 1
             self._missing[key] = self._clock() + NOT_FOUND_TTL
             if stored is not None:
                 with self._storage.transaction(durable=False) as tx:
                     tx.delete(mirror_key(stage.name, project))
             return None
         except UpstreamError as exc:
+            self.fetches["error"] += 1
             log.warn("mirror {stage}: {error}", stage=stage.name, error=str(exc))
             if stored is None:
                 raise MirrorUnavailable(
@@ -212,6 +222,7 @@ class MirrorPages:
             and fetched.serial < stored["serial"]
             and not stage.config.get("mirror_ignore_serial_header", False)
         ):
+            self.fetches["older_serial"] += 1
             log.warn(
                 "mirror {stage}: upstream serial {new} for {project} is older than "
                 "the cached {old}; keeping the cached page",
@@ -228,16 +239,20 @@ class MirrorPages:
             "serial": fetched.serial,
         }
         if stored == page:
+            self.fetches["unchanged"] += 1
             return None
+        self.fetches["changed"] += 1
         self._store(stage.name, project, page, stored)
         return None
 
     async def _refresh_via_primary(self, stage: Stage, project: str) -> str | None:
         key = (stage.name, project)
         assert self._via_primary is not None
+        self.fetches["via_primary"] += 1
         try:
             found = await self._via_primary(stage, project)
         except UpstreamError as exc:
+            self.fetches["error"] += 1
             log.warn("mirror {stage} through the primary: {error}", stage=stage.name, error=str(exc))
             if self.cached(stage.name, project) is None:
                 raise MirrorUnavailable(

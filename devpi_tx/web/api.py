@@ -25,6 +25,7 @@ from . import namepages, simple
 from .changelog import ChangelogRoutes
 from .context import ServerContext
 from .credentials import Authenticator, AuthResult, too_many_attempts
+from .metrics import OpsRoutes
 from .negotiation import has_flag, read_json, wants_json
 from .pagecache import Page
 from .releases import ReleaseRoutes
@@ -51,7 +52,7 @@ def replica_lag(sync, serial: int, now: float) -> tuple[int | None, float | None
     return behind, (now - sync.in_sync_at) if sync.in_sync_at is not None else None
 
 
-class DevpiAPI(ReleaseRoutes, ChangelogRoutes):
+class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
     """
     The Klein application.
     """
@@ -172,6 +173,8 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes):
             "role": "REPLICA" if cfg.effective_role == "replica" else "MASTER",
             "polling_replicas": self.ctx.changefeed.replicas.snapshot(),
         }
+        if self.ctx.mirror_cache is not None:
+            result["mirror-cache"] = self.ctx.mirror_cache.status()
         replica = self.ctx.replica
         if replica is not None:
             result.update(replica.sync.status())

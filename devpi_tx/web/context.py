@@ -21,6 +21,7 @@ from ..auth.tokens import TokenSigner
 from ..config import ServerConfig
 from ..customizers import CustomizerRegistry
 from ..interfaces import IFileStore
+from ..mirror.cachebound import MirrorCache
 from ..mirror.files import MirrorFiles
 from ..mirror.http import UpstreamHTTP
 from ..mirror.pages import MirrorPages
@@ -37,6 +38,7 @@ from ..replica.sync import ReplicaSync
 from .changefeed import ChangeFeed
 from .derivedblobs import DerivedBlobs
 from .listpages import ListPages
+from .metrics import ServerMetrics
 from .pagecache import PageCache
 from .proxy import WriteProxy
 
@@ -96,6 +98,10 @@ class ServerContext:
     #: Set on a replica only.
     replica: ReplicaParts | None = None
     started: float = attrs.field(factory=time.time)
+    #: Counters of requests and uploads, and the registry /+metrics shows.
+    metrics: ServerMetrics = attrs.field(factory=ServerMetrics)
+    #: The bound on the mirrored files kept (--mirror-cache-size), if any.
+    mirror_cache: MirrorCache | None = None
 
     # The ledger's holds and sound blobs, as tests and older callers know them.
     pending_blobs = property(lambda self: self.blobs.held)

@@ -106,6 +106,8 @@ class FileRoutes(StageHelpers):
             }
             return envelope(request, type="releasefilemeta", result=result)
         content_type = "application/json" if entry["rel"] == "toxresult" else "application/octet-stream"
+        if entry.get("mirror"):
+            self.ctx.mirror_files.touch(path)
         return self._serve_blob(request, entry["sha256"], entry["last_modified"], content_type)
 
     async def _replica_file(self, request: IRequest, path: str, entry: dict | None):

@@ -26,6 +26,9 @@ from twisted.web.server import NOT_DONE_YET
 #: Plain segments only: anything percent-encoded (or a leading "+")
 #: is left to Klein, which decodes and reports it.
 _PROJECT_PAGE = re.compile(rb"/([^/%+][^/%]*)/([^/%+][^/%]*)/\+simple/([^/%]+)/")
+#: The routes Klein would have taken, as L{RoutedKlein} notes them.
+_PROJECT_PAGE_ROUTE = ("simple_project_page", ("user", "index", "project"))
+_UPLOAD_ROUTE = ("index_post", ("user", "index"))
 
 
 class InstallerFastPath(Resource):
@@ -45,6 +48,7 @@ class InstallerFastPath(Resource):
         if request.method in (b"GET", b"HEAD"):
             match = _PROJECT_PAGE.fullmatch(request.path)
             if match is not None:
+                request.devpi_route = _PROJECT_PAGE_ROUTE  # the metrics' route label
                 try:
                     user, index, project = (part.decode("utf-8") for part in match.groups())
                     result = self._routes.simple_project_page(request, user, index, project)
@@ -56,6 +60,7 @@ class InstallerFastPath(Resource):
                 return _send_later(request, result)
         elif request.method == b"POST" and getattr(request, "devpi_upload", None) is not None:
             user, index = request.devpi_upload_index
+            request.devpi_route = _UPLOAD_ROUTE
             return _send_later(request, ensureDeferred(self._routes.index_post(request, user, index)))
         return self._klein.render(request)
 

@@ -37,11 +37,24 @@ class PageCache:
         #: Goes up whenever project lists are dropped: a list rendered off
         #: the reactor is cached only if it did not move meanwhile.
         self.generation = 0
+        #: Lookups that found a page, and those that did not (metrics).
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def size(self) -> int:
+        """
+        Bytes of the pages kept.
+        """
+        return self._bytes
 
     def get(self, key: tuple) -> Page | None:
         page = self._pages.get(key)
         if page is not None:
+            self.hits += 1
             self._pages.move_to_end(key)
+        else:
+            self.misses += 1
         return page
 
     def put(self, key: tuple, page: Page) -> None:

@@ -280,6 +280,7 @@ class ForwardWrites(Resource):
 
     def render(self, request: IRequest):
         if request.method in MUTATING:
+            request.devpi_route = "(relayed to the primary)"  # the metrics' route label
             self._proxy.forward(request)
             return NOT_DONE_YET
         return self._inner.render(request)

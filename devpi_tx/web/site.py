@@ -39,6 +39,10 @@ class DevpiRequest(Request):
     and refuses an over-long body as soon as its length is known.
     """
 
+    #: The route that answered, if one did: the route label of the
+    #: request's metrics (see L{devpi_tx.web.metrics.route_label}).
+    devpi_route: tuple | str | None = None
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.started = time.monotonic()
@@ -215,9 +219,15 @@ class DevpiSite(Site):
         config,
         stream_receiver=lambda request: None,
         access_log: ILogObserver | None = globalLogPublisher,
+        request_stats=None,
         **kwargs,
     ) -> None:
+        """
+        @param request_stats: counts each request (a L{RequestStats}),
+            unless L{None}.
+        """
         super().__init__(resource, **kwargs)
+        self.request_stats = request_stats
         #: Receives one event per request (see L{accesslog}).
         self._access = Logger(namespace="devpi_tx.request", observer=access_log) if access_log else None
         #: Given a request whose headers are in, returns an object to feed
@@ -254,6 +264,11 @@ class DevpiSite(Site):
         return min(self._config.max_json_body_size, self._config.max_request_body_size)
 
     def log(self, request: DevpiRequest) -> None:
+        seconds = time.monotonic() - request.started
+        if self.request_stats is not None:
+            self.request_stats.observe(
+                request.devpi_route, request.method, request.code, seconds, request.sentLength
+            )
         if self._access is None:
             return
         address = request.getClientAddress()
@@ -263,11 +278,15 @@ class DevpiSite(Site):
             path=request.uri.decode("utf-8", "replace"),
             status=request.code,
             bytes=request.sentLength,
-            ms=(time.monotonic() - request.started) * 1000,
+            ms=seconds * 1000,
             client=getattr(address, "host", None),
         )
 
     def log_refused(self, request: DevpiRequest, size: int) -> None:
+        seconds = time.monotonic() - request.started
+        if self.request_stats is not None:
+            command, _ = pending_request_line(request.channel)
+            self.request_stats.observe(None, command or b"OTHER", 413, seconds, size)
         if self._access is None:
             return
         self._access.info(
@@ -276,7 +295,7 @@ class DevpiSite(Site):
             path="-",
             status=413,
             bytes=size,
-            ms=(time.monotonic() - request.started) * 1000,
+            ms=seconds * 1000,
         )
 
     @staticmethod

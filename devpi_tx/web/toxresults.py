@@ -89,4 +89,5 @@ class ToxResultRoutes(StageHelpers):
         except BaseException:
             self._cleanup([sha256])
             raise
+        self.ctx.metrics.uploaded("toxresult", len(data))
         return envelope(request, type="toxresultpath", result=f"{tox_path}#sha256={sha256}")

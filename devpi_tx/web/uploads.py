@@ -252,6 +252,7 @@ class UploadRoutes(StageHelpers):
             raise
         blobs.release(sha256, meta_sha)
         blobs.remove_unwanted(unused)
+        self.ctx.metrics.uploaded(rel, size)
         if meta_data is not None:
             self.ctx.derived_blobs.add(meta_data)
         return outcome, sha256
