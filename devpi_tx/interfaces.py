@@ -195,11 +195,28 @@ class IFileStore(Interface):
 
 class IStageCustomizer(Interface):
     """
-    An index type: which configuration keys it has, their defaults and how
-    their values are parsed.
+    An index type: its configuration (keys, defaults, parsing, whole-config
+    validation), what the index accepts, who may do what on it, which
+    projects, versions and links it shows, and what happens after it is
+    created, modified or uploaded to.
+
+    L{devpi_tx.customizers.base.BaseStageCustomizer} gives every method a
+    default (today's behaviour of a private index); a plugin's type
+    overrides what it changes.  Methods taking C{config} get the index's
+    whole configuration, as stored.
     """
 
     type_name = Attribute("The value of the index's C{type} key.")
+    is_mirror = Attribute(
+        "Whether the index's projects come from an upstream simple index (the mirror machinery "
+        "of L{devpi_tx.mirror}); false for indexes whose projects live in the state."
+    )
+    readonly = Attribute("Whether the index refuses uploads, pushes into it and tox results.")
+    filters = Attribute(
+        "Whether C{projects_filter}, C{versions_filter} or C{links_filter} may drop anything: "
+        "when false the server does not call them (what an index shows is listed unfiltered)."
+    )
+    list_keys = Attribute("The keys whose values are lists, for C{key+=value} and C{key-=value}.")
 
     def possible_keys() -> frozenset[str]:
         """
@@ -221,4 +238,78 @@ class IStageCustomizer(Interface):
     def ignored_keys() -> frozenset[str]:
         """
         Keys that are accepted but silently dropped (for old exports).
+        """
+
+    def validate_config(oldconfig: dict | None, newconfig: dict) -> None:
+        """
+        Check a whole configuration after its values were parsed, before it
+        is stored: C{oldconfig} is L{None} when the index is being created.
+        Raise L{devpi_tx.model.errors.InvalidInput} (a 400, its message
+        shown to the user) to refuse it.
+        """
+
+    def principals_for_upload(config: dict) -> frozenset[str]:
+        """
+        The principals that may upload release files and documentation,
+        and push into the index.
+        """
+
+    def principals_for_toxresult_upload(config: dict) -> frozenset[str]:
+        """
+        The principals that may upload tox results.
+        """
+
+    def principals_for_delete(config: dict) -> frozenset[str]:
+        """
+        The principals that may delete and yank releases and files, besides
+        the index's owner and the server's administrators.
+        """
+
+    def principals_for_modify(config: dict) -> frozenset[str]:
+        """
+        The principals that may modify the index's configuration, besides
+        its owner and the server's administrators.
+        """
+
+    def principals_for_read(config: dict) -> frozenset[str]:
+        """
+        The principals that may read the index (C{:ANONYMOUS:}: everyone).
+        """
+
+    def projects_filter(config: dict, names: list[str]) -> list[bool] | None:
+        """
+        Which of the project C{names} the index lists: one flag per name
+        (true: kept), or L{None} to keep them all without a flag each (the
+        cheap answer of types that filter nothing).
+        """
+
+    def versions_filter(config: dict, project: str, versions: list[str]) -> list[bool] | None:
+        """
+        Which C{versions} of C{project} (normalised name) the index shows:
+        one flag per version, or L{None} to keep them all.  The links of a
+        dropped version are dropped too.
+        """
+
+    def links_filter(config: dict, project: str, links: list[dict]) -> list[bool] | None:
+        """
+        Which links of C{project}'s simple page the index shows: one flag
+        per link (a mapping with C{basename}, C{url} or C{relpath},
+        C{hashes}, and C{requires_python} and upload time when known), or
+        L{None} to keep them all.
+        """
+
+    def on_created(stagename: str, config: dict) -> None:
+        """
+        Called after an index of this type was created (its transaction
+        committed).
+        """
+
+    def on_modified(stagename: str, oldconfig: dict, newconfig: dict) -> None:
+        """
+        Called after the index's configuration changed (committed).
+        """
+
+    def on_upload(stagename: str, project: str, version: str, link: dict) -> None:
+        """
+        Called after a file was uploaded to the index (committed).
         """

@@ -5,12 +5,28 @@ L{CustomizerRegistry} maps C{type} values to them.
 
 from __future__ import annotations
 
+from twisted.logger import Logger
 from zope.interface.verify import verifyObject
 
 from ..interfaces import IStageCustomizer
 from ..model.errors import InvalidInput
+from .base import BaseStageCustomizer
 from .mirror import MirrorCustomizer
 from .stage import StageCustomizer
+
+log = Logger()
+_KEEP_ALL = BaseStageCustomizer()
+
+
+def run_hook(customizer: IStageCustomizer, hook: str, *args) -> None:
+    """
+    Call one of a customizer's C{on_*} hooks after a commit: a failure is
+    logged, never the request's (what it followed is committed).
+    """
+    try:
+        getattr(customizer, hook)(*args)
+    except Exception:
+        log.failure("index type {type!r}: {hook} failed", type=customizer.type_name, hook=hook)
 
 
 class CustomizerRegistry:
@@ -33,6 +49,27 @@ class CustomizerRegistry:
         except (KeyError, TypeError):
             raise InvalidInput(f"unknown index type {type_name!r}") from None
 
+    def for_config(self, config: dict) -> IStageCustomizer:
+        """
+        The customizer of an index, by its stored configuration.
+        """
+        return self.get(config.get("type", "stage"))
+
+    def shown_by(self, config: dict) -> IStageCustomizer:
+        """
+        The customizer whose filters apply to an index: that of its type,
+        or, for a type no longer installed, one that keeps everything.
+        """
+        return self._by_type.get(config.get("type", "stage"), _KEEP_ALL)
+
+    def is_mirror(self, config: dict) -> bool:
+        """
+        Whether an index (by its configuration) is served by the mirror
+        machinery; an index of a type no longer installed is not.
+        """
+        customizer = self._by_type.get(config.get("type", "stage"))
+        return customizer is not None and customizer.is_mirror
+
     def types(self) -> list[str]:
         return sorted(self._by_type)
 
@@ -41,4 +78,11 @@ def default_registry(default_mirror_url: str | None = None) -> CustomizerRegistr
     return CustomizerRegistry([StageCustomizer(), MirrorCustomizer(default_mirror_url=default_mirror_url)])
 
 
-__all__ = ["CustomizerRegistry", "MirrorCustomizer", "StageCustomizer", "default_registry"]
+__all__ = [
+    "BaseStageCustomizer",
+    "CustomizerRegistry",
+    "MirrorCustomizer",
+    "StageCustomizer",
+    "default_registry",
+    "run_hook",
+]

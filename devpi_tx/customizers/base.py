@@ -1,12 +1,19 @@
 """
-What the index types share: a table of keys and their parsers.
+What the index types share: L{BaseStageCustomizer}, every method of
+L{devpi_tx.interfaces.IStageCustomizer} with today's behaviour of a private
+index, and L{TableCustomizer}, a type defined by a table of keys and their
+parsers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from zope.interface import implementer
+
+from ..interfaces import IStageCustomizer
 from ..model import values
+from ..model.acl import ANONYMOUS
 from ..model.errors import InvalidInput
 
 Parser = Callable[[object], object]
@@ -19,15 +26,93 @@ COMMON_PARSERS: dict[str, Parser] = {
 }
 
 
-class TableCustomizer:
+@implementer(IStageCustomizer)
+class BaseStageCustomizer:
+    """
+    The defaults of the contract: the common keys, uploads accepted from
+    C{acl_upload}, tox results from C{acl_toxresult_upload}, everything
+    readable by everyone, nothing filtered, and hooks that do nothing.
+    Plugins subclass it and override what their type changes.
+    """
+
+    type_name: str = ""
+    is_mirror: bool = False
+    readonly: bool = False
+    #: Set by types that override a filter.
+    filters: bool = False
+    list_keys: frozenset[str] = frozenset()
+
+    # Configuration.
+
+    def possible_keys(self) -> frozenset[str]:
+        return frozenset(COMMON_PARSERS)
+
+    def defaults(self) -> dict:
+        return {"type": self.type_name, "volatile": True}
+
+    def normalize(self, key: str, value: object) -> object:
+        try:
+            parser = COMMON_PARSERS[key]
+        except KeyError:
+            raise InvalidInput(f"indexconfig got unexpected keyword arguments: {key}={value}") from None
+        return parser(value)
+
+    def ignored_keys(self) -> frozenset[str]:
+        return frozenset()
+
+    def validate_config(self, oldconfig: dict | None, newconfig: dict) -> None:
+        return None
+
+    # Who may do what.
+
+    def principals_for_upload(self, config: dict) -> frozenset[str]:
+        if self.readonly:
+            return frozenset()
+        return frozenset(config.get("acl_upload", []))
+
+    def principals_for_toxresult_upload(self, config: dict) -> frozenset[str]:
+        if self.readonly:
+            return frozenset()
+        return frozenset(config.get("acl_toxresult_upload", [ANONYMOUS]))
+
+    def principals_for_delete(self, config: dict) -> frozenset[str]:
+        return frozenset(config.get("acl_upload", []))
+
+    def principals_for_modify(self, config: dict) -> frozenset[str]:
+        return frozenset()
+
+    def principals_for_read(self, config: dict) -> frozenset[str]:
+        return frozenset([ANONYMOUS])
+
+    # What is shown.
+
+    def projects_filter(self, config: dict, names: list[str]) -> list[bool] | None:
+        return None
+
+    def versions_filter(self, config: dict, project: str, versions: list[str]) -> list[bool] | None:
+        return None
+
+    def links_filter(self, config: dict, project: str, links: list[dict]) -> list[bool] | None:
+        return None
+
+    # Hooks.
+
+    def on_created(self, stagename: str, config: dict) -> None:
+        return None
+
+    def on_modified(self, stagename: str, oldconfig: dict, newconfig: dict) -> None:
+        return None
+
+    def on_upload(self, stagename: str, project: str, version: str, link: dict) -> None:
+        return None
+
+
+class TableCustomizer(BaseStageCustomizer):
     """
     A customizer defined by a mapping of keys to parsers.
     """
 
-    type_name: str = ""
     parsers: dict[str, Parser] = {}
-    #: Keys whose values are lists, for C{+=} and C{-=}.
-    list_keys: frozenset[str] = frozenset()
     _ignored: frozenset[str] = frozenset()
 
     def possible_keys(self) -> frozenset[str]:

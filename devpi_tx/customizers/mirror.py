@@ -15,6 +15,8 @@ from .base import COMMON_PARSERS, TableCustomizer
 @implementer(IStageCustomizer)
 class MirrorCustomizer(TableCustomizer):
     type_name = "mirror"
+    is_mirror = True
+    readonly = True
     parsers = {
         **COMMON_PARSERS,
         "mirror_url": values.parse_url("mirror_url"),

@@ -92,8 +92,8 @@ class Policy:
     def may_create_index(self, identity: Identity, owner: str) -> bool:
         return self._self_or_admin(identity, owner)
 
-    def may_modify_index(self, identity: Identity, owner: str) -> bool:
-        return self._self_or_admin(identity, owner)
+    def may_modify_index(self, identity: Identity, owner: str, acl_modify: Iterable[str] = ()) -> bool:
+        return bool(identity.principals() & frozenset(acl_modify)) or self._self_or_admin(identity, owner)
 
     def may_upload(self, identity: Identity, acl_upload: Iterable[str]) -> bool:
         return bool(identity.principals() & frozenset(acl_upload))

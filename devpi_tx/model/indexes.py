@@ -111,6 +111,7 @@ def create_index(tx, registry, user: str, index: str, data: object) -> dict:
     config["type"] = customizer.type_name
     if "bases" in config:
         check_bases(tx, stagename, config["bases"])
+    customizer.validate_config(None, config)
     record.setdefault("indexes", {})[index] = config
     record["modified"] = now_stamp()
     tx.set(user_key(user), record)
@@ -137,7 +138,7 @@ def _parse_operation(item: object) -> tuple[str, str, str]:
 
 def _apply_operations(customizer, config: dict, operations: list) -> dict:
     new = dict(config)
-    list_keys = getattr(customizer, "list_keys", frozenset())
+    list_keys = customizer.list_keys
     for item in operations:
         key, op, raw = _parse_operation(item)
         if key == "type":
@@ -197,6 +198,7 @@ def modify_index(tx, registry, user: str, index: str, data: object, *, error_on_
         if error_on_noop:
             raise InvalidInput("The requested modifications resulted in no changes")
         return config
+    customizer.validate_config(config, new)
     record["indexes"][index] = new
     record["modified"] = now_stamp()
     tx.set(user_key(user), record)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import attrs
@@ -235,18 +236,26 @@ class PushOutcome:
     unused: frozenset[str]
 
 
-def push_target(reader, target: str) -> dict:
+def _mirror_is_readonly(config: dict) -> bool:
+    # For callers without the server's index types (tests of this module).
+    return config["type"] == "mirror"
+
+
+def push_target(reader, target: str, readonly: Callable[[dict], bool] = _mirror_is_readonly) -> dict:
     """
     The configuration of the index a release is to be pushed to.
 
+    @param readonly: whether an index (by its configuration) refuses
+        pushes: its index type's C{readonly}.
     @raise NotFound: there is no such index.
-    @raise InvalidInput: it is a mirror, or C{target} is no index name.
+    @raise InvalidInput: it is read-only (a mirror), or C{target} is no
+        index name.
     """
     config = get_index(reader, *split_stagename(target))
     if config is None:
         raise NotFound(f"target index {target!r} does not exist")
-    if config["type"] == "mirror":
-        raise InvalidInput(f"cannot push to mirror index {target}")
+    if readonly(config):
+        raise InvalidInput(f"cannot push to {config['type']} index {target}")
     return config
 
 
@@ -272,6 +281,7 @@ def push_release(
     *,
     no_docs: bool = False,
     only_docs: bool = False,
+    readonly: Callable[[dict], bool] = _mirror_is_readonly,
 ) -> PushOutcome:
     """
     Register C{name} C{version} of index C{source} on index C{target} and
@@ -286,7 +296,7 @@ def push_release(
         target already has.
     """
     record = release_to_push(tx, source, name, version)
-    volatile = push_target(tx, target).get("volatile", True)
+    volatile = push_target(tx, target, readonly).get("volatile", True)
     actions: list[list] = [[200, "register", name, version, "->", target]]
     metadata = {k: v for k, v in record.items() if k != "+links"}
     unused: set[str] = set()

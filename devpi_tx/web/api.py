@@ -17,6 +17,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 
 from .. import COMPATIBLE_SERVER_VERSION, __version__
 from ..auth.throttle import Throttled
+from ..customizers import run_hook
 from ..logs import logger
 from ..model import indexes, releases, users
 from ..model.errors import InvalidInput, ModelError
@@ -146,7 +147,7 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
             config = indexes.require_index(self.ctx.storage, user, index)
             result["index"] = f"{base}/{user}/{index}"
             result["simpleindex"] = f"{base}/{user}/{index}/+simple/"
-            if config["type"] != "mirror":
+            if not self.ctx.registry.for_config(config).readonly:
                 result["pypisubmit"] = f"{base}/{user}/{index}/"
         return envelope(request, type="apiconfig", result=result)
 
@@ -346,7 +347,7 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
             return self.simple_list(request, user, index)
         if not has_flag(request, "no_projects"):
             stage = f"{user}/{index}"
-            if config["type"] == "mirror":
+            if self.ctx.registry.is_mirror(config):
                 if not config.get("mirror_no_project_list") and self.ctx.project_lists.has_list(stage):
                     # An upstream's list: written to disk by a thread.
                     return ensureDeferred(self._mirror_index_json(request, stage, config))
@@ -383,6 +384,7 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
         with self.ctx.storage.transaction() as tx:
             config = indexes.create_index(tx, self.ctx.registry, user, index, data)
         log.info("created index {stage}", stage=f"{user}/{index}")
+        run_hook(self.ctx.registry.for_config(config), "on_created", f"{user}/{index}", config)
         return envelope(request, type="indexconfig", result=indexes.public_config(config))
 
     @app.route("/<user>/<index>", methods=["PATCH"])
@@ -390,7 +392,9 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
     async def index_modify(self, request: IRequest, user: str, index: str):
         users.require_user(self.ctx.storage, user)
         auth = await self.auth.authenticate(request)
-        if not self.ctx.policy.may_modify_index(auth.identity, user):
+        old = indexes.get_index(self.ctx.storage, user, index)
+        extra = self.ctx.registry.for_config(old).principals_for_modify(old) if old else frozenset()
+        if not self.ctx.policy.may_modify_index(auth.identity, user, extra):
             return self.deny(request, auth, f"no permission to modify index {user}/{index}")
         data = read_json(request)
         with self.ctx.storage.transaction() as tx:
@@ -402,6 +406,8 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
                 data,
                 error_on_noop=has_flag(request, "error_on_noop"),
             )
+        if old is not None and config != old:
+            run_hook(self.ctx.registry.for_config(config), "on_modified", f"{user}/{index}", old, config)
         return envelope(request, type="indexconfig", result=indexes.public_config(config))
 
     @app.route("/<user>/<index>", methods=["DELETE"])

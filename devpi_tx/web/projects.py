@@ -14,7 +14,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.web.iweb import IRequest
 
 from ..mirror.pages import MirrorUnavailable
-from ..model import releases, stages
+from ..model import releases, stages, typefilters
 from ..model.errors import NotFound
 from . import simple
 from .negotiation import has_flag, wants_json
@@ -23,6 +23,15 @@ from .render import envelope, error, send_json
 from .router import app
 from .simple import MAX_DERIVED
 from .stagehelpers import StageHelpers
+
+
+def _hidden(contribution, shown) -> dict:
+    """
+    What the index types' filters hid of a stage's files, for C{+explain}.
+    """
+    kept = {link["basename"] for link in shown.links}
+    hidden = [link["basename"] for link in contribution.links if link["basename"] not in kept]
+    return {"hidden_by_index_type": hidden} if hidden else {}
 
 
 class ProjectRoutes(StageHelpers):
@@ -45,6 +54,9 @@ class ProjectRoutes(StageHelpers):
         except MirrorUnavailable as exc:
             return error(request, exc.status, str(exc))
         contributions = stages.project_contributions(self.ctx.storage, stage, name, self.ctx.mirror_links)
+        shown = typefilters.filter_contributions(
+            self.ctx.storage, self._resolution_order(stage), name, contributions, self.ctx.registry.shown_by
+        )
         result = {
             "index": stage,
             "project": name,
@@ -56,8 +68,9 @@ class ProjectRoutes(StageHelpers):
                     "index": c.stage,
                     "reason": c.reason,
                     "files": [link["basename"] for link in c.links],
+                    **_hidden(c, kept),
                 }
-                for c in contributions
+                for c, kept in zip(contributions, shown, strict=True)
             ],
         }
         return envelope(request, type="explain", result=result)
@@ -93,12 +106,15 @@ class ProjectRoutes(StageHelpers):
         planned = self._plan(stage, project)
         if has_flag(request, "ignore_bases"):
             planned = planned[:1] if planned and planned[0][0].name == stage else []
+        order = self._resolution_order(stage)
+        coverage = typefilters.Coverage(self.ctx.storage, order)
         merged: dict = {}
         found = False
         failures: list[str] = []
         for source, serves, _ in planned:
             if not serves:
                 continue
+            entries = None
             if source.is_mirror:
                 try:
                     warning = await self.ctx.mirrors.ensure(source, project)
@@ -118,11 +134,16 @@ class ProjectRoutes(StageHelpers):
             else:
                 entries = self.ctx.versions.entries(source.name, project)
                 records = {version: entry.record for version, entry in entries.items()}
-                if derived is not None:
-                    for version, entry in entries.items():
-                        derived.setdefault(version, entry.derived)
             if only is not None and records:
                 records = {only: records[only]} if only in records else {}
+            records, changed = typefilters.filter_records(
+                self.ctx.storage, order, project, source.name, records, self.ctx.registry.shown_by, coverage
+            )
+            if derived is not None and entries is not None:
+                for version in records:
+                    if version not in merged and version not in changed:
+                        # A filtered record is not the memo's (nor are its pieces).
+                        derived[version] = entries[version].derived
             found = True
             for version, record in records.items():
                 merged.setdefault(version, record)

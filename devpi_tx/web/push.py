@@ -48,9 +48,11 @@ class PushRoutes(StageHelpers):
         if pushed.targetindex is None:
             return await self._push_external(request, stage, pushed, record)
         target = pushed.targetindex
-        target_config = localpush.push_target(self.ctx.storage, target)
+        readonly = self._readonly
+        target_config = localpush.push_target(self.ctx.storage, target, readonly)
         auth = await self.auth.authenticate(request)
-        if not self.ctx.policy.may_upload(auth.identity, target_config.get("acl_upload", [])):
+        acl = self.ctx.registry.for_config(target_config).principals_for_upload(target_config)
+        if not self.ctx.policy.may_upload(auth.identity, acl):
             if auth.failed:
                 return self.deny(request, auth, "")
             return error(request, 401, f"user {auth.identity.username!r} cannot upload to {target!r}")
@@ -64,6 +66,7 @@ class PushRoutes(StageHelpers):
                 auth.identity.username,
                 no_docs=pushed.no_docs,
                 only_docs=pushed.only_docs,
+                readonly=readonly,
             )
         self._cleanup(outcome.unused)
         log.info(
@@ -82,7 +85,8 @@ class PushRoutes(StageHelpers):
         localpush.check_not_self(pushed, listener, self.ctx.config.outside_url)
         auth = await self.auth.authenticate(request)
         config = self._stage(*stage.split("/"))
-        if not self.ctx.policy.may_upload(auth.identity, config.get("acl_upload", [])):
+        acl = self.ctx.registry.for_config(config).principals_for_upload(config)
+        if not self.ctx.policy.may_upload(auth.identity, acl):
             return self.deny(request, auth, f"no permission to push from {stage}")
         target = PushTarget(pushed.posturl, pushed.username, pushed.password, pushed.register_project)
         metadata = {k: v for k, v in record.items() if k != "+links"}

@@ -26,7 +26,8 @@ class RemovalRoutes(StageHelpers):
     async def _may_delete(self, request: IRequest, user: str, index: str) -> tuple[dict, object]:
         config = self._stage(user, index)
         auth = await self.auth.authenticate(request)
-        allowed = self.ctx.policy.may_delete_entries(auth.identity, user, config.get("acl_upload", []))
+        acl = self.ctx.registry.for_config(config).principals_for_delete(config)
+        allowed = self.ctx.policy.may_delete_entries(auth.identity, user, acl)
         return config, (None if allowed else auth)
 
     async def _delete(self, request: IRequest, user: str, index: str, what: str, remove) -> bytes | None:

@@ -13,7 +13,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.web.iweb import IRequest
 
 from ..mirror.pages import MirrorUnavailable
-from ..model import stages
+from ..model import stages, typefilters
 from ..model.names_index import SortedNames
 from . import simple
 from .listpages import merged_names
@@ -143,6 +143,11 @@ class SimpleRoutes(StageHelpers):
                 self.ctx.mirror_links,
                 self._plan(stage, name),
                 own_versions=self.ctx.versions.entries,
+            )
+            order = self._resolution_order(stage)
+            shown_by = self.ctx.registry.shown_by
+            contributions = typefilters.filter_contributions(
+                self.ctx.storage, order, name, contributions, shown_by
             )
             if not any(c.links or c.versions for c in contributions):
                 return error(request, 404, f"no project {project!r} on index {stage} or its bases")

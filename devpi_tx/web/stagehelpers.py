@@ -41,6 +41,12 @@ class StageHelpers:
             ("index", user, index), lambda: indexes.get_index(self.ctx.storage, user, index)
         )
 
+    def _readonly(self, config: dict) -> bool:
+        """
+        Whether an index (by its configuration) refuses uploads and pushes.
+        """
+        return self.ctx.registry.for_config(config).readonly
+
     def _plan(self, stage: str, project: str) -> stages.Plan:
         return self.ctx.memo.get(
             ("plan", stage, project),

@@ -40,7 +40,7 @@ class ToxResultRoutes(StageHelpers):
         stage = f"{user}/{index}"
         path = f"{stage}/+f/{relpath}"
         auth = await self.auth.authenticate(request)
-        acl = config.get("acl_toxresult_upload", [":ANONYMOUS:"])
+        acl = self.ctx.registry.for_config(config).principals_for_toxresult_upload(config)
         if not self.ctx.policy.may_upload(auth.identity, acl):
             return self.deny(
                 request,

@@ -83,14 +83,16 @@ class UploadRoutes(StageHelpers):
         config = self._index_config(user, index)
         if config is None:
             raise Refusal(lambda: _upload_error(request, 404, f"index '{user}/{index}' does not exist"))
-        if config["type"] == "mirror":
-            raise Refusal(lambda: _upload_error(request, 404, "cannot submit to mirror index"))
+        customizer = self.ctx.registry.for_config(config)
+        if customizer.readonly:
+            kind = config["type"]
+            raise Refusal(lambda: _upload_error(request, 404, f"cannot submit to {kind} index"))
         try:
             auth = await self.auth.authenticate(request)
         except Throttled as exc:
             throttled = exc  # the except clause's name is gone when the refusal renders
             raise Refusal(lambda: too_many_attempts(request, throttled, reason_is_message=True)) from None
-        if self.ctx.policy.may_upload(auth.identity, config.get("acl_upload", [])):
+        if self.ctx.policy.may_upload(auth.identity, customizer.principals_for_upload(config)):
             return
         if auth.identity.authenticated:
             raise Refusal(lambda: _upload_error(request, 403, "no permission to submit"))
