@@ -16,10 +16,12 @@ import json
 import re
 from urllib.parse import unquote
 
+from packaging.utils import canonicalize_name
 from twisted.web.iweb import IRequest
 
 from .._compat import pending_request_line
 from ..auth.throttle import Throttled
+from ..customizers import run_hook
 from ..logs import logger
 from ..model import metadata as coremetadata
 from ..model import releases
@@ -257,6 +259,17 @@ class UploadRoutes(StageHelpers):
         self.ctx.metrics.uploaded(rel, size)
         if meta_data is not None:
             self.ctx.derived_blobs.add(meta_data)
+        if outcome != "identical":
+            link = {
+                "rel": rel,
+                "basename": basename,
+                "sha256": sha256,
+                "size": size,
+                "relpath": releases.relpath(stage, sha256, basename),
+            }
+            project = canonicalize_name(metadata["name"])
+            customizer = self.ctx.registry.for_config(config)
+            run_hook(customizer, "on_upload", stage, project, metadata.get("version", ""), link)
         return outcome, sha256
 
     async def _store_doczip(self, request, stage, config, metadata, receiver) -> bytes:
