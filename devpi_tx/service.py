@@ -24,6 +24,7 @@ from .auth.throttle import PasswordThrottle
 from .auth.tokens import TokenSigner
 from .config import ServerConfig
 from .customizers import default_registry
+from .customizers.plugins import FoundType, find_index_types
 from .logs import logger, set_debug
 from .mirror.cachebound import MirrorCache, MirrorCacheService
 from .mirror.client import UpstreamClient
@@ -129,10 +130,14 @@ def build_context(
     clock=None,
     reactor=None,
     on_fatal: Callable[[str], object] | None = None,
+    index_types: list[FoundType] | None = None,
 ) -> ServerContext:
     """
     Open (initialising on first start) the server directory and build what
     request handlers share.
+
+    @param index_types: the index types of plugins; those of the installed
+        distributions' entry points if not given (each logged).
 
     @param reactor: what timers and upstream connections run on; the
         global reactor if not given.
@@ -150,6 +155,16 @@ def build_context(
             "--mirror-cache-size: a replica's state follows its primary's; bound the primary's "
             "mirror cache (the files it evicts are removed from its replicas too)"
         )
+    if index_types is None:
+        index_types = find_index_types()
+        for found in index_types:
+            log.info(
+                "index type {type!r} from {dist} {version} (entry point {name})",
+                type=found.type_name,
+                dist=found.distribution,
+                version=found.version,
+                name=found.entry_point,
+            )
     if not is_initialized(config.serverdir):
         for line in initialize(config):
             if line.startswith("WARNING"):
@@ -199,7 +214,7 @@ def build_context(
     context = ServerContext(
         config=config,
         storage=storage,
-        registry=default_registry(config.mirror_url or default_mirror_url()),
+        registry=default_registry(config.mirror_url or default_mirror_url(), index_types),
         policy=Policy(parse_restrict_modify(config.restrict_modify)),
         signer=TokenSigner(secret),
         passwords=passwords or PasswordChecker(),

@@ -35,6 +35,7 @@ from twisted.logger import Logger
 
 from ._compat import server_endpoint_address
 from .config import ConfigError, ServerConfig
+from .customizers.plugins import find_index_types
 from .pipconfig import default_mirror_url
 from .serverdir import (
     AlreadyInitialized,
@@ -67,10 +68,13 @@ def check_start(config: ServerConfig, reactor, *, listen: bool = True) -> None:
     Everything that can be checked without writing: L{check_paths},
     L{check_state} and, with C{listen}, L{check_endpoints}.
 
-    @raise ConfigError: the first problem found, naming the option.
+    @raise ConfigError: the first problem found, naming the option (or
+        the index type plugin).
     """
     check_paths(config)
     check_state(config)
+    # A broken index type plugin stops the start here, in one line.
+    find_index_types()
     if listen:
         check_endpoints(config, reactor)
 

@@ -74,8 +74,15 @@ class CustomizerRegistry:
         return sorted(self._by_type)
 
 
-def default_registry(default_mirror_url: str | None = None) -> CustomizerRegistry:
-    return CustomizerRegistry([StageCustomizer(), MirrorCustomizer(default_mirror_url=default_mirror_url)])
+def default_registry(default_mirror_url: str | None = None, plugins=()) -> CustomizerRegistry:
+    """
+    The built-in types, and those of C{plugins} (L{plugins.FoundType}s).
+    """
+    mirror = MirrorCustomizer(default_mirror_url=default_mirror_url)
+    registry = CustomizerRegistry([StageCustomizer(), mirror])
+    for found in plugins:
+        registry.register(found.customizer)
+    return registry
 
 
 __all__ = [

@@ -142,7 +142,13 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
             authstatus = ["expired", auth.sent_user, []]
         else:
             authstatus = ["noauth", "", []]
-        result: dict = {"login": base + "/+login", "authstatus": authstatus, "features": FEATURES}
+        result: dict = {
+            "login": base + "/+login",
+            "authstatus": authstatus,
+            "features": FEATURES,
+            # Beyond devpi (whose client reads only the keys it knows).
+            "index-types": self.ctx.registry.types(),
+        }
         if index is not None:
             config = indexes.require_index(self.ctx.storage, user, index)
             result["index"] = f"{base}/{user}/{index}"
