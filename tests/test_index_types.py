@@ -306,3 +306,16 @@ def test_principals_come_from_the_type(client, alice, hiding):
 def test_api_unchanged_for_private_index(client, alice):
     make_index(client, alice, "/alice/dev", bases=[])
     assert json.loads(client.get("/alice/dev/+api").body)["result"]["pypisubmit"].endswith("/alice/dev/")
+
+
+def test_project_list_filtered(client, chain):
+    assert upload(client, chain, "/alice/dev/", "other", "1.0").code == 200
+    answer = client.request("PATCH", "/alice/hide", ["hide_projects+=other"], headers=chain)
+    assert answer.code == 200, answer.body
+    for _ in range(2):  # made, then from the page cache
+        names = [p["name"] for p in client.get("/alice/hide/+simple/", accept=JSON_V1).json["projects"]]
+        assert names == ["pkg"]
+        html = client.get("/alice/hide/+simple/", accept="text/html").body.decode()
+        assert "pkg" in html and "other" not in html
+    names = [p["name"] for p in client.get("/alice/dev/+simple/", accept=JSON_V1).json["projects"]]
+    assert sorted(names) == ["other", "pkg"]

@@ -8,6 +8,8 @@ path (L{devpi_tx.web.installer}) calls C{simple_project_page} directly.
 
 from __future__ import annotations
 
+from functools import partial
+
 from packaging.utils import canonicalize_name
 from twisted.internet.defer import ensureDeferred
 from twisted.web.iweb import IRequest
@@ -28,11 +30,20 @@ from .stagehelpers import StageHelpers
 THREADED_LIST = 5000
 
 
-def _list_page(fmt: str, stage: str, sources) -> Page:
+def _list_page(fmt: str, stage: str, sources, keep=None) -> Page:
     """
-    A project list page from C{sources} (all in memory: lists of names).
+    A project list page from C{sources} (lists of names, or list files).
+
+    @param keep: the index type's filter over the names, if it has one
+        (C{names -> flags}).
     """
     groups = [(name, list(names)) for name, names in merged_names(sources)]
+    if keep is not None:
+        every = [name for _, names in groups for name in names]
+        flags = keep(every)
+        if flags is not None:
+            dropped = {name for name, kept in zip(every, flags, strict=True) if not kept}
+            groups = [(stage_, [n for n in names if n not in dropped]) for stage_, names in groups]
     body = simple.render_project_list(fmt, stage, groups)
     return Page(body, simple.etag_for(body), fmt)
 
@@ -68,6 +79,13 @@ class SimpleRoutes(StageHelpers):
         page = self.ctx.page_cache.get(key)
         if page is None:
             sources = self.ctx.list_sources(stage)
+            config = self._stage(user, index)
+            customizer = self.ctx.registry.shown_by(config)
+            if customizer.filters:
+                # The index's type filters the names: all of them are read
+                # and filtered by a worker thread.
+                keep = partial(customizer.projects_filter, config)
+                return ensureDeferred(self._threaded_list(request, key, stage, fmt, sources, keep))
             if len(sources) == 1 and isinstance(sources[0][1], SortedNames):
                 # The index's own names only: put together from pieces.
                 page = list_page(fmt, stage, sources[0][1])
@@ -83,13 +101,15 @@ class SimpleRoutes(StageHelpers):
             self.ctx.page_cache.put(key, page)
         return self._send_page(request, page)
 
-    async def _threaded_list(self, request: IRequest, key: tuple, stage: str, fmt: str, sources) -> bytes:
+    async def _threaded_list(
+        self, request: IRequest, key: tuple, stage: str, fmt: str, sources, keep=None
+    ) -> bytes:
         cache = self.ctx.page_cache
         generation = cache.generation
         # The thread gets its own copies: the names index changes with the
         # next commit, on the reactor, while the thread reads.
         sources = [(name, names if isinstance(names, str) else list(names)) for name, names in sources]
-        page = await self.ctx.run_in_thread(_list_page, fmt, stage, sources)
+        page = await self.ctx.run_in_thread(_list_page, fmt, stage, sources, keep)
         if cache.generation == generation:
             # No list was dropped meanwhile: the page is still what it shows.
             cache.put(key, page)
