@@ -127,7 +127,8 @@ def test_found_types_are_logged_usable_and_listed(plugin_dir, monkeypatch, confi
         logged = [e for e in events if e.get("type") == "plain" and e.get("dist") == "typeplug"]
         assert [(e["version"], e["name"]) for e in logged] == [("1.2", "plain")]
         client = Client(context)
-        assert client.get("/+api").json["result"]["index-types"] == ["mirror", "plain", "stage"]
+        types = client.get("/+api").json["result"]["index-types"]
+        assert types == ["constrained", "mirror", "plain", "stage"]
         root = client.login("root", "rootpw")
         answer = client.request("PUT", "/root/p", {"type": "plain"}, headers=root)
         assert answer.code == 200, answer.body

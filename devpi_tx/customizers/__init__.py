@@ -11,6 +11,7 @@ from zope.interface.verify import verifyObject
 from ..interfaces import IStageCustomizer
 from ..model.errors import InvalidInput
 from .base import BaseStageCustomizer
+from .constrained import ConstrainedCustomizer
 from .mirror import MirrorCustomizer
 from .stage import StageCustomizer
 
@@ -79,7 +80,7 @@ def default_registry(default_mirror_url: str | None = None, plugins=()) -> Custo
     The built-in types, and those of C{plugins} (L{plugins.FoundType}s).
     """
     mirror = MirrorCustomizer(default_mirror_url=default_mirror_url)
-    registry = CustomizerRegistry([StageCustomizer(), mirror])
+    registry = CustomizerRegistry([StageCustomizer(), mirror, ConstrainedCustomizer()])
     for found in plugins:
         registry.register(found.customizer)
     return registry
@@ -87,6 +88,7 @@ def default_registry(default_mirror_url: str | None = None, plugins=()) -> Custo
 
 __all__ = [
     "BaseStageCustomizer",
+    "ConstrainedCustomizer",
     "CustomizerRegistry",
     "MirrorCustomizer",
     "StageCustomizer",

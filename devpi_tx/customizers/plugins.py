@@ -24,7 +24,7 @@ from ..interfaces import IStageCustomizer
 #: The entry point group of index types.
 GROUP = "devpi_tx.indexes"
 #: The types every server has; a plugin cannot replace them.
-BUILTIN_TYPES = frozenset(["stage", "mirror"])
+BUILTIN_TYPES = frozenset(["stage", "mirror", "constrained"])
 
 
 class PluginError(ConfigError):
