@@ -211,10 +211,11 @@ def build_context(
         replica = _replica_parts(
             config, nodeinfo, storage, files, http, replica_tokens, reactor, run_in_thread, on_fatal
         )
+    registry = default_registry(config.mirror_url or default_mirror_url(), index_types)
     context = ServerContext(
         config=config,
         storage=storage,
-        registry=default_registry(config.mirror_url or default_mirror_url(), index_types),
+        registry=registry,
         policy=Policy(parse_restrict_modify(config.restrict_modify)),
         signer=TokenSigner(secret),
         passwords=passwords or PasswordChecker(),
@@ -254,6 +255,7 @@ def build_context(
             timeout=config.request_timeout * 12,
             on_change=lambda: page_cache.invalidate_project(None),
             default_expiry=config.mirror_cache_expiry,
+            is_mirror=registry.is_mirror,
         ),
         blobs=blobs,
         project_names=ProjectNames(storage),
@@ -270,6 +272,7 @@ def build_context(
             limit=config.mirror_cache_size,
             clock=reactor,
             run_in_thread=run_in_thread,
+            is_mirror=registry.is_mirror,
         )
     return context
 

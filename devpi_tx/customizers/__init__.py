@@ -95,3 +95,7 @@ __all__ = [
     "default_registry",
     "run_hook",
 ]
+
+
+#: The built-in types, for callers not handed a server's registry.
+BUILTIN = default_registry()

@@ -43,6 +43,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from ..customizers import BUILTIN
 from ..model import releases
 from ..model.blobs import BlobLedger
 from ..sizes import format_size
@@ -70,12 +71,15 @@ def _stored_mirror_file(entry: object) -> bool:
     )
 
 
-def mirror_stages(reader) -> list[str]:
+def mirror_stages(reader, is_mirror: Callable[[dict], bool] = BUILTIN.is_mirror) -> list[str]:
+    """
+    The indexes served by the mirror machinery, by their index type.
+    """
     stages = []
     for key in reader.keys("user/"):
         record = reader.get(key) or {}
         for name, config in (record.get("indexes") or {}).items():
-            if config.get("type") == "mirror":
+            if is_mirror(config):
                 stages.append(f"{key[len('user/') :]}/{name}")
     return stages
 
@@ -103,7 +107,9 @@ class MirrorCache:
         low_water: float = LOW_WATER,
         batch: int = BATCH,
         pace: float = PACE,
+        is_mirror: Callable[[dict], bool] = BUILTIN.is_mirror,
     ) -> None:
+        self._is_mirror = is_mirror
         self._storage = storage
         self._files = files
         self._ledger = blobs
@@ -160,7 +166,7 @@ class MirrorCache:
         downloaded first (what a restart knows of recency).
         """
         found = []
-        for stage in mirror_stages(self._storage):
+        for stage in mirror_stages(self._storage, self._is_mirror):
             for key in self._storage.keys(releases.file_key(stage + "/")):
                 entry = self._storage.get(key)
                 if _stored_mirror_file(entry):

@@ -28,6 +28,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
+from ..customizers import BUILTIN
 from ..logs import logger
 from ..model.stages import Stage
 from .client import ACCEPT, JSON_V1, ask_upstream, collect_until_idle, redact
@@ -76,11 +77,15 @@ class ProjectLists:
         on_change=lambda: None,
         default_expiry: float = 1800.0,
         clock: Callable[[], float] = time.time,
+        is_mirror: Callable[[dict], bool] = BUILTIN.is_mirror,
     ) -> None:
         """
         @param clock: wall-clock time, which the record of a list's last
             check keeps across restarts.
+        @param is_mirror: whether an index (by its configuration) is a
+            mirror: its index type's C{is_mirror}.
         """
+        self._is_mirror = is_mirror
         self._default_expiry = default_expiry
         self._clock = clock
         self._storage = storage
@@ -136,7 +141,7 @@ class ProjectLists:
         for key in self._storage.keys("user/"):
             user = key[len("user/") :]
             for name, config in self._storage.get(key).get("indexes", {}).items():
-                if config.get("type") == "mirror" and not config.get("mirror_no_project_list"):
+                if self._is_mirror(config) and not config.get("mirror_no_project_list"):
                     found.append(Stage(f"{user}/{name}", config))
         return found
 
