@@ -280,7 +280,10 @@ class IStageCustomizer(Interface):
         """
         Which of the project C{names} the index lists: one flag per name
         (true: kept), or L{None} to keep them all without a flag each (the
-        cheap answer of types that filter nothing).
+        cheap answer of types that filter nothing).  The server asks with
+        no names first: L{None} then means this index's list is not
+        filtered at all (an upstream's list is then served from its file,
+        not read whole).  Called in a worker thread.
         """
 
     def versions_filter(config: dict, project: str, versions: list[str]) -> list[bool] | None:

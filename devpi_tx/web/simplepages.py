@@ -81,7 +81,7 @@ class SimpleRoutes(StageHelpers):
             sources = self.ctx.list_sources(stage)
             config = self._stage(user, index)
             customizer = self.ctx.registry.shown_by(config)
-            if customizer.filters:
+            if customizer.filters and customizer.projects_filter(config, []) is not None:
                 # The index's type filters the names: all of them are read
                 # and filtered by a worker thread.
                 keep = partial(customizer.projects_filter, config)
