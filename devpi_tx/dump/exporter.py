@@ -1,0 +1,201 @@
+"""
+C{devpi-tx export}: the state of a stopped server into a dump directory
+(the format is described in L{devpi_tx.dump}).
+
+The state is read straight from the server directory's database, a
+project at a time (two range scans each), and the files are copied (or
+hard-linked) from the file store; C{dataindex.json} is written last, under
+a temporary name renamed into place, so a dump that has one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from .. import __version__
+from ..model import releases
+from ..serverdir import is_initialized
+from ..storage.files import LocalFileStore
+from ..storage.sqlite import SQLiteStorage, open_storage
+from . import DumpError
+from .fileio import export_file
+from .progress import Progress, human
+
+DUMPVERSION = "2"
+
+
+def safe_part(name: str) -> str:
+    """
+    A name (a version, a basename) as one path segment of the dump: the
+    few that are no file name (C{.}, C{..}, with a NUL) are escaped.
+    devpi-import never reads a release file's directories, only its name.
+    """
+    if name in (".", "..") or "\0" in name or not name:
+        return "%" + name.encode("utf-8", "surrogateescape").hex()
+    return name
+
+
+@dataclass
+class ExportPlan:
+    """
+    What an export writes: C{dataindex.json}'s content, and the files to
+    put next to it (stored path, path below the dump, size).
+    """
+
+    data: dict
+    files: list[tuple[str, str, int]] = field(default_factory=list)
+    projects: int = 0
+    versions: int = 0
+
+    @property
+    def size(self) -> int:
+        return sum(size for _, _, size in self.files)
+
+
+def _filedesc(stage: str, project: str, version: str, link: dict, dump_path: str) -> dict:
+    sha256 = link["sha256"]
+    desc = {
+        "type": link["rel"],
+        "projectname": project,
+        "version": version,
+        "relpath": dump_path,
+        "entrymapping": {
+            "last_modified": releases.http_date(link.get("last_modified", 0)),
+            "hash_spec": f"sha256={sha256}",
+            "hashes": {"sha256": sha256},
+            "project": project,
+            "version": version,
+        },
+        "log": link.get("log", []),
+        "devpi_tx_link": link,
+    }
+    if link.get("for_relpath"):
+        desc["for_entrypath"] = link["for_relpath"]
+    return desc
+
+
+def _dump_path(stage: str, project: str, version: str, link: dict, by_relpath: dict[str, dict]) -> str:
+    """
+    Where a file goes in the dump: devpi-export's layout.
+    """
+    basename = safe_part(link["basename"])
+    if link["rel"] == "doczip":
+        return f"{stage}/{project}-{safe_part(version)}.doc.zip"
+    if link["rel"] == "toxresult":
+        target = by_relpath.get(link.get("for_relpath", ""))
+        spec = f"sha256={target['sha256']}" if target else "sha256=unknown"
+        return f"{stage}/{project}/{spec}/{basename}"
+    return f"{stage}/{project}/{safe_part(version)}/{basename}"
+
+
+def _plan_stage(storage: SQLiteStorage, store: LocalFileStore, stage: str, dumped: dict, plan: ExportPlan) -> None:
+    projects: dict[str, dict] = {}
+    project_records: dict[str, dict] = {}
+    files: list[dict] = []
+    for project in releases.project_names(storage, stage):
+        project_records[project] = storage.get(releases.project_key(stage, project)) or {}
+        records = releases.version_records(storage, stage, project)
+        versions: dict[str, dict] = {}
+        for version, record in records.items():
+            links = record.get("+links", [])
+            versions[version] = {k: v for k, v in record.items() if k != "+links"}
+            by_relpath = {link["relpath"]: link for link in links}
+            docs = [link for link in links if link["rel"] == "doczip"]
+            for link in links:
+                if link["rel"] == "doczip" and link is not docs[-1]:
+                    continue  # one per version (devpi's rule); the newest
+                path = _dump_path(stage, project, version, link, by_relpath)
+                files.append(_filedesc(stage, project, version, link, path))
+                plan.files.append((store.path(link["sha256"]), path, link.get("size") or 0))
+        projects[project] = versions
+        plan.projects += 1
+        plan.versions += len(versions)
+    dumped["projects"] = projects
+    dumped["files"] = files
+    gone = {key[len("gone/") :]: storage.get(key) for key in storage.keys(f"gone/{stage}/")}
+    dumped["devpi_tx"] = {"projects": project_records, "gone": gone}
+
+
+def plan_export(storage: SQLiteStorage, store: LocalFileStore) -> ExportPlan:
+    data: dict = {
+        "dumpversion": DUMPVERSION,
+        "pythonversion": list(sys.version_info),
+        "devpi_tx": __version__,
+        "users": {},
+        "indexes": {},
+    }
+    plan = ExportPlan(data)
+    for key in storage.keys("user/"):
+        record = dict(storage.get(key))
+        name = record.get("username") or key[len("user/") :]
+        indexes = record.pop("indexes", {}) or {}
+        data["users"][name] = record
+        for index, config in sorted(indexes.items()):
+            stage = f"{name}/{index}"
+            dumped: dict = {"indexconfig": config}
+            data["indexes"][stage] = dumped
+            if config.get("type") != "mirror":
+                _plan_stage(storage, store, stage, dumped, plan)
+    return plan
+
+
+def _check_target(target: str) -> None:
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise DumpError(f"export directory {target} is a file; give a new or empty directory")
+    if os.path.isdir(target) and os.listdir(target):
+        raise DumpError(f"export directory {target} must not exist or be empty")
+
+
+def export_server(serverdir: str, target: str, *, hard_links: bool = False, out: TextIO | None = None) -> ExportPlan:
+    """
+    Export the server in C{serverdir} (stopped) to the directory C{target}.
+
+    @raise DumpError: C{serverdir} is no server directory, C{target} is
+        not empty, or a linked file is missing from the store.
+    """
+    out = out or sys.stdout
+    if not is_initialized(serverdir):
+        raise DumpError(f"{serverdir} is no devpi-tx server directory (no .nodeinfo); give one with --serverdir")
+    target = os.path.abspath(target)
+    _check_target(target)
+    storage = open_storage(serverdir)
+    try:
+        store = LocalFileStore(os.path.join(serverdir, "+files"))
+        plan = plan_export(storage, store)
+    finally:
+        storage.close()
+    os.makedirs(target, exist_ok=True)
+    progress = Progress("export", len(plan.files), plan.size, out)
+    progress.line(f"exporting {serverdir} to {target}")
+    made: set[str] = set()
+    linked = 0
+    for source, path, size in plan.files:
+        dest = os.path.join(target, path)
+        directory = os.path.dirname(dest)
+        if directory not in made:
+            os.makedirs(directory, exist_ok=True)
+            made.add(directory)
+        try:
+            linked += export_file(source, dest, hard_link=hard_links)
+        except FileNotFoundError:
+            if os.path.exists(source):
+                raise
+            raise DumpError(f"{source} is missing: the file {path} is linked in the state but not stored") from None
+        progress.advance(size)
+    progress.finish()
+    if hard_links and linked < len(plan.files):
+        progress.line(f"{len(plan.files) - linked} files copied: no hard link possible across filesystems")
+    tmp = os.path.join(target, ".dataindex.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(plan.data, f, indent=2)
+    os.replace(tmp, os.path.join(target, "dataindex.json"))
+    progress.line(
+        f"exported {len(plan.data['users'])} users, {len(plan.data['indexes'])} indexes, "
+        f"{plan.projects} projects, {plan.versions} versions, {len(plan.files)} files "
+        f"({human(plan.size)}) to {target}"
+    )
+    return plan
