@@ -30,7 +30,14 @@ from .distfiles import make_doczip, make_sdist, make_wheel, multipart, upload_fo
 from .fakeupstream import FakeUpstream
 
 #: Headers that differ between two servers whatever their state.
-VOLATILE_HEADERS = {"date", "x-devpi-serial", "x-devpi-uuid", "x-devpi-master-uuid", "x-devpi-primary-uuid", "server"}
+VOLATILE_HEADERS = {
+    "date",
+    "x-devpi-serial",
+    "x-devpi-uuid",
+    "x-devpi-master-uuid",
+    "x-devpi-primary-uuid",
+    "server",
+}
 JSON_PAGE = "application/vnd.pypi.simple.v1+json"
 
 
@@ -48,7 +55,9 @@ def upload(client, auth, stage, name, version, filename, data, **kw):
     content_type, body = upload_form(name, version, filename, data, **kw)
     answer = client.request("POST", f"/{stage}/", raw=body, headers={"Content-Type": content_type, **auth})
     assert answer.code == 200, answer.body
-    return "/{}/+f/{}/{}/{}".format(stage, *(lambda h: (h[:3], h[3:16]))(hashlib.sha256(data).hexdigest()), filename)
+    return "/{}/+f/{}/{}/{}".format(
+        stage, *(lambda h: (h[:3], h[3:16]))(hashlib.sha256(data).hexdigest()), filename
+    )
 
 
 def populate(client: Client) -> None:
@@ -61,10 +70,19 @@ def populate(client: Client) -> None:
     bob = {"password": "bobpw", "description": "Bob", "custom_data": {"team": ["x", 1]}}
     assert client.request("PUT", "/bob", bob, headers=root).code == 201
     client.request("PUT", "/alice/dev", {"bases": "root/pypi", "mirror_whitelist": "pkg-a"}, headers=alice)
-    client.request("PUT", "/alice/prod", {"bases": "alice/dev", "volatile": False, "title": "P"}, headers=alice)
+    client.request(
+        "PUT", "/alice/prod", {"bases": "alice/dev", "volatile": False, "title": "P"}, headers=alice
+    )
     client.request("PUT", "/bob/stuff", {"acl_upload": ":ANONYMOUS:", "custom_data": "c"}, headers=root)
     for version in ("1.0", "1.1", "2.0.dev1"):
-        upload(client, alice, "alice/dev", "pkg-a", version, *make_wheel("pkg-a", version, requires_python=">=3.8"))
+        upload(
+            client,
+            alice,
+            "alice/dev",
+            "pkg-a",
+            version,
+            *make_wheel("pkg-a", version, requires_python=">=3.8"),
+        )
         upload(client, alice, "alice/dev", "pkg-a", version, *make_sdist("pkg-a", version))
     # An overwrite, a yanked version, a deleted file (410), attestations.
     upload(client, alice, "alice/dev", "pkg-a", "1.0", *make_wheel("pkg-a", "1.0", payload=b"again"))
@@ -185,7 +203,9 @@ def test_same_blob_counts_and_files(tmp_path, config, capsys):
     for serverdir in (config.serverdir, str(copy)):
         storage = SQLiteStorage(os.path.join(serverdir, ".sqlite"))
         try:
-            states.append({key: storage.get(key) for key in storage.keys("") if not key.startswith("mirror/")})
+            states.append(
+                {key: storage.get(key) for key in storage.keys("") if not key.startswith("mirror/")}
+            )
         finally:
             storage.close()
     assert states[0] == states[1]

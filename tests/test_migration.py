@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 
 import pytest
-from twisted.internet import reactor
 from treq.testing import StubTreq
+from twisted.internet import reactor
 
 from devpi_tx.cli.main import main
 from devpi_tx.mirror.http import UpstreamHTTP

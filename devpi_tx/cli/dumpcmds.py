@@ -83,10 +83,14 @@ def add_commands(commands) -> None:
     imp.add_argument("-c", "--configfile", help="YAML config file (its serverdir is used)")
     imp.add_argument("--serverdir", help="the server directory to import into: new, or only initialised")
     imp.add_argument(
-        "--hard-links", action="store_true", help="hard-link the dump's files into the store instead of copying"
+        "--hard-links",
+        action="store_true",
+        help="hard-link the dump's files into the store instead of copying",
     )
     imp.add_argument(
-        "--from-devpi", action="store_true", help="the dump was made by devpi-server's devpi-export (6.x and earlier)"
+        "--from-devpi",
+        action="store_true",
+        help="the dump was made by devpi-server's devpi-export (6.x and earlier)",
     )
     imp.add_argument("--no-root-pypi", action="store_true", help="leave out the dump's root/pypi")
     imp.add_argument("directory", help="the dump directory (with dataindex.json)")

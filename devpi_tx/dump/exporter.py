@@ -92,7 +92,9 @@ def _dump_path(stage: str, project: str, version: str, link: dict, by_relpath: d
     return f"{stage}/{project}/{safe_part(version)}/{basename}"
 
 
-def _plan_stage(storage: SQLiteStorage, store: LocalFileStore, stage: str, dumped: dict, plan: ExportPlan) -> None:
+def _plan_stage(
+    storage: SQLiteStorage, store: LocalFileStore, stage: str, dumped: dict, plan: ExportPlan
+) -> None:
     projects: dict[str, dict] = {}
     project_records: dict[str, dict] = {}
     files: list[dict] = []
@@ -150,7 +152,9 @@ def _check_target(target: str) -> None:
         raise DumpError(f"export directory {target} must not exist or be empty")
 
 
-def export_server(serverdir: str, target: str, *, hard_links: bool = False, out: TextIO | None = None) -> ExportPlan:
+def export_server(
+    serverdir: str, target: str, *, hard_links: bool = False, out: TextIO | None = None
+) -> ExportPlan:
     """
     Export the server in C{serverdir} (stopped) to the directory C{target}.
 
@@ -159,7 +163,9 @@ def export_server(serverdir: str, target: str, *, hard_links: bool = False, out:
     """
     out = out or sys.stdout
     if not is_initialized(serverdir):
-        raise DumpError(f"{serverdir} is no devpi-tx server directory (no .nodeinfo); give one with --serverdir")
+        raise DumpError(
+            f"{serverdir} is no devpi-tx server directory (no .nodeinfo); give one with --serverdir"
+        )
     target = os.path.abspath(target)
     _check_target(target)
     storage = open_storage(serverdir)
@@ -184,7 +190,9 @@ def export_server(serverdir: str, target: str, *, hard_links: bool = False, out:
         except FileNotFoundError:
             if os.path.exists(source):
                 raise
-            raise DumpError(f"{source} is missing: the file {path} is linked in the state but not stored") from None
+            raise DumpError(
+                f"{source} is missing: the file {path} is linked in the state but not stored"
+            ) from None
         progress.advance(size)
     progress.finish()
     if hard_links and linked < len(plan.files):

@@ -106,7 +106,9 @@ def check_empty(storage: SQLiteStorage, serverdir: str) -> dict | None:
         if key == "user/root":
             extra = sorted(set(storage.get(key).get("indexes", {})) - {"pypi"})
             if extra:
-                raise DumpError(f"{serverdir} is not empty (it has index root/{extra[0]}): import into a new one")
+                raise DumpError(
+                    f"{serverdir} is not empty (it has index root/{extra[0]}): import into a new one"
+                )
             continue
         raise DumpError(f"{serverdir} is not empty (it holds {key}): import into a new server directory")
     return storage.get("user/root")
@@ -161,7 +163,9 @@ class Importer:
             if name != "root":
                 record.setdefault("created", "1970-01-01T00:00:00Z")
             if record.get("pwsalt"):
-                self.warn(f"user {name}: a password hash of devpi before 4.0 (with pwsalt); set a new password")
+                self.warn(
+                    f"user {name}: a password hash of devpi before 4.0 (with pwsalt); set a new password"
+                )
             records[name] = record
         if existing_root is not None:
             kept = {k: v for k, v in existing_root.get("indexes", {}).items() if not self.no_root_pypi}
@@ -170,7 +174,9 @@ class Importer:
         for stage, dumped in sorted(self._stages().items()):
             user, index = stage.split("/", 1)
             if user not in records:
-                raise DumpError(f"{self.dump.directory}: index {stage} belongs to user {user}, who is not in the dump")
+                raise DumpError(
+                    f"{self.dump.directory}: index {stage} belongs to user {user}, who is not in the dump"
+                )
             records[user]["indexes"][index] = self._config(registry, stage, dumped.config)
         self._check_bases(records)
         return records
@@ -218,9 +224,8 @@ class Importer:
                     releases_by_version[f.project, f.version].add(f.basename)
             for f in dumped.files:
                 if f.rel == "toxresult" and f.for_basename not in releases_by_version[f.project, f.version]:
-                    raise DumpError(
-                        f"{f.path}: a tox result for {f.for_basename}, which is not in {stage} {f.project} {f.version}"
-                    )
+                    where = f"{stage} {f.project} {f.version}"
+                    raise DumpError(f"{f.path}: a tox result for {f.for_basename}, which is not in {where}")
 
     # -- 3. files -------------------------------------------------------------------
 
@@ -366,7 +371,9 @@ class Importer:
         if not is_initialized(serverdir):
             root = self.dump.users.get("root", {})
             init = attrs.evolve(
-                self.config, no_root_pypi=True, root_passwd_hash=root.get("pwhash") or self.config.root_passwd_hash
+                self.config,
+                no_root_pypi=True,
+                root_passwd_hash=root.get("pwhash") or self.config.root_passwd_hash,
             )
             for line in initialize(init):
                 if line.startswith("WARNING"):
@@ -377,17 +384,19 @@ class Importer:
             dump = self.dump
             files = dump.files
             print(
-                f"importing the {dump.origin} dump {dump.directory} into {serverdir}: {len(dump.users)} users, "
-                f"{len(dump.stages)} indexes, {len(files)} files ({human(sum(f.size for f in files))})",
+                f"importing the {dump.origin} dump {dump.directory} into {serverdir}: "
+                f"{len(dump.users)} users, {len(dump.stages)} indexes, {len(files)} files "
+                f"({human(sum(f.size for f in files))})",
                 file=self.out,
             )
             store = LocalFileStore(os.path.join(serverdir, "+files"))
             self.store_files(store)
             sync_filesystem(store.root)
             projects, versions = self.write_state(storage, records)
+            indexes_count = sum(len(r["indexes"]) for r in records.values())
             print(
-                f"imported {len(records)} users, {sum(len(r['indexes']) for r in records.values())} indexes, "
-                f"{projects} projects, {versions} versions, {len(self.stored)} files; serial {storage.serial}",
+                f"imported {len(records)} users, {indexes_count} indexes, {projects} projects, "
+                f"{versions} versions, {len(self.stored)} files; serial {storage.serial}",
                 file=self.out,
             )
         finally:

@@ -83,13 +83,17 @@ def _load(directory: str) -> dict:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except FileNotFoundError:
-        raise DumpError(f"{path} is missing: {directory} is no dump of devpi-export or devpi-tx export") from None
+        raise DumpError(
+            f"{path} is missing: {directory} is no dump of devpi-export or devpi-tx export"
+        ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise DumpError(f"{path}: not valid JSON ({exc})") from None
     except OSError as exc:
         raise DumpError(f"{path}: {exc.strerror}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("users"), dict) or not isinstance(
-        data.get("indexes"), dict
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("users"), dict)
+        or not isinstance(data.get("indexes"), dict)
     ):
         raise DumpError(f"{path}: expected an object with 'users' and 'indexes'")
     if str(data.get("dumpversion")) not in ("1", "2"):
@@ -242,7 +246,9 @@ def read_dump(directory: str, *, from_devpi: bool = False) -> Dump:
     if "devpi_tx" not in data and not from_devpi:
         made_by = f"devpi-server {data['devpi_server']}" if data.get("devpi_server") else "devpi-export"
         raise DumpError(f"{directory} was made by {made_by}: import it with --from-devpi")
-    origin = f"devpi-tx {data['devpi_tx']}" if own else f"devpi-server {data.get('devpi_server', '(unknown)')}"
+    origin = (
+        f"devpi-tx {data['devpi_tx']}" if own else f"devpi-server {data.get('devpi_server', '(unknown)')}"
+    )
     dumpversion = str(data["dumpversion"])
     users: dict[str, dict] = {}
     for name, record in data["users"].items():

@@ -115,8 +115,9 @@ def record(peer: Peer) -> dict:
                 continue
             for project in result.get("projects", []):
                 page = peer.request("GET", f"/{stage}/+simple/{project}/", headers={"Accept": "text/html"})[2]
-                shown["pages"][f"{stage}/{project}"] = sorted(re.findall(r'>([^<]+)</a>', page.decode())), sorted(
-                    re.findall(r"#sha256=([0-9a-f]{64})", page.decode())
+                shown["pages"][f"{stage}/{project}"] = (
+                    sorted(re.findall(r">([^<]+)</a>", page.decode())),
+                    sorted(re.findall(r"#sha256=([0-9a-f]{64})", page.decode())),
                 )
     return shown
 
