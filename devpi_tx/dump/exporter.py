@@ -145,6 +145,29 @@ def plan_export(storage: SQLiteStorage, store: LocalFileStore) -> ExportPlan:
     return plan
 
 
+def json_lines(value: object, depth: int = 0, expand: int = 3) -> list[str]:
+    """
+    C{value} as JSON text: objects and lists down to depth C{expand} one
+    member a line, indented, deeper values on the line of their member
+    (a user, an index's configuration, a project's versions, a file).
+    Readable and editable, as devpi-import's documentation suggests, and
+    written by the C encoder: C{json.dump(..., indent=2)} takes Python's,
+    half a second for a thousand versions.
+    """
+    if depth > expand or not isinstance(value, (dict, list)) or not value:
+        return [json.dumps(value)]
+    pad = " " * (depth + 1)
+    opening, closing = ("{", "}") if isinstance(value, dict) else ("[", "]")
+    items = value.items() if isinstance(value, dict) else ((None, item) for item in value)
+    lines = [opening + "\n"]
+    for number, (key, item) in enumerate(items):
+        lines.append(pad if key is None else f"{pad}{json.dumps(key)}: ")
+        lines += json_lines(item, depth + 1, expand)
+        lines.append(",\n" if number < len(value) - 1 else "\n")
+    lines.append(" " * depth + closing + ("\n" if depth == 0 else ""))
+    return lines
+
+
 def _check_target(target: str) -> None:
     if os.path.exists(target) and not os.path.isdir(target):
         raise DumpError(f"export directory {target} is a file; give a new or empty directory")
@@ -199,7 +222,7 @@ def export_server(
         progress.line(f"{len(plan.files) - linked} files copied: no hard link possible across filesystems")
     tmp = os.path.join(target, ".dataindex.json.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(plan.data, f, indent=2)
+        f.writelines(json_lines(plan.data))
     os.replace(tmp, os.path.join(target, "dataindex.json"))
     progress.line(
         f"exported {len(plan.data['users'])} users, {len(plan.data['indexes'])} indexes, "

@@ -42,12 +42,11 @@ def _temp_name(store: LocalFileStore) -> str:
 
 
 def _into_place(store: LocalFileStore, tmp: str, digest: str) -> None:
+    # A file already there under the name has the same content: replacing
+    # it costs less than asking first.
     final = store.path(digest)
     store.make_directory(os.path.dirname(final))
-    if os.path.exists(final):
-        os.unlink(tmp)  # the same content, stored by an earlier file
-    else:
-        os.replace(tmp, final)
+    os.replace(tmp, final)
 
 
 def store_file(

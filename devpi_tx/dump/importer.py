@@ -30,6 +30,7 @@ bounded size for replicas, and a transaction's memory a bounded size.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import os
 import sys
 import time
@@ -54,6 +55,9 @@ from .reader import Dump, DumpFile, StageDump
 
 #: Keys written per transaction (about 4 per file and 2 per version).
 BATCH_KEYS = 20_000
+#: Files stored at once, and how many may wait to be checked.
+THREADS = 4
+WINDOW = 64
 
 
 @dataclass
@@ -133,6 +137,10 @@ class Importer:
         self.stored: dict[int, Stored] = {}
         self.warnings: list[str] = []
         self._quiet = False
+        #: Whether files are still hard-linked, and the line saying why
+        #: not any more (set by a worker thread).
+        self._hard_link = hard_links
+        self._fallback = ""
 
     def warn(self, text: str) -> None:
         if self._quiet:
@@ -230,25 +238,55 @@ class Importer:
     # -- 3. files -------------------------------------------------------------------
 
     def store_files(self, store: LocalFileStore) -> None:
+        """
+        Store every file, L{THREADS} at a time (reading, hashing and
+        writing release the GIL; a few hundred KB each, the syscalls
+        dominate), each checked in this thread as it comes back.
+        """
         files = [f for stage in self._stages().values() for f in stage.files]
         progress = Progress("import", len(files), sum(f.size for f in files), self.out)
-        hard_link = self.hard_links
-        for f in files:
+        self._hard_link = self.hard_links
+        with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+            pending: collections.deque = collections.deque()
             try:
-                digests, size = store_file(store, f.path, f.hashes, hard_link=hard_link)
-            except OSError as exc:
-                if not hard_link or not os.path.exists(f.path):
-                    raise DumpError(f"{f.path}: {exc.strerror}") from None
-                progress.line(f"{f.path}: no hard link possible ({exc.strerror}); copying the files")
-                hard_link = False
-                digests, size = store_file(store, f.path, f.hashes)
-            self._verify(store, f, digests, size)
-            meta = None
-            if f.rel == "releasefile" and f.basename.endswith(".whl"):
-                meta = self._wheel_metadata(store, f, digests["sha256"])
-            self.stored[id(f)] = Stored(digests["sha256"], size, meta)
-            progress.advance(size)
+                for f in [*files, None]:
+                    if f is not None:
+                        pending.append((f, pool.submit(self._store_one, store, f)))
+                    while pending and (f is None or len(pending) >= WINDOW):
+                        done, future = pending.popleft()
+                        digests, size, meta = future.result()
+                        if self._fallback:
+                            progress.line(self._fallback)
+                            self._fallback = ""
+                        self._verify(store, done, digests, size)
+                        self.stored[id(done)] = Stored(digests["sha256"], size, meta)
+                        progress.advance(size)
+            except BaseException:
+                for _, future in pending:
+                    future.cancel()
+                raise
         progress.finish()
+
+    def _store_one(self, store: LocalFileStore, f: DumpFile) -> tuple[dict[str, str], int, str | None]:
+        """
+        Store one file (in a worker thread): its digests, size and, for a
+        wheel, the digest of its METADATA.
+        """
+        try:
+            try:
+                digests, size = store_file(store, f.path, f.hashes, hard_link=self._hard_link)
+            except OSError as exc:
+                if not self._hard_link or not os.path.exists(f.path):
+                    raise
+                self._fallback = f"{f.path}: no hard link possible ({exc.strerror}); copying the files"
+                self._hard_link = False
+                digests, size = store_file(store, f.path, f.hashes)
+        except OSError as exc:
+            raise DumpError(f"{f.path}: {exc.strerror}") from None
+        meta = None
+        if f.rel == "releasefile" and f.basename.endswith(".whl"):
+            meta = self._wheel_metadata(store, f, digests["sha256"])
+        return digests, size, meta
 
     def _verify(self, store: LocalFileStore, f: DumpFile, digests: dict[str, str], size: int) -> None:
         checked = [name for name in f.hashes if name in digests]
@@ -265,12 +303,19 @@ class Importer:
             raise DumpError(f"{f.path}: {problem}")
 
     def _wheel_metadata(self, store: LocalFileStore, f: DumpFile, sha256: str) -> str | None:
+        """
+        The digest of a wheel's METADATA.  A devpi-tx dump's link has it:
+        the blob is left to be made from the wheel when it is first asked
+        for (as after a power loss: it is derived data, checked against
+        that digest before it is served, see L{metadata.repair_metadata});
+        otherwise it is read from the wheel now, and stored.
+        """
+        if f.link is not None and f.link.get("core_metadata_sha256"):
+            return f.link["core_metadata_sha256"]
         try:
             data = wheel_metadata(store.path(sha256), f.basename)
-        except InvalidInput as exc:
-            if f.link is not None and f.link.get("core_metadata_sha256"):
-                self.warn(f"{f.path}: {exc.message}; served without core metadata")
-            return None
+        except InvalidInput:
+            return None  # a wheel devpi took without METADATA: served without
         return store_bytes(store, data)
 
     # -- 5. state -----------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
@@ -110,9 +111,9 @@ def _http_time(value: object) -> float | None:
         return None
 
 
-def _dump_file_path(directory: str, where: str, relpath: object) -> str:
+def _dump_file_path(directory: str, where: str, relpath: object) -> tuple[str, int]:
     """
-    The file at C{relpath} below the dump; never outside it.
+    The file at C{relpath} below the dump (never outside it), and its size.
     """
     if not isinstance(relpath, str) or not relpath:
         raise _fail(where, f"file entry without a relpath: {relpath!r}")
@@ -120,9 +121,13 @@ def _dump_file_path(directory: str, where: str, relpath: object) -> str:
     if os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep) or "\0" in normal:
         raise _fail(where, f"file path {relpath!r} leads outside the dump")
     path = os.path.join(directory, normal)
-    if not os.path.isfile(path):
+    try:
+        info = os.stat(path)
+    except OSError:
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode):
         raise _fail(where, f"the file {path} is missing")
-    return path
+    return path, info.st_size
 
 
 def _hashes(desc: dict) -> dict[str, str]:
@@ -149,7 +154,7 @@ def _read_file(directory: str, stage: str, desc: object, dumpversion: str, own: 
     rel = desc.get("type")
     if rel not in ("releasefile", "doczip", "toxresult"):
         raise _fail(where, f"unknown file type {rel!r}")
-    path = _dump_file_path(directory, where, desc.get("relpath"))
+    path, size = _dump_file_path(directory, where, desc.get("relpath"))
     basename = os.path.basename(path)
     version = desc.get("version")
     if version is None and dumpversion == "1":
@@ -182,7 +187,7 @@ def _read_file(directory: str, stage: str, desc: object, dumpversion: str, own: 
         version=version,
         path=path,
         basename=basename,
-        size=os.path.getsize(path),
+        size=size,
         hashes=hashes,
         last_modified=_http_time(mapping.get("last_modified")),
         log=desc.get("log") if isinstance(desc.get("log"), list) else None,
