@@ -89,13 +89,18 @@ def timed(command: list[str], env: dict | None = None) -> float:
     return time.perf_counter() - start
 
 
-def median_of(repeat: int, step: Callable[[int], float]) -> float:
-    return statistics.median(step(i) for i in range(repeat))
+_made: dict[Path, int] = {}
 
 
 def fresh(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
-    return path
+    """
+    A new directory name next to C{path} for each run: removing the
+    previous run's 100 MB first made the next run of anything up to five
+    times slower here (the filesystem's deferred work on the freed
+    blocks), so nothing is removed until the end.
+    """
+    _made[path] = _made.get(path, 0) + 1
+    return path.with_name(f"{path.name}-{_made[path]}")
 
 
 def tree_size(path: Path) -> tuple[int, int]:
@@ -105,6 +110,53 @@ def tree_size(path: Path) -> tuple[int, int]:
             files += 1
             size += os.path.getsize(os.path.join(root, name))
     return files, size
+
+
+def steps(
+    side: str, serverdir: Path, command: list[str] | None, devpi: Path, work: Path, dumps: dict[str, Path]
+) -> dict[str, Callable[[], list[str]]]:
+    """
+    The timed commands of one side, by step name; each gives a new
+    target directory when called (in order: the export makes the dump
+    the imports read).
+    """
+    tag = "tx" if command is not None else "devpi"
+    if command is not None:
+        export = [*command, "export"]
+        import_ = [*command, "import"]
+    else:
+        export = [str(devpi / "devpi-export")]
+        import_ = [str(devpi / "devpi-import"), "--no-root-pypi"]
+
+    def export_to() -> list[str]:
+        dumps.setdefault(side, fresh(work / f"{tag}-dump"))
+        return [*export, "--serverdir", str(serverdir), str(dumps[side])]
+
+    return {
+        "start-up": lambda: [*export, "--help"],
+        "cp -a +files": lambda: ["cp", "-a", str(serverdir / "+files"), str(fresh(work / "cp"))],
+        "export": lambda: (
+            [*export, "--serverdir", str(serverdir), str(fresh(work / f"{tag}-export"))]
+            if side in dumps
+            else export_to()
+        ),
+        "cp -a dump": lambda: ["cp", "-a", str(dumps[side]), str(fresh(work / "cp"))],
+        "import": lambda: [*import_, "--serverdir", str(fresh(work / f"{tag}-s")), str(dumps[side])],
+        "export --hard-links": lambda: [
+            *export,
+            "--hard-links",
+            "--serverdir",
+            str(serverdir),
+            str(fresh(work / f"{tag}-dh")),
+        ],
+        "import --hard-links": lambda: [
+            *import_,
+            "--hard-links",
+            "--serverdir",
+            str(fresh(work / f"{tag}-sh")),
+            str(dumps[side]),
+        ],
+    }
 
 
 def main() -> int:
@@ -145,83 +197,20 @@ def main() -> int:
             peer.stop()
         print(f"devpi-server state built in {time.perf_counter() - start:.1f} s")
         tx_dir, devpi_dir = work / "tx" / "serverdir", work / "devpi" / "serverdir"
-        # -- devpi-tx -----------------------------------------------------------------
-        res = results["devpi-tx"]
-        res["start-up"] = median_of(args.repeat, lambda i: timed([*tx, "export", "--help"], env))
-        res["cp -a +files"] = median_of(
-            args.repeat, lambda i: timed(["cp", "-a", str(tx_dir / "+files"), str(fresh(work / "cp"))])
-        )
-        res["export"] = median_of(
-            args.repeat,
-            lambda i: timed([*tx, "export", "--serverdir", str(tx_dir), str(fresh(work / "d"))], env),
-        )
-        res["dump"] = tree_size(work / "d")
-        res["cp -a dump"] = median_of(
-            args.repeat, lambda i: timed(["cp", "-a", str(work / "d"), str(fresh(work / "cp"))])
-        )
-        res["import"] = median_of(
-            args.repeat,
-            lambda i: timed([*tx, "import", "--serverdir", str(fresh(work / "s")), str(work / "d")], env),
-        )
-        res["export --hard-links"] = median_of(
-            args.repeat,
-            lambda i: timed(
-                [*tx, "export", "--hard-links", "--serverdir", str(tx_dir), str(fresh(work / "dh"))], env
-            ),
-        )
-        res["import --hard-links"] = median_of(
-            args.repeat,
-            lambda i: timed(
-                [*tx, "import", "--hard-links", "--serverdir", str(fresh(work / "sh")), str(work / "d")], env
-            ),
-        )
-        # -- devpi-server ---------------------------------------------------------------
-        res = results["devpi-server"]
-        res["start-up"] = median_of(args.repeat, lambda i: timed([str(devpi / "devpi-export"), "--help"]))
-        res["cp -a +files"] = median_of(
-            args.repeat, lambda i: timed(["cp", "-a", str(devpi_dir / "+files"), str(fresh(work / "cp"))])
-        )
-        res["export"] = median_of(
-            args.repeat,
-            lambda i: timed(
-                [str(devpi / "devpi-export"), "--serverdir", str(devpi_dir), str(fresh(work / "dd"))]
-            ),
-        )
-        res["dump"] = tree_size(work / "dd")
-        res["cp -a dump"] = median_of(
-            args.repeat, lambda i: timed(["cp", "-a", str(work / "dd"), str(fresh(work / "cp"))])
-        )
-        res["import"] = median_of(
-            args.repeat,
-            lambda i: timed(
-                [
-                    str(devpi / "devpi-import"),
-                    "--serverdir",
-                    str(fresh(work / "ds")),
-                    "--no-root-pypi",
-                    str(work / "dd"),
-                ]
-            ),
-        )
-        res["export --hard-links"] = median_of(
-            args.repeat,
-            lambda i: timed(
-                [
-                    str(devpi / "devpi-export"),
-                    "--hard-links",
-                    "--serverdir",
-                    str(devpi_dir),
-                    str(fresh(work / "ddh")),
-                ]
-            ),
-        )
-        res["import --hard-links"] = median_of(
-            args.repeat,
-            lambda i: timed(
-                [str(devpi / "devpi-import"), "--hard-links", "--no-root-pypi"]
-                + ["--serverdir", str(fresh(work / "dsh")), str(work / "dd")]
-            ),
-        )
+        # Each round runs every step once, the sides interleaved, so that
+        # the machine's load (it is shared) falls on all of them alike.
+        # Imports read the dump the first round's export made.
+        sides = {"devpi-tx": (tx_dir, tx, env), "devpi-server": (devpi_dir, None, None)}
+        dumps: dict[str, Path] = {}
+        times: dict[tuple[str, str], list[float]] = {}
+        for _ in range(args.repeat):
+            for side, (serverdir, command, cmd_env) in sides.items():
+                for step, argv in steps(side, serverdir, command, devpi, work, dumps).items():
+                    times.setdefault((side, step), []).append(timed(argv(), cmd_env))
+        for (side, step), values in times.items():
+            results[side][step] = statistics.median(values)
+        for side, dump in dumps.items():
+            results[side]["dump"] = tree_size(dump)
         print(f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     finally:
         if args.workdir is None:

@@ -215,3 +215,26 @@ def test_progress_lines_are_few():
     lines = stream.getvalue().splitlines()
     assert len(lines) == 10
     assert lines[-1] == "export: 1000/1000 files, 1.0 KB/1.0 KB"
+
+
+def test_the_export_reads_one_moment_of_the_state(tmp_path, capsys):
+    """
+    A server left running by mistake cannot make a dump inconsistent:
+    the export reads the state as of its first read.
+    """
+    from devpi_tx.dump.exporter import Snapshot
+
+    server = tmp_path / "server"
+    run(capsys, "import", "--from-devpi", "--serverdir", str(server), str(DUMP))
+    snapshot = Snapshot(str(server / ".sqlite"))
+    try:
+        before = snapshot.get("user/alice")
+        writer = SQLiteStorage(str(server / ".sqlite"))
+        with writer.transaction() as tx:
+            tx.set("user/alice", dict(before, title="changed"))
+            tx.set("user/zed", {"username": "zed"})
+        writer.close()
+        assert snapshot.get("user/alice") == before
+        assert snapshot.keys("user/") == ["user/alice", "user/bob", "user/root"]
+    finally:
+        snapshot.close()

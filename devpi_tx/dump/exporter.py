@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -20,7 +21,6 @@ from .. import __version__
 from ..model import releases
 from ..serverdir import is_initialized
 from ..storage.files import LocalFileStore
-from ..storage.sqlite import SQLiteStorage, open_storage
 from . import DumpError
 from .fileio import export_file
 from .progress import Progress, human
@@ -37,6 +37,40 @@ def safe_part(name: str) -> str:
     if name in (".", "..") or "\0" in name or not name:
         return "%" + name.encode("utf-8", "surrogateescape").hex()
     return name
+
+
+class Snapshot:
+    """
+    The state as it was at one moment, for the model's readers (C{get},
+    C{keys}): a read transaction on a read-only connection of its own to
+    the server directory's database (see L{devpi_tx.storage.sqlite}), so
+    that a server left running by mistake cannot make the dump
+    inconsistent (in WAL mode a reader sees the last commit before its
+    first read, whatever is committed after), and the export takes no
+    write lock.
+    """
+
+    def __init__(self, path: str) -> None:
+        try:
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            self._db.execute("BEGIN")
+            self.serial = self._db.execute("SELECT MAX(serial) FROM changelog").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise DumpError(f"{path}: cannot read the state ({exc})") from None
+
+    def get(self, key: str) -> object:
+        row = self._db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def keys(self, prefix: str) -> list[str]:
+        rows = self._db.execute(
+            "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key", (prefix, prefix + "\U0010ffff")
+        )
+        return [row[0] for row in rows]
+
+    def close(self) -> None:
+        self._db.execute("ROLLBACK")
+        self._db.close()
 
 
 @dataclass
@@ -92,9 +126,7 @@ def _dump_path(stage: str, project: str, version: str, link: dict, by_relpath: d
     return f"{stage}/{project}/{safe_part(version)}/{basename}"
 
 
-def _plan_stage(
-    storage: SQLiteStorage, store: LocalFileStore, stage: str, dumped: dict, plan: ExportPlan
-) -> None:
+def _plan_stage(storage: Snapshot, store: LocalFileStore, stage: str, dumped: dict, plan: ExportPlan) -> None:
     projects: dict[str, dict] = {}
     project_records: dict[str, dict] = {}
     files: list[dict] = []
@@ -122,7 +154,7 @@ def _plan_stage(
     dumped["devpi_tx"] = {"projects": project_records, "gone": gone}
 
 
-def plan_export(storage: SQLiteStorage, store: LocalFileStore) -> ExportPlan:
+def plan_export(storage: Snapshot, store: LocalFileStore) -> ExportPlan:
     data: dict = {
         "dumpversion": DUMPVERSION,
         "pythonversion": list(sys.version_info),
@@ -191,7 +223,7 @@ def export_server(
         )
     target = os.path.abspath(target)
     _check_target(target)
-    storage = open_storage(serverdir)
+    storage = Snapshot(os.path.join(serverdir, ".sqlite"))
     try:
         store = LocalFileStore(os.path.join(serverdir, "+files"))
         plan = plan_export(storage, store)
