@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 from treq.testing import StubTreq
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 
 from devpi_tx.cli.main import main
 from devpi_tx.mirror.http import UpstreamHTTP
 from devpi_tx.service import build_context
 
-from .conftest import Client, synchronous, synchronous_passwords
+from .conftest import Client, result_of, synchronous, synchronous_passwords
 from .fakeupstream import FakeUpstream
 
 DATA = Path(__file__).parent / "data" / "devpi6"
@@ -148,3 +149,30 @@ def test_old_passwords_log_in(migrated):
     # And the imported users can write: alice uploads to her index.
     auth = client.login("alice", PASSWORDS["alice"])
     assert client.request("PATCH", "/alice/dev", ["title=Dev"], headers=auth).code == 200
+
+
+@pytest.mark.parametrize("kind", ["I", "ID", "D"])
+def test_argon2_hashes_of_other_kinds_and_costs_verify(kind):
+    """
+    devpi hashes with passlib's argon2 (argon2id, m=65536, t=3, p=4 in
+    6.x: devpi-tx's own parameters, so nothing needs rehashing); hashes
+    of other argon2 variants and costs, as other passlib versions wrote
+    them, verify as they are.
+    """
+    from argon2 import low_level
+
+    from devpi_tx.auth.passwords import PasswordChecker
+
+    pwhash = low_level.hash_secret(
+        b"secret",
+        b"0123456789abcdef",
+        time_cost=2,
+        memory_cost=512,
+        parallelism=2,
+        hash_len=32,
+        type=getattr(low_level.Type, kind),
+    ).decode()
+    checker = synchronous_passwords()
+    assert isinstance(checker, PasswordChecker)
+    assert result_of(Deferred.fromCoroutine(checker.verify("u", pwhash, "secret"))) is True
+    assert result_of(Deferred.fromCoroutine(checker.verify("u", pwhash, "wrong"))) is False

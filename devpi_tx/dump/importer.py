@@ -10,7 +10,9 @@ Order of work, so that a bad dump changes nothing:
  2. the server directory is initialised if it is not, and must hold
     nothing but user root (and its root/pypi);
  3. every file is copied (or hard-linked) into the file store, hashed on
-    the way and checked against the digests the dump gives;
+    the way and checked against the digests the dump gives (a few at
+    once, see L{Importer.store_files}; a wheel's METADATA blob, derived
+    data, see L{Importer._wheel_metadata});
  4. one filesystem sync makes them durable;
  5. the state is written.
 
@@ -34,6 +36,7 @@ import concurrent.futures
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -41,7 +44,7 @@ import attrs
 from packaging.utils import canonicalize_name
 
 from ..config import ServerConfig
-from ..customizers import default_registry
+from ..customizers import CustomizerRegistry, default_registry
 from ..model import indexes, releases, users
 from ..model.errors import InvalidInput
 from ..model.metadata import wheel_metadata
@@ -176,7 +179,11 @@ class Importer:
                 )
             records[name] = record
         if existing_root is not None:
-            kept = {k: v for k, v in existing_root.get("indexes", {}).items() if not self.no_root_pypi}
+            kept = {
+                k: v
+                for k, v in existing_root.get("indexes", {}).items()
+                if not (self.no_root_pypi and k == "pypi")
+            }
             root = records.setdefault("root", dict(existing_root))
             root["indexes"] = kept
         for stage, dumped in sorted(self._stages().items()):
@@ -189,7 +196,7 @@ class Importer:
         self._check_bases(records)
         return records
 
-    def _config(self, registry, stage: str, dumped: dict) -> dict:
+    def _config(self, registry: CustomizerRegistry, stage: str, dumped: dict) -> dict:
         try:
             customizer = registry.get(dumped.get("type", "stage"))
             config = {"type": customizer.type_name}
@@ -345,7 +352,7 @@ class Importer:
             link.pop("for_relpath", None)
         return link
 
-    def _stage_writes(self, stage: str, dumped: StageDump):
+    def _stage_writes(self, stage: str, dumped: StageDump) -> Iterator[list[tuple[str, object]]]:
         """
         The keys of one stage, a project at a time: lists of (key, value).
         """
