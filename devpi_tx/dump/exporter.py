@@ -10,6 +10,8 @@ a temporary name renamed into place, so a dump that has one is complete.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import json
 import os
 import sqlite3
@@ -26,6 +28,9 @@ from .fileio import export_file
 from .progress import Progress, human
 
 DUMPVERSION = "2"
+#: Files copied at once, and how many may wait to be counted.
+THREADS = 4
+WINDOW = 64
 
 
 def safe_part(name: str) -> str:
@@ -233,22 +238,41 @@ def export_server(
     progress = Progress("export", len(plan.files), plan.size, out)
     progress.line(f"exporting {serverdir} to {target}")
     made: set[str] = set()
-    linked = 0
-    for source, path, size in plan.files:
+
+    def copy(source: str, path: str) -> bool:
         dest = os.path.join(target, path)
-        directory = os.path.dirname(dest)
-        if directory not in made:
-            os.makedirs(directory, exist_ok=True)
-            made.add(directory)
         try:
-            linked += export_file(source, dest, hard_link=hard_links)
+            return export_file(source, dest, hard_link=hard_links)
         except FileNotFoundError:
             if os.path.exists(source):
                 raise
             raise DumpError(
                 f"{source} is missing: the file {path} is linked in the state but not stored"
             ) from None
-        progress.advance(size)
+
+    linked = 0
+    # A few files at once (the copies are syscalls that release the GIL:
+    # 4 threads took four fifths of the time of one for a thousand files
+    # of 100 KB), the directories made here first, in order.
+    with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+        pending: collections.deque = collections.deque()
+        try:
+            for item in [*plan.files, None]:
+                if item is not None:
+                    source, path, size = item
+                    directory = os.path.dirname(os.path.join(target, path))
+                    if directory not in made:
+                        os.makedirs(directory, exist_ok=True)
+                        made.add(directory)
+                    pending.append((size, pool.submit(copy, source, path)))
+                while pending and (item is None or len(pending) >= WINDOW):
+                    size, future = pending.popleft()
+                    linked += future.result()
+                    progress.advance(size)
+        except BaseException:
+            for _, future in pending:
+                future.cancel()
+            raise
     progress.finish()
     if hard_links and linked < len(plan.files):
         progress.line(f"{len(plan.files) - linked} files copied: no hard link possible across filesystems")
