@@ -238,3 +238,37 @@ def test_the_export_reads_one_moment_of_the_state(tmp_path, capsys):
         assert snapshot.keys("user/") == ["user/alice", "user/bob", "user/root"]
     finally:
         snapshot.close()
+
+
+def test_neither_runs_beside_a_server(tmp_path, capsys):
+    """
+    Both take the server directory's lock: a server (or another command)
+    holding it makes them stop, naming it, before they change anything.
+    """
+    from devpi_tx.config import ServerConfig
+    from devpi_tx.startup import take_serverdir
+
+    server = tmp_path / "server"
+    run(capsys, "import", "--from-devpi", "--serverdir", str(server), str(DUMP))
+    fresh = tmp_path / "fresh"
+    for directory, argv in (
+        (server, ["export", "--serverdir", str(server), str(tmp_path / "d")]),
+        (fresh, ["import", "--from-devpi", "--serverdir", str(fresh), str(DUMP)]),
+    ):
+        lock = take_serverdir(ServerConfig(serverdir=str(directory)))
+        try:
+            code, _, err = run(capsys, *argv)
+        finally:
+            lock.release()
+        assert code == 1
+        assert err.startswith(f"devpi-tx {argv[0]}: error: server directory {directory} is in use by ")
+        assert err.count("\n") == 1
+    assert not (tmp_path / "d").exists()
+    assert not (fresh / ".nodeinfo").exists()
+
+
+def test_fsck_finds_nothing_after_an_import(tmp_path, capsys):
+    server = tmp_path / "server"
+    run(capsys, "import", "--from-devpi", "--serverdir", str(server), str(DUMP))
+    code, out, _ = run(capsys, "fsck", "--serverdir", str(server))
+    assert (code, out.splitlines()[-1]) == (0, "no problems found")

@@ -6,8 +6,10 @@ devpi-import's shape (run them with the server stopped)::
     devpi-tx import [-c FILE] [--serverdir DIR] [--hard-links] [--from-devpi]
                     [--no-root-pypi] DUMPDIR
 
-The work is in L{devpi_tx.dump}; this module reads the options and turns
-what goes wrong into one line naming the path or option.
+The work is in L{devpi_tx.dump}; this module reads the options, takes
+the server directory's lock (so neither runs beside a server on the same
+directory) and turns what goes wrong into one line naming the path or
+option.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from ..dump import DumpError
 from ..dump.exporter import export_server
 from ..dump.importer import Importer
 from ..dump.reader import read_dump
+from ..serverdir import is_initialized
+from ..startup import check_start, take_serverdir
 
 OPTIONS = frozenset(["serverdir", "secretfile", "hard-links", "no-root-pypi"])
 
@@ -35,29 +39,55 @@ def _config(args: argparse.Namespace):
 
 def _guarded(run, args: argparse.Namespace, partial: str) -> int:
     """
-    Run a command; an interrupt or an I/O failure is one line (a
-    L{DumpError} or L{ConfigError} goes to C{main}'s handler).
+    Run a command: what is wrong with the dump or the server directory,
+    an interrupt, a file that cannot be read or written are one line on
+    standard error (with C{--debug}, the traceback); the rest goes to
+    C{main}'s handler.
     """
     try:
         return run(args)
     except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
         print(f"devpi-tx {args.command}: interrupted; {partial}", file=sys.stderr)
         return 130
-    except OSError as exc:
-        where = exc.filename or "?"
-        raise DumpError(f"{where}: {exc.strerror or exc}") from None
+    except (DumpError, OSError) as exc:
+        if getattr(args, "debug", False):
+            raise
+        if isinstance(exc, OSError):
+            message = f"{exc.filename or '?'}: {exc.strerror or exc}"
+        else:
+            message = str(exc)
+        print(f"devpi-tx {args.command}: error: {message}", file=sys.stderr)
+        return 1
 
 
 def _export(args: argparse.Namespace) -> int:
     config = _config(args)
-    export_server(config.serverdir, args.directory, hard_links=config.hard_links)
+    if not is_initialized(config.serverdir):
+        # Before the lock, which would create the directory.
+        raise DumpError(
+            f"{config.serverdir} is no devpi-tx server directory (no .nodeinfo); give one with --serverdir"
+        )
+    lock = take_serverdir(config)
+    try:
+        export_server(config.serverdir, args.directory, hard_links=config.hard_links)
+    finally:
+        lock.release()
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
     config = _config(args)
     dump = read_dump(args.directory, from_devpi=args.from_devpi)
-    Importer(config, dump, hard_links=config.hard_links, no_root_pypi=config.no_root_pypi).run()
+    importer = Importer(config, dump, hard_links=config.hard_links, no_root_pypi=config.no_root_pypi)
+    importer.check()  # a bad dump is refused before the directory is made
+    check_start(config, reactor=None, listen=False)
+    lock = take_serverdir(config)
+    try:
+        importer.apply()
+    finally:
+        lock.release()
     return 0
 
 

@@ -48,11 +48,12 @@ class Snapshot:
     """
     The state as it was at one moment, for the model's readers (C{get},
     C{keys}): a read transaction on a read-only connection of its own to
-    the server directory's database (see L{devpi_tx.storage.sqlite}), so
-    that a server left running by mistake cannot make the dump
-    inconsistent (in WAL mode a reader sees the last commit before its
-    first read, whatever is committed after), and the export takes no
-    write lock.
+    the server directory's database (see L{devpi_tx.storage.sqlite}).  In
+    WAL mode a reader sees the last commit before its first read, whatever
+    is committed after, so the dump is one state even if something writes
+    meanwhile (the command holds the server directory's lock, so no server
+    does), and the export takes no write lock on the database, as opening
+    an L{SQLiteStorage} would.
     """
 
     def __init__(self, path: str) -> None:

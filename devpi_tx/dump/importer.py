@@ -11,8 +11,8 @@ Order of work, so that a bad dump changes nothing:
     nothing but user root (and its root/pypi);
  3. every file is copied (or hard-linked) into the file store, hashed on
     the way and checked against the digests the dump gives (a few at
-    once, see L{Importer.store_files}; a wheel's METADATA blob, derived
-    data, see L{Importer._wheel_metadata});
+    once, see L{Importer.store_files}), and a wheel's METADATA stored as
+    a blob of its own;
  4. one filesystem sync makes them durable;
  5. the state is written.
 
@@ -312,14 +312,12 @@ class Importer:
 
     def _wheel_metadata(self, store: LocalFileStore, f: DumpFile, sha256: str) -> str | None:
         """
-        The digest of a wheel's METADATA.  A devpi-tx dump's link has it:
-        the blob is left to be made from the wheel when it is first asked
-        for (as after a power loss: it is derived data, checked against
-        that digest before it is served, see L{metadata.repair_metadata});
-        otherwise it is read from the wheel now, and stored.
+        Store a wheel's METADATA (PEP 658) as a blob of its own, as an
+        upload does, and return its digest.  It is read from the wheel,
+        also for a devpi-tx dump whose link names it: the blob is not in
+        the dump, and a blob the state counts must be in the store (what
+        C{devpi-tx fsck} checks).
         """
-        if f.link is not None and f.link.get("core_metadata_sha256"):
-            return f.link["core_metadata_sha256"]
         try:
             data = wheel_metadata(store.path(sha256), f.basename)
         except InvalidInput:
@@ -414,13 +412,31 @@ class Importer:
 
     # -- the whole ------------------------------------------------------------------
 
-    def run(self) -> None:
+    def check(self) -> None:
+        """
+        Everything that can be refused before the server directory is
+        touched (or locked, or created).
+        """
         serverdir = self.serverdir
         if is_initialized(serverdir) and read_nodeinfo(serverdir).get("role") == "replica":
             raise DumpError(f"{serverdir} is a replica's server directory: import into a primary's")
         self._check_files()
-        # A bad dump fails before the directory is touched.
         self.plan_users({"username": "root", "indexes": {}}, warn=False)
+
+    def run(self) -> None:
+        """
+        L{check}, then L{apply}: for callers that hold the server
+        directory otherwise (tests).
+        """
+        self.check()
+        self.apply()
+
+    def apply(self) -> None:
+        """
+        Initialise the server directory if need be and import into it
+        (the caller holds its lock).
+        """
+        serverdir = self.serverdir
         if not is_initialized(serverdir):
             root = self.dump.users.get("root", {})
             init = attrs.evolve(
