@@ -25,6 +25,8 @@ from ..storage.files import LocalFileStore
 
 _counter = itertools.count()
 CHUNK = 1 << 20
+#: The largest file whose content L{store_file} hands back.
+KEEP_AT_MOST = 64 << 20
 
 
 def _hashers(algorithms: Iterable[str]) -> dict[str, object]:
@@ -50,7 +52,12 @@ def _into_place(store: LocalFileStore, tmp: str, digest: str) -> None:
 
 
 def store_file(
-    store: LocalFileStore, source: str, algorithms: Iterable[str] = (), *, hard_link: bool = False
+    store: LocalFileStore,
+    source: str,
+    algorithms: Iterable[str] = (),
+    *,
+    hard_link: bool = False,
+    keep: list[bytes] | None = None,
 ) -> tuple[dict[str, str], int]:
     """
     Store the file at C{source} by its sha256, by a copy or (with
@@ -59,6 +66,8 @@ def store_file(
 
     @param algorithms: hashes to compute besides sha256 (those the dump
         gives for the file; unknown names are left out).
+    @param keep: gets the file's chunks, if it is not larger than
+        L{KEEP_AT_MOST} (a wheel, whose METADATA is read next).
     @return: the hex digests by algorithm and the size.
     @raise OSError: the file could not be read or stored; for a hard link,
         C{EXDEV} and the like mean: copy instead.
@@ -74,6 +83,7 @@ def store_file(
                     size += len(chunk)
                     for hasher in hashers.values():
                         hasher.update(chunk)  # type: ignore[attr-defined]
+                    _keep(keep, chunk, size)
         else:
             with open(source, "rb") as src, open(tmp, "wb") as dst:
                 while chunk := src.read(CHUNK):
@@ -81,6 +91,7 @@ def store_file(
                     for hasher in hashers.values():
                         hasher.update(chunk)  # type: ignore[attr-defined]
                     dst.write(chunk)
+                    _keep(keep, chunk, size)
         digests = {name: hasher.hexdigest() for name, hasher in hashers.items()}  # type: ignore[attr-defined]
         _into_place(store, tmp, digests["sha256"])
     except BaseException:
@@ -92,16 +103,32 @@ def store_file(
     return digests, size
 
 
-def store_bytes(store: LocalFileStore, data: bytes) -> str:
+def _keep(keep: list[bytes] | None, chunk: bytes, size: int) -> None:
+    if keep is None:
+        return
+    if size > KEEP_AT_MOST:
+        keep.clear()
+    else:
+        keep.append(chunk)
+
+
+def store_derived(store: LocalFileStore, data: bytes) -> str:
     """
-    Store C{data} (a wheel's METADATA) unsynced; return its sha256.
+    Store C{data} (a wheel's METADATA) unsynced, straight under its final
+    name; return its sha256.  Derived data: one cut short by a crash is
+    found by its digest before it is served and made again from the wheel
+    (L{devpi_tx.model.metadata.repair_metadata}), so it needs no
+    temporary name (a file created and renamed is a third dearer than one
+    created, and an import stores one per wheel).
     """
     digest = hashlib.sha256(data).hexdigest()
-    if not store.exists(digest):
-        tmp = _temp_name(store)
-        with open(tmp, "wb") as f:
+    final = store.path(digest)
+    store.make_directory(os.path.dirname(final))
+    try:
+        with open(final, "xb") as f:
             f.write(data)
-        _into_place(store, tmp, digest)
+    except FileExistsError:
+        pass  # the same METADATA, stored for an earlier wheel
     return digest
 
 

@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import io
 import os
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import IO, TextIO
 
 import attrs
 from packaging.utils import canonicalize_name
@@ -52,7 +53,7 @@ from ..serverdir import initialize, is_initialized, read_nodeinfo
 from ..storage.files import LocalFileStore
 from ..storage.sqlite import SQLiteStorage, open_storage
 from . import DumpError
-from .fileio import store_bytes, store_file, sync_filesystem
+from .fileio import store_derived, store_file, sync_filesystem
 from .progress import Progress, human
 from .reader import Dump, DumpFile, StageDump
 
@@ -280,20 +281,24 @@ class Importer:
         Store one file (in a worker thread): its digests, size and, for a
         wheel, the digest of its METADATA.
         """
+        wheel = f.rel == "releasefile" and f.basename.endswith(".whl")
+        chunks: list[bytes] | None = [] if wheel else None
         try:
             try:
-                digests, size = store_file(store, f.path, f.hashes, hard_link=self._hard_link)
+                digests, size = store_file(store, f.path, f.hashes, hard_link=self._hard_link, keep=chunks)
             except OSError as exc:
                 if not self._hard_link or not os.path.exists(f.path):
                     raise
                 self._fallback = f"{f.path}: no hard link possible ({exc.strerror}); copying the files"
                 self._hard_link = False
-                digests, size = store_file(store, f.path, f.hashes)
+                chunks = [] if wheel else None
+                digests, size = store_file(store, f.path, f.hashes, keep=chunks)
         except OSError as exc:
             raise DumpError(f"{f.path}: {exc.strerror}") from None
         meta = None
-        if f.rel == "releasefile" and f.basename.endswith(".whl"):
-            meta = self._wheel_metadata(store, f, digests["sha256"])
+        if wheel:
+            source = io.BytesIO(b"".join(chunks)) if chunks else store.path(digests["sha256"])
+            meta = self._wheel_metadata(store, f, source)
         return digests, size, meta
 
     def _verify(self, store: LocalFileStore, f: DumpFile, digests: dict[str, str], size: int) -> None:
@@ -310,7 +315,7 @@ class Importer:
             store.remove(digests["sha256"])
             raise DumpError(f"{f.path}: {problem}")
 
-    def _wheel_metadata(self, store: LocalFileStore, f: DumpFile, sha256: str) -> str | None:
+    def _wheel_metadata(self, store: LocalFileStore, f: DumpFile, wheel: str | IO[bytes]) -> str | None:
         """
         Store a wheel's METADATA (PEP 658) as a blob of its own, as an
         upload does, and return its digest.  It is read from the wheel,
@@ -319,10 +324,10 @@ class Importer:
         C{devpi-tx fsck} checks).
         """
         try:
-            data = wheel_metadata(store.path(sha256), f.basename)
+            data = wheel_metadata(wheel, f.basename)
         except InvalidInput:
             return None  # a wheel devpi took without METADATA: served without
-        return store_bytes(store, data)
+        return store_derived(store, data)
 
     # -- 5. state -----------------------------------------------------------------
 
