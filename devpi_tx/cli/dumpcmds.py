@@ -98,20 +98,22 @@ def add_commands(commands) -> None:
     export = commands.add_parser(
         "export", help="export the whole server (stopped) into a directory, as devpi-export does"
     )
-    export.add_argument("-c", "--configfile", help="YAML config file (its serverdir is used)")
-    export.add_argument("--serverdir", help="the server directory to export")
+    export.add_argument("-c", "--configfile", metavar="FILE", help="YAML config file (its serverdir is used)")
+    export.add_argument("--serverdir", metavar="DIR", help="the server directory to export")
     export.add_argument(
         "--hard-links", action="store_true", help="hard-link the files into the dump instead of copying them"
     )
-    export.add_argument("directory", help="the dump directory: new, or empty")
+    export.add_argument("directory", metavar="DUMPDIR", help="the dump directory: new, or empty")
     export.set_defaults(
         run=lambda args: _guarded(_export, args, "the dump directory is incomplete (no dataindex.json)")
     )
     imp = commands.add_parser(
         "import", help="import a dump into a new (or only initialised) server directory, as devpi-import does"
     )
-    imp.add_argument("-c", "--configfile", help="YAML config file (its serverdir is used)")
-    imp.add_argument("--serverdir", help="the server directory to import into: new, or only initialised")
+    imp.add_argument("-c", "--configfile", metavar="FILE", help="YAML config file (its serverdir is used)")
+    imp.add_argument(
+        "--serverdir", metavar="DIR", help="the server directory to import into: new, or only initialised"
+    )
     imp.add_argument(
         "--hard-links",
         action="store_true",
@@ -123,7 +125,7 @@ def add_commands(commands) -> None:
         help="the dump was made by devpi-server's devpi-export (6.x and earlier)",
     )
     imp.add_argument("--no-root-pypi", action="store_true", help="leave out the dump's root/pypi")
-    imp.add_argument("directory", help="the dump directory (with dataindex.json)")
+    imp.add_argument("directory", metavar="DUMPDIR", help="the dump directory (with dataindex.json)")
     imp.set_defaults(
         run=lambda args: _guarded(
             _import, args, "the server directory may hold a partial import: import into a new one"
