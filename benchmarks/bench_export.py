@@ -165,7 +165,11 @@ def main() -> int:
     parser.add_argument("--devpi-bin", type=Path, default=DEFAULT_PEER_BIN)
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--workdir", type=Path, help="keep the work here (default: a temporary directory)")
+    parser.add_argument("--table", type=Path, metavar="JSON", help="only print the table of earlier figures")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return 0
     rng = random.Random(17)
     wheels = [
         (f"bench-p{p:03d}", f"1.{v}", *make_wheel(f"bench-p{p:03d}", f"1.{v}", rng))
@@ -222,25 +226,27 @@ def main() -> int:
 
 
 def table(results: dict[str, dict]) -> str:
+    """
+    The figures as a Markdown table: each step's time and its ratio to
+    C{cp -a} of the server's files directory (the issue's baseline), and
+    an import's also to C{cp -a} of the dump it reads.
+    """
     rows = [
-        "| step | devpi-tx | x cp -a | devpi-server 6.20.3 | x cp -a |",
-        "|---|---:|---:|---:|---:|",
+        "| step | devpi-tx | x cp -a +files | x cp -a dump "
+        "| devpi-server 6.20.3 | x cp -a +files | x cp -a dump |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for step, baseline in (
-        ("export", "cp -a +files"),
-        ("export --hard-links", "cp -a +files"),
-        ("import", "cp -a dump"),
-        ("import --hard-links", "cp -a dump"),
-    ):
+    for step in ("export", "export --hard-links", "import", "import --hard-links"):
         cells = [step]
         for side in ("devpi-tx", "devpi-server"):
             res = results[side]
-            cells += [f"{res[step]:.2f} s", f"{res[step] / res[baseline]:.1f}x"]
+            dump = f"{res[step] / res['cp -a dump']:.1f}x" if step.startswith("import") else ""
+            cells += [f"{res[step]:.2f} s", f"{res[step] / res['cp -a +files']:.1f}x", dump]
         rows.append("| " + " | ".join(cells) + " |")
     for baseline in ("cp -a +files", "cp -a dump", "start-up"):
         cells = [baseline if baseline != "start-up" else "start-up (`export --help`; in each figure above)"]
         for side in ("devpi-tx", "devpi-server"):
-            cells += [f"{results[side][baseline]:.2f} s", ""]
+            cells += [f"{results[side][baseline]:.2f} s", "", ""]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
