@@ -7,6 +7,7 @@ C{devpi-tx}: maintenance commands next to C{twistd devpi}.
     devpi-tx gen-secret [--secretfile PATH] [--force]
     devpi-tx fsck [--serverdir DIR] [--repair]  (the server stopped)
     devpi-tx gen-config [server options] [--output DIR] [--socket-activation] ...
+    devpi-tx export|import ... DUMPDIR          (the server stopped; cli/dumpcmds.py)
 
 Every command takes C{--debug}; without it a failure is one line on
 standard error (exit code 1) naming the option or path and what to do.
@@ -25,6 +26,7 @@ from ..config import build_config
 from ..serverdir import initialize, is_initialized
 from ..startup import check_start, one_line, take_serverdir
 from . import genconfig, maintenance
+from .dumpcmds import add_commands as add_dump_commands
 
 INIT_OPTIONS = frozenset(
     [
@@ -174,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_init(commands)
     _add_maintenance(commands)
+    add_dump_commands(commands)
     # Last, so that every command has it.
     for command in commands.choices.values():
         command.add_argument("--debug", action="store_true", help="show the traceback when the command fails")
