@@ -7,7 +7,10 @@ first.
 
 from __future__ import annotations
 
-from twisted.web.client import HTTPConnectionPool
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # twisted.web.client takes 0.1 s to import: not for devpi-tx's commands
+    from twisted.web.client import HTTPConnectionPool
 
 
 def quiet_pool(pool: HTTPConnectionPool) -> None:
