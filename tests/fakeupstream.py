@@ -32,6 +32,8 @@ class Release:
     size: int | None = None
     #: The hash the pages give for the file: sha256, or md5 as old indexes.
     hash_name: str = "sha256"
+    #: PEP 700's upload-time, given on JSON pages when set.
+    upload_time: str | None = None
 
     @property
     def sha256(self) -> str:
@@ -132,6 +134,8 @@ class FakeUpstream(Resource):
                     entry["requires-python"] = r.requires_python
                 if r.yanked:
                     entry["yanked"] = r.yanked
+                if r.upload_time:
+                    entry["upload-time"] = r.upload_time
                 if self.sizes:
                     entry["size"] = len(r.data) if r.size is None else r.size
                 if self.metadata and r.filename.endswith(".whl"):

@@ -128,7 +128,7 @@ def test_found_types_are_logged_usable_and_listed(plugin_dir, monkeypatch, confi
         assert [(e["version"], e["name"]) for e in logged] == [("1.2", "plain")]
         client = Client(context)
         types = client.get("/+api").json["result"]["index-types"]
-        assert types == ["constrained", "mirror", "plain", "stage"]
+        assert types == ["constrained", "cutoff", "minage", "mirror", "plain", "stage"]
         root = client.login("root", "rootpw")
         answer = client.request("PUT", "/root/p", {"type": "plain"}, headers=root)
         assert answer.code == 200, answer.body

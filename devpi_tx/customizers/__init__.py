@@ -14,6 +14,7 @@ from .base import BaseStageCustomizer
 from .constrained import ConstrainedCustomizer
 from .mirror import MirrorCustomizer
 from .stage import StageCustomizer
+from .timed import CutoffCustomizer, MinAgeCustomizer
 
 log = Logger()
 _KEEP_ALL = BaseStageCustomizer()
@@ -80,7 +81,9 @@ def default_registry(default_mirror_url: str | None = None, plugins=()) -> Custo
     The built-in types, and those of C{plugins} (L{plugins.FoundType}s).
     """
     mirror = MirrorCustomizer(default_mirror_url=default_mirror_url)
-    registry = CustomizerRegistry([StageCustomizer(), mirror, ConstrainedCustomizer()])
+    registry = CustomizerRegistry(
+        [StageCustomizer(), mirror, ConstrainedCustomizer(), MinAgeCustomizer(), CutoffCustomizer()]
+    )
     for found in plugins:
         registry.register(found.customizer)
     return registry
@@ -90,6 +93,8 @@ __all__ = [
     "BaseStageCustomizer",
     "ConstrainedCustomizer",
     "CustomizerRegistry",
+    "CutoffCustomizer",
+    "MinAgeCustomizer",
     "MirrorCustomizer",
     "StageCustomizer",
     "default_registry",

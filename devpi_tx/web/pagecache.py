@@ -9,11 +9,17 @@ project (its versions or files) drops that project's pages on every index
 (inheritance makes them depend on each other), a project that appears or
 goes drops the project lists (and the indexes' JSON), a change to a user
 record (index configuration, bases) drops everything.
+
+A page built through a filter whose answer changes with time (an index
+type's C{valid_until}, a minimum age) carries C{expires}: it is dropped
+when the cache's clock reaches it.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import attrs
 
@@ -23,10 +29,19 @@ class Page:
     body: bytes
     etag: str
     fmt: str
+    #: When the page stops being true by itself (seconds since the
+    #: epoch); None: not before a commit changes what it shows.
+    expires: float | None = None
 
 
 class PageCache:
-    def __init__(self, max_entries: int = 2000, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        max_entries: int = 2000,
+        max_bytes: int = 64 * 1024 * 1024,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.clock = clock
         self._pages: OrderedDict[tuple, Page] = OrderedDict()
         #: Keys by project (key[1]; None for project lists), so that a
         #: commit drops a project's pages without looking at every page.
@@ -50,6 +65,9 @@ class PageCache:
 
     def get(self, key: tuple) -> Page | None:
         page = self._pages.get(key)
+        if page is not None and page.expires is not None and self.clock() >= page.expires:
+            self._drop(key)
+            page = None
         if page is not None:
             self.hits += 1
             self._pages.move_to_end(key)

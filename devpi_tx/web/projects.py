@@ -83,6 +83,7 @@ class ProjectRoutes(StageHelpers):
         project: str,
         only: str | None = None,
         derived: dict[str, dict] | None = None,
+        expiry: typefilters.Expiry | None = None,
     ) -> dict:
         """
         The version records of a project over the index's chain (the
@@ -137,7 +138,14 @@ class ProjectRoutes(StageHelpers):
             if only is not None and records:
                 records = {only: records[only]} if only in records else {}
             records, changed = typefilters.filter_records(
-                self.ctx.storage, order, project, source.name, records, self.ctx.registry.shown_by, coverage
+                self.ctx.storage,
+                order,
+                project,
+                source.name,
+                records,
+                self.ctx.registry.shown_by,
+                coverage,
+                expiry,
             )
             if derived is not None and entries is not None:
                 for version in records:
@@ -175,7 +183,8 @@ class ProjectRoutes(StageHelpers):
         if page is not None and not self._mirrors_stale(f"{user}/{index}", name):
             return send_json(request, page.body)
         derived: dict[str, dict] = {}
-        merged = await self._merged_versions(request, user, index, name, derived=derived)
+        expiry = typefilters.Expiry()
+        merged = await self._merged_versions(request, user, index, name, derived=derived, expiry=expiry)
         page = self.ctx.page_cache.get(key)  # still valid if no mirror page changed
         if page is None:
             # Each version's part kept with the version (if it comes from
@@ -194,7 +203,7 @@ class ProjectRoutes(StageHelpers):
                         slot[memo_key] = piece
                 pieces.append(piece)
             body = b'{"type":"projectconfig","result":{' + b",".join(pieces) + b"}}\n"
-            page = Page(body, "", "application/json")
+            page = Page(body, "", "application/json", expiry.at)
             self.ctx.page_cache.put(key, page)
         return send_json(request, page.body)
 

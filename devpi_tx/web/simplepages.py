@@ -166,13 +166,14 @@ class SimpleRoutes(StageHelpers):
             )
             order = self._resolution_order(stage)
             shown_by = self.ctx.registry.shown_by
+            expiry = typefilters.Expiry()
             contributions = typefilters.filter_contributions(
-                self.ctx.storage, order, name, contributions, shown_by
+                self.ctx.storage, order, name, contributions, shown_by, expiry
             )
             if not any(c.links or c.versions for c in contributions):
                 return error(request, 404, f"no project {project!r} on index {stage} or its bases")
             body = simple.render_project(fmt, stage, name, contributions, page_dir, absolute)
-            page = Page(body, simple.etag_for(body), fmt)
+            page = Page(body, simple.etag_for(body), fmt, expiry.at)
             self.ctx.page_cache.put(key, page)
         return self._send_page(request, page)
 
