@@ -293,3 +293,43 @@ def test_cutoff_index(client, alice, upstream):
     assert answer.code == 400 and "needs a cutoff time" in answer.message
     answer = client.request("PATCH", "/alice/then", ["cutoff=someday"], headers=alice)
     assert answer.code == 400 and "cutoff: expected a UTC time" in answer.message
+
+
+@pytest.mark.parametrize(
+    "inheritance, own, base, mirrored",
+    [
+        ("intersection", [], [], False),
+        ("intersection", ["*"], ["*"], True),
+        ("intersection", ["hello"], [], False),  # the base does not agree
+        ("union", ["*"], [], True),
+        ("union", [], ["hello"], True),  # the base's list lets it in
+        ("explicit", [], ["*"], False),  # the guard: the bases' lists do not count
+        ("explicit", ["*"], ["*"], False),  # nor "*"
+        ("explicit", ["hello"], [], True),  # only a name listed on the index itself
+        ("explicit", ["Hello"], [], True),  # normalised
+    ],
+)
+def test_dependency_confusion_guard(client, alice, upstream, inheritance, own, base, mirrored):
+    upstream.add("hello", Release(*make_sdist("hello", "9.0")), serial=5)
+    make_index(client, alice, "/alice/dev", bases=[], mirror_whitelist=base)
+    assert upload(client, alice, "/alice/dev/", "hello", "1.0").code == 200
+    make_index(
+        client,
+        alice,
+        "/alice/g",
+        bases=["alice/dev", "root/pypi"],
+        mirror_whitelist=own,
+        mirror_whitelist_inheritance=inheritance,
+    )
+    expected = ["hello-1.0.tar.gz", "hello-9.0.tar.gz"] if mirrored else ["hello-1.0.tar.gz"]
+    assert sorted(files(client.get("/alice/g/+simple/hello/", accept=JSON_V1))) == expected
+    assert sorted(client.get("/alice/g/hello").json["result"]) == (["1.0", "9.0"] if mirrored else ["1.0"])
+    stages = client.get("/alice/g/+explain/hello").json["result"]["stages"]
+    assert [s["files"] for s in stages if s["index"] == "root/pypi"] == [
+        ["hello-9.0.tar.gz"] if mirrored else []
+    ]
+
+
+def test_explicit_inheritance_refuses_nonsense(client, alice):
+    answer = client.request("PUT", "/alice/g", {"mirror_whitelist_inheritance": "some"}, headers=alice)
+    assert answer.code == 400 and "'intersection', 'union' or 'explicit'" in answer.message

@@ -2,7 +2,9 @@
 Inheritance: the order in which an index and its bases are consulted, and
 the rule that keeps a mirror from answering for a project that a private
 index of the chain already has (dependency confusion), unless the project
-is whitelisted.
+is whitelisted: by the index's and its bases' C{mirror_whitelist}
+(C{mirror_whitelist_inheritance} C{intersection} or C{union}), or, with
+C{explicit}, only by name in the index's own list.
 """
 
 from __future__ import annotations
@@ -108,6 +110,10 @@ def plan(reader, stagename: str, project: str, order: list[Stage] | None = None)
     own = order[0].config if order else {}
     inheritance = own.get("mirror_whitelist_inheritance", "intersection")
     whitelist: set[str] | None = None
+    if inheritance == "explicit":
+        # The dependency-confusion guard: only the names the index itself
+        # lists, by name ("*" and the bases' whitelists do not count).
+        whitelist = set(own.get("mirror_whitelist", [])) - {"*"}
     private_has_project = False
     result = []
     for stage in order:
@@ -119,7 +125,9 @@ def plan(reader, stagename: str, project: str, order: list[Stage] | None = None)
                 result.append((stage, True, "mirror"))
             continue
         names = set(stage.config.get("mirror_whitelist", []))
-        if whitelist is None:
+        if inheritance == "explicit":
+            pass
+        elif whitelist is None:
             whitelist = names
         elif inheritance == "union":
             whitelist |= names

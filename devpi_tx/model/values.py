@@ -60,10 +60,11 @@ def parse_whitelist(value: object) -> list[str]:
 
 
 def parse_whitelist_inheritance(value: object) -> str:
-    if isinstance(value, str) and value.strip().lower() in ("intersection", "union"):
+    if isinstance(value, str) and value.strip().lower() in ("intersection", "union", "explicit"):
         return value.strip().lower()
     raise InvalidInput(
-        f"Unknown value {value!r} for mirror_whitelist_inheritance, must be 'intersection' or 'union'."
+        f"Unknown value {value!r} for mirror_whitelist_inheritance, "
+        "must be 'intersection', 'union' or 'explicit'."
     )
 
 
