@@ -333,3 +333,22 @@ def test_dependency_confusion_guard(client, alice, upstream, inheritance, own, b
 def test_explicit_inheritance_refuses_nonsense(client, alice):
     answer = client.request("PUT", "/alice/g", {"mirror_whitelist_inheritance": "some"}, headers=alice)
     assert answer.code == 400 and "'intersection', 'union' or 'explicit'" in answer.message
+
+
+def test_min_age_explained(client, alice, upstream, clock):
+    upstream.add(
+        "hello",
+        Release(*make_sdist("hello", "1.0"), upload_time=iso(NOW - 30 * DAY)),
+        Release(*make_sdist("hello", "2.0"), upload_time=iso(NOW - 2 * DAY)),
+        Release(*make_sdist("hello", "3.0")),
+        serial=5,
+    )
+    make_index(client, alice, "/alice/aged", type="minage", bases=["root/pypi"], min_age="7d")
+    stages = client.get("/alice/aged/+explain/hello").json["result"]["stages"]
+    (mirror,) = [s for s in stages if s["index"] == "root/pypi"]
+    assert mirror["hidden_by_index_type"] == ["hello-2.0.tar.gz", "hello-3.0.tar.gz"]
+    assert mirror["index_type"] == {
+        "hello-1.0.tar.gz": {"age_days": 30.0, "private": False, "shown_for_age": True},
+        "hello-2.0.tar.gz": {"age_days": 2.0, "private": False, "shown_for_age": False},
+        "hello-3.0.tar.gz": {"age_days": None, "private": False, "shown_for_age": False},
+    }

@@ -172,12 +172,19 @@ class MinAgeCustomizer(_TimedView):
         later = [when + age for when in times if when is not None and when > newest]
         return min(later, default=None)
 
-    def age_of(self, link: dict) -> float | None:
+    def explain_link(self, config: dict, link: dict) -> dict:
         """
-        How old a file is, in seconds, for C{+explain}.
+        For C{+explain}: how old a file is (C{age}, in days; L{None} when
+        unknown), and whether it is shown for its age.
         """
         when = upload_time(link)
-        return None if when is None else self.clock() - when
+        newest = self._newest_allowed(config)
+        if is_private(link):
+            shown = True
+        else:
+            shown = newest is None or (when is not None and when <= newest)
+        age = None if when is None else round((self.clock() - when) / 86400, 2)
+        return {"age_days": age, "private": is_private(link), "shown_for_age": shown}
 
 
 class CutoffCustomizer(_TimedView):

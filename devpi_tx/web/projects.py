@@ -25,13 +25,19 @@ from .simple import MAX_DERIVED
 from .stagehelpers import StageHelpers
 
 
-def _hidden(contribution, shown) -> dict:
+def _hidden(contribution, shown, customizer, config: dict) -> dict:
     """
-    What the index types' filters hid of a stage's files, for C{+explain}.
+    What the index types' filters hid of a stage's files, for C{+explain},
+    and what the index's type says of each file (its optional
+    C{explain_link(config, link)}, a minimum age's ages).
     """
     kept = {link["basename"] for link in shown.links}
     hidden = [link["basename"] for link in contribution.links if link["basename"] not in kept]
-    return {"hidden_by_index_type": hidden} if hidden else {}
+    result: dict = {"hidden_by_index_type": hidden} if hidden else {}
+    explain_link = getattr(customizer, "explain_link", None)
+    if explain_link is not None and contribution.links:
+        result["index_type"] = {link["basename"]: explain_link(config, link) for link in contribution.links}
+    return result
 
 
 class ProjectRoutes(StageHelpers):
@@ -57,18 +63,18 @@ class ProjectRoutes(StageHelpers):
         shown = typefilters.filter_contributions(
             self.ctx.storage, self._resolution_order(stage), name, contributions, self.ctx.registry.shown_by
         )
+        config = self._stage(user, index)
+        customizer = self.ctx.registry.shown_by(config)
         result = {
             "index": stage,
             "project": name,
-            "mirror_whitelist_inheritance": self._stage(user, index).get(
-                "mirror_whitelist_inheritance", "intersection"
-            ),
+            "mirror_whitelist_inheritance": config.get("mirror_whitelist_inheritance", "intersection"),
             "stages": [
                 {
                     "index": c.stage,
                     "reason": c.reason,
                     "files": [link["basename"] for link in c.links],
-                    **_hidden(c, kept),
+                    **_hidden(c, kept, customizer, config),
                 }
                 for c, kept in zip(contributions, shown, strict=True)
             ],
