@@ -40,6 +40,11 @@ class BaseStageCustomizer:
     readonly: bool = False
     #: Set by types that override a filter.
     filters: bool = False
+    #: Set by types that hide a version whose files C{links_filter} all
+    #: dropped (optional: read with a default of false).  Types whose
+    #: answer changes with time also define C{valid_until}, and types may
+    #: define C{explain_link} (docs/index-types.md).
+    hides_emptied_versions: bool = False
     list_keys: frozenset[str] = frozenset()
 
     # Configuration.
