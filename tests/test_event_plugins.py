@@ -160,3 +160,19 @@ def test_a_coroutine_listener_is_awaited(client, alice):
     assert seen == []
     clock.advance(0)
     assert seen == ["created"]
+
+
+def test_tox_results_and_file_removal(client, alice):
+    assert client.request("PUT", "/alice/dev", {}, headers=alice).code == 200
+    assert upload(client, alice).code == 200
+    [link] = client.get("/alice/dev/pkg-a/1.0").json["result"]["+links"]
+    path = "/" + link["href"].split("/", 3)[3]
+    recorder = Recorder()
+    clock = listen(client, recorder)
+    assert client.request("POST", path, {"testenvs": {"py311": {}}}).code == 200
+    assert client.request("DELETE", path, headers=alice).code == 200
+    clock.advance(0)
+    tox, removed = recorder.events
+    assert (tox.rel, tox.project, tox.version, tox.user) == ("toxresult", "pkg-a", "1.0", None)
+    assert tox.link["relpath"].startswith("alice/dev/+f/")
+    assert removed == RemoveEvent("alice/dev", "file", relpath=path[1:], user="alice")
