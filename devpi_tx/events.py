@@ -101,19 +101,20 @@ class EventDispatcher:
 
         d = maybeDeferred(getattr(listener, method), event)
         d.addCallback(lambda result: ensureDeferred(result) if hasattr(result, "__await__") else None)
-        if d.called:
-            d.addErrback(self._failed, name, method, event)
-            return
-        self.running.add(d)
-        slow = self.reactor.callLater(self.slow_after, self._slow, name, method, event)
+        slow: list = []
+        finished: list = []
 
         def done(result):
+            finished.append(True)
             self.running.discard(d)
-            if slow.active():
-                slow.cancel()
+            if slow and slow[0].active():
+                slow[0].cancel()
             return result
 
         d.addBoth(done).addErrback(self._failed, name, method, event)
+        if not finished:
+            self.running.add(d)
+            slow.append(self.reactor.callLater(self.slow_after, self._slow, name, method, event))
 
     def _failed(self, failure, name: str, method: str, event) -> None:
         log.failure(

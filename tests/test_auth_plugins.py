@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 from treq.testing import StubTreq
 from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
 from devpi_tx.auth.external import MemoryAuthenticator, Verdict, ask
@@ -105,12 +106,23 @@ def test_verdicts_combine(verdicts, expected):
                 raise self.answer
             return self.answer
 
-    d = task.Deferred.fromCoroutine(ask([Fixed(v) for v in verdicts], "carol", "pw"))
+    d = Deferred.fromCoroutine(ask([Fixed(v) for v in verdicts], "carol", "pw"))
     assert result_of(d) == expected
 
 
+def test_a_coroutine_authenticator_is_awaited():
+    class Async:
+        name = "async"
+
+        async def authenticate(self, username, password):
+            return Verdict.accept(["g"]) if password == "pw" else Verdict.reject()
+
+    assert result_of(Deferred.fromCoroutine(ask([Async()], "u", "pw"))) == Verdict.accept(["g"])
+    assert result_of(Deferred.fromCoroutine(ask([Async()], "u", "no"))) == Verdict.reject()
+
+
 def test_root_is_never_asked(directory):
-    d = task.Deferred.fromCoroutine(ask([directory], "root", "rootdirectorypw"))
+    d = Deferred.fromCoroutine(ask([directory], "root", "rootdirectorypw"))
     assert result_of(d) == Verdict.unknown()
     assert directory.asked == []
 
