@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import site
 import subprocess
@@ -38,15 +39,17 @@ EXAMPLE = REPO_ROOT / "docs" / "example-plugin"
 def entry_points_txt() -> str:
     """
     The entry points of the example's pyproject.toml, as a dist-info has
-    them.
+    them (its simple TOML read by hand: tomllib is Python 3.11's).
     """
-    import tomllib
-
-    project = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]
     lines = []
-    for group, points in project["entry-points"].items():
-        lines.append(f"[{group}]")
-        lines.extend(f"{name} = {target}" for name, target in points.items())
+    for line in (EXAMPLE / "pyproject.toml").read_text().splitlines():
+        if section := re.fullmatch(r'\[project\.entry-points\."([^"]+)"\]', line):
+            lines.append(f"[{section.group(1)}]")
+        elif lines and line.startswith("["):
+            break
+        elif lines and (point := re.fullmatch(r'(\S+) = "([^"]+)"', line)):
+            lines.append(f"{point.group(1)} = {point.group(2)}")
+    assert len(lines) == 6, lines
     return "\n".join(lines) + "\n"
 
 
