@@ -2,10 +2,9 @@
 Who may do what: devpi-server's global and per-index ACLs.
 
 A request's L{Identity} expands to principals (C{:ANONYMOUS:} always;
-C{:AUTHENTICATED:}, the user name and, for each group, C{:group:NAME}
-and C{:NAME} once logged in).  A
-permission is granted when the principals meet the ones the L{Policy} names
-for it.  Without C{--restrict-modify}, users manage themselves and root
+C{:AUTHENTICATED:}, the user name and, for each group, C{:group:NAME} and
+C{:NAME} once logged in).  A permission is granted when the principals
+meet the ones the L{Policy} names for it.  Without C{--restrict-modify}, users manage themselves and root
 manages everyone; with it, only the listed principals manage users and
 indexes (and everyone keeps the right to change their own password).
 """
