@@ -316,3 +316,60 @@ class IStageCustomizer(Interface):
         """
         Called after a file was uploaded to the index (committed).
         """
+
+
+class IAuthenticator(Interface):
+    """
+    Checks a user's credentials against a source outside the server (a
+    directory such as LDAP), for C{devpi login} (C{POST /+login}) and for
+    HTTP Basic and C{X-Devpi-Auth} passwords (pip, twine).  Found through
+    the entry points of group C{devpi_tx.authenticators}
+    (docs/plugins.md).
+    """
+
+    name = Attribute("A short name for the logs.")
+
+    def authenticate(username: str, password: str):
+        """
+        Check C{password} for C{username} without blocking the reactor
+        (run blocking I/O in a thread, or use an asynchronous client).
+
+        @return: a Deferred (or a coroutine) firing with an
+            L{devpi_tx.auth.external.Verdict}: C{Verdict.accept(groups)}
+            (the user is who they say; C{groups} usable in ACLs as
+            C{:group:NAME}), C{Verdict.reject()} (the user is known to
+            this source and the password is wrong: the local password is
+            not tried), or C{Verdict.unknown()} (not a user of this source:
+            the next authenticator, then the local users, decide).  A
+            failure counts as C{unknown}, logged.
+        """
+
+
+class IEventListener(Interface):
+    """
+    Told after an upload, a removal or a change of an index, once its
+    transaction committed (for webhooks, say).  Found through the entry
+    points of group C{devpi_tx.events} (docs/plugins.md).  Each call runs
+    on the reactor after the request's answer was sent; it may return a
+    Deferred (or a coroutine) and take its time.  A failure is logged and
+    never reaches a request.
+    """
+
+    name = Attribute("A short name for the logs.")
+
+    def on_upload(event) -> object:
+        """
+        A file was uploaded (L{devpi_tx.events.UploadEvent}).
+        """
+
+    def on_remove(event) -> object:
+        """
+        A project, a version or a file was removed, or a version yanked
+        (L{devpi_tx.events.RemoveEvent}).
+        """
+
+    def on_index_change(event) -> object:
+        """
+        An index was created, modified or deleted
+        (L{devpi_tx.events.IndexChangeEvent}).
+        """

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging.config
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -25,6 +25,8 @@ from .auth.tokens import TokenSigner
 from .config import ServerConfig
 from .customizers import default_registry
 from .customizers.plugins import FoundType, find_index_types
+from .events import EventDispatcher
+from .interfaces import IAuthenticator, IEventListener
 from .logs import logger, set_debug
 from .mirror.cachebound import MirrorCache, MirrorCacheService
 from .mirror.client import UpstreamClient
@@ -39,6 +41,7 @@ from .model.memo import StateMemo
 from .model.names_index import ProjectNames
 from .model.versions_memo import VersionsMemo
 from .pipconfig import default_mirror_url
+from .plugins import FoundPlugin, find_authenticators, find_event_listeners
 from .replica.files import FileOptions, FileReplicator
 from .replica.mirrors import via_primary
 from .replica.primary import PrimaryCertificatePolicy, PrimaryLink
@@ -122,6 +125,18 @@ def _configure_stdlib_logging(path: str) -> STDLibLogObserver:
     return observer
 
 
+def _logged(found: list[FoundPlugin], kind: str) -> list:
+    for plugin in found:
+        log.info(
+            "{kind} plugin {name} from {dist} {version}",
+            kind=kind,
+            name=plugin.entry_point,
+            dist=plugin.distribution,
+            version=plugin.version,
+        )
+    return [plugin.provider for plugin in found]
+
+
 def build_context(
     config: ServerConfig,
     passwords: PasswordChecker | None = None,
@@ -131,6 +146,8 @@ def build_context(
     reactor=None,
     on_fatal: Callable[[str], object] | None = None,
     index_types: list[FoundType] | None = None,
+    authenticators: Sequence[IAuthenticator] | None = None,
+    event_listeners: Sequence[IEventListener] | None = None,
 ) -> ServerContext:
     """
     Open (initialising on first start) the server directory and build what
@@ -138,6 +155,9 @@ def build_context(
 
     @param index_types: the index types of plugins; those of the installed
         distributions' entry points if not given (each logged).
+    @param authenticators: the L{IAuthenticator} plugins; and
+    @param event_listeners: the L{IEventListener} plugins: those of the
+        installed distributions' entry points if not given (each logged).
 
     @param reactor: what timers and upstream connections run on; the
         global reactor if not given.
@@ -165,6 +185,10 @@ def build_context(
                 version=found.version,
                 name=found.entry_point,
             )
+    if authenticators is None:
+        authenticators = _logged(find_authenticators(), "authenticator")
+    if event_listeners is None:
+        event_listeners = _logged(find_event_listeners(), "event listener")
     if not is_initialized(config.serverdir):
         for line in initialize(config):
             if line.startswith("WARNING"):
@@ -263,6 +287,8 @@ def build_context(
         replica_tokens=replica_tokens,
         changefeed=ChangeFeed(storage, reactor),
         replica=replica,
+        authenticators=tuple(authenticators),
+        events=EventDispatcher(event_listeners, reactor),
     )
     if config.mirror_cache_size is not None:
         context.mirror_cache = context.mirror_files.cache = MirrorCache(

@@ -37,6 +37,7 @@ from ._compat import server_endpoint_address
 from .config import ConfigError, ServerConfig
 from .customizers.plugins import find_index_types
 from .pipconfig import default_mirror_url
+from .plugins import find_all as find_all_plugins
 from .serverdir import (
     AlreadyInitialized,
     ServerDirBusy,
@@ -73,8 +74,9 @@ def check_start(config: ServerConfig, reactor, *, listen: bool = True) -> None:
     """
     check_paths(config)
     check_state(config)
-    # A broken index type plugin stops the start here, in one line.
+    # A broken plugin stops the start here, in one line.
     find_index_types()
+    find_all_plugins()
     if listen:
         check_endpoints(config, reactor)
 

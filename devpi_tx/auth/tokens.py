@@ -33,6 +33,9 @@ class TokenClaims:
     username: str
     groups: tuple[str, ...]
     issued: int
+    #: The user was authenticated by an L{IAuthenticator} plugin and may
+    #: have no local record (docs/plugins.md).
+    external: bool = False
 
 
 class TokenSigner:
@@ -53,8 +56,11 @@ class TokenSigner:
     def _sign(self, message: str) -> str:
         return _b64(hmac.new(self._key, message.encode("utf-8"), hashlib.sha256).digest())
 
-    def issue(self, username: str, groups: tuple[str, ...] = ()) -> str:
-        payload = json.dumps([username, list(groups), True], separators=(", ", ": "))
+    def issue(self, username: str, groups: tuple[str, ...] = (), external: bool = False) -> str:
+        claims: list = [username, list(groups), True]
+        if external:
+            claims.append("external")
+        payload = json.dumps(claims, separators=(", ", ": "))
         stamp = _b64(int(self._clock()).to_bytes(8, "big").lstrip(b"\0") or b"\0")
         message = f"{payload}.{stamp}"
         return f"{message}.{self._sign(message)}"
@@ -69,7 +75,7 @@ class TokenSigner:
         payload, _, stamp = message.rpartition(".")
         try:
             issued = int.from_bytes(_unb64(stamp), "big")
-            username, groups, _ = json.loads(payload)
+            username, groups, _, *rest = json.loads(payload)
         except (ValueError, TypeError):
             return None
         now = self._clock()
@@ -77,7 +83,7 @@ class TokenSigner:
             return None
         if not isinstance(username, str) or not isinstance(groups, list):
             return None
-        return TokenClaims(username, tuple(str(g) for g in groups), issued)
+        return TokenClaims(username, tuple(str(g) for g in groups), issued, rest == ["external"])
 
     def looks_like_token(self, secret: str) -> bool:
         """

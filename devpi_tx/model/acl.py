@@ -2,9 +2,9 @@
 Who may do what: devpi-server's global and per-index ACLs.
 
 A request's L{Identity} expands to principals (C{:ANONYMOUS:} always;
-C{:AUTHENTICATED:}, the user name and C{:group} names once logged in).  A
-permission is granted when the principals meet the ones the L{Policy} names
-for it.  Without C{--restrict-modify}, users manage themselves and root
+C{:AUTHENTICATED:}, the user name and, for each group, C{:group:NAME} and
+C{:NAME} once logged in).  A permission is granted when the principals
+meet the ones the L{Policy} names for it.  Without C{--restrict-modify}, users manage themselves and root
 manages everyone; with it, only the listed principals manage users and
 indexes (and everyone keeps the right to change their own password).
 """
@@ -17,6 +17,9 @@ import attrs
 
 ANONYMOUS = ":ANONYMOUS:"
 AUTHENTICATED = ":AUTHENTICATED:"
+#: A group's principal as devpi-ldap's documentation writes it
+#: (C{:group:NAME}); C{:NAME}, as devpi-server forms it, works too.
+GROUP_PREFIX = ":group:"
 
 
 @attrs.frozen
@@ -35,7 +38,8 @@ class Identity:
     def principals(self) -> frozenset[str]:
         if self.username is None:
             return frozenset([ANONYMOUS])
-        return frozenset([ANONYMOUS, AUTHENTICATED, self.username] + [":" + group for group in self.groups])
+        groups = [":" + group for group in self.groups] + [GROUP_PREFIX + group for group in self.groups]
+        return frozenset([ANONYMOUS, AUTHENTICATED, self.username, *groups])
 
 
 ANONYMOUS_IDENTITY = Identity()

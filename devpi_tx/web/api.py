@@ -18,6 +18,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 from .. import COMPATIBLE_SERVER_VERSION, __version__
 from ..auth.throttle import Throttled
 from ..customizers import run_hook
+from ..events import IndexChangeEvent
 from ..logs import logger
 from ..model import indexes, releases, users
 from ..model.errors import InvalidInput, ModelError
@@ -62,7 +63,9 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
 
     def __init__(self, context: ServerContext) -> None:
         self.ctx = context
-        self.auth = Authenticator(context.storage, context.signer, context.passwords, context.throttle)
+        self.auth = Authenticator(
+            context.storage, context.signer, context.passwords, context.throttle, context.authenticators
+        )
 
     # -- helpers -----------------------------------------------------------
 
@@ -211,10 +214,11 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
         ):
             raise InvalidInput("Bad request: no user/password specified")
         user, password = data["user"], data["password"]
-        if not await self.auth.check_password(request, user, password):
+        ok = await self.auth.check_login(request, user, password)
+        if ok is None:
             log.info("login of {user!r} rejected", user=user)
             return error(request, 401, f"user {user!r} could not be authenticated")
-        token = self.ctx.signer.issue(user)
+        token = self.ctx.signer.issue(user, ok.groups, external=ok.external)
         return envelope(
             request,
             type="proxyauth",
@@ -391,6 +395,9 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
             config = indexes.create_index(tx, self.ctx.registry, user, index, data)
         log.info("created index {stage}", stage=f"{user}/{index}")
         run_hook(self.ctx.registry.for_config(config), "on_created", f"{user}/{index}", config)
+        self.ctx.events.emit(
+            IndexChangeEvent(f"{user}/{index}", "created", None, config, auth.identity.username)
+        )
         return envelope(request, type="indexconfig", result=indexes.public_config(config))
 
     @app.route("/<user>/<index>", methods=["PATCH"])
@@ -414,6 +421,9 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
             )
         if old is not None and config != old:
             run_hook(self.ctx.registry.for_config(config), "on_modified", f"{user}/{index}", old, config)
+            self.ctx.events.emit(
+                IndexChangeEvent(f"{user}/{index}", "modified", old, config, auth.identity.username)
+            )
         return envelope(request, type="indexconfig", result=indexes.public_config(config))
 
     @app.route("/<user>/<index>", methods=["DELETE"])
@@ -423,9 +433,13 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
         auth = await self.auth.authenticate(request)
         if not self.ctx.policy.may_modify_index(auth.identity, user):
             return self.deny(request, auth, f"no permission to delete index {user}/{index}")
+        old = indexes.get_index(self.ctx.storage, user, index)
         with self.ctx.storage.transaction() as tx:
             indexes.delete_index(tx, user, index)
             unused = releases.delete_stage_data(tx, f"{user}/{index}")
         self._cleanup(unused)
+        self.ctx.events.emit(
+            IndexChangeEvent(f"{user}/{index}", "deleted", old, None, auth.identity.username)
+        )
         log.info("deleted index {stage}", stage=f"{user}/{index}")
         return envelope(request, 201, message=f"index {user}/{index} deleted")

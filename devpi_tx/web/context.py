@@ -20,6 +20,7 @@ from ..auth.throttle import PasswordThrottle
 from ..auth.tokens import TokenSigner
 from ..config import ServerConfig
 from ..customizers import CustomizerRegistry
+from ..events import EventDispatcher, NoEvents
 from ..interfaces import IFileStore
 from ..mirror.cachebound import MirrorCache
 from ..mirror.files import MirrorFiles
@@ -102,6 +103,10 @@ class ServerContext:
     metrics: ServerMetrics = attrs.field(factory=ServerMetrics)
     #: The bound on the mirrored files kept (--mirror-cache-size), if any.
     mirror_cache: MirrorCache | None = None
+    #: The authenticator plugins (L{IAuthenticator}), asked in order.
+    authenticators: tuple = ()
+    #: Tells the event listener plugins of uploads, removals and index changes.
+    events: EventDispatcher = attrs.field(factory=NoEvents)
 
     # The ledger's holds and sound blobs, as tests and older callers know them.
     pending_blobs = property(lambda self: self.blobs.held)

@@ -6,19 +6,31 @@ Every password check of the server goes through
 L{Authenticator.check_password}, which asks the L{PasswordThrottle} first:
 a throttled attempt raises L{Throttled} (answered 429, see
 L{too_many_attempts}) without running argon2.  Tokens never reach it.
+
+Passwords are checked by the L{IAuthenticator} plugins first
+(L{devpi_tx.auth.external.ask}), then, when none knows the user, against
+the local users.  A user a plugin accepted is authenticated with the
+groups it gave (principals C{:group:NAME}) and needs no local record: the
+login token says so (C{external}) and carries the groups, so that tokens
+are checked without asking the plugin again, for their 10 hours.  Basic
+auth with a password asks the plugins on each request (as devpi-server
+does).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 
 import attrs
 from twisted.web.iweb import IRequest
 
+from ..auth.external import ask
 from ..auth.passwords import PasswordChecker
 from ..auth.throttle import PasswordThrottle, Throttled
 from ..auth.tokens import TokenSigner
+from ..interfaces import IAuthenticator
 from ..model import users
 from ..model.acl import ANONYMOUS_IDENTITY, Identity
 from .render import error
@@ -45,6 +57,17 @@ class AuthResult:
 
 
 NO_AUTH = AuthResult(ANONYMOUS_IDENTITY, "noauth")
+
+
+@attrs.frozen
+class PasswordOk:
+    """
+    A password found right: by a plugin (C{external}, with the groups it
+    gave) or against the local user record.
+    """
+
+    groups: tuple[str, ...] = ()
+    external: bool = False
 
 
 def _decode_pair(encoded: bytes) -> tuple[str, str] | None:
@@ -104,8 +127,14 @@ class Authenticator:
     """
 
     def __init__(
-        self, storage, signer: TokenSigner, passwords: PasswordChecker, throttle: PasswordThrottle
+        self,
+        storage,
+        signer: TokenSigner,
+        passwords: PasswordChecker,
+        throttle: PasswordThrottle,
+        external: Sequence[IAuthenticator] = (),
     ) -> None:
+        self._external = tuple(external)
         self._storage = storage
         self._signer = signer
         self._passwords = passwords
@@ -130,19 +159,29 @@ class Authenticator:
         user, secret = credentials
         claims = self._signer.check(secret)
         if claims is not None:
-            if claims.username == user and users.get_user(self._storage, user) is not None:
+            if claims.username == user and (
+                (claims.external and self._external) or users.get_user(self._storage, user) is not None
+            ):
                 return AuthResult(Identity(user, claims.groups), "ok", user)
             return AuthResult(ANONYMOUS_IDENTITY, "rejected", user)
         if self._signer.looks_like_token(secret):
             return AuthResult(ANONYMOUS_IDENTITY, "expired", user)
-        if await self.check_password(request, user, secret):
-            return AuthResult(Identity(user), "ok", user)
+        ok = await self.check_login(request, user, secret)
+        if ok is not None:
+            return AuthResult(Identity(user, ok.groups), "ok", user)
         return AuthResult(ANONYMOUS_IDENTITY, "rejected", user)
 
     async def check_password(self, request: IRequest, user: str, password: str) -> bool:
         """
-        Is C{password} the password of C{user}?  An unknown user's is never
-        right.  Each outcome is counted by the throttle.
+        Is C{password} the password of C{user}?  (L{check_login}.)
+        """
+        return await self.check_login(request, user, password) is not None
+
+    async def check_login(self, request: IRequest, user: str, password: str) -> PasswordOk | None:
+        """
+        Is C{password} the password of C{user}?  The plugins are asked
+        first; an unknown user's is never right.  Each outcome is counted
+        by the throttle.
 
         @raise Throttled: password attempts for C{user} from the request's
             address must wait; nothing was checked.  The answer is held
@@ -154,10 +193,15 @@ class Authenticator:
             held_since = self._throttle.clock.seconds()
             await self._throttle.hold(wait)
             raise Throttled(user, wait - (self._throttle.clock.seconds() - held_since))
-        ok = False
+        ok: PasswordOk | None = None
         try:
-            record = users.get_user(self._storage, user)
-            ok = record is not None and await self._passwords.verify(user, record.get("pwhash"), password)
+            verdict = await ask(self._external, user, password)
+            if verdict.status == "ok":
+                ok = PasswordOk(verdict.groups, external=True)
+            elif verdict.status == "unknown":
+                record = users.get_user(self._storage, user)
+                if record is not None and await self._passwords.verify(user, record.get("pwhash"), password):
+                    ok = PasswordOk()
         finally:
             if ok:
                 self._throttle.succeeded(user, address)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from packaging.utils import canonicalize_name
 from twisted.web.iweb import IRequest
 
+from ..events import RemoveEvent
 from ..model import releases
 from ..model.errors import InvalidInput, NotFound
 from .negotiation import has_flag, read_json
@@ -30,7 +31,17 @@ class RemovalRoutes(StageHelpers):
         allowed = self.ctx.policy.may_delete_entries(auth.identity, user, acl)
         return config, (None if allowed else auth)
 
-    async def _delete(self, request: IRequest, user: str, index: str, what: str, remove) -> bytes | None:
+    def _removed(self, request: IRequest, stage: str, what: str, **fields) -> None:
+        """
+        Tell the event listeners (after the commit).
+        """
+        auth = getattr(request, "devpi_auth", None)
+        who = auth.identity.username if auth is not None else None
+        self.ctx.events.emit(RemoveEvent(stage, what, user=who, **fields))
+
+    async def _delete(
+        self, request: IRequest, user: str, index: str, what: str, remove, event: dict | None = None
+    ) -> bytes | None:
         """
         Check the C{del_*} permission, then run C{remove(tx, stage,
         volatile=, force=)} in one transaction and drop unused blobs.
@@ -48,6 +59,8 @@ class RemovalRoutes(StageHelpers):
                 force=has_flag(request, "force"),
             )
         self._cleanup(unused)
+        if event is not None:
+            self._removed(request, f"{user}/{index}", **event)
         return None
 
     @app.route("/<user>/<index>/<project>", methods=["DELETE"])
@@ -58,7 +71,8 @@ class RemovalRoutes(StageHelpers):
         def remove(tx, stage, **rules):
             return releases.delete_project(tx, stage, name, **rules)
 
-        refused = await self._delete(request, user, index, f"project {name}", remove)
+        event = {"what": "project", "project": name}
+        refused = await self._delete(request, user, index, f"project {name}", remove, event)
         return refused or envelope(request, message=f"project {name} deleted from stage {user}/{index}")
 
     @app.route("/<user>/<index>/<project>/<version>", methods=["DELETE"])
@@ -72,7 +86,8 @@ class RemovalRoutes(StageHelpers):
                 tx.delete(releases.project_key(stage, name))
             return unused
 
-        refused = await self._delete(request, user, index, f"{name} {version}", remove)
+        event = {"what": "version", "project": name, "version": version}
+        refused = await self._delete(request, user, index, f"{name} {version}", remove, event)
         return refused or envelope(request, message=f"project {name!r} version {version!r} deleted")
 
     @app.route("/<user>/<index>/<project>/<version>", methods=["PATCH"])
@@ -95,6 +110,7 @@ class RemovalRoutes(StageHelpers):
                 if link["rel"] == "releasefile":
                     releases.set_yanked(tx, stage, link["relpath"], reason)
         state = "unyanked" if reason is None else "yanked"
+        self._removed(request, stage, state[:-2], project=canonicalize_name(project), version=version)
         return envelope(request, message=f"{canonicalize_name(project)} {version} {state}")
 
     def _yank_reason(self, request: IRequest):
@@ -117,7 +133,8 @@ class RemovalRoutes(StageHelpers):
         def remove(tx, stage, **rules):
             return releases.delete_file(tx, stage, path, **rules)
 
-        refused = await self._delete(request, user, index, "files", remove)
+        event = {"what": "file", "relpath": path}
+        refused = await self._delete(request, user, index, "files", remove, event)
         return refused or envelope(request, message=f"package {path!r} deleted")
 
     @app.route("/<user>/<index>/+f/<path:relpath>", methods=["PATCH"])
@@ -132,4 +149,5 @@ class RemovalRoutes(StageHelpers):
         with self.ctx.storage.transaction() as tx:
             link = releases.set_yanked(tx, f"{user}/{index}", f"{user}/{index}/+f/{relpath}", reason)
         state = "unyanked" if reason is None else "yanked"
+        self._removed(request, f"{user}/{index}", state[:-2], relpath=f"{user}/{index}/+f/{relpath}")
         return envelope(request, message=f"{link['basename']} {state}")

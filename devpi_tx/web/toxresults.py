@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import time
 
+from packaging.utils import canonicalize_name
 from twisted.web.iweb import IRequest
 
+from ..events import UploadEvent
 from ..model import releases, toxresults
 from ..model.errors import ModelError, NotFound
 from .negotiation import read_json
@@ -90,4 +92,21 @@ class ToxResultRoutes(StageHelpers):
             self._cleanup([sha256])
             raise
         self.ctx.metrics.uploaded("toxresult", len(data))
+        link = {
+            "rel": "toxresult",
+            "basename": basename,
+            "sha256": sha256,
+            "size": len(data),
+            "relpath": tox_path,
+        }
+        self.ctx.events.emit(
+            UploadEvent(
+                stage,
+                canonicalize_name(record["name"]),
+                record["version"],
+                "toxresult",
+                link,
+                user=auth.identity.username,
+            )
+        )
         return envelope(request, type="toxresultpath", result=f"{tox_path}#sha256={sha256}")

@@ -22,6 +22,7 @@ from twisted.web.iweb import IRequest
 from .._compat import pending_request_line
 from ..auth.throttle import Throttled
 from ..customizers import run_hook
+from ..events import UploadEvent
 from ..logs import logger
 from ..model import metadata as coremetadata
 from ..model import releases
@@ -270,6 +271,9 @@ class UploadRoutes(StageHelpers):
             project = canonicalize_name(metadata["name"])
             customizer = self.ctx.registry.for_config(config)
             run_hook(customizer, "on_upload", stage, project, metadata.get("version", ""), link)
+            self.ctx.events.emit(
+                UploadEvent(stage, project, metadata.get("version", ""), rel, link, user=who)
+            )
         return outcome, sha256
 
     async def _store_doczip(self, request, stage, config, metadata, receiver) -> bytes:
