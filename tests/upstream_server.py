@@ -4,8 +4,11 @@ tests whose clients (pip, uv, twistd) run in subprocesses too.
 
     python -m tests.upstream_server PORTFILE PROJECT [PROJECT ...]
 
-Each project gets one installable wheel, version 1.0.  The chosen port is
-written to PORTFILE once the server listens.
+A PROJECT given as a plain name gets one installable wheel, version 1.0,
+without an upload time.  C{NAME:VERSION[@TIME],...} gives it one wheel per
+version instead, each with PEP 700's C{upload-time} TIME when given
+(C{mirror-a:1.0@2020-01-01T00:00:00Z,2.0}).  The chosen port is written to
+PORTFILE once the server listens.
 """
 
 from __future__ import annotations
@@ -20,10 +23,23 @@ from tests.distfiles import make_wheel
 from tests.fakeupstream import FakeUpstream, Release
 
 
+def releases(spec: str) -> tuple[str, list[Release]]:
+    """
+    The project and its releases from one command-line argument.
+    """
+    project, _, versions = spec.partition(":")
+    result = []
+    for item in (versions or "1.0").split(","):
+        version, _, upload_time = item.partition("@")
+        result.append(Release(*make_wheel(project, version), upload_time=upload_time or None))
+    return project, result
+
+
 def main(portfile: str, projects: list[str]) -> None:
     upstream = FakeUpstream()
-    for project in projects:
-        upstream.add(project, Release(*make_wheel(project, "1.0")))
+    for spec in projects:
+        project, found = releases(spec)
+        upstream.add(project, *found)
 
     def listening(port) -> None:
         with open(portfile, "w") as f:
