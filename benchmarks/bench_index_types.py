@@ -12,7 +12,9 @@ time), devpi-tx (``twistd -n devpi``, no access log) and devpi-server
 fake upstream), each on a free loopback port with a fresh server
 directory.  On devpi-tx: ``root/plain`` (bases=root/pypi) and
 ``root/pinned`` (type=constrained, bases=root/pypi,
-constraints=``bench-pkg<N``, half the versions); on devpi-server:
+constraints=``bench-pkg<N``, half the versions) and ``root/allowed`` (the
+same with ``bench-pkg>=1``: the filter runs, every version is kept, the
+page is as long as the plain one); on devpi-server:
 ``root/plain`` (bases=root/pypi).  Every page is fetched once (warm), then
 ``wrk -t1 -c64`` runs on ``/root/INDEX/+simple/bench-pkg/`` (pip's
 ``Accept`` header) go round the pages ``--rounds`` times, and the medians
@@ -117,6 +119,9 @@ def start_devpi_tx(venv: Path, workdir: Path, upstream: str, constraint: str) ->
     devpi(client, clientdir, "index", "-c", "root/plain", "bases=root/pypi")
     devpi(client, clientdir, "index", "-c", "root/pinned", "type=constrained", "bases=root/pypi")
     devpi(client, clientdir, "index", "root/pinned", f"constraints={constraint}")
+    # The filter's cost alone: every version matches, the page is as long as the plain one.
+    devpi(client, clientdir, "index", "-c", "root/allowed", "type=constrained", "bases=root/pypi")
+    devpi(client, clientdir, "index", "root/allowed", f"constraints={PROJECT}>=1")
     return process, port
 
 
@@ -187,6 +192,7 @@ def main() -> None:
             processes.append(ds_process)
             pages = {
                 "devpi-tx root/pinned (constrained)": (tx, "root/pinned"),
+                "devpi-tx root/allowed (constrained, all kept)": (tx, "root/allowed"),
                 "devpi-tx root/plain": (tx, "root/plain"),
                 "devpi-tx root/pypi": (tx, "root/pypi"),
                 "devpi-server root/plain": (ds, "root/plain"),
@@ -221,6 +227,9 @@ def main() -> None:
     pinned = medians["devpi-tx root/pinned (constrained)"]
     ratios = {
         "pinned / devpi-tx plain": pinned / medians["devpi-tx root/plain"],
+        "allowed / devpi-tx plain": (
+            medians["devpi-tx root/allowed (constrained, all kept)"] / medians["devpi-tx root/plain"]
+        ),
         "pinned / devpi-server plain": pinned / medians["devpi-server root/plain"],
         "pinned / devpi-server root/pypi": pinned / medians["devpi-server root/pypi"],
     }
