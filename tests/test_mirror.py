@@ -50,9 +50,13 @@ def test_project_page_from_upstream(client, upstream, hello):
 
 def test_html_only_upstream(client, upstream, hello):
     upstream.mode = "html"
-    (entry,) = page(client).json["files"]
+    answer = page(client).json
+    (entry,) = answer["files"]
     assert entry["filename"] == hello[0]
     assert entry["requires-python"] == ">=3.8"
+    # PEP 700 (API 1.1): the versions, from the file names when upstream
+    # gives none.
+    assert answer["versions"] == ["1.0"]
 
 
 def test_cached_page_is_not_fetched_again_until_expiry(client, upstream, hello, root):

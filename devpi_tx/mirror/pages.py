@@ -310,7 +310,13 @@ class MirrorPages:
         page = self.cached(stage.name, project)
         if page is None:
             return [], []
-        return self._shown(stage, page), list(page.get("versions", []))
+        versions = list(page.get("versions", []))
+        if not versions:
+            # An upstream that gives no PEP 700 versions (HTML, or JSON of
+            # API 1.0): the versions its files show, as API 1.1 requires.
+            found = (version_of(link["filename"]) for link in page["links"])
+            versions = list(dict.fromkeys(v for v in found if v))
+        return self._shown(stage, page), versions
 
     def _shown(self, stage: Stage, page: dict) -> list[dict]:
         links = []
