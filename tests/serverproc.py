@@ -34,6 +34,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -534,3 +535,31 @@ class DevpiClient:
         returncode = proc.wait(timeout)
         text = output.decode("utf-8", "replace").replace("\r\n", "\n")
         return ClientResult(list(args), returncode, text, "")
+
+
+@contextmanager
+def upstream_process(workdir: Path, *projects: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """
+    Run the fake upstream index (C{tests.upstream_server}) serving
+    C{projects} in a process of its own; yield it and its simple URL, and
+    stop it afterwards.
+    """
+    portfile = workdir / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.upstream_server", str(portfile), *projects],
+        cwd=REPO_ROOT,
+        env=server_env(),
+        stdout=open(workdir / "log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not portfile.exists() or not portfile.read_text():
+            assert proc.poll() is None, (workdir / "log").read_text()
+            assert time.monotonic() < deadline, "fake upstream did not start"
+            time.sleep(0.1)
+        yield proc, f"http://127.0.0.1:{portfile.read_text()}/simple/"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=10)

@@ -9,15 +9,12 @@ One upstream and one server for the module.
 from __future__ import annotations
 
 import datetime
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.serverproc import REPO_ROOT, server_env, start_server
+from tests.serverproc import start_server, upstream_process
 from tests.test_e2e_private_index import BIN, Tools
 
 pytestmark = pytest.mark.e2e
@@ -35,26 +32,10 @@ def recent() -> str:
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("upstream")
-    portfile = workdir / "port"
     new = recent()
     projects = [f"types-a:1.0@{OLD},2.0@{OLD},3.0@{new}", f"types-b:1.0@{OLD},1.5,2.0@{new}"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.upstream_server", str(portfile), *projects],
-        cwd=REPO_ROOT,
-        env=server_env(),
-        stdout=open(workdir / "log", "wb"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while not portfile.exists() or not portfile.read_text():
-        assert proc.poll() is None, (workdir / "log").read_text()
-        assert time.monotonic() < deadline, "fake upstream did not start"
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{portfile.read_text()}/simple/"
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
+    with upstream_process(tmp_path_factory.mktemp("upstream"), *projects) as (_, url):
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,11 @@ has gone away.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.serverproc import REPO_ROOT, server_env, start_server
+from tests.serverproc import start_server, upstream_process
 from tests.test_e2e_private_index import BIN, Tools
 
 pytestmark = pytest.mark.e2e
@@ -25,24 +22,8 @@ PROJECTS = ["mirror-a", "mirror-b", "mirror-c"]
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("upstream")
-    portfile = workdir / "port"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.upstream_server", str(portfile), *PROJECTS],
-        cwd=REPO_ROOT,
-        env=server_env(),
-        stdout=open(workdir / "log", "wb"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while not portfile.exists() or not portfile.read_text():
-        assert proc.poll() is None, (workdir / "log").read_text()
-        assert time.monotonic() < deadline, "fake upstream did not start"
-        time.sleep(0.1)
-    yield proc, f"http://127.0.0.1:{portfile.read_text()}/simple/"
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
+    with upstream_process(tmp_path_factory.mktemp("upstream"), *PROJECTS) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
