@@ -28,6 +28,7 @@ import uuid
 from argon2 import PasswordHasher
 
 from . import __version__
+from .auth.passwords import default_hasher
 from .config import ConfigError, ServerConfig
 from .customizers import default_registry
 from .logs import logger
@@ -173,11 +174,7 @@ def ensure_secret(path: str) -> bytes:
     if others may read it.
     """
     if not os.path.exists(path):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        secret = base64.b64encode(os.urandom(32))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secret)
+        secret = write_secret(path)
         log.info("created secret file {path}", path=path)
         return secret
     mode = stat.S_IMODE(os.stat(path).st_mode)
@@ -188,6 +185,21 @@ def ensure_secret(path: str) -> bytes:
             mode=mode,
         )
     return read_secret(path)
+
+
+def write_secret(path: str) -> bytes:
+    """
+    Write a new secret (32 random bytes, base64) to C{path}, mode 0600,
+    replacing any there whole (a temporary file renamed into place).
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    secret = base64.b64encode(os.urandom(32))
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret)
+    os.replace(tmp, path)
+    return secret
 
 
 def read_secret(path: str) -> bytes:
@@ -236,7 +248,7 @@ def initialize(config: ServerConfig, hasher: PasswordHasher | None = None) -> li
         return _initialize_replica(config)
     os.makedirs(serverdir, exist_ok=True)
     done = [f"initialising server directory {serverdir}"]
-    hasher = hasher or PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4)
+    hasher = hasher or default_hasher()
     if config.root_passwd_hash:
         pwhash = config.root_passwd_hash
     else:

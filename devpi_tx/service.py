@@ -320,11 +320,16 @@ def _replica_parts(
     """
     serverdir = config.serverdir
 
+    # The primary's uuid as .nodeinfo holds it, read once: it changes only
+    # when saved (every request to the primary sends it).
+    known = {"primary-uuid": nodeinfo.get("primary-uuid")}
+
     def save_primary_uuid(primary_uuid: str) -> None:
+        known["primary-uuid"] = primary_uuid
         write_nodeinfo(serverdir, dict(read_nodeinfo(serverdir), **{"primary-uuid": primary_uuid}))
 
     def stop(message: str) -> None:
-        log.critical("replication stopped: {message}", message=message)
+        # The sync service has logged why.
         if reactor.running:
             # Exit code 3 once the services have stopped, as devpi's replica.
             reactor.addSystemEventTrigger("after", "shutdown", os._exit, 3)
@@ -335,7 +340,7 @@ def _replica_parts(
         config.primary_url,
         replica_uuid=replica_uuid,
         token=lambda: tokens.issue(replica_uuid),
-        load_primary_uuid=lambda: read_nodeinfo(serverdir).get("primary-uuid"),
+        load_primary_uuid=lambda: known["primary-uuid"],
         save_primary_uuid=save_primary_uuid,
         outside_url=config.outside_url,
     )
@@ -360,7 +365,7 @@ def _replica_parts(
         config.primary_url,
         http,
         sync.wait_for_serial,
-        lambda: {k: v for k, v in link.headers().items() if k != "Authorization"},
+        link.identity_headers,
         config.proxy_timeout,
         outside_url=config.outside_url,
     )

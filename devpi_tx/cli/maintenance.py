@@ -5,7 +5,6 @@ C{devpi-tx gen-secret} and C{devpi-tx fsck}.
 
 from __future__ import annotations
 
-import base64
 import getpass
 import hashlib
 import os
@@ -13,10 +12,10 @@ import sys
 from collections.abc import Callable, Iterator
 
 import attrs
-from argon2 import PasswordHasher
 
+from ..auth.passwords import default_hasher
 from ..model import releases, users
-from ..serverdir import is_initialized
+from ..serverdir import is_initialized, write_secret
 from ..storage.files import LocalFileStore
 from ..storage.sqlite import open_storage
 
@@ -36,7 +35,7 @@ def set_password(serverdir: str, user: str, password: str) -> None:
     try:
         if users.get_user(storage, user) is None:
             raise ValueError(f"no user {user!r} in {serverdir}")
-        pwhash = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4).hash(password)
+        pwhash = default_hasher().hash(password)
         with storage.transaction() as tx:
             users.modify_user(tx, user, {}, pwhash)
     finally:
@@ -67,11 +66,7 @@ def gen_secret(path: str, force: bool = False) -> str:
     """
     if os.path.exists(path) and not force:
         raise ValueError(f"{path} exists; a new secret logs everyone out (use --force to replace it)")
-    secret = base64.b64encode(os.urandom(32))
-    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(secret + b"\n")
-    os.replace(path + ".tmp", path)
+    write_secret(path)
     return path
 
 

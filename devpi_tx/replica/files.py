@@ -31,7 +31,7 @@ from twisted.internet.task import deferLater
 from ..interfaces import IFileStore, IStorage
 from ..logs import logger
 from ..mirror.bodies import collect_until_idle, read_body
-from ..mirror.errors import UpstreamError
+from ..mirror.errors import UpstreamError, upstream_error
 from ..mirror.http import UpstreamHTTP, ask_upstream
 from ..model import indexes, releases
 from ..model.errors import InvalidInput, NotFound
@@ -457,7 +457,7 @@ class FileReplicator(Service):
             except UpstreamError:
                 raise
             except Exception as exc:
-                raise UpstreamError(f"{url}: download failed: {type(exc).__name__}: {exc}") from None
+                raise upstream_error(url, exc) from None
             digest = writer.hexdigest()
             if digest != sha256:
                 raise UpstreamError(f"{url}: sha256 mismatch, expected {sha256}, got {digest}")

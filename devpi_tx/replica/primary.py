@@ -56,14 +56,19 @@ class PrimaryLink:
         """
         The headers of a request to the primary, plus C{extra}.
         """
+        return {"Authorization": f"Bearer {self.token()}", **self.identity_headers(), **extra}
+
+    def identity_headers(self) -> dict[str, str]:
+        """
+        Who the replica is and which primary it expects, without a token
+        (a relayed write carries its client's credentials).
+        """
         headers = {
-            "Authorization": f"Bearer {self.token()}",
             "X-DEVPI-REPLICA-UUID": self.replica_uuid,
             "X-DEVPI-EXPECTED-PRIMARY-ID": self.primary_uuid,
         }
         if self.outside_url:
             headers["X-DEVPI-REPLICA-OUTSIDE-URL"] = self.outside_url
-        headers.update(extra)
         return headers
 
     def url_for(self, path: str) -> str:

@@ -121,8 +121,10 @@ class FileRoutes(StageHelpers):
         """
         replica = self.ctx.replica
         assert replica is not None
-        wheel = releases.get_file(self.ctx.storage, path[: -len(".metadata")]) if entry is None else None
-        if path.endswith(".metadata") and wheel is not None:
+        wheel = None
+        if entry is None and path.endswith(".metadata"):
+            wheel = releases.get_file(self.ctx.storage, path[: -len(".metadata")])
+        if wheel is not None:
             if wheel.get("core_metadata_sha256") and self.ctx.files.exists(wheel["core_metadata_sha256"]):
                 return None
             if wheel.get("mirror") and not wheel.get("core_metadata_sha256"):
@@ -137,15 +139,15 @@ class FileRoutes(StageHelpers):
             return None  # the file's metadata: in the state already
         # --replica-max-retries: tries again at once after a failure (an
         # aborted connection, say) before the client is told.
-        for attempt in range(self.ctx.config.replica_max_retries + 1):
+        retries = self.ctx.config.replica_max_retries
+        while True:
             try:
                 await replica.files.fetch(path)
-            except UpstreamError as exc:
-                if attempt == self.ctx.config.replica_max_retries:
-                    return error(request, gateway_status(exc), f"{path}: not replicated yet, and {exc}")
-            else:
                 return None
-        return None
+            except UpstreamError as exc:
+                if retries == 0:
+                    return error(request, gateway_status(exc), f"{path}: not replicated yet, and {exc}")
+                retries -= 1
 
     def _send_growing(self, request: IRequest, download, entry: dict):
         """
