@@ -135,3 +135,14 @@ def test_found_types_are_logged_usable_and_listed(plugin_dir, monkeypatch, confi
         assert client.get("/root/p").json["result"]["type"] == "plain"
     finally:
         context.close()
+
+
+@pytest.mark.parametrize("name", ["stage", "mirror", "constrained", "minage", "cutoff"])
+def test_no_plugin_takes_a_builtin_name(name):
+    from devpi_tx.customizers import BUILTIN_TYPES, StageCustomizer, default_registry
+
+    assert name in BUILTIN_TYPES
+    taker = StageCustomizer()
+    taker.type_name = name
+    with pytest.raises(ValueError, match="registered already"):
+        default_registry().register(taker)

@@ -212,7 +212,7 @@ def test_page_cache_expiry():
 @pytest.fixture
 def clock(context) -> Clock:
     clock = Clock()
-    context.registry.register(MinAgeCustomizer(clock=clock))
+    context.registry.register(MinAgeCustomizer(clock=clock), replace=True)
     context.page_cache.clock = clock
     return clock
 

@@ -41,8 +41,16 @@ class CustomizerRegistry:
         for customizer in customizers:
             self.register(customizer)
 
-    def register(self, customizer: IStageCustomizer) -> None:
+    def register(self, customizer: IStageCustomizer, replace: bool = False) -> None:
+        """
+        @param replace: put C{customizer} in place of the type of its name
+            (a test's, with its own clock).
+        @raise ValueError: the type's name is taken (a plugin may not
+            replace a built-in type, nor another plugin's).
+        """
         verifyObject(IStageCustomizer, customizer)
+        if customizer.type_name in self._by_type and not replace:
+            raise ValueError(f"index type {customizer.type_name!r} is registered already")
         self._by_type[customizer.type_name] = customizer
 
     def get(self, type_name: str) -> IStageCustomizer:
@@ -76,13 +84,25 @@ class CustomizerRegistry:
         return sorted(self._by_type)
 
 
+#: The index types devpi-tx ships.
+BUILTIN_CLASSES = (
+    StageCustomizer,
+    MirrorCustomizer,
+    ConstrainedCustomizer,
+    MinAgeCustomizer,
+    CutoffCustomizer,
+)
+#: Their names, which no plugin may take.
+BUILTIN_TYPES = frozenset(cls.type_name for cls in BUILTIN_CLASSES)
+
+
 def default_registry(default_mirror_url: str | None = None, plugins=()) -> CustomizerRegistry:
     """
     The built-in types, and those of C{plugins} (L{plugins.FoundType}s).
     """
     mirror = MirrorCustomizer(default_mirror_url=default_mirror_url)
     registry = CustomizerRegistry(
-        [StageCustomizer(), mirror, ConstrainedCustomizer(), MinAgeCustomizer(), CutoffCustomizer()]
+        [cls() for cls in BUILTIN_CLASSES if cls is not MirrorCustomizer] + [mirror]
     )
     for found in plugins:
         registry.register(found.customizer)

@@ -20,11 +20,10 @@ from zope.interface.verify import verifyObject
 
 from ..config import ConfigError
 from ..interfaces import IStageCustomizer
+from . import BUILTIN_TYPES
 
 #: The entry point group of index types.
 GROUP = "devpi_tx.indexes"
-#: The types every server has; a plugin cannot replace them.
-BUILTIN_TYPES = frozenset(["stage", "mirror", "constrained"])
 
 
 class PluginError(ConfigError):
