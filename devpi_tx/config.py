@@ -203,14 +203,14 @@ def _size(name: str, value: object) -> int:
     try:
         return parse_size(value)
     except ValueError as e:
-        raise ConfigError(f"option {name}: {e}") from None
+        raise ConfigError(f"{name}: {e}") from None
 
 
 def _free_space(name: str, value: object) -> tuple[int, float]:
     try:
         return parse_free_space(value)
     except ValueError as e:
-        raise ConfigError(f"option {name}: {e}") from None
+        raise ConfigError(f"{name}: {e}") from None
 
 
 OPTIONS: dict[str, tuple[str, object]] = {

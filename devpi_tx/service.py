@@ -201,7 +201,9 @@ def build_context(
     secret = ensure_secret(config.secret_path)
     storage = open_storage(config.serverdir, clock=clock)
     role = config.effective_role
-    if nodeinfo.get("layout", 1) < LAYOUT:
+    if nodeinfo.get("layout", 1) < LAYOUT and role != "replica":
+        # (A replica's state is the primary's: the primary's migration
+        # reaches it as an entry.)
         with storage.transaction() as tx:
             moved = releases.migrate_links(tx)
         log.info("state layout {layout}: file links of {moved} versions moved", layout=LAYOUT, moved=moved)

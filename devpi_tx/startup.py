@@ -31,11 +31,11 @@ import sys
 from twisted.application.service import Service
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
 
 from ._compat import server_endpoint_address
 from .config import ConfigError, ServerConfig
 from .customizers.plugins import find_index_types
+from .logs import logger
 from .pipconfig import default_mirror_url
 from .plugins import find_all as find_all_plugins
 from .serverdir import (
@@ -50,7 +50,7 @@ from .serverdir import (
     read_secret,
 )
 
-log = Logger(namespace="devpi_tx.startup")
+log = logger("devpi_tx.startup")
 
 
 class ListenError(Exception):
@@ -60,8 +60,21 @@ class ListenError(Exception):
     """
 
 
+class CommandError(ValueError):
+    """
+    What a C{devpi-tx} command was given cannot be done; the message says
+    why and what to give instead.
+    """
+
+
 #: Errors whose message is all a person needs (no traceback).
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ServerDirBusy, AlreadyInitialized, ListenError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    ServerDirBusy,
+    AlreadyInitialized,
+    ListenError,
+    CommandError,
+)
 
 
 def check_start(config: ServerConfig, reactor, *, listen: bool = True) -> None:

@@ -102,3 +102,20 @@ def test_gen_secret_writes_a_private_file_and_keeps_an_old_one(tmp_path):
         maintenance.gen_secret(path)
     maintenance.gen_secret(path, force=True)
     assert open(path).read() != first
+
+
+def test_a_command_a_person_can_mend_fails_in_one_plain_line(tmp_path, capsys):
+    path = str(tmp_path / "secret")
+    maintenance.gen_secret(path)
+    assert cli.main(["gen-secret", "--secretfile", path]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--force" in err
+    assert "ValueError" not in err and "--debug" not in err
+
+
+def test_a_bad_size_names_its_option_once():
+    from devpi_tx.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError) as info:
+        build_config({"mirror-cache-size": "lots"}, None, environ={})
+    assert str(info.value).startswith("option mirror-cache-size: ")

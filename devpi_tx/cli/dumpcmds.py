@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import attrs
+
 from ..config import build_config
 from ..dump import DumpError
 from ..dump.exporter import export_server
@@ -82,7 +84,9 @@ def _import(args: argparse.Namespace) -> int:
     dump = read_dump(args.directory, from_devpi=args.from_devpi)
     importer = Importer(config, dump, hard_links=config.hard_links, no_root_pypi=config.no_root_pypi)
     importer.check()  # a bad dump is refused before the directory is made
-    check_start(config, reactor=None, listen=False)
+    # The import makes the directory without a root/pypi of its own (the
+    # dump's indexes come instead): no upstream URL is needed.
+    check_start(attrs.evolve(config, no_root_pypi=True), reactor=None, listen=False)
     lock = take_serverdir(config)
     try:
         importer.apply()

@@ -32,6 +32,7 @@ import attrs
 
 from ..config import OPTIONS, ServerConfig, build_config
 from ..options import ServerOptions
+from ..startup import CommandError
 from .gentemplates import LOGROTATE, NGINX, NGINX_REDIRECT, NGINX_TLS, SERVICE, SOCKET, SUPERVISOR
 
 #: The changelog stream a replica reads waits up to 30 s for the next
@@ -49,7 +50,7 @@ _SAFE_WORD = re.compile(r"^[A-Za-z0-9_@+=:,./-]+$")
 _SAFE_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)*$")
 
 
-class GenConfigError(ValueError):
+class GenConfigError(CommandError):
     """
     Options the files cannot be made for; the message names the option.
     """

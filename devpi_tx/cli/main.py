@@ -24,7 +24,7 @@ import sys
 
 from ..config import build_config
 from ..serverdir import initialize, is_initialized
-from ..startup import check_start, one_line, take_serverdir
+from ..startup import CommandError, check_start, one_line, take_serverdir
 from . import genconfig, maintenance
 from .dumpcmds import add_commands as add_dump_commands
 
@@ -71,7 +71,7 @@ def _serverdir_config(args: argparse.Namespace):
     """
     config = build_config({"serverdir": args.serverdir}, None, allowed=frozenset(["serverdir", "secretfile"]))
     if args.command != "gen-secret" and not is_initialized(config.serverdir):
-        raise ValueError(f"option serverdir: {config.serverdir} holds no server (give --serverdir)")
+        raise CommandError(f"option serverdir: {config.serverdir} holds no server (give --serverdir)")
     return config
 
 

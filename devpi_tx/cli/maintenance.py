@@ -16,6 +16,7 @@ import attrs
 from ..auth.passwords import default_hasher
 from ..model import releases, users
 from ..serverdir import is_initialized, write_secret
+from ..startup import CommandError
 from ..storage.files import LocalFileStore
 from ..storage.sqlite import open_storage
 
@@ -27,14 +28,14 @@ def set_password(serverdir: str, user: str, password: str) -> None:
     """
     Set C{user}'s password in the state of a stopped server.
 
-    @raise ValueError: no server there, or no such user.
+    @raise CommandError: no server there, or no such user.
     """
     if not is_initialized(serverdir):
-        raise ValueError(f"{serverdir} holds no server (run devpi-tx init, or give --serverdir)")
+        raise CommandError(f"{serverdir} holds no server (run devpi-tx init, or give --serverdir)")
     storage = open_storage(serverdir)
     try:
         if users.get_user(storage, user) is None:
-            raise ValueError(f"no user {user!r} in {serverdir}")
+            raise CommandError(f"no user {user!r} in {serverdir}")
         pwhash = default_hasher().hash(password)
         with storage.transaction() as tx:
             users.modify_user(tx, user, {}, pwhash)
@@ -51,9 +52,9 @@ def read_new_password(prompt: Callable[[str], str] = getpass.getpass) -> str:
     else:
         password = prompt("new password: ")
         if prompt("again: ") != password:
-            raise ValueError("the passwords differ")
+            raise CommandError("the passwords differ")
     if not password:
-        raise ValueError("an empty password; give one")
+        raise CommandError("an empty password; give one")
     return password
 
 
@@ -61,11 +62,11 @@ def gen_secret(path: str, force: bool = False) -> str:
     """
     Write a new secret (32 random bytes, base64) to C{path}, mode 0600.
 
-    @raise ValueError: C{path} exists and C{force} is not given (a new
+    @raise CommandError: C{path} exists and C{force} is not given (a new
         secret logs every user out and stops replicas until they share it).
     """
     if os.path.exists(path) and not force:
-        raise ValueError(f"{path} exists; a new secret logs everyone out (use --force to replace it)")
+        raise CommandError(f"{path} exists; a new secret logs everyone out (use --force to replace it)")
     write_secret(path)
     return path
 
@@ -114,7 +115,7 @@ def fsck(serverdir: str, repair: bool = False, progress: Callable[[str], object]
     (its bytes are gone; upload it again); unlinked blobs are deleted.
     """
     if not is_initialized(serverdir):
-        raise ValueError(f"{serverdir} holds no server (give --serverdir)")
+        raise CommandError(f"{serverdir} holds no server (give --serverdir)")
     storage = open_storage(serverdir)
     store = LocalFileStore(os.path.join(serverdir, "+files"))
     report = FsckReport()

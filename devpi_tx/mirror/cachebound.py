@@ -41,14 +41,14 @@ from collections.abc import Callable
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
 from ..customizers import BUILTIN
+from ..logs import logger
 from ..model import releases
 from ..model.blobs import BlobLedger
 from ..sizes import format_size
 
-log = Logger(namespace="devpi_tx.mirror.cache")
+log = logger("devpi_tx.mirror.cache")
 
 #: An eviction frees blobs until the size is this share of the bound.
 LOW_WATER = 0.9

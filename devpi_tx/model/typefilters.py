@@ -213,18 +213,3 @@ def filter_records(
                 records[version] = dict(record, **{"+links": kept})
                 changed.add(version)
     return records, changed
-
-
-def filter_names(order: list[Stage], names: list[str], customizer_for: CustomizerFor) -> list[str]:
-    """
-    The project C{names} an index of the chain C{order} lists, less what
-    its own filter drops (the first of C{order} is the index).
-    """
-    if not order:
-        return names
-    stage = order[0]
-    customizer = customizer_for(stage.config)
-    if not customizer.filters:
-        return names
-    drop = _dropped(names, customizer.projects_filter(stage.config, names))
-    return [name for name in names if name not in drop] if drop else names
