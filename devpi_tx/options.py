@@ -184,6 +184,8 @@ class TwistdServerOptions(ServerOptions):
     """
 
     lock = None
+    #: What check_start found, for make_service.
+    plugins = None
 
     def postOptions(self) -> None:
         super().postOptions()
@@ -192,7 +194,7 @@ class TwistdServerOptions(ServerOptions):
         from . import startup
 
         try:
-            startup.check_start(self.config, reactor)
+            self.plugins = startup.check_start(self.config, reactor)
             self.lock = startup.take_serverdir(self.config)
         except startup.USER_ERRORS as e:
             raise usage.UsageError(str(e)) from None

@@ -85,12 +85,3 @@ def find_authenticators(entry_points=importlib.metadata.entry_points) -> list[Fo
 
 def find_event_listeners(entry_points=importlib.metadata.entry_points) -> list[FoundPlugin]:
     return find_plugins(EVENTS, IEventListener, "event listener", entry_points)
-
-
-def find_all(entry_points=importlib.metadata.entry_points) -> None:
-    """
-    Load every plugin of these groups once (L{devpi_tx.startup.check_start}),
-    so that a broken one stops the start before anything is written.
-    """
-    find_authenticators(entry_points)
-    find_event_listeners(entry_points)

@@ -57,7 +57,7 @@ from .serverdir import (
     read_nodeinfo,
     write_nodeinfo,
 )
-from .startup import HoldServerDir, ListenError, error_path, listen_failure, listen_labels
+from .startup import FoundPlugins, HoldServerDir, ListenError, error_path, listen_failure, listen_labels
 from .storage.files import LocalFileStore
 from .storage.sqlite import open_storage
 from .web.accesslog import open_access_log
@@ -177,14 +177,14 @@ def build_context(
         )
     if index_types is None:
         index_types = find_index_types()
-        for found in index_types:
-            log.info(
-                "index type {type!r} from {dist} {version} (entry point {name})",
-                type=found.type_name,
-                dist=found.distribution,
-                version=found.version,
-                name=found.entry_point,
-            )
+    for found in index_types:
+        log.info(
+            "index type {type!r} from {dist} {version} (entry point {name})",
+            type=found.type_name,
+            dist=found.distribution,
+            version=found.version,
+            name=found.entry_point,
+        )
     if authenticators is None:
         authenticators = _logged(find_authenticators(), "authenticator")
     if event_listeners is None:
@@ -435,7 +435,9 @@ class ListeningService(StreamServerEndpointService):
             ) from e
 
 
-def make_service(config: ServerConfig, reactor, lock: ServerDirLock | None = None) -> MultiService:
+def make_service(
+    config: ServerConfig, reactor, lock: ServerDirLock | None = None, plugins: FoundPlugins | None = None
+) -> MultiService:
     """
     The server: one service tree, built from the config, whose children
     start in this order and stop in the reverse one, each after the last:
@@ -454,7 +456,15 @@ def make_service(config: ServerConfig, reactor, lock: ServerDirLock | None = Non
     if config.logger_cfg:
         _configure_stdlib_logging(config.logger_cfg)
     set_debug(config.debug)
-    context = build_context(config, clock=reactor, reactor=reactor)
+    found = {}
+    if plugins is not None:
+        # Loaded by the start-up checks: not loaded again.
+        found = {
+            "index_types": plugins.index_types,
+            "authenticators": _logged(plugins.authenticators, "authenticator"),
+            "event_listeners": _logged(plugins.event_listeners, "event listener"),
+        }
+    context = build_context(config, clock=reactor, reactor=reactor, **found)
     root = OrderedMultiService()
     if lock is not None:
         HoldServerDir(lock).setServiceParent(root)

@@ -28,6 +28,7 @@ import re
 import socket
 import sys
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.endpoints import serverFromString
@@ -37,7 +38,7 @@ from .config import ConfigError, ServerConfig
 from .customizers.plugins import find_index_types
 from .logs import logger
 from .pipconfig import default_mirror_url
-from .plugins import find_all as find_all_plugins
+from .plugins import find_authenticators, find_event_listeners
 from .serverdir import (
     AlreadyInitialized,
     ServerDirBusy,
@@ -77,21 +78,34 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def check_start(config: ServerConfig, reactor, *, listen: bool = True) -> None:
+@attrs.frozen
+class FoundPlugins:
+    """
+    The plugins of the installed distributions, loaded once at start.
+    """
+
+    index_types: list
+    authenticators: list
+    event_listeners: list
+
+
+def check_start(config: ServerConfig, reactor, *, listen: bool = True) -> FoundPlugins:
     """
     Everything that can be checked without writing: L{check_paths},
     L{check_state} and, with C{listen}, L{check_endpoints}.
 
+    @return: the plugins found, for the server to use rather than load
+        them again (a plugin's factory may open connections).
     @raise ConfigError: the first problem found, naming the option (or
         the index type plugin).
     """
     check_paths(config)
     check_state(config)
     # A broken plugin stops the start here, in one line.
-    find_index_types()
-    find_all_plugins()
+    found = FoundPlugins(find_index_types(), find_authenticators(), find_event_listeners())
     if listen:
         check_endpoints(config, reactor)
+    return found
 
 
 # -- paths ---------------------------------------------------------------------

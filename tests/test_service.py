@@ -116,3 +116,16 @@ def test_debug_events_are_written_only_with_debug():
     finally:
         globalLogPublisher.removeObserver(observe)
     assert seen == ["info", "debug"]
+
+
+def test_the_plugins_the_start_checks_found_are_not_loaded_again(config, monkeypatch):
+    from devpi_tx import service
+    from devpi_tx.startup import FoundPlugins
+
+    def again(*args, **kwargs):
+        raise AssertionError("plugins loaded a second time")
+
+    for name in ("find_index_types", "find_authenticators", "find_event_listeners"):
+        monkeypatch.setattr(service, name, again)
+    root = make_service(config, MemoryReactorClock(), plugins=FoundPlugins([], [], []))
+    assert root.getServiceNamed("state") is not None

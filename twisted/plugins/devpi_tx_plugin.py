@@ -25,7 +25,12 @@ class DevpiServiceMaker:
 
         from devpi_tx.service import make_service
 
-        return make_service(options.config, reactor, lock=getattr(options, "lock", None))
+        return make_service(
+            options.config,
+            reactor,
+            lock=getattr(options, "lock", None),
+            plugins=getattr(options, "plugins", None),
+        )
 
 
 serviceMaker = DevpiServiceMaker()
