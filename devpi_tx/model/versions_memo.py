@@ -12,6 +12,7 @@ of its files on a project page), emptied when the version changes.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from packaging.utils import canonicalize_name
 
@@ -33,6 +34,26 @@ class VersionEntry:
         self.links = shown_links(record)
         #: Whatever callers derive from it; gone with the entry.
         self.derived: dict = {}
+
+
+#: What a version keeps of the pages it is part of (formats, paths,
+#: absolute bases): the common few.
+MAX_DERIVED = 8
+
+
+def derived(slot: dict | None, key: tuple, make: Callable[[], bytes]) -> bytes:
+    """
+    What C{make} makes, kept in a version's C{derived} C{slot} under C{key}
+    (made every time without a slot: a version not from the memo).
+    """
+    if slot is None:
+        return make()
+    found = slot.get(key)
+    if found is None:
+        if len(slot) >= MAX_DERIVED:
+            slot.clear()  # pages of other paths or bases: keep a few
+        found = slot[key] = make()
+    return found
 
 
 def shown_links(record: dict) -> list[dict]:

@@ -14,14 +14,13 @@ from twisted.internet.defer import ensureDeferred
 from twisted.web.iweb import IRequest
 
 from ..mirror.pages import MirrorUnavailable
-from ..model import releases, stages, typefilters
+from ..model import releases, stages, typefilters, versions_memo
 from ..model.errors import NotFound
 from . import simple
 from .negotiation import has_flag, wants_json
 from .pagecache import Page
 from .render import envelope, error, send_json
 from .router import app
-from .simple import MAX_DERIVED
 from .stagehelpers import StageHelpers
 
 
@@ -198,16 +197,12 @@ class ProjectRoutes(StageHelpers):
             memo_key = ("projectconfig", base)
             pieces = []
             for version, record in merged.items():
-                slot = derived.get(version)
-                piece = None if slot is None else slot.get(memo_key)
-                if piece is None:
+
+                def make(version=version, record=record) -> bytes:
                     shown = json.dumps(self._record_json(base, record), separators=(",", ":"))
-                    piece = (json.dumps(version) + ":" + shown).encode("utf-8")
-                    if slot is not None:
-                        if len(slot) >= MAX_DERIVED:
-                            slot.clear()
-                        slot[memo_key] = piece
-                pieces.append(piece)
+                    return (json.dumps(version) + ":" + shown).encode("utf-8")
+
+                pieces.append(versions_memo.derived(derived.get(version), memo_key, make))
             body = b'{"type":"projectconfig","result":{' + b",".join(pieces) + b"}}\n"
             page = Page(body, "", "application/json", expiry.at)
             self.ctx.page_cache.put(key, page)

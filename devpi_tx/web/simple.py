@@ -14,11 +14,13 @@ import json
 import posixpath
 import re
 from collections.abc import Iterable
+from functools import partial
 from typing import BinaryIO
 from urllib.parse import quote
 
 from twisted.web.iweb import IRequest
 
+from ..model.versions_memo import derived
 from .negotiation import parse_accept
 
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
@@ -36,10 +38,6 @@ _FORMATS = {
     HTML_V1: HTML_V1,
     "text/html": "text/html",
 }
-#: What a version keeps of the pages it is part of (formats, paths,
-#: absolute bases): the common few.
-MAX_DERIVED = 8
-
 _INSTALLER = re.compile(r"([^ ]* )*(distribute|setuptools|pip|pex|uv)/.*")
 
 
@@ -203,13 +201,11 @@ def render_project(
         if contribution.groups is not None:
             memo_key = (fmt, contribution.stage, page_dir, absolute_base)
             for group in contribution.groups:
-                piece = group.derived.get(memo_key)
-                if piece is None:
-                    if len(group.derived) >= MAX_DERIVED:
-                        group.derived.clear()  # pages of other paths: keep a few
-                    piece = group.derived[memo_key] = _piece(
-                        fmt, contribution.stage, group.links, page_dir, absolute_base
-                    )
+                piece = derived(
+                    group.derived,
+                    memo_key,
+                    partial(_piece, fmt, contribution.stage, group.links, page_dir, absolute_base),
+                )
                 if piece:
                     pieces.append(piece)
         elif contribution.links:
