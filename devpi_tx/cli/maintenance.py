@@ -161,11 +161,7 @@ def _repair(storage, store: LocalFileStore, report: FsckReport) -> None:
             with storage.transaction() as tx:
                 if entry.get("mirror"):
                     tx.set(key, {k: v for k, v in entry.items() if k != "stored"})
-                    count = (tx.get(releases.blob_key(entry["sha256"])) or 1) - 1
-                    if count > 0:
-                        tx.set(releases.blob_key(entry["sha256"]), count)
-                    else:
-                        tx.delete(releases.blob_key(entry["sha256"]))
+                    releases.release_blob(tx, entry["sha256"], unused)
                     report.repaired.append(f"{path}: marked not stored, fetched again when asked for")
                 else:
                     stage = "/".join(path.split("/", 2)[:2])

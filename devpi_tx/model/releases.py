@@ -232,7 +232,11 @@ def _incref(tx, sha256: str) -> None:
     tx.set(blob_key(sha256), (tx.get(blob_key(sha256)) or 0) + 1)
 
 
-def _decref(tx, sha256: str, unused: set[str]) -> None:
+def release_blob(tx, sha256: str, unused: set[str]) -> None:
+    """
+    Drop one link's count of a blob; a blob no longer linked goes into
+    C{unused} (to delete from disk after the commit).
+    """
     count = (tx.get(blob_key(sha256)) or 0) - 1
     if count <= 0:
         tx.delete(blob_key(sha256))
@@ -283,10 +287,10 @@ def _remove_link(tx, stage: str, record: dict, link: dict, unused: set[str]) -> 
     tx.delete(link_key(stage, record["name"], record["version"], link["basename"]))
     tx.delete(file_key(link["relpath"]))
     tx.set(gone_key(link["relpath"]), {"deleted": iso_time(time.time())})
-    _decref(tx, link["sha256"], unused)
+    release_blob(tx, link["sha256"], unused)
     for extra in ("core_metadata_sha256",):
         if link.get(extra):
-            _decref(tx, link[extra], unused)
+            release_blob(tx, link[extra], unused)
     # Tox results belong to the file they were run against.
     for other in [x for x in record["+links"] if x.get("for_relpath") == link["relpath"]]:
         _remove_link(tx, stage, record, other, unused)
