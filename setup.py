@@ -34,6 +34,11 @@ setup(
         "prometheus-client>=0.17",
     ],
     extras_require={
+        # The state on PostgreSQL and files in S3-compatible storage
+        # (docs/scale-out.md): psycopg 3, the maintained PostgreSQL driver,
+        # and botocore, AWS's own implementation of S3 requests, signing
+        # and the standard credential chain.
+        "scale-out": ["psycopg[binary]>=3.2", "botocore>=1.34"],
         "test": [
             "pytest>=8",
             "pytest-twisted>=1.14",
@@ -41,6 +46,11 @@ setup(
             "twine>=5",
             "uv>=0.4",
             "ruff>=0.6",
+            # The scale-out tests: the drivers, and moto's S3 server (tests/scaleout.py).
+            "psycopg[binary]>=3.2",
+            "botocore>=1.34",
+            "boto3>=1.34",
+            "moto[server]>=5",
         ],
     },
     entry_points={"console_scripts": ["devpi-tx = devpi_tx.cli.main:main"]},

@@ -30,6 +30,7 @@ from devpi_tx.web.api import DevpiAPI
 
 from .fakeupstream import FakeUpstream
 from .memhttp import BytesProducer, Connections, RawClient, in_memory_agent
+from .scaleout import pg_cluster, pg_dsn, s3_bucket, s3_server  # noqa: F401 (fixtures)
 
 UPSTREAM = "http://127.0.0.1:9/simple/"
 
@@ -37,6 +38,9 @@ UPSTREAM = "http://127.0.0.1:9/simple/"
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "e2e: end-to-end test driving real clients against a server subprocess"
+    )
+    config.addinivalue_line(
+        "markers", "scaleout: needs a PostgreSQL server or an S3-compatible store (tests/scaleout.py)"
     )
 
 
