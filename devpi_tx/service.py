@@ -69,6 +69,7 @@ from .web.installer import InstallerFastPath
 from .web.listpages import ListPages
 from .web.pagecache import PageCache
 from .web.proxy import ForwardWrites, WriteProxy
+from .web.readguard import ReadGuard
 from .web.sendfile import SendfileWorkers
 from .web.site import DevpiSite
 
@@ -381,7 +382,7 @@ def make_site(context: ServerContext, *, reactor=None, api: DevpiAPI | None = No
     timers and threads of what it serves (see L{web.sendfile}).
     """
     api = api if api is not None else DevpiAPI(context)
-    root = InstallerFastPath(api.app.resource(), api)
+    root = ReadGuard(InstallerFastPath(api.app.resource(), api), api)
     stream_receiver = api.upload_receiver
     if context.replica is not None:
         # Writes go to the primary, their bodies spooled for it (never to

@@ -8,6 +8,7 @@ C{+explain}, hooks).
 from __future__ import annotations
 
 import json
+import urllib.parse
 
 import pytest
 from zope.interface.verify import verifyObject
@@ -18,7 +19,7 @@ from devpi_tx.interfaces import IStageCustomizer
 from devpi_tx.model import values
 from devpi_tx.model.errors import InvalidInput
 
-from .distfiles import make_sdist, upload_form
+from .distfiles import make_sdist, make_wheel, upload_form
 from .fakeupstream import Release
 
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
@@ -105,6 +106,22 @@ class Open(TableCustomizer):
         return frozenset(["bob"])
 
 
+class Secret(TableCustomizer):
+    """
+    Only the principals in C{acl_read} (and the owner) may read the index.
+    """
+
+    type_name = "secret"
+    parsers = {**COMMON_PARSERS, "bases": values.parse_list, "acl_read": values.parse_acl}
+    list_keys = frozenset(["bases", "acl_read"])
+
+    def defaults(self) -> dict:
+        return {"type": "secret", "bases": [], "volatile": True, "acl_upload": [], "acl_read": []}
+
+    def principals_for_read(self, config):
+        return frozenset(config["acl_read"])
+
+
 class Broken(Hiding):
     type_name = "broken"
 
@@ -115,7 +132,7 @@ class Broken(Hiding):
 @pytest.fixture
 def hiding(context) -> Hiding:
     customizer = Hiding()
-    for each in (customizer, Frozen(), Open(), Broken()):
+    for each in (customizer, Frozen(), Open(), Secret(), Broken()):
         context.registry.register(each)
     return customizer
 
@@ -301,6 +318,65 @@ def test_principals_come_from_the_type(client, alice, hiding):
     make_index(client, alice, "/alice/dev", bases=[])
     assert upload(client, bob, "/alice/dev/", "pkg", "1.0").code == 403
     assert client.request("PATCH", "/alice/dev", ["title=Bob's"], headers=bob).code == 403
+
+
+def test_readers_come_from_the_type(client, alice, hiding):
+    make_index(client, alice, "/alice/secret", type="secret", acl_read=["carol"])
+    assert upload(client, alice, "/alice/secret/", "pkg", "1.0").code == 200
+    for name in ("bob", "carol"):
+        assert client.request("PUT", f"/{name}", {"password": f"{name}pw"}).code == 201
+    bob, carol = client.login("bob", "bobpw"), client.login("carol", "carolpw")
+    make_index(client, bob, "/bob/over", bases=["alice/secret"])
+    paths = ["/alice/secret/+simple/pkg/", "/alice/secret/+simple/", "/alice/secret", "/alice/secret/pkg"]
+    for path in [*paths, "/bob/over/+simple/pkg/"]:
+        accept = "text/html" if "+simple" in path else "application/json"
+        anonymous = client.get(path, accept=accept)
+        assert anonymous.code == 401, path
+        assert anonymous.headers.getRawHeaders("WWW-Authenticate") == ['Basic realm="pypi"']
+        assert client.get(path, headers=bob, accept=accept).code == 403, path
+        assert client.get(path, headers=carol, accept=accept).code == 200, path
+    assert client.get("/alice/secret/+simple/pkg/", headers=alice, accept=JSON_V1).code == 200  # the owner
+    href = client.get("/alice/secret/+simple/pkg/", headers=carol, accept=JSON_V1).json["files"][0]["url"]
+    path = urllib.parse.urlsplit(urllib.parse.urljoin("/alice/secret/+simple/pkg/", href)).path
+    assert path.startswith("/alice/secret/+f/")
+    assert client.get(path, accept=None).code == 401
+    assert client.get(path, headers=carol, accept=None).code == 200
+    # Opened to everyone: no credentials asked for any more.
+    assert client.request("PATCH", "/alice/secret", ["acl_read+=:ANONYMOUS:"], headers=alice).code == 200
+    assert client.get("/alice/secret/+simple/pkg/", accept=JSON_V1).code == 200
+    assert client.get("/bob/over/+simple/pkg/", accept=JSON_V1).code == 200
+
+
+def test_index_json_lists_own_projects_as_the_type_shows_them(client, alice, hiding):
+    make_index(client, alice, "/alice/hide", type="hiding", acl_upload=["alice"])
+    for name in ("mine", "other"):
+        assert upload(client, alice, "/alice/hide/", name, "1.0").code == 200
+    assert client.get("/alice/hide").json["result"]["projects"] == ["mine", "other"]
+    assert client.request("PATCH", "/alice/hide", ["hide_projects+=other"], headers=alice).code == 200
+    for _ in range(2):  # made, then from the page cache
+        assert client.get("/alice/hide").json["result"]["projects"] == ["mine"]
+
+
+def test_push_takes_what_the_source_index_shows(client, alice, hiding):
+    make_index(client, alice, "/alice/hide", type="hiding", acl_upload=["alice"], hide_versions=["1.0"])
+    make_index(client, alice, "/alice/dev", bases=[])
+    for version in ("1.0", "2.0"):
+        assert upload(client, alice, "/alice/hide/", "pkg", version).code == 200
+    wheel, data = make_wheel("pkg", "2.0")
+    assert upload(client, alice, "/alice/hide/", "pkg", "2.0", wheel, data).code == 200
+    assert client.request("PATCH", "/alice/hide", [f"hide_files+={wheel}"], headers=alice).code == 200
+
+    def push(version):
+        body = {"name": "pkg", "version": version, "targetindex": "alice/dev"}
+        return client.request("POST", "/alice/hide", body, headers=alice)
+
+    hidden = push("1.0")
+    assert hidden.code == 400
+    assert hidden.message == "there are no files for pkg 1.0 on stage alice/hide"
+    answer = push("2.0")
+    assert answer.code == 200, answer.body
+    pushed = client.get("/alice/dev/pkg/2.0").json["result"]["+links"]
+    assert [link["href"].rsplit("/", 1)[1] for link in pushed] == ["pkg-2.0.tar.gz"]
 
 
 def test_api_unchanged_for_private_index(client, alice):

@@ -336,7 +336,7 @@ def test_upstream_project_list_fetched_in_background(client, upstream, mode):
         upstream.add(name, Release(*make_wheel(name, "1.0")))
     lists = client.context.project_lists
     (stage,) = lists.mirrors()
-    assert stage == Stage("root/pypi", client.context.storage.get("user/root")["indexes"]["pypi"])
+    assert stage == Stage("root/pypi", client.context.storage.get("user/root")["indexes"]["pypi"], True)
     d = ensureDeferred(lists.refresh(stage))
     client._flush(d)
     assert result_of(d) == 3

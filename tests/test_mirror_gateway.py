@@ -140,7 +140,7 @@ async def test_a_project_list_that_stalls_is_given_up_and_can_be_fetched_again(t
         str(tmp_path),
         timeout=0.2,
     )
-    stage = Stage("root/pypi", {"type": "mirror", "mirror_url": stalled_list})
+    stage = Stage("root/pypi", {"type": "mirror", "mirror_url": stalled_list}, is_mirror=True)
     errors: list[str] = []
 
     def observe(event: dict) -> None:

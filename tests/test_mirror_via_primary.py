@@ -13,7 +13,9 @@ from devpi_tx.mirror.pages import MirrorPages, MirrorUnavailable, mirror_key
 from devpi_tx.model.stages import Stage
 from devpi_tx.storage.sqlite import SQLiteStorage
 
-STAGE = Stage("root/pypi", {"type": "mirror", "mirror_url": "http://upstream.example/simple/"})
+STAGE = Stage(
+    "root/pypi", {"type": "mirror", "mirror_url": "http://upstream.example/simple/"}, is_mirror=True
+)
 
 
 class FakePrimary:

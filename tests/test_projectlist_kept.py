@@ -14,7 +14,9 @@ from devpi_tx.mirror.http import UpstreamHTTP
 from devpi_tx.mirror.projectlist import ProjectLists
 from devpi_tx.model.stages import Stage
 
-STAGE = Stage("root/pypi", {"type": "mirror", "mirror_url": "http://upstream.example/simple/"})
+STAGE = Stage(
+    "root/pypi", {"type": "mirror", "mirror_url": "http://upstream.example/simple/"}, is_mirror=True
+)
 
 
 class Root(Resource):
@@ -81,7 +83,9 @@ async def test_another_upstream_url_is_fetched_whole(tmp_path):
     upstream, now = Root(), [1000.0]
     lists = lists_for(tmp_path, upstream, now)
     await lists.refresh(STAGE)
-    moved = Stage("root/pypi", {"type": "mirror", "mirror_url": "http://other.example/simple/"})
+    moved = Stage(
+        "root/pypi", {"type": "mirror", "mirror_url": "http://other.example/simple/"}, is_mirror=True
+    )
     assert not lists.is_fresh(moved)
     assert await lists.refresh(moved) == 2
     assert upstream.asked[-1] == {"if-none-match": None}

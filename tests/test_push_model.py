@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from devpi_tx.customizers import default_registry
+from devpi_tx.customizers import BUILTIN, default_registry
 from devpi_tx.model import indexes, push, releases, users
 from devpi_tx.model.errors import Conflict, InvalidInput, NotFound
 from devpi_tx.storage.sqlite import SQLiteStorage
@@ -38,13 +38,18 @@ def add(storage, stage, basename, sha256, rel="releasefile", **kw) -> dict:
     return link
 
 
+def readonly(config: dict) -> bool:
+    # The server's answer: the index type's.
+    return BUILTIN.for_config(config).readonly
+
+
 def sha(char: str) -> str:
     return char * 64
 
 
 def run(storage, source="alice/dev", target="alice/prod", **kw) -> push.PushOutcome:
     with storage.transaction() as tx:
-        return push.push_release(tx, source, target, "pkg", "1.0", "bob", **kw)
+        return push.push_release(tx, source, target, "pkg", "1.0", "bob", readonly=readonly, **kw)
 
 
 @pytest.fixture
@@ -147,7 +152,7 @@ def test_another_file_under_the_same_name_on_a_non_volatile_target_conflicts(sto
 )
 def test_push_target_must_be_a_private_index(storage, target, error, message):
     with pytest.raises(error, match=message):
-        push.push_target(storage, target)
+        push.push_target(storage, target, readonly)
 
 
 def test_a_release_without_files_is_not_pushed(storage):

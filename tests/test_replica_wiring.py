@@ -22,7 +22,7 @@ from devpi_tx.web.api import replica_lag
 
 from .test_tls import make_self_signed
 
-STAGE = Stage("root/pypi", {"type": "mirror"})
+STAGE = Stage("root/pypi", {"type": "mirror"}, is_mirror=True)
 
 
 class Sync:

@@ -163,7 +163,7 @@ def test_cutoff_needs_a_time():
 def test_versions_left_without_files_are_hidden():
     customizer = MinAgeCustomizer(clock=Clock())
     config = {**customizer.defaults(), "min_age": "7d"}
-    order = [Stage("a/view", config), Stage("root/pypi", {"type": "mirror"})]
+    order = [Stage("a/view", config), Stage("root/pypi", {"type": "mirror"}, is_mirror=True)]
     links = [
         mirrored("a-1.tar.gz", NOW - 30 * DAY),
         mirrored("a-2.tar.gz", NOW - 30 * DAY),

@@ -32,7 +32,9 @@ def uploaded(client, dev, versions):
 
 
 def page_without_memo(context, fmt: str) -> bytes:
-    contributions = stages.project_contributions(context.storage, "alice/dev", "pkg")
+    order = stages.resolution_order(context.storage, "alice/dev", context.registry.is_mirror)
+    planned = stages.plan(context.storage, order, "pkg")
+    contributions = stages.project_contributions(context.storage, planned, "pkg")
     return simple.render_project(fmt, "alice/dev", "pkg", contributions, "/alice/dev/+simple/pkg/", None)
 
 

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from .. import __version__
+from ..customizers import BUILTIN
 from ..model import releases
+from ..model.stages import IsMirror
 from ..serverdir import is_initialized
 from ..storage.files import LocalFileStore
 from . import DumpError
@@ -160,7 +162,15 @@ def _plan_stage(storage: Snapshot, store: LocalFileStore, stage: str, dumped: di
     dumped["devpi_tx"] = {"projects": project_records, "gone": gone}
 
 
-def plan_export(storage: Snapshot, store: LocalFileStore) -> ExportPlan:
+def plan_export(
+    storage: Snapshot, store: LocalFileStore, is_mirror: IsMirror = BUILTIN.is_mirror
+) -> ExportPlan:
+    """
+    What an export writes: every user and index, and the projects and
+    files of each index that is not a mirror (by C{is_mirror}: its index
+    type's word; the built-in types' by default, as the command runs
+    without the server's plugins).
+    """
     data: dict = {
         "dumpversion": DUMPVERSION,
         "pythonversion": list(sys.version_info),
@@ -178,7 +188,7 @@ def plan_export(storage: Snapshot, store: LocalFileStore) -> ExportPlan:
             stage = f"{name}/{index}"
             dumped: dict = {"indexconfig": config}
             data["indexes"][stage] = dumped
-            if config.get("type") != "mirror":
+            if not is_mirror(config):
                 _plan_stage(storage, store, stage, dumped, plan)
     return plan
 

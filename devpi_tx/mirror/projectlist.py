@@ -142,7 +142,7 @@ class ProjectLists:
             user = key[len("user/") :]
             for name, config in self._storage.get(key).get("indexes", {}).items():
                 if self._is_mirror(config) and not config.get("mirror_no_project_list"):
-                    found.append(Stage(f"{user}/{name}", config))
+                    found.append(Stage(f"{user}/{name}", config, is_mirror=True))
         return found
 
     def refresh_all(self):

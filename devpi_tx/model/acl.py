@@ -102,6 +102,9 @@ class Policy:
     def may_upload(self, identity: Identity, acl_upload: Iterable[str]) -> bool:
         return bool(identity.principals() & frozenset(acl_upload))
 
+    def may_read(self, identity: Identity, owner: str, acl_read: Iterable[str]) -> bool:
+        return bool(identity.principals() & frozenset(acl_read)) or self._self_or_admin(identity, owner)
+
     def may_delete_entries(self, identity: Identity, owner: str, acl_upload: Iterable[str]) -> bool:
         return self.may_upload(identity, acl_upload) or self._self_or_admin(identity, owner)
 

@@ -22,11 +22,14 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import attrs
+from packaging.utils import canonicalize_name
 
 from . import releases
 from .errors import InvalidInput, NotFound
 from .indexes import get_index, split_stagename
 from .redact import redact_url
+from .stages import Stage
+from .typefilters import CustomizerFor, filter_records
 from .values import json_type
 
 #: The keys of a push to another index of this server, and of one to an
@@ -236,12 +239,7 @@ class PushOutcome:
     unused: frozenset[str]
 
 
-def _mirror_is_readonly(config: dict) -> bool:
-    # For callers without the server's index types (tests of this module).
-    return config["type"] == "mirror"
-
-
-def push_target(reader, target: str, readonly: Callable[[dict], bool] = _mirror_is_readonly) -> dict:
+def push_target(reader, target: str, readonly: Callable[[dict], bool]) -> dict:
     """
     The configuration of the index a release is to be pushed to.
 
@@ -259,13 +257,26 @@ def push_target(reader, target: str, readonly: Callable[[dict], bool] = _mirror_
     return config
 
 
-def release_to_push(reader, stage: str, name: str, version: str) -> dict:
+def release_to_push(
+    reader, stage: str, name: str, version: str, customizer_for: CustomizerFor | None = None
+) -> dict:
     """
-    The version record to push, which must have files.
+    The version record to push, which must have files: as index C{stage}
+    shows it, when C{customizer_for} gives its index type (whose filters
+    may hide the version, or some of its release files, which are then
+    not pushed either).
 
-    @raise InvalidInput: there is no such version, or it has no files.
+    @raise InvalidInput: there is no such version (or the index does not
+        show it), or it has no files.
     """
     record = releases.get_version(reader, stage, name, version)
+    if record is not None and customizer_for is not None:
+        config = get_index(reader, *split_stagename(stage))
+        project = canonicalize_name(name)
+        shown, _ = filter_records(
+            reader, [Stage(stage, config)], project, stage, {version: record}, customizer_for
+        )
+        record = shown.get(version)
     if record is None or not record["+links"]:
         raise InvalidInput(f"there are no files for {name} {version} on stage {stage}")
     return record
@@ -281,7 +292,8 @@ def push_release(
     *,
     no_docs: bool = False,
     only_docs: bool = False,
-    readonly: Callable[[dict], bool] = _mirror_is_readonly,
+    readonly: Callable[[dict], bool],
+    customizer_for: CustomizerFor | None = None,
 ) -> PushOutcome:
     """
     Register C{name} C{version} of index C{source} on index C{target} and
@@ -290,12 +302,14 @@ def push_release(
 
     @param no_docs: leave the documentation zip behind.
     @param only_docs: push nothing but the documentation zip.
+    @param customizer_for: the index types, whose filters decide what of
+        the release C{source} shows (L{release_to_push}).
     @raise InvalidInput: see L{push_target} and L{release_to_push}.
     @raise NotFound: see L{push_target}.
     @raise Conflict: a file differs from the one the (non-volatile)
         target already has.
     """
-    record = release_to_push(tx, source, name, version)
+    record = release_to_push(tx, source, name, version, customizer_for)
     volatile = push_target(tx, target, readonly).get("volatile", True)
     actions: list[list] = [[200, "register", name, version, "->", target]]
     metadata = {k: v for k, v in record.items() if k != "+links"}

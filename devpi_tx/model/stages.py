@@ -9,7 +9,7 @@ C{explicit}, only by name in the index's own list.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 from packaging.utils import canonicalize_name
@@ -21,24 +21,30 @@ from .versions_memo import VersionEntry, shown_links
 
 @attrs.frozen
 class Stage:
+    """
+    An index of a chain.  Whether it is a mirror is its index type's word
+    (L{IStageCustomizer.is_mirror}), not something this layer reads off
+    the configuration: the model knows no index type by name.
+    """
+
     name: str
     config: dict
-
-    @property
-    def is_mirror(self) -> bool:
-        return self.config.get("type") == "mirror"
+    is_mirror: bool = False
 
 
-def resolution_order(reader, stagename: str) -> list[Stage]:
+#: Whether an index, by its configuration, is served by the mirror
+#: machinery: the server's index types answer (L{IndexTypes.is_mirror}).
+IsMirror = Callable[[dict], bool]
+
+
+def _chain(reader, stagename: str) -> Iterator[tuple[str, dict]]:
     """
     The index itself, then its bases breadth-first in declaration order,
-    each once; mirrors last, in the order met.  Bases that no longer exist
-    are skipped.
+    each once, with their configurations.  Bases that no longer exist are
+    skipped.
     """
     seen: set[str] = set()
     queue = [stagename]
-    private: list[Stage] = []
-    mirrors: list[Stage] = []
     while queue:
         name = queue.pop(0)
         if name in seen:
@@ -50,9 +56,28 @@ def resolution_order(reader, stagename: str) -> list[Stage]:
             config = None
         if config is None:
             continue
-        stage = Stage(name, config)
-        (mirrors if stage.is_mirror else private).append(stage)
+        yield name, config
         queue.extend(config.get("bases", []))
+
+
+def chain_names(reader, stagename: str) -> frozenset[str]:
+    """
+    The names of an index and of all its bases, transitively.
+    """
+    return frozenset(name for name, _ in _chain(reader, stagename))
+
+
+def resolution_order(reader, stagename: str, is_mirror: IsMirror) -> list[Stage]:
+    """
+    The index itself, then its bases breadth-first in declaration order,
+    each once; mirrors (by C{is_mirror}) last, in the order met.  Bases
+    that no longer exist are skipped.
+    """
+    private: list[Stage] = []
+    mirrors: list[Stage] = []
+    for name, config in _chain(reader, stagename):
+        stage = Stage(name, config, is_mirror(config))
+        (mirrors if stage.is_mirror else private).append(stage)
     return private + mirrors
 
 
@@ -97,16 +122,13 @@ def private_links(reader, stage: str, project: str) -> tuple[list[dict], list[st
 Plan = list[tuple[Stage, bool, str]]
 
 
-def plan(reader, stagename: str, project: str, order: list[Stage] | None = None) -> Plan:
+def plan(reader, order: list[Stage], project: str) -> Plan:
     """
-    For each stage of the chain: whether it serves C{project}, and why.
-    Cheap (no links are read), so that it can run on every request.
-
-    @param order: the chain's L{resolution_order}, if known.
+    For each stage of the chain (C{order}, its L{resolution_order}):
+    whether it serves C{project}, and why.  Cheap (no links are read), so
+    that it can run on every request.
     """
     project = canonicalize_name(project)
-    if order is None:
-        order = resolution_order(reader, stagename)
     own = order[0].config if order else {}
     inheritance = own.get("mirror_whitelist_inheritance", "intersection")
     whitelist: set[str] | None = None
@@ -122,7 +144,7 @@ def plan(reader, stagename: str, project: str, order: list[Stage] | None = None)
                 reason = "a private index of the chain has the project and it is not in mirror_whitelist"
                 result.append((stage, False, reason))
             else:
-                result.append((stage, True, "mirror"))
+                result.append((stage, True, "mirrors its upstream"))
             continue
         names = set(stage.config.get("mirror_whitelist", []))
         if inheritance == "explicit":
@@ -141,34 +163,29 @@ def plan(reader, stagename: str, project: str, order: list[Stage] | None = None)
     return result
 
 
-def consulted_mirrors(reader, stagename: str, project: str, planned: Plan | None = None) -> list[Stage]:
+def consulted_mirrors(planned: Plan) -> list[Stage]:
     """
-    The mirrors a project page of C{stagename} draws on (by C{planned},
-    the chain's L{plan} for C{project}, if given).
+    The mirrors a project page draws on, by C{planned}, the chain's
+    L{plan} for the project.
     """
-    if planned is None:
-        planned = plan(reader, stagename, project)
     return [stage for stage, serves, _ in planned if serves and stage.is_mirror]
 
 
 def project_contributions(
     reader,
-    stagename: str,
+    planned: Plan,
     project: str,
     mirror_links: MirrorLinks = _no_mirror_links,
-    planned: Plan | None = None,
     own_versions: OwnVersions | None = None,
 ) -> list[Contribution]:
     """
     For each stage of the chain: the links it contributes for C{project},
-    and why (or why not); by C{planned}, the chain's L{plan}, if given.
+    and why (or why not); by C{planned}, the chain's L{plan} for it.
 
     @param own_versions: where private stages' versions are kept, if
         C{reader} is the committed state (not a transaction).
     """
     project = canonicalize_name(project)
-    if planned is None:
-        planned = plan(reader, stagename, project)
     result = []
     for stage, serves, reason in planned:
         if not serves:

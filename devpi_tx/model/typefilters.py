@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 import attrs
 
 from .archives import version_of
-from .stages import Contribution, Stage, resolution_order
+from .stages import Contribution, Stage, chain_names
 
 #: The customizer of an index, by its configuration.
 CustomizerFor = Callable[[dict], object]
@@ -55,7 +55,7 @@ class Coverage:
             if self._order and stage.name == self._order[0].name:
                 covered = frozenset(s.name for s in self._order)
             else:
-                covered = frozenset(s.name for s in resolution_order(self._reader, stage.name))
+                covered = chain_names(self._reader, stage.name)
             self._covered[stage.name] = covered
         return covered
 

@@ -369,7 +369,15 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
                 page = self.ctx.page_cache.get(key)
                 if page is None:
                     names = self.ctx.project_names.get(stage)
-                    body = namepages.index_json(indexes.public_config(config), names)
+                    customizer = self.ctx.registry.shown_by(config)
+                    flags = customizer.projects_filter(config, list(names)) if customizer.filters else None
+                    if flags is None:
+                        body = namepages.index_json(indexes.public_config(config), names)
+                    else:
+                        # The index's own projects, as its type shows them.
+                        shown = [name for name, keep in zip(names, flags, strict=True) if keep]
+                        result = dict(indexes.public_config(config), projects=shown)
+                        body = dump_json({"type": "indexconfig", "result": result}, compact=True)
                     page = Page(body, "", "application/json")
                     self.ctx.page_cache.put(key, page)
                 return send_json(request, page.body)

@@ -131,7 +131,7 @@ class ServerContext:
         file (a path).
         """
         sources: list[tuple[str, list[str] | str]] = []
-        for stage in stages.resolution_order(self.storage, stagename):
+        for stage in stages.resolution_order(self.storage, stagename, self.registry.is_mirror):
             if not stage.is_mirror:
                 sources.append((stage.name, self.project_names.get(stage.name)))
             elif not stage.config.get("mirror_no_project_list") and self.project_lists.has_list(stage.name):

@@ -58,7 +58,9 @@ class ProjectRoutes(StageHelpers):
             await self._refresh_mirrors(stage, name)
         except MirrorUnavailable as exc:
             return error(request, exc.status, str(exc))
-        contributions = stages.project_contributions(self.ctx.storage, stage, name, self.ctx.mirror_links)
+        contributions = stages.project_contributions(
+            self.ctx.storage, self._plan(stage, name), name, self.ctx.mirror_links
+        )
         shown = typefilters.filter_contributions(
             self.ctx.storage, self._resolution_order(stage), name, contributions, self.ctx.registry.shown_by
         )

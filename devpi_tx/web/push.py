@@ -44,7 +44,8 @@ class PushRoutes(StageHelpers):
             ) from None
         pushed = localpush.parse_push_request(data)
         name, version = pushed.name, pushed.version
-        record = localpush.release_to_push(self.ctx.storage, stage, name, version)
+        shown_by = self.ctx.registry.shown_by
+        record = localpush.release_to_push(self.ctx.storage, stage, name, version, shown_by)
         if pushed.targetindex is None:
             return await self._push_external(request, stage, pushed, record)
         target = pushed.targetindex
@@ -67,6 +68,7 @@ class PushRoutes(StageHelpers):
                 no_docs=pushed.no_docs,
                 only_docs=pushed.only_docs,
                 readonly=readonly,
+                customizer_for=shown_by,
             )
         self._cleanup(outcome.unused)
         log.info(

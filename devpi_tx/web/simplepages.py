@@ -158,10 +158,9 @@ class SimpleRoutes(StageHelpers):
         if page is None:
             contributions = stages.project_contributions(
                 self.ctx.storage,
-                stage,
+                self._plan(stage, name),
                 name,
                 self.ctx.mirror_links,
-                self._plan(stage, name),
                 own_versions=self.ctx.versions.entries,
             )
             order = self._resolution_order(stage)

@@ -50,18 +50,21 @@ class StageHelpers:
     def _plan(self, stage: str, project: str) -> stages.Plan:
         return self.ctx.memo.get(
             ("plan", stage, project),
-            lambda: stages.plan(self.ctx.storage, stage, project, self._resolution_order(stage)),
+            lambda: stages.plan(self.ctx.storage, self._resolution_order(stage), project),
         )
 
     def _resolution_order(self, stage: str) -> list[stages.Stage]:
         # Per index, not per project: a cold project's plan does not decode
         # the chain's user records again.
-        return self.ctx.memo.get(("order", stage), lambda: stages.resolution_order(self.ctx.storage, stage))
+        return self.ctx.memo.get(
+            ("order", stage),
+            lambda: stages.resolution_order(self.ctx.storage, stage, self.ctx.registry.is_mirror),
+        )
 
     def _consulted_mirrors(self, stage: str, project: str) -> list:
         return self.ctx.memo.get(
             ("mirrors", stage, project),
-            lambda: stages.consulted_mirrors(self.ctx.storage, stage, project, self._plan(stage, project)),
+            lambda: stages.consulted_mirrors(self._plan(stage, project)),
         )
 
     async def _refresh_mirrors(self, stage: str, project: str) -> list[str]:
