@@ -1,8 +1,8 @@
 """
-Plugins other than index types: authenticators (group
-C{devpi_tx.authenticators}, L{IAuthenticator}) and event listeners (group
-C{devpi_tx.events}, L{IEventListener}), found through entry points as
-index types are (L{devpi_tx.customizers.plugins}; docs/plugins.md).
+Plugins, found through entry points (docs/plugins.md): authenticators
+(group C{devpi_tx.authenticators}, L{IAuthenticator}), event listeners
+(group C{devpi_tx.events}, L{IEventListener}), and, with the checks of
+their own, index types (L{devpi_tx.customizers.plugins}).
 
 An entry point names a provider, or a class or factory called without
 arguments that returns one.  One that does not import, does not provide
@@ -20,13 +20,27 @@ from zope.interface.exceptions import Invalid
 from zope.interface.interface import InterfaceClass
 from zope.interface.verify import verifyObject
 
-from .customizers.plugins import PluginError, _origin
+from .config import ConfigError
 from .interfaces import IAuthenticator, IEventListener
 
 AUTHENTICATORS = "devpi_tx.authenticators"
 EVENTS = "devpi_tx.events"
 
-__all__ = ["AUTHENTICATORS", "EVENTS", "FoundPlugin", "PluginError", "find_authenticators", "find_plugins"]
+__all__ = [
+    "AUTHENTICATORS",
+    "EVENTS",
+    "FoundPlugin",
+    "PluginError",
+    "find_authenticators",
+    "find_event_listeners",
+    "find_plugins",
+]
+
+
+class PluginError(ConfigError):
+    """
+    A plugin could not be loaded; the message names it.
+    """
 
 
 @attrs.frozen
@@ -39,6 +53,15 @@ class FoundPlugin:
     entry_point: str
     distribution: str
     version: str
+    #: What the entry point names (C{module:attribute}).
+    target: str = ""
+
+
+def _origin(entry_point) -> tuple[str, str]:
+    dist = getattr(entry_point, "dist", None)
+    if dist is None:
+        return "an unknown distribution", "?"
+    return dist.metadata["Name"] or dist.name, dist.version or "?"
 
 
 def _load(entry_point, interface: InterfaceClass):
@@ -75,7 +98,7 @@ def find_plugins(
             raise PluginError(f"{where}: does not provide {interface.__name__}: {first}") from None
         except Exception as e:
             raise PluginError(f"{where}: {type(e).__name__}: {e}") from None
-        found.append(FoundPlugin(provider, entry_point.name, distribution, version))
+        found.append(FoundPlugin(provider, entry_point.name, distribution, version, entry_point.value))
     return found
 
 
