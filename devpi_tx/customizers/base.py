@@ -132,3 +132,45 @@ class TableCustomizer(BaseStageCustomizer):
         except KeyError:
             raise InvalidInput(f"indexconfig got unexpected keyword arguments: {key}={value}") from None
         return parser(value)
+
+
+#: The keys of a view over bases: which bases, and which of their mirrors'
+#: projects it may serve (L{devpi_tx.model.stages}).
+VIEW_PARSERS: dict[str, Parser] = {
+    **COMMON_PARSERS,
+    "bases": values.parse_list,
+    "mirror_whitelist": values.parse_whitelist,
+    "mirror_whitelist_inheritance": values.parse_whitelist_inheritance,
+}
+
+
+class ViewCustomizer(TableCustomizer):
+    """
+    A read-only type that shows its bases through its filters (the
+    shipped C{constrained}, C{minage} and C{cutoff}): the keys of
+    L{VIEW_PARSERS} and its own C{own_parsers}, C{own_list_keys} and
+    C{own_defaults()}.
+    """
+
+    readonly = True
+    filters = True
+    own_parsers: dict[str, Parser] = {}
+    own_list_keys: frozenset[str] = frozenset()
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.parsers = {**VIEW_PARSERS, **cls.own_parsers}
+        cls.list_keys = frozenset(["bases", "mirror_whitelist"]) | cls.own_list_keys
+
+    def own_defaults(self) -> dict:
+        return {}
+
+    def defaults(self) -> dict:
+        return {
+            "type": self.type_name,
+            "bases": [],
+            "volatile": True,
+            "mirror_whitelist": [],
+            "mirror_whitelist_inheritance": "intersection",
+            **self.own_defaults(),
+        }

@@ -14,10 +14,9 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from ..model import values
 from ..model.errors import InvalidInput
 from ..model.typefilters import link_version
-from .base import COMMON_PARSERS, TableCustomizer
+from .base import ViewCustomizer
 
 DENY_OTHERS = "*"
 
@@ -76,28 +75,13 @@ def _allows(spec: SpecifierSet, version: str | None) -> bool:
         return False
 
 
-class ConstrainedCustomizer(TableCustomizer):
+class ConstrainedCustomizer(ViewCustomizer):
     type_name = "constrained"
-    readonly = True
-    filters = True
-    parsers = {
-        **COMMON_PARSERS,
-        "bases": values.parse_list,
-        "constraints": parse_constraints,
-        "mirror_whitelist": values.parse_whitelist,
-        "mirror_whitelist_inheritance": values.parse_whitelist_inheritance,
-    }
-    list_keys = frozenset(["bases", "constraints", "mirror_whitelist"])
+    own_parsers = {"constraints": parse_constraints}
+    own_list_keys = frozenset(["constraints"])
 
-    def defaults(self) -> dict:
-        return {
-            "type": "constrained",
-            "bases": [],
-            "volatile": True,
-            "constraints": [],
-            "mirror_whitelist": [],
-            "mirror_whitelist_inheritance": "intersection",
-        }
+    def own_defaults(self) -> dict:
+        return {"constraints": []}
 
     def _rules(self, config: dict) -> tuple[dict[str, SpecifierSet], bool]:
         return _parsed(tuple(config.get("constraints", ())))

@@ -25,9 +25,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import lru_cache
 
-from ..model import values
 from ..model.errors import InvalidInput
-from .base import COMMON_PARSERS, TableCustomizer
+from .base import ViewCustomizer
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*$")
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 86400}
@@ -100,32 +99,9 @@ def upload_time(link: dict) -> float | None:
     return parse_time(text) if isinstance(text, str) else None
 
 
-class _TimedView(TableCustomizer):
-    readonly = True
-    filters = True
+class _TimedView(ViewCustomizer):
     #: A version whose files are all hidden is hidden too.
     hides_emptied_versions = True
-    _own_parsers: dict = {}
-
-    def __init__(self) -> None:
-        self.parsers = {
-            **COMMON_PARSERS,
-            "bases": values.parse_list,
-            "mirror_whitelist": values.parse_whitelist,
-            "mirror_whitelist_inheritance": values.parse_whitelist_inheritance,
-            **self._own_parsers,
-        }
-
-    list_keys = frozenset(["bases", "mirror_whitelist"])
-
-    def defaults(self) -> dict:
-        return {
-            "type": self.type_name,
-            "bases": [],
-            "volatile": True,
-            "mirror_whitelist": [],
-            "mirror_whitelist_inheritance": "intersection",
-        }
 
 
 class MinAgeCustomizer(_TimedView):
@@ -136,14 +112,13 @@ class MinAgeCustomizer(_TimedView):
     """
 
     type_name = "minage"
-    _own_parsers = {"min_age": parse_min_age}
+    own_parsers = {"min_age": parse_min_age}
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        super().__init__()
         self.clock = clock
 
-    def defaults(self) -> dict:
-        return {**super().defaults(), "min_age": "7d"}
+    def own_defaults(self) -> dict:
+        return {"min_age": "7d"}
 
     def _newest_allowed(self, config: dict) -> float | None:
         age = seconds(config.get("min_age", "7d"))
@@ -193,7 +168,7 @@ class CutoffCustomizer(_TimedView):
     """
 
     type_name = "cutoff"
-    _own_parsers = {"cutoff": parse_cutoff}
+    own_parsers = {"cutoff": parse_cutoff}
 
     def validate_config(self, oldconfig: dict | None, newconfig: dict) -> None:
         if not newconfig.get("cutoff"):
