@@ -17,12 +17,10 @@ allows for clocks that differ), so a replica makes one per request.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import time
 from collections.abc import Callable
+
+from .signing import Signer, b64, stamp, unb64, unstamp
 
 #: devpi-server's lifetime of a replica token, in seconds.
 REPLICA_AUTH_MAX_AGE = 37.5
@@ -46,20 +44,6 @@ class ReplicaAuthError(Exception):
         self.message = message
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    """
-    @raise ValueError: C{text} is not URL-safe base64.
-    """
-    try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"not base64: {text[:20]!r}") from None
-
-
 class ReplicaTokens:
     """
     Issue and check replica tokens.
@@ -71,21 +55,17 @@ class ReplicaTokens:
         clock: Callable[[], float] = time.time,
         max_age: float = REPLICA_AUTH_MAX_AGE,
     ) -> None:
-        self._key = hmac.new(secret, SALT, hashlib.sha256).digest()
+        self._signer = Signer(secret, SALT)
         self._clock = clock
         self.max_age = max_age
-
-    def _sign(self, message: str) -> str:
-        return _b64(hmac.new(self._key, message.encode("ascii"), hashlib.sha256).digest())
 
     def issue(self, replica_uuid: str) -> str:
         """
         A token for the replica C{replica_uuid}, good from now for
         C{max_age} seconds.
         """
-        stamp = _b64(int(self._clock()).to_bytes(8, "big").lstrip(b"\0") or b"\0")
-        message = f"{_b64(replica_uuid.encode('utf-8'))}.{stamp}"
-        return f"{message}.{self._sign(message)}"
+        message = f"{b64(replica_uuid.encode('utf-8'))}.{stamp(self._clock())}"
+        return f"{message}.{self._signer.sign(message)}"
 
     def check(self, token: str) -> str:
         """
@@ -100,17 +80,17 @@ class ReplicaTokens:
             raise ReplicaAuthError(MALFORMED)
         try:
             for part in parts:
-                _unb64(part)
+                unb64(part)
         except ValueError:
             raise ReplicaAuthError(MALFORMED) from None
-        encoded_uuid, stamp, signature = parts
-        if not hmac.compare_digest(self._sign(f"{encoded_uuid}.{stamp}"), signature):
+        encoded_uuid, issued_at, signature = parts
+        if not self._signer.verify(f"{encoded_uuid}.{issued_at}", signature):
             raise ReplicaAuthError(WRONG)
         try:
-            replica_uuid = _unb64(encoded_uuid).decode("utf-8")
+            replica_uuid = unb64(encoded_uuid).decode("utf-8")
         except UnicodeDecodeError:
             raise ReplicaAuthError(MALFORMED) from None
-        issued = int.from_bytes(_unb64(stamp), "big")
+        issued = unstamp(issued_at)
         if abs(self._clock() - issued) > self.max_age:
             raise ReplicaAuthError(EXPIRED)
         return replica_uuid

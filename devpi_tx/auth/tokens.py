@@ -7,25 +7,16 @@ secret file (a primary and its replicas).
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import time
 from collections.abc import Callable
 
 import attrs
 
+from .signing import Signer, stamp, unstamp
+
 #: devpi-server's token lifetime: 10 hours.
 TOKEN_MAX_AGE = 36000
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 @attrs.frozen
@@ -49,32 +40,28 @@ class TokenSigner:
         max_age: int = TOKEN_MAX_AGE,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._key = hmac.new(secret, b"devpi-tx login token v1", hashlib.sha256).digest()
+        self._signer = Signer(secret, b"devpi-tx login token v1")
         self.max_age = max_age
         self._clock = clock
-
-    def _sign(self, message: str) -> str:
-        return _b64(hmac.new(self._key, message.encode("utf-8"), hashlib.sha256).digest())
 
     def issue(self, username: str, groups: tuple[str, ...] = (), external: bool = False) -> str:
         claims: list = [username, list(groups), True]
         if external:
             claims.append("external")
         payload = json.dumps(claims, separators=(", ", ": "))
-        stamp = _b64(int(self._clock()).to_bytes(8, "big").lstrip(b"\0") or b"\0")
-        message = f"{payload}.{stamp}"
-        return f"{message}.{self._sign(message)}"
+        message = f"{payload}.{stamp(self._clock())}"
+        return f"{message}.{self._signer.sign(message)}"
 
     def check(self, token: str) -> TokenClaims | None:
         """
         Return the claims of a valid, unexpired token, else L{None}.
         """
         message, sep, signature = token.rpartition(".")
-        if not sep or not hmac.compare_digest(self._sign(message), signature):
+        if not sep or not self._signer.verify(message, signature):
             return None
-        payload, _, stamp = message.rpartition(".")
+        payload, _, issued_at = message.rpartition(".")
         try:
-            issued = int.from_bytes(_unb64(stamp), "big")
+            issued = unstamp(issued_at)
             username, groups, _, *rest = json.loads(payload)
         except (ValueError, TypeError):
             return None
