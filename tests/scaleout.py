@@ -30,6 +30,13 @@ import attrs
 import pytest
 
 
+class Unavailable(Exception):
+    """
+    A server the scale-out tests need cannot be started here; the message
+    says why (the fixtures skip with it, a benchmark stops with it).
+    """
+
+
 def free_port() -> int:
     """
     A loopback port nothing listens on right now.
@@ -107,19 +114,24 @@ def _as_user(command: list[str], user: str | None) -> list[str]:
 
 
 def start_postgres() -> PostgresCluster:
+    """
+    Start a throwaway cluster in a new temporary directory.
+
+    @raise Unavailable: PostgreSQL or psycopg is not installed.
+    """
     bindir = postgres_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL's server programs (initdb) are not installed; .ci/run installs them")
+        raise Unavailable("PostgreSQL's server programs (initdb) are not installed; .ci/run installs them")
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        pytest.skip("psycopg is not installed (pip install -e '.[test]')")
+        raise Unavailable("psycopg is not installed (pip install -e '.[test]')") from None
     run_as = None
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no postgres user to run PostgreSQL as")
+            raise Unavailable("running as root and there is no postgres user to run PostgreSQL as") from None
         run_as = "postgres"
     top = tempfile.mkdtemp(prefix="devpi-tx-pg-")
     datadir = os.path.join(top, "data")
@@ -147,7 +159,10 @@ def start_postgres() -> PostgresCluster:
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PostgresCluster]:
-    cluster = start_postgres()
+    try:
+        cluster = start_postgres()
+    except Unavailable as e:
+        pytest.skip(str(e))
     try:
         yield cluster
     finally:
@@ -193,19 +208,30 @@ class S3Server:
             region_name=self.env["AWS_DEFAULT_REGION"],
         )
 
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
     def create_bucket(self) -> str:
         name = "b-" + uuid.uuid4().hex[:16]
         self.client().create_bucket(Bucket=name)
         return name
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
+def start_s3() -> S3Server:
+    """
+    Start moto's S3 server on a free loopback port.
+
+    @raise Unavailable: moto or boto3 is not installed.
+    """
     try:
         import boto3  # noqa: F401
         import moto.server  # noqa: F401
     except ImportError:
-        pytest.skip("moto[server] and boto3 are not installed (pip install -e '.[test]')")
+        raise Unavailable("moto[server] and boto3 are not installed (pip install -e '.[test]')") from None
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -214,13 +240,22 @@ def s3_server() -> Iterator[S3Server]:
     )
     try:
         _wait_for_port(port, proc, "moto server")
-        yield S3Server(endpoint=f"http://127.0.0.1:{port}", process=proc)
+    except BaseException:
+        proc.kill()
+        raise
+    return S3Server(endpoint=f"http://127.0.0.1:{port}", process=proc)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    try:
+        server = start_s3()
+    except Unavailable as e:
+        pytest.skip(str(e))
+    try:
+        yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
 
 
 @pytest.fixture
