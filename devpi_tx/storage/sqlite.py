@@ -40,6 +40,12 @@ from zope.interface import implementer
 
 from ..interfaces import IStorage, ITransaction
 from ..logs import logger
+from .errors import SchemaError, SerialMismatch
+from .kvtext import MISSING as _MISSING
+from .kvtext import encode as _encode
+from .kvtext import entry_text as _entry_text
+from .kvtext import overlaid as _overlaid
+from .kvtext import prefix_upper
 
 log = logger("devpi_tx.storage")
 
@@ -58,51 +64,6 @@ CREATE TABLE IF NOT EXISTS changelog (
     changes TEXT NOT NULL
 );
 """
-
-_MISSING = object()
-
-
-class SchemaError(Exception):
-    """
-    The database was written by an incompatible version of devpi-tx.
-    """
-
-
-class SerialMismatch(ValueError):
-    """
-    A replicated entry does not follow the state's last serial (a gap, or
-    one already applied).
-    """
-
-
-def _encode(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _overlaid(found: list[str], writes: dict[str, str | None], prefix: str) -> list[str]:
-    """
-    The sorted keys starting with C{prefix}: C{found} (sorted) as changed
-    by C{writes} not yet in the database (L{None} for a deletion).
-    """
-    if not any(key.startswith(prefix) for key in writes):
-        return found
-    keys = set(found)
-    for key, encoded in writes.items():
-        if key.startswith(prefix):
-            if encoded is None:
-                keys.discard(key)
-            else:
-                keys.add(key)
-    return sorted(keys)
-
-
-def _entry_text(changes: dict[str, str | None]) -> str:
-    """
-    The JSON text of a changelog entry: its keys sorted, each with its new
-    value as encoded (C{null} for a deletion).
-    """
-    items = sorted(changes.items())
-    return "{" + ",".join(f"{json.dumps(key)}:{'null' if enc is None else enc}" for key, enc in items) + "}"
 
 
 @implementer(ITransaction)
@@ -247,8 +208,8 @@ class SQLiteStorage:
         return None if encoded is None else json.loads(encoded)
 
     def keys(self, prefix: str) -> list[str]:
-        # A range scan on the primary key; no LIKE, so no escaping issues.
-        upper = prefix + "\U0010ffff"
+        # A range scan on the primary key.
+        upper = prefix_upper(prefix)
         rows = self._db.execute(
             "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key",
             (prefix, upper),
