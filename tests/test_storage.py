@@ -19,7 +19,6 @@ from devpi_tx.interfaces import IFileStore, IFileWriter, IStorage, ITransaction
 from devpi_tx.storage.files import LocalFileStore
 from devpi_tx.storage.sqlite import SchemaError, SQLiteStorage
 
-
 # -- the state, on each provider ------------------------------------------------
 #
 # Tests taking ``storage`` or ``open_state`` run on SQLite and on PostgreSQL

@@ -111,7 +111,9 @@ class CommitWatcher(Service):
             log.info("state database {dsn} reachable again", dsn=self._storage.dsn)
             self._failing = False
         if applied:
-            log.debug("caught up {count} entries, serial {serial}", count=applied, serial=self._storage.serial)
+            log.debug(
+                "caught up {count} entries, serial {serial}", count=applied, serial=self._storage.serial
+            )
 
     def _failed(self, doing: str, error: BaseException) -> None:
         if not self._failing:

@@ -50,6 +50,7 @@ log = logger("devpi_tx.storage")
 SCHEMA_VERSION = 1
 #: The channel each commit notifies (its payload is the serial).
 CHANNEL = "devpi_tx_commit"
+_LOCK_COUNTER = "SELECT serial FROM devpi_serial FOR UPDATE"
 #: Changelog rows read at a time when catching up.
 _CATCH_UP_BATCH = 500
 
@@ -377,7 +378,7 @@ class PostgresStorage:
         with self._errors():
             conn = self._connection()
             try:
-                cursor = self._run(conn, [("BEGIN", None), ("SELECT serial FROM devpi_serial FOR UPDATE", None)])
+                cursor = self._run(conn, [("BEGIN", None), (_LOCK_COUNTER, None)])
                 found = cursor.fetchone()[0]
                 if found != self.serial:
                     self._catch_up(conn)
