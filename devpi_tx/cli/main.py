@@ -3,6 +3,7 @@ C{devpi-tx}: maintenance commands next to C{twistd devpi}.
 
     devpi-tx init [--serverdir DIR] [--no-root-pypi] [--root-passwd PW]
                   [--root-passwd-hash HASH] [--mirror-url URL] [-c FILE]
+                  [--storage postgresql://USER@HOST/DB]
     devpi-tx passwd USER [--serverdir DIR]      (the server stopped)
     devpi-tx gen-secret [--secretfile PATH] [--force]
     devpi-tx fsck [--serverdir DIR] [--repair]  (the server stopped)
@@ -40,6 +41,7 @@ INIT_OPTIONS = frozenset(
         # With the role, so that a replica's config file passes its checks.
         "primary-url",
         "master-url",
+        "storage",
     ]
 )
 
@@ -52,6 +54,7 @@ def _init(args: argparse.Namespace) -> int:
         "root-passwd-hash": args.root_passwd_hash,
         "mirror-url": args.mirror_url,
         "secretfile": args.secretfile,
+        "storage": args.storage,
     }
     config = build_config(given, args.configfile, allowed=INIT_OPTIONS)
     check_start(config, reactor=None, listen=False)
@@ -151,6 +154,12 @@ def _add_init(commands) -> None:
         "--secretfile",
         metavar="FILE",
         help="file with the secret that signs login tokens (default SERVERDIR/.secret, created)",
+    )
+    init.add_argument(
+        "--storage",
+        metavar="URL",
+        help="a postgresql://user@host/dbname URL: create the state's tables there (or join the state "
+        "other nodes share); default the SQLite file in the server directory",
     )
     init.set_defaults(run=_init)
 

@@ -79,13 +79,6 @@ _CONNECT_DEFAULTS = {
 }
 
 
-def is_postgres_url(value: str) -> bool:
-    """
-    Whether C{--storage} names a PostgreSQL database.
-    """
-    return value.startswith(("postgresql://", "postgres://"))
-
-
 def safe_dsn(dsn: str) -> str:
     """
     The DSN without its password, for logs and messages.
