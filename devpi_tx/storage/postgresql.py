@@ -169,12 +169,15 @@ class PostgresStorage:
         self._listeners: list = []
         self._in_transaction = False
         self._opened = False
+        #: Whether the connection is new since the last operation.
+        self._fresh = False
         self.serial = -1
         conn = self._connection()
         with self._errors():
             self._check_schema(conn, create)
             self.serial = conn.execute("SELECT serial FROM devpi_serial").fetchone()[0]
         self._opened = True
+        self._fresh = False
         log.info("state in {dsn} at serial {serial}", dsn=self.dsn, serial=self.serial)
 
     # -- connections -----------------------------------------------------------
@@ -196,9 +199,33 @@ class PostgresStorage:
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             self._conn = self.connect()
+            self._fresh = True
             if self._opened:
                 self._resync()
         return self._conn
+
+    def _using(self, work, *, retry: bool = True):
+        """
+        C{work(connection)}, its errors as L{_errors} says.  A connection
+        found dead at its first use since the last operation (the database
+        restarted in between) is replaced once, with C{retry}: for what is
+        safe to run again, not for what follows other statements of an open
+        transaction.
+        """
+        with self._errors():
+            conn = self._connection()
+            fresh, self._fresh = self._fresh, False
+            try:
+                return work(conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+                lost = conn.broken or conn.closed
+                if fresh or not retry or not lost or isinstance(e, psycopg.errors.LockNotAvailable):
+                    raise
+                log.info("connection to {dsn} lost; connecting again", dsn=self.dsn)
+                self._drop()
+                conn = self._connection()
+                self._fresh = False
+                return work(conn)
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -311,8 +338,10 @@ class PostgresStorage:
             pass
         if key in self._absent:
             return None
-        with self._errors():
-            row = self._connection().execute("SELECT value FROM devpi_kv WHERE key = %s", (key,)).fetchone()
+        row = self._using(
+            lambda conn: conn.execute("SELECT value FROM devpi_kv WHERE key = %s", (key,)).fetchone(),
+            retry=not self._in_transaction,
+        )
         if row is None:
             # Bounded apart from the values, so lookups of made-up names
             # cannot push values out of the cache.
@@ -330,12 +359,14 @@ class PostgresStorage:
         return None if encoded is None else json.loads(encoded)
 
     def keys(self, prefix: str) -> list[str]:
-        with self._errors():
-            rows = self._connection().execute(
+        rows = self._using(
+            lambda conn: conn.execute(
                 "SELECT key FROM devpi_kv WHERE key >= %s AND key < %s ORDER BY key",
                 (prefix, prefix_upper(prefix)),
-            )
-            return [row[0] for row in rows]
+            ).fetchall(),
+            retry=not self._in_transaction,
+        )
+        return [row[0] for row in rows]
 
     @contextmanager
     def transaction(self, durable: bool = True) -> Iterator[PostgresTransaction]:
@@ -368,8 +399,8 @@ class PostgresStorage:
         """
         Begin, lock the counter, and catch up if another node committed.
         """
-        with self._errors():
-            conn = self._connection()
+
+        def begin(conn: psycopg.Connection) -> psycopg.Connection:
             try:
                 cursor = self._run(conn, [("BEGIN", None), (_LOCK_COUNTER, None)])
                 found = cursor.fetchone()[0]
@@ -378,7 +409,9 @@ class PostgresStorage:
             except BaseException:
                 self._rollback()
                 raise
-        return conn
+            return conn
+
+        return self._using(begin)
 
     def _rollback(self) -> None:
         conn = self._conn
@@ -448,8 +481,7 @@ class PostgresStorage:
         """
         if self._in_transaction:
             return 0
-        with self._errors():
-            return self._catch_up(self._connection())
+        return self._using(self._catch_up)
 
     def _catch_up(self, conn: psycopg.Connection) -> int:
         applied = 0
@@ -490,12 +522,11 @@ class PostgresStorage:
         """
         if serial > self.serial:
             return None
-        with self._errors():
-            row = (
-                self._connection()
-                .execute("SELECT timestamp, changes FROM devpi_changelog WHERE serial = %s", (serial,))
-                .fetchone()
-            )
+        row = self._using(
+            lambda conn: conn.execute(
+                "SELECT timestamp, changes FROM devpi_changelog WHERE serial = %s", (serial,)
+            ).fetchone()
+        )
         if row is None:
             return None
         return {"serial": serial, "timestamp": row[0], "changes": json.loads(row[1])}
@@ -506,17 +537,16 @@ class PostgresStorage:
         stored; see L{IStorage.changelog_frames}.  Read a few rows at a
         time, so a long log is never read whole.
         """
-        frames: list[tuple[int, float, str]] = []
-        size = 0
         upto = self.serial
-        batch = 16
-        with self._errors():
-            conn = self._connection()
-            while start <= upto:
+
+        def read(conn: psycopg.Connection) -> list[tuple[int, float, str]]:
+            frames: list[tuple[int, float, str]] = []
+            size, first, batch = 0, start, 16
+            while first <= upto:
                 rows = conn.execute(
                     "SELECT serial, timestamp, changes FROM devpi_changelog "
                     "WHERE serial >= %s AND serial <= %s ORDER BY serial LIMIT %s",
-                    (start, upto, batch),
+                    (first, upto, batch),
                 ).fetchall()
                 for serial, timestamp, text in rows:
                     frames.append((serial, timestamp, text))
@@ -525,20 +555,19 @@ class PostgresStorage:
                         return frames
                 if len(rows) < batch:
                     break
-                start = rows[-1][0] + 1
+                first = rows[-1][0] + 1
                 batch = min(batch * 4, 1024)
-        return frames
+            return frames
+
+        return self._using(read)
 
     def last_commit_timestamp(self) -> float | None:
-        with self._errors():
-            row = (
-                self._connection()
-                .execute(
-                    "SELECT timestamp FROM devpi_changelog WHERE serial <= %s ORDER BY serial DESC LIMIT 1",
-                    (self.serial,),
-                )
-                .fetchone()
-            )
+        row = self._using(
+            lambda conn: conn.execute(
+                "SELECT timestamp FROM devpi_changelog WHERE serial <= %s ORDER BY serial DESC LIMIT 1",
+                (self.serial,),
+            ).fetchone()
+        )
         return None if row is None else row[0]
 
     def import_entry(self, serial: int, timestamp: float, changes: dict, durable: bool = True) -> None:
