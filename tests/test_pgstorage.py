@@ -22,8 +22,9 @@ from zope.interface.verify import verifyObject
 from devpi_tx.interfaces import IStorage, ITransaction
 from devpi_tx.storage.errors import SchemaError, StorageUnavailable
 from devpi_tx.storage.kvtext import encode
+from devpi_tx.storage.pgschema import safe_dsn
 from devpi_tx.storage.pgwatch import CommitWatcher
-from devpi_tx.storage.postgresql import PostgresStorage, safe_dsn
+from devpi_tx.storage.postgresql import PostgresStorage
 from devpi_tx.storage.sqlite import SQLiteStorage
 
 pytestmark = pytest.mark.scaleout

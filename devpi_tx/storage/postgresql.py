@@ -37,68 +37,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from zope.interface import implementer
 
 from ..interfaces import IStorage, ITransaction
 from ..logs import logger
-from .errors import SchemaError, SerialMismatch, StorageUnavailable
+from .errors import SerialMismatch, StorageUnavailable
 from .kvtext import MISSING, encode, entry_text, overlaid, prefix_upper
+from .pgschema import check_schema, conninfo, first_line, safe_dsn
 
 log = logger("devpi_tx.storage")
 
-SCHEMA_VERSION = 1
 #: The channel each commit notifies (its payload is the serial).
 CHANNEL = "devpi_tx_commit"
 _LOCK_COUNTER = "SELECT serial FROM devpi_serial FOR UPDATE"
 #: Changelog rows read at a time when catching up.
 _CATCH_UP_BATCH = 500
-
-_SCHEMA = [
-    "SELECT pg_advisory_xact_lock(7306413511)",  # two nodes' inits at once
-    "CREATE TABLE IF NOT EXISTS devpi_meta (name text PRIMARY KEY, value text NOT NULL)",
-    # Keys in code point order ("C"), as Python sorts them and as a range
-    # scan on a prefix needs.
-    'CREATE TABLE IF NOT EXISTS devpi_kv (key text COLLATE "C" PRIMARY KEY, value text NOT NULL, '
-    "serial bigint NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS devpi_changelog (serial bigint PRIMARY KEY, "
-    "timestamp double precision NOT NULL, changes text NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS devpi_serial (serial bigint NOT NULL)",
-    "INSERT INTO devpi_serial (serial) SELECT -1 WHERE NOT EXISTS (SELECT 1 FROM devpi_serial)",
-]
-
-#: Connection settings that make a dead database show quickly, unless the
-#: DSN sets them.
-_CONNECT_DEFAULTS = {
-    "keepalives": "1",
-    "keepalives_idle": "10",
-    "keepalives_interval": "5",
-    "keepalives_count": "3",
-    "tcp_user_timeout": "15000",
-    "application_name": "devpi-tx",
-}
-
-
-def safe_dsn(dsn: str) -> str:
-    """
-    The DSN without its password, for logs and messages.
-    """
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "postgresql://(unparsable DSN)"
-    params.pop("password", None)
-    user = params.pop("user", "")
-    host = params.pop("host", "")
-    port = params.pop("port", "")
-    dbname = params.pop("dbname", "")
-    url = f"postgresql://{user + '@' if user else ''}{host}{':' + port if port else ''}/{dbname}"
-    return url
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 @implementer(ITransaction)
@@ -154,11 +107,7 @@ class PostgresStorage:
         @param pipeline: send a begin's and a commit's statements together
             (one round trip each); off only to measure the difference.
         """
-        params = conninfo_to_dict(dsn)
-        params.setdefault("connect_timeout", str(connect_timeout))
-        for name, value in _CONNECT_DEFAULTS.items():
-            params.setdefault(name, value)
-        self._conninfo = make_conninfo("", **params)
+        self._conninfo = conninfo(dsn, connect_timeout)
         self.dsn = safe_dsn(dsn)
         self._lock_timeout = lock_timeout
         self._pipeline = pipeline
@@ -174,7 +123,7 @@ class PostgresStorage:
         self.serial = -1
         conn = self._connection()
         with self._errors():
-            self._check_schema(conn, create)
+            check_schema(conn, self.dsn, create)
             self.serial = conn.execute("SELECT serial FROM devpi_serial").fetchone()[0]
         self._opened = True
         self._fresh = False
@@ -193,7 +142,7 @@ class PostgresStorage:
             conn = psycopg.connect(self._conninfo, autocommit=True)
             conn.execute(f"SET lock_timeout = {int(self._lock_timeout * 1000)}")
         except psycopg.Error as e:
-            raise StorageUnavailable(f"the state database {self.dsn} is unavailable: {_first_line(e)}") from e
+            raise StorageUnavailable(f"the state database {self.dsn} is unavailable: {first_line(e)}") from e
         return conn
 
     def _connection(self) -> psycopg.Connection:
@@ -250,7 +199,7 @@ class PostgresStorage:
             ) from e
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             self._drop()
-            raise StorageUnavailable(f"the state database {self.dsn} is unavailable: {_first_line(e)}") from e
+            raise StorageUnavailable(f"the state database {self.dsn} is unavailable: {first_line(e)}") from e
 
     def _resync(self) -> None:
         """
@@ -273,29 +222,6 @@ class PostgresStorage:
                 self.serial = found
             elif found > self.serial and not self._in_transaction:
                 self._catch_up(conn)
-
-    def _check_schema(self, conn: psycopg.Connection, create: bool) -> None:
-        if create:
-            with conn.transaction():
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO devpi_meta (name, value) VALUES ('schema_version', %s) "
-                    "ON CONFLICT (name) DO NOTHING",
-                    (str(SCHEMA_VERSION),),
-                )
-        try:
-            row = conn.execute("SELECT value FROM devpi_meta WHERE name='schema_version'").fetchone()
-        except psycopg.errors.UndefinedTable:
-            row = None
-        if row is None:
-            raise SchemaError(
-                f"{self.dsn} holds no devpi-tx state; create it with: devpi-tx init --storage {self.dsn}"
-            )
-        if int(row[0]) > SCHEMA_VERSION:
-            raise SchemaError(
-                f"{self.dsn} has schema version {row[0]}, this devpi-tx knows only up to {SCHEMA_VERSION}"
-            )
 
     def _run(self, conn: psycopg.Connection, statements: list[tuple[str, tuple | None]]) -> psycopg.Cursor:
         """
