@@ -1,10 +1,6 @@
 """
-The state on PostgreSQL, shared by several server processes (nodes).
-
-Tables: C{devpi_kv} holds the current value of every key, C{devpi_changelog}
-one row per committed write transaction (the same text as SQLite's
-changelog, byte for byte: L{kvtext}), C{devpi_serial} one row with the last
-serial, C{devpi_meta} the schema version.
+The state on PostgreSQL, shared by several server processes (nodes); its
+tables are in L{pgschema}, its changelog text is SQLite's (L{kvtext}).
 
 Serials stay gapless and ordered across nodes because every write
 transaction begins by locking the counter row (C{SELECT ... FOR UPDATE}):
@@ -16,16 +12,12 @@ transaction body always reads the latest state.
 
 Outside transactions, reads come from an in-memory cache of encoded
 values, as with SQLite; a node learns of other nodes' commits through
-LISTEN/NOTIFY and a periodic check (L{pgwatch.CommitWatcher}), and catches
-up from the changelog, never from a notification's payload.
+LISTEN/NOTIFY and a periodic check (L{pgwatch.CommitWatcher}).
 
-The L{IStorage} contract is synchronous: each begin, commit and cache miss
-is a round trip to PostgreSQL on the calling (reactor) thread.  A begin
-and a commit are one round trip each (pipeline mode).
-
-When the database cannot be reached, operations raise
-L{StorageUnavailable} within the connect timeout, and the next operation
-connects again.
+The L{IStorage} contract is synchronous: a begin, a commit (one round trip
+each, pipelined) and a cache miss wait for PostgreSQL on the calling
+(reactor) thread.  An unreachable database raises L{StorageUnavailable}
+within the connect timeout; the next operation connects again.
 """
 
 from __future__ import annotations
