@@ -344,3 +344,22 @@ def test_catch_up_reads_long_gaps_in_batches(nodes, monkeypatch):
     assert b.catch_up() == 10
     assert seen == list(range(10)) and b.get("k/9") == 9
     assert b._cache["k/3"] == encode(3)
+
+
+def test_own_commits_notified_back_cost_no_catch_up(nodes, monkeypatch):
+    (s,) = nodes(1)
+    watcher, _ = _watch(s)
+    try:
+        with s.transaction() as tx:
+            tx.set("k", 1)
+        calls = []
+        monkeypatch.setattr(s, "catch_up", lambda: calls.append(1) or 0)
+        assert _readable(watcher)
+        watcher.doRead()
+        assert calls == []
+        s._connection().execute("SELECT pg_notify('devpi_tx_commit', 'garbled')")
+        assert _readable(watcher)
+        watcher.doRead()
+        assert calls == [1]
+    finally:
+        watcher.stopService()

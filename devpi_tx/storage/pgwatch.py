@@ -26,6 +26,17 @@ from .postgresql import CHANNEL, PostgresStorage
 log = logger("devpi_tx.storage")
 
 
+def _serial_of(payload: bytes) -> int:
+    """
+    The serial a notification names; a payload that is not one counts as
+    news (read the changelog).
+    """
+    try:
+        return int(payload)
+    except ValueError:
+        return 1 << 62
+
+
 @implementer(IReadDescriptor)
 class CommitWatcher(Service):
     """
@@ -135,19 +146,21 @@ class CommitWatcher(Service):
         conn = self._conn
         if conn is None:
             return
-        count = 0
+        latest = -1
         try:
             pgconn = conn.pgconn
             pgconn.consume_input()
             if pgconn.status != psycopg.pq.ConnStatus.OK:
                 raise psycopg.OperationalError("the connection was closed")
-            while pgconn.notifies() is not None:
-                count += 1
+            while (notify := pgconn.notifies()) is not None:
+                latest = max(latest, _serial_of(notify.extra))
         except psycopg.Error as e:
             self._disconnect()
             self._failed("listening for other nodes' commits", e)
             return
-        if count:
+        # The payload only spares a query for this node's own commits,
+        # which come back too; anything else is read from the changelog.
+        if latest > self._storage.serial:
             self._catch_up()
 
     def connectionLost(self, reason) -> None:
