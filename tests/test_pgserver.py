@@ -119,3 +119,28 @@ def test_a_server_on_postgresql_serves_users_indexes_and_files(config, upstream,
     assert other.serial == serial
     assert other.get("user/alice")["username"] == "alice"  # type: ignore[index]
     other.close()
+
+
+@pytest.mark.scaleout
+def test_the_service_tree_watches_other_nodes_commits(config, pg_dsn):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from devpi_tx.service import make_service
+    from devpi_tx.startup import FoundPlugins
+
+    reactor = MemoryReactorClock()
+    config = attrs.evolve(config, storage=pg_dsn, listen=("tcp:0:interface=127.0.0.1",))
+    root = make_service(config, reactor, plugins=FoundPlugins([], [], []))
+    names = [service.name for service in root]
+    assert names[:2] == ["state", "state-watcher"]
+    watcher = root.getServiceNamed("state-watcher")
+    root.startService()
+    assert watcher in reactor.getReaders()
+    other = PostgresStorage(pg_dsn)
+    with other.transaction() as tx:
+        tx.set("from/other", 1)
+    other.close()
+    reactor.advance(1.0)
+    assert watcher._storage.get("from/other") == 1
+    root.stopService()
+    assert watcher not in reactor.getReaders()

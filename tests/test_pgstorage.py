@@ -363,3 +363,23 @@ def test_own_commits_notified_back_cost_no_catch_up(nodes, monkeypatch):
         assert calls == [1]
     finally:
         watcher.stopService()
+
+
+def test_a_write_waiting_too_long_for_another_nodes_is_storage_unavailable(nodes):
+    a, b = nodes(2, lock_timeout=0.2)
+    with a.transaction() as tx:
+        tx.set("k", "a")
+        with pytest.raises(StorageUnavailable, match="busy: another node held its write lock for over 0.2 s"):
+            with b.transaction() as other:
+                other.set("k", "b")
+    with b.transaction() as tx:  # b's connection is fine; a committed meanwhile
+        assert tx.get("k") == "a"
+        tx.set("k", "b")
+    assert (b.serial, b.get("k")) == (1, "b")
+
+
+def test_a_closed_storage_stays_closed(nodes):
+    (s,) = nodes(1)
+    s.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        s.get("k")

@@ -109,7 +109,7 @@ class PostgresStorage:
         self._cache_size = cache_size
         self._listeners: list = []
         self._in_transaction = False
-        self._opened = False
+        self._opened = self._closed = False
         #: Whether the connection is new since the last operation.
         self._fresh = False
         self.serial = -1
@@ -139,6 +139,8 @@ class PostgresStorage:
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
+            if self._closed:
+                raise RuntimeError(f"the state in {self.dsn} was closed")
             self._conn = self.connect()
             self._fresh = True
             if self._opened:
@@ -514,6 +516,7 @@ class PostgresStorage:
     def close(self) -> None:
         """
         Close the connection (the watcher of other nodes' commits is a
-        service of its own, stopped before).
+        service of its own, stopped before); using it after raises.
         """
+        self._closed = True
         self._drop()
