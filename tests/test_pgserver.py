@@ -6,9 +6,13 @@ request gets while the state's database cannot be reached.
 
 from __future__ import annotations
 
+import io
+import os
+
 import attrs
 import psycopg
 import pytest
+from argon2 import PasswordHasher
 from treq.testing import StubTreq
 from twisted.internet import reactor
 
@@ -63,7 +67,7 @@ def test_a_503_with_one_line_while_the_state_is_unavailable(client, context, mon
 
 
 @pytest.mark.scaleout
-def test_init_creates_the_schema_and_a_start_without_it_is_refused(tmp_path, pg_dsn, capsys):
+def test_init_creates_the_schema_and_a_start_without_it_is_refused(tmp_path, pg_dsn, capsys, monkeypatch):
     serverdir = str(tmp_path / "server")
     config = build_config({"serverdir": serverdir, "storage": pg_dsn, "no-root-pypi": True}, environ={})
     # Not initialised: nothing to check yet (the first start initialises).
@@ -74,6 +78,12 @@ def test_init_creates_the_schema_and_a_start_without_it_is_refused(tmp_path, pg_
     assert "created user root" in capsys.readouterr().out
     storage = PostgresStorage(pg_dsn)
     assert storage.serial == 0 and storage.get("user/root")  # type: ignore[truthy-bool]
+    # devpi-tx passwd writes the password there too, not into a SQLite file.
+    monkeypatch.setattr("sys.stdin", io.StringIO("new root pw\n"))
+    assert devpi_tx_main(["passwd", "root", "--serverdir", serverdir, "--storage", pg_dsn]) == 0
+    storage.catch_up()
+    assert PasswordHasher().verify(storage.get("user/root")["pwhash"], "new root pw")  # type: ignore[index]
+    assert not os.path.exists(os.path.join(serverdir, ".sqlite"))
     storage.close()
     check_state(config)
     # The tables dropped behind the server's back: the start stops in one line.
