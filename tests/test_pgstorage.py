@@ -14,6 +14,7 @@ import time
 
 import psycopg
 import pytest
+import pytest_twisted
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
@@ -383,3 +384,31 @@ def test_a_closed_storage_stays_closed(nodes):
     s.close()
     with pytest.raises(RuntimeError, match="closed"):
         s.get("k")
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_the_real_reactor_a_commit_reaches_the_other_node_at_once(nodes):
+    """
+    The watcher's socket on Twisted's reactor: node B hears of node A's
+    commit through LISTEN, well before the periodic check (set to an hour).
+    """
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+
+    a, b = nodes(2)
+    heard: Deferred = Deferred()
+    b.subscribe(lambda serial, keys: heard.called or heard.callback((serial, keys)))
+    watcher = CommitWatcher(b, reactor, interval=3600)
+    watcher.startService()
+    timeout = reactor.callLater(10, heard.cancel)
+    try:
+        started = time.monotonic()
+        with a.transaction() as tx:
+            tx.set("user/bob", {"v": 1})
+        assert await heard == (0, frozenset({"user/bob"}))
+        assert time.monotonic() - started < 5
+        assert b.get("user/bob") == {"v": 1}
+    finally:
+        if timeout.active():
+            timeout.cancel()
+        watcher.stopService()
