@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 
+from zope.interface import implementer
+
+from ..interfaces import ITransaction
+
 #: Marks "not among a transaction's writes" (L{None} there is a deletion).
 MISSING = object()
 
@@ -53,3 +57,31 @@ def prefix_upper(prefix: str) -> str:
     C{prefix} (no LIKE, so no escaping issues).
     """
     return prefix + "\U0010ffff"
+
+
+@implementer(ITransaction)
+class OverlayTransaction:
+    """
+    The pending writes of one transaction, read over the committed state:
+    what both providers' C{transaction()} yields.  The storage gives
+    C{_encoded(key)} (a committed value's text, or L{None}) and C{keys}.
+    """
+
+    def __init__(self, storage) -> None:
+        self._storage = storage
+        self.changes: dict[str, str | None] = {}
+
+    def get(self, key: str) -> object:
+        encoded = self.changes.get(key, MISSING)
+        if encoded is MISSING:
+            encoded = self._storage._encoded(key)
+        return None if encoded is None else json.loads(encoded)  # type: ignore[arg-type]
+
+    def set(self, key: str, value: object) -> None:
+        self.changes[key] = encode(value)
+
+    def delete(self, key: str) -> None:
+        self.changes[key] = None
+
+    def keys(self, prefix: str) -> list[str]:
+        return overlaid(self._storage.keys(prefix), self.changes, prefix)

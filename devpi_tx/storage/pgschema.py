@@ -9,7 +9,7 @@ from __future__ import annotations
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .errors import SchemaError
+from .errors import SchemaError, StorageUnavailable
 
 SCHEMA_VERSION = 1
 
@@ -50,6 +50,23 @@ def conninfo(dsn: str, connect_timeout: int) -> str:
     for name, value in _CONNECT_DEFAULTS.items():
         params.setdefault(name, value)
     return make_conninfo("", **params)
+
+
+def connect(conninfo: str, dsn: str, lock_timeout: float) -> psycopg.Connection:
+    """
+    A new connection in autocommit mode (transactions are begun
+    explicitly, so that a begin is one round trip), whose waits for a lock
+    end after C{lock_timeout} seconds.
+
+    @param dsn: the DSN as shown (L{safe_dsn}).
+    @raise StorageUnavailable: the database cannot be reached.
+    """
+    try:
+        conn = psycopg.connect(conninfo, autocommit=True)
+        conn.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
+    except psycopg.Error as e:
+        raise StorageUnavailable(f"the state database {dsn} is unavailable: {first_line(e)}") from e
+    return conn
 
 
 def safe_dsn(dsn: str) -> str:

@@ -31,11 +31,11 @@ from contextlib import contextmanager
 import psycopg
 from zope.interface import implementer
 
-from ..interfaces import IStorage, ITransaction
+from ..interfaces import IStorage
 from ..logs import logger
 from .errors import SerialMismatch, StorageUnavailable
-from .kvtext import MISSING, encode, entry_text, overlaid, prefix_upper
-from .pgschema import check_schema, conninfo, first_line, safe_dsn
+from .kvtext import OverlayTransaction, encode, entry_text, prefix_upper
+from .pgschema import check_schema, connect, conninfo, first_line, safe_dsn
 
 log = logger("devpi_tx.storage")
 
@@ -46,30 +46,8 @@ _LOCK_COUNTER = "SELECT serial FROM devpi_serial FOR UPDATE"
 _CATCH_UP_BATCH = 500
 
 
-@implementer(ITransaction)
-class PostgresTransaction:
-    """
-    The pending writes of one transaction; see L{PostgresStorage.transaction}.
-    """
-
-    def __init__(self, storage: PostgresStorage) -> None:
-        self._storage = storage
-        self.changes: dict[str, str | None] = {}
-
-    def get(self, key: str) -> object:
-        encoded = self.changes.get(key, MISSING)
-        if encoded is MISSING:
-            encoded = self._storage._encoded(key)
-        return None if encoded is None else json.loads(encoded)  # type: ignore[arg-type]
-
-    def set(self, key: str, value: object) -> None:
-        self.changes[key] = encode(value)
-
-    def delete(self, key: str) -> None:
-        self.changes[key] = None
-
-    def keys(self, prefix: str) -> list[str]:
-        return overlaid(self._storage.keys(prefix), self.changes, prefix)
+#: What C{transaction()} yields.
+PostgresTransaction = OverlayTransaction
 
 
 @implementer(IStorage)
@@ -114,9 +92,13 @@ class PostgresStorage:
         self._fresh = False
         self.serial = -1
         conn = self._connection()
-        with self._errors():
-            check_schema(conn, self.dsn, create)
-            self.serial = conn.execute("SELECT serial FROM devpi_serial").fetchone()[0]
+        try:
+            with self._errors():
+                check_schema(conn, self.dsn, create)
+                self.serial = conn.execute("SELECT serial FROM devpi_serial").fetchone()[0]
+        except BaseException:
+            self._drop()
+            raise
         self._opened = True
         self._fresh = False
         log.info("state in {dsn} at serial {serial}", dsn=self.dsn, serial=self.serial)
@@ -125,17 +107,10 @@ class PostgresStorage:
 
     def connect(self) -> psycopg.Connection:
         """
-        A new connection in autocommit mode (the listener of
-        L{pgwatch.CommitWatcher} takes one too).
-
-        @raise StorageUnavailable: the database cannot be reached.
+        A new connection (L{pgschema.connect}); the listener of
+        L{pgwatch.CommitWatcher} takes one too.
         """
-        try:
-            conn = psycopg.connect(self._conninfo, autocommit=True)
-            conn.execute(f"SET lock_timeout = {int(self._lock_timeout * 1000)}")
-        except psycopg.Error as e:
-            raise StorageUnavailable(f"the state database {self.dsn} is unavailable: {first_line(e)}") from e
-        return conn
+        return connect(self._conninfo, self.dsn, self._lock_timeout)
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
@@ -302,7 +277,7 @@ class PostgresStorage:
         self._in_transaction = True
         try:
             conn = self._begin()
-            tx = PostgresTransaction(self)
+            tx = OverlayTransaction(self)
             try:
                 yield tx
             except BaseException:

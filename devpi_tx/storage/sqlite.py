@@ -38,14 +38,14 @@ from contextlib import contextmanager
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
-from ..interfaces import IStorage, ITransaction
+from ..interfaces import IStorage
 from ..logs import logger
 from .errors import SchemaError, SerialMismatch
 from .kvtext import MISSING as _MISSING
+from .kvtext import OverlayTransaction, prefix_upper
 from .kvtext import encode as _encode
 from .kvtext import entry_text as _entry_text
 from .kvtext import overlaid as _overlaid
-from .kvtext import prefix_upper
 
 log = logger("devpi_tx.storage")
 
@@ -66,30 +66,8 @@ CREATE TABLE IF NOT EXISTS changelog (
 """
 
 
-@implementer(ITransaction)
-class SQLiteTransaction:
-    """
-    The pending writes of one transaction; see L{SQLiteStorage.transaction}.
-    """
-
-    def __init__(self, storage: SQLiteStorage) -> None:
-        self._storage = storage
-        self.changes: dict[str, str | None] = {}
-
-    def get(self, key: str) -> object:
-        encoded = self.changes.get(key, _MISSING)
-        if encoded is _MISSING:
-            encoded = self._storage._encoded(key)
-        return None if encoded is None else json.loads(encoded)
-
-    def set(self, key: str, value: object) -> None:
-        self.changes[key] = _encode(value)
-
-    def delete(self, key: str) -> None:
-        self.changes[key] = None
-
-    def keys(self, prefix: str) -> list[str]:
-        return _overlaid(self._storage.keys(prefix), self.changes, prefix)
+#: What C{transaction()} yields.
+SQLiteTransaction = OverlayTransaction
 
 
 @implementer(IStorage)
@@ -218,7 +196,7 @@ class SQLiteStorage:
 
     @contextmanager
     def transaction(self, durable: bool = True) -> Iterator[SQLiteTransaction]:
-        tx = SQLiteTransaction(self)
+        tx = OverlayTransaction(self)
         yield tx
         if not tx.changes:
             return
