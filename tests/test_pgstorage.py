@@ -412,3 +412,31 @@ async def test_on_the_real_reactor_a_commit_reaches_the_other_node_at_once(nodes
         if timeout.active():
             timeout.cancel()
         watcher.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_on_the_real_reactor_a_lost_listener_leaves_the_reactor_sound(nodes):
+    """
+    libpq closes the socket of a connection it finds lost; the reactor
+    must still be able to stop watching it (before, its descriptor stayed
+    in the reactor's tables, and the next socket given that number, a
+    client's, say, was never watched).
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    a, b = nodes(2)
+    watcher = CommitWatcher(b, reactor, interval=3600)
+    watcher.startService()
+    try:
+        a._connection().execute("SELECT pg_terminate_backend(%s)", (watcher._conn.info.backend_pid,))
+        for _ in range(500):
+            if not watcher.listening:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        assert not watcher.listening
+        assert watcher not in reactor.getReaders()  # raised KeyError when the tables were unsound
+        watcher.check()
+        assert watcher.listening and watcher in reactor.getReaders()
+    finally:
+        watcher.stopService()

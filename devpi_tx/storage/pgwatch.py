@@ -13,6 +13,8 @@ its connection was lost.
 
 from __future__ import annotations
 
+import os
+
 import psycopg
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReadDescriptor
@@ -51,6 +53,11 @@ class CommitWatcher(Service):
         self._reactor = reactor
         self._interval = interval
         self._conn: psycopg.Connection | None = None
+        #: Our own descriptor of the listener's socket: libpq closes its
+        #: own when it finds the connection lost, and the reactor must
+        #: still be able to remove what it watches (the number would be
+        #: reused by the next socket, which the reactor would then ignore).
+        self._fd: int | None = None
         self._loop: LoopingCall | None = None
         #: Whether the last attempt failed (its error logged once, not every second).
         self._failing = False
@@ -90,6 +97,7 @@ class CommitWatcher(Service):
                 self._failed("listening for other nodes' commits", e)
                 return
             self._conn = conn
+            self._fd = os.dup(conn.pgconn.socket)
             self._reactor.addReader(self)
         self._catch_up()
 
@@ -97,6 +105,9 @@ class CommitWatcher(Service):
         conn, self._conn = self._conn, None
         if conn is not None:
             self._reactor.removeReader(self)
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)
             try:
                 conn.close()
             except Exception:
@@ -134,8 +145,7 @@ class CommitWatcher(Service):
     # -- IReadDescriptor -------------------------------------------------------------
 
     def fileno(self) -> int:
-        conn = self._conn
-        return -1 if conn is None or conn.closed else conn.pgconn.socket
+        return -1 if self._fd is None else self._fd
 
     def doRead(self) -> None:
         """
