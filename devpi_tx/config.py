@@ -79,6 +79,9 @@ class ServerConfig:
     mirror_cache_size: int | None = None
     #: Free disk space below which /+health fails: (bytes, fraction of the disk), one of them 0.
     min_free_space: tuple[int, float] = (1 << 30, 0.0)
+    #: Where the state is: L{None} for the SQLite file in the server
+    #: directory, else a PostgreSQL URL (see L{devpi_tx.storage.backends}).
+    storage: str | None = None
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -206,6 +209,23 @@ def _size(name: str, value: object) -> int:
         raise ConfigError(f"{name}: {e}") from None
 
 
+def is_postgres_url(value: str) -> bool:
+    """
+    Whether a C{--storage} value names a PostgreSQL database.
+    """
+    return value.startswith(("postgresql://", "postgres://"))
+
+
+def _storage(name: str, value: object) -> str:
+    text = _str(name, value)
+    if not is_postgres_url(text):
+        raise ConfigError(
+            f"{name}: expected a postgresql:// URL (leave it unset for the SQLite file in the server "
+            f"directory), got {text.split('@')[-1]!r}"
+        )
+    return text
+
+
 def _free_space(name: str, value: object) -> tuple[int, float]:
     try:
         return parse_free_space(value)
@@ -248,6 +268,7 @@ OPTIONS: dict[str, tuple[str, object]] = {
     "no-metrics": ("no_metrics", _bool),
     "mirror-cache-size": ("mirror_cache_size", _size),
     "min-free-space": ("min_free_space", _free_space),
+    "storage": ("storage", _storage),
 }
 
 

@@ -112,6 +112,13 @@ class ServerOptions(usage.Options):
             "Free space on the server directory's disk below which /+health answers 503: a size (1G) or "
             "a percentage (5%) (default 1G).",
         ],
+        [
+            "storage",
+            None,
+            None,
+            "Where the state is: a postgresql://user@host/dbname URL, which several servers may share "
+            "(password from PGPASSWORD or ~/.pgpass); default the SQLite file in the server directory.",
+        ],
     ]
 
     optFlags = [

@@ -4,7 +4,8 @@ the state (node identity, secret).
 
 Layout::
 
-    .sqlite      the serial-numbered state (see storage.sqlite)
+    .sqlite      the serial-numbered state (see storage.sqlite), unless
+                 --storage names a PostgreSQL database (storage.postgresql)
     .nodeinfo    JSON: this node's uuid and role
     .secret      the secret that signs login tokens (mode 0600), unless
                  --secretfile points elsewhere
@@ -31,10 +32,11 @@ from . import __version__
 from .auth.passwords import default_hasher
 from .config import ConfigError, ServerConfig
 from .customizers import default_registry
+from .interfaces import IStorage
 from .logs import logger
 from .model import indexes, users
 from .pipconfig import default_mirror_url, pip_default_index
-from .storage.sqlite import SQLiteStorage, open_storage
+from .storage.backends import open_storage_for
 
 log = logger("devpi_tx.init")
 
@@ -255,7 +257,7 @@ def initialize(config: ServerConfig, hasher: PasswordHasher | None = None) -> li
         if not config.root_passwd:
             done.append("WARNING: user root has an empty password; set one with devpi passwd")
         pwhash = hasher.hash(config.root_passwd or "")
-    storage: SQLiteStorage = open_storage(serverdir)
+    storage = open_storage_for(config, create=True)
     try:
         if storage.serial >= 0:
             # An earlier init committed the state but died before writing
@@ -286,7 +288,7 @@ def _initialize_replica(config: ServerConfig) -> list[str]:
     """
     check_replica_secret(config)
     os.makedirs(config.serverdir, exist_ok=True)
-    open_storage(config.serverdir).close()
+    open_storage_for(config, create=True).close()
     nodeinfo = {"uuid": uuid.uuid4().hex, "role": "replica", "version": __version__, "layout": LAYOUT}
     write_nodeinfo(config.serverdir, nodeinfo)
     return [
@@ -295,7 +297,7 @@ def _initialize_replica(config: ServerConfig) -> list[str]:
     ]
 
 
-def _initial_state(storage: SQLiteStorage, config: ServerConfig, pwhash: str, done: list[str]) -> None:
+def _initial_state(storage: IStorage, config: ServerConfig, pwhash: str, done: list[str]) -> None:
     with storage.transaction() as tx:
         users.create_user(tx, "root", {}, pwhash)
         done.append("created user root")

@@ -58,8 +58,8 @@ from .serverdir import (
     write_nodeinfo,
 )
 from .startup import FoundPlugins, HoldServerDir, ListenError, error_path, listen_failure, listen_labels
+from .storage.backends import open_storage_for, storage_service
 from .storage.files import LocalFileStore
-from .storage.sqlite import open_storage
 from .web.accesslog import open_access_log
 from .web.api import DevpiAPI
 from .web.changefeed import ChangeFeed
@@ -200,7 +200,7 @@ def build_context(
     check_role(config, nodeinfo)
     check_replica_secret(config)
     secret = ensure_secret(config.secret_path)
-    storage = open_storage(config.serverdir, clock=clock)
+    storage = open_storage_for(config, clock)
     role = config.effective_role
     if nodeinfo.get("layout", 1) < LAYOUT and role != "replica":
         # (A replica's state is the primary's: the primary's migration
@@ -445,7 +445,8 @@ def make_service(
 
     0. with C{lock} (the server directory's, which the caller took), what
        keeps it and writes this process's pid into it,
-    1. the state (closed last),
+    1. the state (closed last), and on a shared state (PostgreSQL) the
+       watcher of the other nodes' commits,
     2. the changelog streams to replicas (ended before the state closes),
     3. the upstream client's connection pool,
     4. the writer of derived blobs,
@@ -470,6 +471,10 @@ def make_service(
     if lock is not None:
         HoldServerDir(lock).setServiceParent(root)
     CallOnStop("state", context.storage.close).setServiceParent(root)
+    watcher = storage_service(context.storage, reactor)
+    if watcher is not None:
+        # Other nodes' commits, on a state they share (stopped before it closes).
+        watcher.setServiceParent(root)
     CallOnStop("changefeed", context.changefeed.stop).setServiceParent(root)
     CallOnStop("upstream", context.http.close_idle).setServiceParent(root)
     if context.replica is not None:

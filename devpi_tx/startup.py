@@ -50,6 +50,8 @@ from .serverdir import (
     read_nodeinfo,
     read_secret,
 )
+from .storage.backends import check_storage
+from .storage.errors import SchemaError, StorageUnavailable
 
 log = logger("devpi_tx.startup")
 
@@ -75,6 +77,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     AlreadyInitialized,
     ListenError,
     CommandError,
+    StorageUnavailable,
+    SchemaError,
 )
 
 
@@ -224,6 +228,7 @@ def check_state(config: ServerConfig) -> None:
         raise ConfigError(f"option serverdir: {os.path.join(serverdir, '.nodeinfo')} is not a node's info")
     check_role(config, nodeinfo)
     check_replica_secret(config)
+    check_storage(config)
 
 
 # -- endpoints -------------------------------------------------------------------

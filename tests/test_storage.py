@@ -19,12 +19,58 @@ from devpi_tx.interfaces import IFileStore, IFileWriter, IStorage, ITransaction
 from devpi_tx.storage.files import LocalFileStore
 from devpi_tx.storage.sqlite import SchemaError, SQLiteStorage
 
+# -- the state, on each provider ------------------------------------------------
+#
+# Tests taking ``storage`` or ``open_state`` run on SQLite and on PostgreSQL
+# (the latter marked scaleout: it needs the session's PostgreSQL server).
+# Tests that build an SQLiteStorage themselves are about SQLite only: its
+# batching of non-durable commits on a clock, its file and a writer killed
+# mid-transaction, its PRAGMAs and its query trace.  PostgreSQL's own are in
+# test_pgstorage.py.
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.scaleout)])
+def open_state(request, tmp_path):
+    """
+    C{open_state(name="state", **kw)}: open (creating it on first use) the
+    state called C{name}, on the provider of the test's parameter; two
+    opens of one name are two processes (nodes) on one database.
+    """
+    opened = []
+    databases: dict[str, str] = {}
+
+    def open_state(name: str = "state", **kw):
+        if request.param == "sqlite":
+            s = SQLiteStorage(str(tmp_path / f"{name}.sqlite"), **kw)
+        else:
+            from devpi_tx.storage.postgresql import PostgresStorage
+
+            if name not in databases:
+                databases[name] = request.getfixturevalue("pg_cluster").create_database()
+            s = PostgresStorage(databases[name], create=True, **kw)
+        opened.append(s)
+        return s
+
+    open_state.provider = request.param
+    yield open_state
+    for s in opened:
+        s.close()
+
 
 @pytest.fixture
-def storage(tmp_path):
-    s = SQLiteStorage(str(tmp_path / "state.sqlite"))
-    yield s
-    s.close()
+def storage(open_state):
+    return open_state()
+
+
+def _rows(s, table: str, columns: str) -> list[tuple]:
+    """
+    The rows of the state's table C{kv} or C{changelog}, in key or serial
+    order, as stored.
+    """
+    order = columns.split(",")[0]
+    if isinstance(s, SQLiteStorage):
+        return s._db.execute(f"SELECT {columns} FROM {table} ORDER BY {order}").fetchall()
+    return s._connection().execute(f"SELECT {columns} FROM devpi_{table} ORDER BY {order}").fetchall()
 
 
 def test_provides_interfaces(storage):
@@ -98,15 +144,13 @@ def test_keys_by_prefix_are_sorted_and_exact(storage):
     assert storage.keys("user/") == ["user/a", "user/b"]
 
 
-def test_reopen_keeps_state_and_serial(tmp_path):
-    path = str(tmp_path / "state.sqlite")
-    s = SQLiteStorage(path)
+def test_reopen_keeps_state_and_serial(open_state):
+    s = open_state()
     with s.transaction() as tx:
         tx.set("k", "v")
     s.close()
-    s = SQLiteStorage(path)
+    s = open_state()
     assert (s.serial, s.get("k")) == (0, "v")
-    s.close()
 
 
 def test_non_durable_commit_is_a_commit_and_leaves_full_sync_on(tmp_path):
@@ -146,9 +190,8 @@ def test_refuses_newer_schema(tmp_path):
         SQLiteStorage(path)
 
 
-def test_commit_by_other_process_is_seen_after_next_commit(tmp_path):
-    path = str(tmp_path / "state.sqlite")
-    a, b = SQLiteStorage(path), SQLiteStorage(path)
+def test_commit_by_other_process_is_seen_after_next_commit(open_state):
+    a, b = open_state(), open_state()
     with a.transaction() as tx:
         tx.set("k", "from-a")
     assert a.get("k") == "from-a"
@@ -158,8 +201,6 @@ def test_commit_by_other_process_is_seen_after_next_commit(tmp_path):
         tx.set("other", 1)
     assert a.serial == 2
     assert a.get("k") == "from-b"
-    a.close()
-    b.close()
 
 
 _WRITER = textwrap.dedent(
@@ -312,15 +353,14 @@ def test_no_path_outside_the_store(files, bad):
         files.path(bad)
 
 
-def test_read_cache_is_bounded_and_reads_stay_right(tmp_path):
-    s = SQLiteStorage(str(tmp_path / "state.sqlite"), cache_size=10)
+def test_read_cache_is_bounded_and_reads_stay_right(open_state):
+    s = open_state(cache_size=10)
     with s.transaction() as tx:
         for i in range(50):
             tx.set(f"k{i:02d}", i)
     assert len(s._cache) <= 10
     assert [s.get(f"k{i:02d}") for i in range(50)] == list(range(50))
     assert len(s._cache) <= 10
-    s.close()
 
 
 # -- batched non-durable transactions -----------------------------------------
@@ -463,8 +503,7 @@ def test_changelog_frames_are_the_stored_rows_in_order(storage):
     for serial, timestamp, text in frames:
         entry = storage.changelog_entry(serial)
         assert (timestamp, json.loads(text)) == (entry["timestamp"], entry["changes"])
-        row = storage._db.execute("SELECT changes FROM changelog WHERE serial=?", (serial,)).fetchone()
-        assert text == row[0]  # as stored, not decoded and encoded again
+        assert text == dict(_rows(storage, "changelog", "serial, changes"))[serial]  # as stored
     assert [serial for serial, _, _ in storage.changelog_frames(3, 10**9)] == [3, 4, 5]
     assert storage.changelog_frames(6, 10**9) == []
     assert storage.changelog_frames(60, 10**9) == []
@@ -539,9 +578,9 @@ def test_a_fan_out_directory_removed_behind_the_store_is_made_again(tmp_path):
 # -- entries replicated from a primary ------------------------------------------------
 
 
-def test_imported_entries_make_the_primarys_changelog_and_state(tmp_path):
-    primary = SQLiteStorage(str(tmp_path / "primary.sqlite"))
-    replica = SQLiteStorage(str(tmp_path / "replica.sqlite"))
+def test_imported_entries_make_the_primarys_changelog_and_state(open_state):
+    primary = open_state("primary")
+    replica = open_state("replica")
     with primary.transaction() as tx:
         tx.set("user/alice", {"username": "alice", "indexes": {"dev": {"type": "stage"}}})
         tx.set("blob/" + "a" * 64, 1)
@@ -561,15 +600,11 @@ def test_imported_entries_make_the_primarys_changelog_and_state(tmp_path):
     assert replica.get("k") == {"\u00e9": [1.5, None, True]}
     assert replica.get("blob/" + "a" * 64) is None
     assert replica.last_commit_timestamp() == primary.last_commit_timestamp()
-    rows = "SELECT serial, timestamp, changes FROM changelog ORDER BY serial"
-    kv = "SELECT key, value, serial FROM kv ORDER BY key"
-    assert replica._db.execute(rows).fetchall() == primary._db.execute(rows).fetchall()
-    assert replica._db.execute(kv).fetchall() == primary._db.execute(kv).fetchall()
+    for table, columns in [("changelog", "serial, timestamp, changes"), ("kv", "key, value, serial")]:
+        assert _rows(replica, table, columns) == _rows(primary, table, columns)
     replica.close()
-    replica = SQLiteStorage(str(tmp_path / "replica.sqlite"))
+    replica = open_state("replica")
     assert (replica.serial, replica.get("user/alice")["username"]) == (1, "alice")
-    replica.close()
-    primary.close()
 
 
 @pytest.mark.parametrize("serial", [0, 1, 3])
@@ -578,7 +613,7 @@ def test_import_refuses_a_serial_that_does_not_follow(storage, serial):
     After serial 1, entry 0 or 1 (applied already) and entry 3 (a gap) are
     refused; nothing changes and no listener hears of them.
     """
-    from devpi_tx.storage.sqlite import SerialMismatch
+    from devpi_tx.storage.errors import SerialMismatch
 
     storage.import_entry(0, 1.0, {"a": 1})
     storage.import_entry(1, 2.0, {"a": 2})
@@ -592,20 +627,17 @@ def test_import_refuses_a_serial_that_does_not_follow(storage, serial):
     assert (storage.serial, storage.get("a"), seen) == (2, 3, [2])
 
 
-def test_import_refused_when_another_process_committed(tmp_path):
-    from devpi_tx.storage.sqlite import SerialMismatch
+def test_import_refused_when_another_process_committed(open_state):
+    from devpi_tx.storage.errors import SerialMismatch
 
-    path = str(tmp_path / "state.sqlite")
-    a, b = SQLiteStorage(path), SQLiteStorage(path)
+    a, b = open_state(), open_state()
     a.import_entry(0, 1.0, {"a": 1})
     with b.transaction() as tx:
         tx.set("b", 1)
-    with pytest.raises(SerialMismatch, match="on disk"):
+    with pytest.raises(SerialMismatch, match="on disk" if open_state.provider == "sqlite" else "database"):
         a.import_entry(1, 2.0, {"a": 2})
     assert a.serial == 1  # knows the serial on disk now
     assert a.get("a") == 1 and a.changelog_entry(1)["changes"] == {"b": 1}
-    a.close()
-    b.close()
 
 
 def test_a_non_durable_import_is_a_commit_and_leaves_full_sync_on(tmp_path):

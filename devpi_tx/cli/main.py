@@ -3,7 +3,8 @@ C{devpi-tx}: maintenance commands next to C{twistd devpi}.
 
     devpi-tx init [--serverdir DIR] [--no-root-pypi] [--root-passwd PW]
                   [--root-passwd-hash HASH] [--mirror-url URL] [-c FILE]
-    devpi-tx passwd USER [--serverdir DIR]      (the server stopped)
+                  [--storage postgresql://USER@HOST/DB]
+    devpi-tx passwd USER [--serverdir DIR] [--storage URL]  (the server stopped)
     devpi-tx gen-secret [--secretfile PATH] [--force]
     devpi-tx fsck [--serverdir DIR] [--repair]  (the server stopped)
     devpi-tx gen-config [server options] [--output DIR] [--socket-activation] ...
@@ -40,6 +41,7 @@ INIT_OPTIONS = frozenset(
         # With the role, so that a replica's config file passes its checks.
         "primary-url",
         "master-url",
+        "storage",
     ]
 )
 
@@ -52,6 +54,7 @@ def _init(args: argparse.Namespace) -> int:
         "root-passwd-hash": args.root_passwd_hash,
         "mirror-url": args.mirror_url,
         "secretfile": args.secretfile,
+        "storage": args.storage,
     }
     config = build_config(given, args.configfile, allowed=INIT_OPTIONS)
     check_start(config, reactor=None, listen=False)
@@ -69,7 +72,11 @@ def _serverdir_config(args: argparse.Namespace):
     The config of a command on an existing server directory (refused
     before the lock would create one).
     """
-    config = build_config({"serverdir": args.serverdir}, None, allowed=frozenset(["serverdir", "secretfile"]))
+    config = build_config(
+        {"serverdir": args.serverdir, "storage": getattr(args, "storage", None)},
+        None,
+        allowed=frozenset(["serverdir", "secretfile", "storage"]),
+    )
     if args.command != "gen-secret" and not is_initialized(config.serverdir):
         raise CommandError(f"option serverdir: {config.serverdir} holds no server (give --serverdir)")
     return config
@@ -81,9 +88,10 @@ def _serverdir(args: argparse.Namespace) -> str:
 
 def _passwd(args: argparse.Namespace) -> int:
     password = maintenance.read_new_password()
-    lock = take_serverdir(_serverdir_config(args))
+    config = _serverdir_config(args)
+    lock = take_serverdir(config)
     try:
-        maintenance.set_password(_serverdir(args), args.user, password)
+        maintenance.set_password(config.serverdir, args.user, password, config.storage)
     finally:
         lock.release()
     print(f"password of {args.user} set")
@@ -152,6 +160,12 @@ def _add_init(commands) -> None:
         metavar="FILE",
         help="file with the secret that signs login tokens (default SERVERDIR/.secret, created)",
     )
+    init.add_argument(
+        "--storage",
+        metavar="URL",
+        help="a postgresql://user@host/dbname URL: create the state's tables there (or join the state "
+        "other nodes share); default the SQLite file in the server directory",
+    )
     init.set_defaults(run=_init)
 
 
@@ -159,6 +173,7 @@ def _add_maintenance(commands) -> None:
     passwd = commands.add_parser("passwd", help="set a user's password (the server stopped)")
     passwd.add_argument("user")
     passwd.add_argument("--serverdir", metavar="DIR")
+    passwd.add_argument("--storage", metavar="URL", help="the PostgreSQL database the server's state is in")
     passwd.set_defaults(run=_passwd)
     secret = commands.add_parser("gen-secret", help="write a new secret file")
     secret.add_argument("--serverdir", metavar="DIR")

@@ -24,15 +24,23 @@ from ..storage.sqlite import open_storage
 PROGRESS_EVERY = 1000
 
 
-def set_password(serverdir: str, user: str, password: str) -> None:
+def set_password(serverdir: str, user: str, password: str, storage_url: str | None = None) -> None:
     """
-    Set C{user}'s password in the state of a stopped server.
+    Set C{user}'s password in the state of a stopped server: its SQLite
+    file, or with C{storage_url} the PostgreSQL database its nodes share
+    (which running nodes learn of as of any other node's commit).
 
     @raise CommandError: no server there, or no such user.
     """
     if not is_initialized(serverdir):
         raise CommandError(f"{serverdir} holds no server (run devpi-tx init, or give --serverdir)")
-    storage = open_storage(serverdir)
+    if storage_url:
+        from ..config import ServerConfig
+        from ..storage.backends import open_storage_for
+
+        storage = open_storage_for(ServerConfig(serverdir=serverdir, storage=storage_url))
+    else:
+        storage = open_storage(serverdir)
     try:
         if users.get_user(storage, user) is None:
             raise CommandError(f"no user {user!r} in {serverdir}")

@@ -38,8 +38,14 @@ from contextlib import contextmanager
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
-from ..interfaces import IStorage, ITransaction
+from ..interfaces import IStorage
 from ..logs import logger
+from .errors import SchemaError, SerialMismatch
+from .kvtext import MISSING as _MISSING
+from .kvtext import OverlayTransaction, prefix_upper
+from .kvtext import encode as _encode
+from .kvtext import entry_text as _entry_text
+from .kvtext import overlaid as _overlaid
 
 log = logger("devpi_tx.storage")
 
@@ -59,76 +65,9 @@ CREATE TABLE IF NOT EXISTS changelog (
 );
 """
 
-_MISSING = object()
 
-
-class SchemaError(Exception):
-    """
-    The database was written by an incompatible version of devpi-tx.
-    """
-
-
-class SerialMismatch(ValueError):
-    """
-    A replicated entry does not follow the state's last serial (a gap, or
-    one already applied).
-    """
-
-
-def _encode(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _overlaid(found: list[str], writes: dict[str, str | None], prefix: str) -> list[str]:
-    """
-    The sorted keys starting with C{prefix}: C{found} (sorted) as changed
-    by C{writes} not yet in the database (L{None} for a deletion).
-    """
-    if not any(key.startswith(prefix) for key in writes):
-        return found
-    keys = set(found)
-    for key, encoded in writes.items():
-        if key.startswith(prefix):
-            if encoded is None:
-                keys.discard(key)
-            else:
-                keys.add(key)
-    return sorted(keys)
-
-
-def _entry_text(changes: dict[str, str | None]) -> str:
-    """
-    The JSON text of a changelog entry: its keys sorted, each with its new
-    value as encoded (C{null} for a deletion).
-    """
-    items = sorted(changes.items())
-    return "{" + ",".join(f"{json.dumps(key)}:{'null' if enc is None else enc}" for key, enc in items) + "}"
-
-
-@implementer(ITransaction)
-class SQLiteTransaction:
-    """
-    The pending writes of one transaction; see L{SQLiteStorage.transaction}.
-    """
-
-    def __init__(self, storage: SQLiteStorage) -> None:
-        self._storage = storage
-        self.changes: dict[str, str | None] = {}
-
-    def get(self, key: str) -> object:
-        encoded = self.changes.get(key, _MISSING)
-        if encoded is _MISSING:
-            encoded = self._storage._encoded(key)
-        return None if encoded is None else json.loads(encoded)
-
-    def set(self, key: str, value: object) -> None:
-        self.changes[key] = _encode(value)
-
-    def delete(self, key: str) -> None:
-        self.changes[key] = None
-
-    def keys(self, prefix: str) -> list[str]:
-        return _overlaid(self._storage.keys(prefix), self.changes, prefix)
+#: What C{transaction()} yields.
+SQLiteTransaction = OverlayTransaction
 
 
 @implementer(IStorage)
@@ -247,8 +186,8 @@ class SQLiteStorage:
         return None if encoded is None else json.loads(encoded)
 
     def keys(self, prefix: str) -> list[str]:
-        # A range scan on the primary key; no LIKE, so no escaping issues.
-        upper = prefix + "\U0010ffff"
+        # A range scan on the primary key.
+        upper = prefix_upper(prefix)
         rows = self._db.execute(
             "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key",
             (prefix, upper),
@@ -257,7 +196,7 @@ class SQLiteStorage:
 
     @contextmanager
     def transaction(self, durable: bool = True) -> Iterator[SQLiteTransaction]:
-        tx = SQLiteTransaction(self)
+        tx = OverlayTransaction(self)
         yield tx
         if not tx.changes:
             return

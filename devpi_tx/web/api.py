@@ -23,6 +23,7 @@ from ..logs import logger
 from ..model import indexes, releases, users
 from ..model.errors import InvalidInput, ModelError
 from ..model.names import check_indexname, check_username
+from ..storage.errors import StorageUnavailable
 from . import namepages, simple
 from .changelog import ChangelogRoutes
 from .context import ServerContext
@@ -33,6 +34,7 @@ from .pagecache import Page
 from .releases import ReleaseRoutes
 from .render import dump_json, envelope, error, send_json
 from .router import app
+from .site import storage_unavailable
 
 log = logger("devpi_tx.api")
 
@@ -110,6 +112,10 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
     def model_error(self, request: IRequest, failure) -> bytes:
         exc = failure.value
         return error(request, exc.status, exc.message)
+
+    @app.handle_errors(StorageUnavailable)
+    def storage_unavailable(self, request: IRequest, failure) -> bytes:
+        return storage_unavailable(request, failure.value)
 
     @app.handle_errors(Throttled)
     def throttled(self, request: IRequest, failure) -> bytes:

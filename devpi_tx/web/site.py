@@ -18,10 +18,28 @@ from twisted.web.server import Request, Site
 from .. import COMPATIBLE_SERVER_VERSION
 from .._compat import pending_request_line
 from ..logs import logger
+from ..storage.errors import StorageUnavailable
 from .channel import MAX_HEADER_BYTES, MAX_REQUEST_LINE, DevpiChannel
 from .render import error
 
 log = logger("devpi_tx.site")
+
+
+def storage_unavailable(request, exc: StorageUnavailable) -> bytes:
+    """
+    The answer while the state's database cannot be reached: a 503 with
+    the one-line reason (the storage reconnects on its own), logged
+    without a traceback, which would say nothing more.
+    """
+    log.warn(
+        "{method} {path}: 503, {reason}",
+        method=request.method.decode("latin-1"),
+        path=request.path.decode("latin-1"),
+        reason=str(exc),
+    )
+    request.setHeader("Retry-After", "5")
+    return error(request, 503, f"state unavailable: {exc}")
+
 
 #: The methods devpi's API and installers use (PUSH is devpi-client's).
 #: Methods are case-sensitive: anything else is not implemented (501).
@@ -169,8 +187,15 @@ class DevpiRequest(Request):
         """
         An exception no handler turned into an answer: logged with its
         traceback and the request's id, answered 500 with that id (and
-        nothing else about it).
+        nothing else about it).  The state's database being unreachable
+        is a 503 (L{storage_unavailable}).
         """
+        if reason.check(StorageUnavailable) and not (
+            self.finished or self._disconnected or self.startedWriting
+        ):
+            self.write(storage_unavailable(self, reason.value))
+            self.finish()
+            return None
         log.failure(
             "request {request_id} {method} {path} failed",
             reason,

@@ -1,0 +1,68 @@
+"""
+Which database holds the state: C{--storage} unset means the SQLite file
+in the server directory; a C{postgresql://} (or C{postgres://}) URL means
+that PostgreSQL database, which several nodes may share.  PostgreSQL's
+driver is imported only when it is asked for (it is an extra).
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import IService
+from twisted.internet.interfaces import IReactorTime
+
+from ..config import ConfigError, ServerConfig, is_postgres_url
+from ..interfaces import IStorage
+from .errors import SchemaError, StorageUnavailable
+from .sqlite import open_storage
+
+
+def open_storage_for(
+    config: ServerConfig, clock: IReactorTime | None = None, *, create: bool = False
+) -> IStorage:
+    """
+    Open the state the config names.
+
+    @param clock: batches SQLite's non-durable commits (PostgreSQL needs
+        none: such a commit just does not wait for the WAL flush).
+    @param create: create PostgreSQL's schema if missing (initialising);
+        SQLite's file is always created.
+    @raise StorageUnavailable: the database cannot be reached.
+    @raise SchemaError: it holds no state (and C{create} is false), or a
+        newer devpi-tx's.
+    """
+    if config.storage and is_postgres_url(config.storage):
+        from .postgresql import PostgresStorage
+
+        return PostgresStorage(config.storage, create=create)
+    return open_storage(config.serverdir, clock=clock)
+
+
+def storage_service(storage: IStorage, reactor) -> IService | None:
+    """
+    What keeps a node's view of a shared state current (PostgreSQL's
+    watcher of other nodes' commits), as a service for the server's tree;
+    L{None} for a state only this process writes.
+    """
+    from .sqlite import SQLiteStorage
+
+    if isinstance(storage, SQLiteStorage):
+        return None
+    from .pgwatch import CommitWatcher
+
+    return CommitWatcher(storage, reactor)
+
+
+def check_storage(config: ServerConfig) -> None:
+    """
+    The state the config names can be opened as it is (start-up checks of
+    an initialised server directory): an error is one line naming the
+    option.
+    """
+    if not (config.storage and is_postgres_url(config.storage)):
+        return
+    try:
+        open_storage_for(config).close()
+    except ImportError as e:
+        raise ConfigError(f"option storage: PostgreSQL needs psycopg 3 ({e}); pip install psycopg") from None
+    except (StorageUnavailable, SchemaError) as e:
+        raise ConfigError(f"option storage: {e}") from None
