@@ -26,7 +26,7 @@ from .config import ServerConfig
 from .customizers import default_registry
 from .customizers.plugins import FoundType, find_index_types
 from .events import EventDispatcher
-from .interfaces import IAuthenticator, IEventListener
+from .interfaces import IAuthenticator, ICoordinator, IEventListener
 from .logs import logger, set_debug
 from .mirror.cachebound import MirrorCache, MirrorCacheService
 from .mirror.client import UpstreamClient
@@ -58,6 +58,7 @@ from .serverdir import (
     write_nodeinfo,
 )
 from .startup import FoundPlugins, HoldServerDir, ListenError, error_path, listen_failure, listen_labels
+from .storage.coordination import CoordinatorService, FetchLeases, LeaderOnly, LocalCoordinator, holder_id
 from .storage.files import LocalFileStore
 from .storage.sqlite import open_storage
 from .web.accesslog import open_access_log
@@ -69,6 +70,7 @@ from .web.installer import InstallerFastPath
 from .web.listpages import ListPages
 from .web.pagecache import PageCache
 from .web.proxy import ForwardWrites, WriteProxy
+from .web.readyourwrites import SerialWait
 from .web.sendfile import SendfileWorkers
 from .web.site import DevpiSite
 
@@ -148,6 +150,7 @@ def build_context(
     index_types: list[FoundType] | None = None,
     authenticators: Sequence[IAuthenticator] | None = None,
     event_listeners: Sequence[IEventListener] | None = None,
+    coordinator: ICoordinator | None = None,
 ) -> ServerContext:
     """
     Open (initialising on first start) the server directory and build what
@@ -167,6 +170,7 @@ def build_context(
         stack of L{make_http_client} if not given.
     @param on_fatal: on a replica, what to do when replication must stop
         (the primary changed, say); stop the reactor by default.
+    @param coordinator: a L{ICoordinator}, a single node's by default.
     """
     if reactor is None:
         from twisted.internet import reactor
@@ -238,6 +242,9 @@ def build_context(
             config, nodeinfo, storage, files, http, replica_tokens, reactor, run_in_thread, on_fatal
         )
     registry = default_registry(config.mirror_url or default_mirror_url(), index_types)
+    coordinator = coordinator if coordinator is not None else LocalCoordinator(holder_id(nodeinfo["uuid"]))
+    # One upstream fetch of a page or a file across the nodes.
+    leases = FetchLeases(coordinator, storage, reactor, bound=config.request_timeout * 12)
     context = ServerContext(
         config=config,
         storage=storage,
@@ -262,6 +269,7 @@ def build_context(
             via_primary=None
             if replica is None
             else via_primary(http, replica.link, replica.sync.wait_for_serial, config.proxy_timeout),
+            leases=leases,
         ),
         # Files and project lists may take long to arrive whole; each chunk
         # must still come within this allowance.
@@ -273,6 +281,7 @@ def build_context(
             run_in_thread=run_in_thread,
             offline=config.offline_mode,
             blobs=blobs,
+            leases=leases,
         ),
         project_lists=ProjectLists(
             storage,
@@ -291,6 +300,7 @@ def build_context(
         replica=replica,
         authenticators=tuple(authenticators),
         events=EventDispatcher(event_listeners, reactor),
+        coordinator=coordinator,
     )
     if config.mirror_cache_size is not None:
         context.mirror_cache = context.mirror_files.cache = MirrorCache(
@@ -400,6 +410,7 @@ def make_site(context: ServerContext, *, reactor=None, api: DevpiAPI | None = No
         reactor=reactor,
     )
     site.noisy = False
+    site.serial_wait = SerialWait.of(context)
     #: The threads large files are sent from (stopped by make_service's tree).
     site.sendfile_workers = SendfileWorkers(site.reactor)
     return site
@@ -436,7 +447,11 @@ class ListeningService(StreamServerEndpointService):
 
 
 def make_service(
-    config: ServerConfig, reactor, lock: ServerDirLock | None = None, plugins: FoundPlugins | None = None
+    config: ServerConfig,
+    reactor,
+    lock: ServerDirLock | None = None,
+    plugins: FoundPlugins | None = None,
+    coordinator: ICoordinator | None = None,
 ) -> MultiService:
     """
     The server: one service tree, built from the config, whose children
@@ -445,11 +460,13 @@ def make_service(
     0. with C{lock} (the server directory's, which the caller took), what
        keeps it and writes this process's pid into it,
     1. the state (closed last),
+    1a. the coordination with the other nodes sharing the state,
     2. the changelog streams to replicas (ended before the state closes),
     3. the upstream client's connection pool,
     4. the writer of derived blobs,
     5. the refresher of upstream project lists (not offline),
-    6. the eviction of mirrored files (with --mirror-cache-size),
+    6. the eviction of mirrored files (with --mirror-cache-size), while
+       this node leads it among those sharing the state (L{LeaderOnly}),
     7. the threads that send large files,
     8. one web server per listening endpoint.
     """
@@ -464,11 +481,12 @@ def make_service(
             "authenticators": _logged(plugins.authenticators, "authenticator"),
             "event_listeners": _logged(plugins.event_listeners, "event listener"),
         }
-    context = build_context(config, clock=reactor, reactor=reactor, **found)
+    context = build_context(config, clock=reactor, reactor=reactor, coordinator=coordinator, **found)
     root = OrderedMultiService()
     if lock is not None:
         HoldServerDir(lock).setServiceParent(root)
     CallOnStop("state", context.storage.close).setServiceParent(root)
+    CoordinatorService(context.coordinator).setServiceParent(root)
     CallOnStop("changefeed", context.changefeed.stop).setServiceParent(root)
     CallOnStop("upstream", context.http.close_idle).setServiceParent(root)
     if context.replica is not None:
@@ -481,7 +499,8 @@ def make_service(
         interval = min(config.mirror_cache_expiry, 300)
         ProjectListService(context.project_lists, interval, reactor).setServiceParent(root)
     if context.mirror_cache is not None:
-        MirrorCacheService(context.mirror_cache, reactor).setServiceParent(root)
+        cache = MirrorCacheService(context.mirror_cache, reactor)
+        LeaderOnly(context.coordinator, "mirror-cache", cache, reactor).setServiceParent(root)
     site = make_site(context, reactor=reactor)
     CallOnStop("sendfile", site.sendfile_workers.stop).setServiceParent(root)
     for description in config.endpoints:
