@@ -58,7 +58,7 @@ from .serverdir import (
     write_nodeinfo,
 )
 from .startup import FoundPlugins, HoldServerDir, ListenError, error_path, listen_failure, listen_labels
-from .storage.coordination import CoordinatorService, FetchLeases, LeaderOnly, LocalCoordinator, holder_id
+from .storage import coordination as nodes
 from .storage.files import LocalFileStore
 from .storage.sqlite import open_storage
 from .web.accesslog import open_access_log
@@ -242,9 +242,9 @@ def build_context(
             config, nodeinfo, storage, files, http, replica_tokens, reactor, run_in_thread, on_fatal
         )
     registry = default_registry(config.mirror_url or default_mirror_url(), index_types)
-    coordinator = coordinator if coordinator is not None else LocalCoordinator(holder_id(nodeinfo["uuid"]))
+    coordinator = coordinator or nodes.LocalCoordinator(nodes.holder_id(nodeinfo["uuid"]))
     # One upstream fetch of a page or a file across the nodes.
-    leases = FetchLeases(coordinator, storage, reactor, bound=config.request_timeout * 12)
+    leases = nodes.FetchLeases(coordinator, storage, reactor, bound=config.request_timeout * 12)
     context = ServerContext(
         config=config,
         storage=storage,
@@ -486,7 +486,7 @@ def make_service(
     if lock is not None:
         HoldServerDir(lock).setServiceParent(root)
     CallOnStop("state", context.storage.close).setServiceParent(root)
-    CoordinatorService(context.coordinator).setServiceParent(root)
+    nodes.CoordinatorService(context.coordinator).setServiceParent(root)
     CallOnStop("changefeed", context.changefeed.stop).setServiceParent(root)
     CallOnStop("upstream", context.http.close_idle).setServiceParent(root)
     if context.replica is not None:
@@ -500,7 +500,10 @@ def make_service(
         ProjectListService(context.project_lists, interval, reactor).setServiceParent(root)
     if context.mirror_cache is not None:
         cache = MirrorCacheService(context.mirror_cache, reactor)
-        LeaderOnly(context.coordinator, "mirror-cache", cache, reactor).setServiceParent(root)
+        leader = nodes.LeaderOnly(context.coordinator, "mirror-cache", cache, reactor)
+        leader.setServiceParent(root)
+        if context.coordinator.shared:
+            context.mirror_files.cache = nodes.WhileLeading(leader, context.mirror_cache)
     site = make_site(context, reactor=reactor)
     CallOnStop("sendfile", site.sendfile_workers.stop).setServiceParent(root)
     for description in config.endpoints:

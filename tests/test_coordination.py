@@ -20,6 +20,7 @@ from devpi_tx.storage.coordination import (
     LeaderOnly,
     Lease,
     LocalCoordinator,
+    WhileLeading,
     holder_id,
 )
 
@@ -290,3 +291,25 @@ def test_a_failing_coordinator_does_not_stop_the_fetch():
     leases = FetchLeases(Broken(), FakeStorage(), Clock())
     calls, fetch = fetcher()
     assert result_of(ensureDeferred(leases.run("k", "k", lambda: None, fetch))) == "fetched here"
+
+
+def test_while_leading_forwards_calls_only_while_the_job_runs():
+    class Cache:
+        def __init__(self) -> None:
+            self.stored_paths = []
+
+        def stored(self, path, entry):
+            self.stored_paths.append(path)
+            return "evicting soon"
+
+    clock, job, coordinator = Clock(), FakeJob(), FakeCoordinator()
+    leader = LeaderOnly(coordinator, "mirror-cache", job, clock, retry=10)
+    cache = Cache()
+    gate = WhileLeading(leader, cache)
+    leader.startService()
+    assert gate.stored("a", {}) is None  # a follower: no eviction from here
+    coordinator.leading = True
+    clock.advance(10)
+    assert gate.stored("b", {}) == "evicting soon"
+    assert cache.stored_paths == ["b"]
+    result_of(leader.stopService())

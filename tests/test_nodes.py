@@ -12,12 +12,15 @@ from __future__ import annotations
 import hashlib
 import posixpath
 
+import attrs
 import pytest
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 
 from devpi_tx.config import ServerConfig, build_config
 from devpi_tx.model import releases
-from devpi_tx.storage.coordination import FetchLeases, LocalCoordinator
+from devpi_tx.service import make_service
+from devpi_tx.storage.coordination import FetchLeases, LeaderOnly, LocalCoordinator
 from devpi_tx.web.changefeed import ChangeFeed
 from devpi_tx.web.readyourwrites import SerialWait
 
@@ -240,3 +243,24 @@ def test_a_file_another_node_downloads_is_served_once_it_stored_it(client, upstr
     assert got.body == data
     assert upstream.count("/files/") == 0
     assert leases.taken_over == 1
+
+
+def test_the_mirror_cache_evicts_on_the_leading_node_only(config):
+    reactor = MemoryReactorClock()
+    coordinator = FakeCoordinator(leading=False)
+    config = attrs.evolve(config, mirror_cache_size=10_000_000, offline_mode=True)
+    root = make_service(config, reactor, coordinator=coordinator)
+    leader = root.getServiceNamed("leader-only:mirror-cache")
+    assert isinstance(leader, LeaderOnly)
+    root.startService()
+    try:
+        assert not leader.child.running  # another node leads
+        coordinator.leading = True
+        reactor.advance(10)
+        assert leader.child.running
+        coordinator.leading = False
+        reactor.advance(10)
+        assert not leader.child.running
+    finally:
+        result_of(root.stopService())
+    assert coordinator.resigned == ["mirror-cache"]

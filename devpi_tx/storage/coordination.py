@@ -216,6 +216,27 @@ class LeaderOnly(Service):
         return d.addCallback(lambda _: None)
 
 
+class WhileLeading:
+    """
+    Another object's methods, called only while C{leader} runs its job,
+    and doing nothing (returning L{None}) on a follower: the mirror cache
+    as the mirrored files see it (L{MirrorFiles.cache}), whose C{stored()}
+    may start an eviction, which only the leading node runs.
+    """
+
+    def __init__(self, leader: LeaderOnly, target: object) -> None:
+        self._leader = leader
+        self._target = target
+
+    def __getattr__(self, name: str):
+        method = getattr(self._target, name)
+
+        def call(*args, **kwargs):
+            return method(*args, **kwargs) if self._leader.leading else None
+
+        return call
+
+
 class FetchLeases:
     """
     One fetch from upstream across the nodes: a node takes the lease named
