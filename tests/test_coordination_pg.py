@@ -11,15 +11,17 @@ import time
 
 import psycopg
 import pytest
-from twisted.internet.defer import maybeDeferred
+import pytest_twisted
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
 from zope.interface.verify import verifyObject
 
 from devpi_tx.interfaces import ICoordinator
-from devpi_tx.storage.coordination import LeaderOnly, Lease
+from devpi_tx.storage.coordination import FetchLeases, LeaderOnly, Lease
 from devpi_tx.storage.pgcoordination import PostgresCoordinator
 
-from .test_coordination import FakeJob, result_of
+from .test_coordination import FakeJob, FakeStorage, result_of
 
 pytestmark = pytest.mark.scaleout
 
@@ -146,3 +148,55 @@ def test_leader_only_services_on_two_nodes(nodes, pg_dsn):
     assert job_a.running
     result_of(service_a.stopService())
     assert not job_a.running
+
+
+def test_two_nodes_fetch_once_the_second_taking_the_firsts_commit(nodes):
+    clock, a, b = nodes
+    storage = FakeStorage()  # the state both nodes share
+    leases_a = FetchLeases(a, storage, clock, poll=0.5, bound=10)
+    leases_b = FetchLeases(b, storage, clock, poll=0.5, bound=10)
+    upstream: list[str] = []
+    fetching = Deferred()
+
+    async def fetch_a():
+        upstream.append("a")
+        await fetching
+        storage.commit("mirror/root/pypi/hello", "a's page")
+        return "a's page"
+
+    async def fetch_b():
+        upstream.append("b")
+        return "b's page"
+
+    name = key = "mirror/root/pypi/hello"
+    first = ensureDeferred(leases_a.run(name, key, lambda: storage.values.get(key), fetch_a))
+    second = ensureDeferred(leases_b.run(name, key, lambda: storage.values.get(key), fetch_b))
+    clock.advance(0.5)  # b tries again: still a's
+    assert not second.called
+    fetching.callback(None)
+    assert result_of(first) == "a's page"
+    clock.advance(0)
+    assert result_of(second) == "a's page"
+    assert upstream == ["a"]
+    assert a.held() == [] and b.held() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_in_worker_threads_on_the_reactor(pg_dsn):
+    from twisted.internet import reactor
+
+    a = PostgresCoordinator(pg_dsn, reactor, deferToThread, holder="node-a:1")
+    b = PostgresCoordinator(pg_dsn, reactor, deferToThread, holder="node-b:1")
+    try:
+        await a.setup()
+        lease = await a.acquire("file:x", 30)
+        assert lease is not None
+        assert await b.acquire("file:x", 30) is None
+        assert await a.lead("job") is True
+        assert await b.lead("job") is False
+        await a.release(lease)
+        await a.resign("job")
+        assert await b.lead("job") is True
+    finally:
+        await a.close()
+        await b.close()

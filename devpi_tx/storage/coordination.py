@@ -157,9 +157,6 @@ class LeaderOnly(Service):
         self._clock = clock
         self._retry = retry
         self._next: IDelayedCall | None = None
-        self._asking: Deferred | None = None
-        #: What the child's last stop returned, until it fired.
-        self._stopping: Deferred | None = None
 
     @property
     def leading(self) -> bool:
@@ -172,15 +169,13 @@ class LeaderOnly(Service):
     def _check(self) -> None:
         self._next = None
         d = maybeDeferred(self.coordinator.lead, self.job_name)
-        self._asking = d
 
         def failed(failure) -> bool:
             log.failure("leadership of {job}: asking failed", failure, job=self.job_name)
             return False
 
         def decided(leading: bool) -> Deferred | None:
-            self._asking = None
-            if not self.running:
+            if not self.running:  # stopped meanwhile
                 return None
             if leading and not self.child.running:
                 log.info("leading {job} ({holder})", job=self.job_name, holder=self.coordinator.holder)

@@ -61,6 +61,18 @@ UPDATE devpi_leases SET expires = now() + make_interval(secs => %(ttl)s)
 WHERE name = %(name)s AND holder = %(holder)s
 """
 
+#: How the coordinator connects, beside the DSN: a connection that cannot
+#: be made fails within seconds, and one whose peer went away (a network
+#: partition) is found dead by TCP keepalives, its leaderships then lost.
+CONNECT_OPTIONS = {
+    "autocommit": True,
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
 RELEASE = "DELETE FROM devpi_leases WHERE name = %(name)s AND holder = %(holder)s"
 
 
@@ -107,7 +119,7 @@ class PostgresCoordinator:
     def _lease_conn(self) -> psycopg.Connection:
         with self._lock:
             if self._conn is None or self._conn.closed:
-                self._conn = self._connect(self._dsn, autocommit=True)
+                self._conn = self._connect(self._dsn, **CONNECT_OPTIONS)
             return self._conn
 
     def _execute(self, sql: str, params: dict | None = None) -> psycopg.Cursor:
@@ -224,7 +236,7 @@ class PostgresCoordinator:
                 self._session.close()
                 self._session = None
         try:
-            self._session = self._connect(self._dsn, autocommit=True)
+            self._session = self._connect(self._dsn, **CONNECT_OPTIONS)
         except psycopg.Error as exc:
             log.warn("cannot reach the database to lead jobs: {error}", error=str(exc))
             return None
