@@ -160,7 +160,7 @@ class LeaderOnly(Service):
 
     @property
     def leading(self) -> bool:
-        return self.child.running
+        return bool(self.child.running)
 
     def startService(self) -> None:
         super().startService()
@@ -168,7 +168,8 @@ class LeaderOnly(Service):
 
     def _check(self) -> None:
         self._next = None
-        d = maybeDeferred(self.coordinator.lead, self.job_name)
+        job = self.job_name
+        d = maybeDeferred(self.coordinator.lead, job)
 
         def failed(failure) -> bool:
             log.failure("leadership of {job}: asking failed", failure, job=self.job_name)
@@ -178,7 +179,8 @@ class LeaderOnly(Service):
             if not self.running:  # stopped meanwhile
                 return None
             if leading and not self.child.running:
-                log.info("leading {job} ({holder})", job=self.job_name, holder=self.coordinator.holder)
+                if self.coordinator.shared:
+                    log.info("leading {job} ({holder})", job=self.job_name, holder=self.coordinator.holder)
                 self.child.startService()
             elif not leading and self.child.running:
                 log.warn("no longer leading {job}: stopping it", job=self.job_name)
@@ -189,7 +191,9 @@ class LeaderOnly(Service):
             if self.running and self.coordinator.shared and self._next is None:
                 self._next = self._clock.callLater(self._retry, self._check)
 
-        d.addErrback(failed).addCallback(decided).addBoth(again)
+        d.addErrback(failed).addCallback(decided)
+        d.addErrback(lambda failure: log.failure("{job}: starting or stopping it failed", failure, job=job))
+        d.addBoth(again)
 
     def _stop_child(self) -> Deferred:
         stopping = maybeDeferred(self.child.stopService)
