@@ -168,8 +168,8 @@ class PostgresCoordinator:
         params = {"name": lease.name, "holder": lease.holder, "ttl": lease.ttl}
 
         def renewed(rowcount: int) -> None:
-            if self._held.get(lease.name, (None,))[0] != lease:
-                return  # released meanwhile
+            if self._held.get(lease.name, (None,))[0] is not lease:
+                return  # released meanwhile (and maybe taken again: another chain renews that)
             if rowcount:
                 self._schedule_renewal(lease)
             else:
@@ -178,7 +178,7 @@ class PostgresCoordinator:
 
         def failed(failure) -> None:
             log.failure("lease {name}: renewing failed; trying again", failure, name=lease.name)
-            if self._held.get(lease.name, (None,))[0] == lease:
+            if self._held.get(lease.name, (None,))[0] is lease:
                 self._schedule_renewal(lease)
 
         d = self._run(lambda: self._execute(RENEW, params).rowcount)
@@ -186,7 +186,7 @@ class PostgresCoordinator:
 
     def release(self, lease: Lease) -> Deferred[None]:
         held = self._held.get(lease.name)
-        if held is not None and held[0] == lease:
+        if held is not None and held[0] is lease:
             del self._held[lease.name]
             if held[1].active():
                 held[1].cancel()
