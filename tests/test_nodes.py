@@ -17,7 +17,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
-from devpi_tx.config import ServerConfig, build_config
+from devpi_tx.config import ConfigError, ServerConfig, build_config
 from devpi_tx.model import releases
 from devpi_tx.service import make_service
 from devpi_tx.storage.coordination import FetchLeases, LeaderOnly, LocalCoordinator
@@ -83,6 +83,9 @@ def feed_clock(client):
 def test_serial_wait_is_an_option_with_a_default():
     assert ServerConfig(serverdir="x").serial_wait == 2.0
     assert build_config({"serial-wait": "0.5", "serverdir": "x"}).serial_wait == 0.5
+    assert build_config({"serial-wait": "0", "serverdir": "x"}).serial_wait == 0
+    with pytest.raises(ConfigError, match="serial-wait"):
+        build_config({"serial-wait": "-1", "serverdir": "x"})
 
 
 def test_a_request_without_the_header_or_with_an_old_serial_waits_for_nothing(client, feed_clock):
