@@ -62,6 +62,8 @@ class ServerConfig:
     #: Index names (C{user/index}), index types (C{mirror}, C{stage}) or C{all}.
     file_replication_skip_indexes: tuple[str, ...] = ()
     proxy_timeout: float = 30.0
+    #: Seconds a request whose X-Devpi-Serial this node lacks waits for it; 0: none.
+    serial_wait: float = 2.0
     replica_cert: str | None = None
     logger_cfg: str | None = None
     access_log: str = "-"
@@ -154,6 +156,13 @@ def _positive_float(name: str, value: object) -> float:
     number = _float(name, value)
     if number <= 0:
         raise ConfigError(f"{name}: expected a number of seconds above 0, got {value!r}")
+    return number
+
+
+def _seconds(name: str, value: object) -> float:
+    number = _float(name, value)
+    if number < 0:
+        raise ConfigError(f"{name}: expected a number of seconds, 0 or more, got {value!r}")
     return number
 
 
@@ -254,6 +263,7 @@ OPTIONS: dict[str, tuple[str, object]] = {
     "file-replication-threads": ("file_replication_threads", _at_least(1)),
     "file-replication-skip-indexes": ("file_replication_skip_indexes", _skip_indexes),
     "proxy-timeout": ("proxy_timeout", _positive_float),
+    "serial-wait": ("serial_wait", _seconds),
     "replica-cert": ("replica_cert", _str),
     "logger-cfg": ("logger_cfg", _str),
     "access-log": ("access_log", _str),

@@ -373,3 +373,54 @@ class IEventListener(Interface):
         An index was created, modified or deleted
         (L{devpi_tx.events.IndexChangeEvent}).
         """
+
+
+class ICoordinator(Interface):
+    """
+    What the web nodes sharing one state agree on among themselves: short
+    leases, so that one node fetches a mirrored page or file that several
+    want at once, and the leadership of background jobs that must run on
+    one node at a time (the eviction of mirrored files).  A single node's
+    coordinator grants everything at once (L{LocalCoordinator}).
+    """
+
+    holder = Attribute("This node's identity in leases and logs: its uuid and its pid.")
+    shared = Attribute(
+        "Whether other nodes may share the state: False for a single node, whose callers may then"
+        " skip the coordination altogether."
+    )
+
+    def setup():
+        """
+        Create what the coordinator keeps (idempotently); a Deferred.
+        """
+
+    def acquire(name: str, ttl: float):
+        """
+        A Deferred firing with a lease on C{name} for C{ttl} seconds, kept
+        renewed while held, or with L{None} when another live node holds it
+        (a lease that expired, its holder dead, is taken over).
+        """
+
+    def release(lease) -> object:
+        """
+        Give the lease up (a Deferred); releasing a lost lease is no error.
+        """
+
+    def lead(name: str):
+        """
+        A Deferred firing with whether this node leads the job C{name}:
+        it becomes the leader when no other node is, and stays it while its
+        claim lives.  Asked again periodically (L{LeaderOnly}), it also
+        checks that the claim is still alive.
+        """
+
+    def resign(name: str) -> object:
+        """
+        Stop leading C{name} (a Deferred); another node may take it over.
+        """
+
+    def close() -> object:
+        """
+        Release every lease and leadership and close the connections (a Deferred).
+        """

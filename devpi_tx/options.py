@@ -81,6 +81,13 @@ class ServerOptions(usage.Options):
             "Seconds a replica waits for the primary's answer to a write it passes on (default 30).",
         ],
         [
+            "serial-wait",
+            None,
+            None,
+            "Seconds a request whose X-Devpi-Serial this node has not reached waits for it, before "
+            "it is answered from what the node has (default 2; 0: never wait).",
+        ],
+        [
             "replica-cert",
             None,
             None,

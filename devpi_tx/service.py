@@ -10,11 +10,9 @@ import logging.config
 import os
 from collections.abc import Callable, Sequence
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThread
 from twisted.logger import STDLibLogObserver, globalLogPublisher
 
@@ -26,7 +24,7 @@ from .config import ServerConfig
 from .customizers import default_registry
 from .customizers.plugins import FoundType, find_index_types
 from .events import EventDispatcher
-from .interfaces import IAuthenticator, IEventListener
+from .interfaces import IAuthenticator, ICoordinator, IEventListener
 from .logs import logger, set_debug
 from .mirror.cachebound import MirrorCache, MirrorCacheService
 from .mirror.client import UpstreamClient
@@ -57,8 +55,9 @@ from .serverdir import (
     read_nodeinfo,
     write_nodeinfo,
 )
-from .startup import FoundPlugins, HoldServerDir, ListenError, error_path, listen_failure, listen_labels
-from .storage.backends import open_storage_for, storage_service
+from .startup import FoundPlugins, HoldServerDir, ListeningService, listen_labels
+from .storage import coordination as nodes
+from .storage.backends import coordinator_for, open_storage_for, storage_service
 from .storage.files import LocalFileStore
 from .web.accesslog import open_access_log
 from .web.api import DevpiAPI
@@ -70,6 +69,7 @@ from .web.listpages import ListPages
 from .web.pagecache import PageCache
 from .web.proxy import ForwardWrites, WriteProxy
 from .web.readguard import ReadGuard
+from .web.readyourwrites import SerialWait
 from .web.sendfile import SendfileWorkers
 from .web.site import DevpiSite
 
@@ -149,6 +149,7 @@ def build_context(
     index_types: list[FoundType] | None = None,
     authenticators: Sequence[IAuthenticator] | None = None,
     event_listeners: Sequence[IEventListener] | None = None,
+    coordinator: ICoordinator | None = None,
 ) -> ServerContext:
     """
     Open (initialising on first start) the server directory and build what
@@ -168,6 +169,7 @@ def build_context(
         stack of L{make_http_client} if not given.
     @param on_fatal: on a replica, what to do when replication must stop
         (the primary changed, say); stop the reactor by default.
+    @param coordinator: a L{ICoordinator}, a single node's by default.
     """
     if reactor is None:
         from twisted.internet import reactor
@@ -239,6 +241,11 @@ def build_context(
             config, nodeinfo, storage, files, http, replica_tokens, reactor, run_in_thread, on_fatal
         )
     registry = default_registry(config.mirror_url or default_mirror_url(), index_types)
+    coordinator = coordinator or coordinator_for(
+        config, reactor, run_in_thread, nodes.holder_id(nodeinfo["uuid"])
+    )
+    # One upstream fetch of a page or a file across the nodes.
+    leases = nodes.FetchLeases(coordinator, storage, reactor, bound=config.request_timeout * 12)
     context = ServerContext(
         config=config,
         storage=storage,
@@ -263,6 +270,7 @@ def build_context(
             via_primary=None
             if replica is None
             else via_primary(http, replica.link, replica.sync.wait_for_serial, config.proxy_timeout),
+            leases=leases,
         ),
         # Files and project lists may take long to arrive whole; each chunk
         # must still come within this allowance.
@@ -274,6 +282,7 @@ def build_context(
             run_in_thread=run_in_thread,
             offline=config.offline_mode,
             blobs=blobs,
+            leases=leases,
         ),
         project_lists=ProjectLists(
             storage,
@@ -292,6 +301,7 @@ def build_context(
         replica=replica,
         authenticators=tuple(authenticators),
         events=EventDispatcher(event_listeners, reactor),
+        coordinator=coordinator,
     )
     if config.mirror_cache_size is not None:
         context.mirror_cache = context.mirror_files.cache = MirrorCache(
@@ -401,43 +411,18 @@ def make_site(context: ServerContext, *, reactor=None, api: DevpiAPI | None = No
         reactor=reactor,
     )
     site.noisy = False
+    site.serial_wait = SerialWait.of(context)
     #: The threads large files are sent from (stopped by make_service's tree).
     site.sendfile_workers = SendfileWorkers(site.reactor)
     return site
 
 
-class ListeningService(StreamServerEndpointService):
-    """
-    One endpoint's web server, whose failure to listen when it starts is
-    raised at once as a L{ListenError} naming the option and the address
-    (the start-up checks bound it a moment before; another process may
-    have taken it since).
-    """
-
-    def __init__(self, endpoint, factory, description: str, labels: tuple[str, str]) -> None:
-        super().__init__(endpoint, factory)
-        self._raiseSynchronously = True
-        self._description = description
-        self._labels = labels
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            error = e.socketError if isinstance(e.socketError, BaseException) else e
-            raise ListenError(listen_failure(*self._labels, e.interface, e.port, error)) from e
-        except OSError as e:
-            # A UNIX socket's directory missing, say (its lock file is
-            # the second file name).
-            path = error_path(e)
-            where = f" ({path})" if path else ""
-            raise ListenError(
-                f"{self._labels[1]}: cannot listen on {self._description}: {e.strerror or e}{where}"
-            ) from e
-
-
 def make_service(
-    config: ServerConfig, reactor, lock: ServerDirLock | None = None, plugins: FoundPlugins | None = None
+    config: ServerConfig,
+    reactor,
+    lock: ServerDirLock | None = None,
+    plugins: FoundPlugins | None = None,
+    coordinator: ICoordinator | None = None,
 ) -> MultiService:
     """
     The server: one service tree, built from the config, whose children
@@ -446,12 +431,13 @@ def make_service(
     0. with C{lock} (the server directory's, which the caller took), what
        keeps it and writes this process's pid into it,
     1. the state (closed last), and on a shared state (PostgreSQL) the
-       watcher of the other nodes' commits,
+       watcher of the other nodes' commits and the coordination with them,
     2. the changelog streams to replicas (ended before the state closes),
     3. the upstream client's connection pool,
     4. the writer of derived blobs,
     5. the refresher of upstream project lists (not offline),
-    6. the eviction of mirrored files (with --mirror-cache-size),
+    6. the eviction of mirrored files (with --mirror-cache-size), while
+       this node leads it among those sharing the state (L{LeaderOnly}),
     7. the threads that send large files,
     8. one web server per listening endpoint.
     """
@@ -466,7 +452,7 @@ def make_service(
             "authenticators": _logged(plugins.authenticators, "authenticator"),
             "event_listeners": _logged(plugins.event_listeners, "event listener"),
         }
-    context = build_context(config, clock=reactor, reactor=reactor, **found)
+    context = build_context(config, clock=reactor, reactor=reactor, coordinator=coordinator, **found)
     root = OrderedMultiService()
     if lock is not None:
         HoldServerDir(lock).setServiceParent(root)
@@ -475,6 +461,7 @@ def make_service(
     if watcher is not None:
         # Other nodes' commits, on a state they share (stopped before it closes).
         watcher.setServiceParent(root)
+    nodes.CoordinatorService(context.coordinator).setServiceParent(root)
     CallOnStop("changefeed", context.changefeed.stop).setServiceParent(root)
     CallOnStop("upstream", context.http.close_idle).setServiceParent(root)
     if context.replica is not None:
@@ -487,7 +474,11 @@ def make_service(
         interval = min(config.mirror_cache_expiry, 300)
         ProjectListService(context.project_lists, interval, reactor).setServiceParent(root)
     if context.mirror_cache is not None:
-        MirrorCacheService(context.mirror_cache, reactor).setServiceParent(root)
+        cache = MirrorCacheService(context.mirror_cache, reactor)
+        leader = nodes.LeaderOnly(context.coordinator, "mirror-cache", cache, reactor)
+        leader.setServiceParent(root)
+        if context.coordinator.shared:
+            context.mirror_files.cache = nodes.WhileLeading(leader, context.mirror_cache)
     site = make_site(context, reactor=reactor)
     CallOnStop("sendfile", site.sendfile_workers.stop).setServiceParent(root)
     for description in config.endpoints:

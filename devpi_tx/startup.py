@@ -29,9 +29,11 @@ import socket
 import sys
 
 import attrs
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 
 from ._compat import server_endpoint_address
 from .config import ConfigError, ServerConfig
@@ -416,3 +418,33 @@ def install_excepthook(prog: str, *, log_it: bool = False) -> None:
         stream.flush()
 
     sys.excepthook = hook
+
+
+class ListeningService(StreamServerEndpointService):
+    """
+    One endpoint's web server, whose failure to listen when it starts is
+    raised at once as a L{ListenError} naming the option and the address
+    (the start-up checks bound it a moment before; another process may
+    have taken it since).
+    """
+
+    def __init__(self, endpoint, factory, description: str, labels: tuple[str, str]) -> None:
+        super().__init__(endpoint, factory)
+        self._raiseSynchronously = True
+        self._description = description
+        self._labels = labels
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            error = e.socketError if isinstance(e.socketError, BaseException) else e
+            raise ListenError(listen_failure(*self._labels, e.interface, e.port, error)) from e
+        except OSError as e:
+            # A UNIX socket's directory missing, say (its lock file is
+            # the second file name).
+            path = error_path(e)
+            where = f" ({path})" if path else ""
+            raise ListenError(
+                f"{self._labels[1]}: cannot listen on {self._description}: {e.strerror or e}{where}"
+            ) from e

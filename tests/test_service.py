@@ -74,8 +74,16 @@ def test_make_service_builds_one_tree_with_the_state_closed_last(config):
     reactor = MemoryReactorClock()
     root = make_service(config, reactor)
     names = [service.name for service in root]
-    assert names[:6] == ["state", "changefeed", "upstream", "derived-blobs", "project-lists", "sendfile"]
-    assert len(names) == 7  # and one web server per endpoint
+    assert names[:7] == [
+        "state",
+        "coordinator",
+        "changefeed",
+        "upstream",
+        "derived-blobs",
+        "project-lists",
+        "sendfile",
+    ]
+    assert len(names) == 8  # and one web server per endpoint
     root.startService()
     assert reactor.tcpServers  # listening, on the injected reactor
     state = root.getServiceNamed("state")

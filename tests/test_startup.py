@@ -31,7 +31,7 @@ from devpi_tx.serverdir import (
     lock_serverdir,
     write_nodeinfo,
 )
-from devpi_tx.service import ListeningService
+from devpi_tx.startup import ListeningService
 
 MIRROR = "http://127.0.0.1:9/simple/"
 

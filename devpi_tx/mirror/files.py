@@ -201,14 +201,18 @@ class MirrorFiles:
         range_threshold: int = SYNTHESIZED_METADATA_MIN_SIZE,
         offline: bool = False,
         blobs=None,
+        leases=None,
     ) -> None:
         """
+        @param leases: with nodes sharing the state, the L{FetchLeases} that
+            make one node download a file the others then find stored.
         @param blobs: the L{BlobLedger} a download's blob is held in from
             before it gets its final name until its entry is committed, so
             that no removal (an eviction, say) takes it meanwhile.
         """
         self._storage = storage
         self._blobs = blobs
+        self.leases = leases
         #: The bound on the stored files (a L{MirrorCache}), told of each
         #: file stored and served; L{None}: no bound.
         self.cache = None
@@ -392,7 +396,7 @@ class MirrorFiles:
         url = entry["url"]
         writer = download.writer
         try:
-            current = await self._fetch_and_link(path, entry, download)
+            current = await self._leased_fetch(path, entry, download)
         except Exception as exc:
             if not isinstance(exc, UpstreamError):
                 log.failure("mirror download of {url} failed", url=redact(url))
@@ -414,6 +418,28 @@ class MirrorFiles:
         log.info("mirrored {url} ({size} bytes)", url=redact(url), size=writer.size)
         download.end(None)
         download.reached("finished", True, current)
+
+    async def _leased_fetch(self, path: str, entry: dict, download: Download) -> dict:
+        """
+        L{_fetch_and_link}, unless another node sharing the state is
+        downloading the file: then its entry once that node stored it.
+        """
+        if self.leases is None or not self.leases.shared:
+            return await self._fetch_and_link(path, entry, download)
+
+        def stored_elsewhere() -> dict | None:
+            current = releases.get_file(self._storage, path)
+            if current is None or not self.is_stored(current):
+                return None
+            download.writer.abort()
+            download.committing = True  # its waiters serve the stored file
+            download.reached("started", True, download)
+            return current
+
+        key = releases.file_key(path)
+        return await self.leases.run(
+            key, key, stored_elsewhere, lambda: self._fetch_and_link(path, entry, download)
+        )
 
     async def _fetch_and_link(self, path: str, entry: dict, download: Download) -> dict:
         url = entry["url"]

@@ -120,8 +120,11 @@ class MirrorPages:
         metadata_min_size: int = SYNTHESIZED_METADATA_MIN_SIZE,
         max_remembered: int = MAX_REMEMBERED,
         via_primary: ViaPrimary | None = None,
+        leases=None,
     ) -> None:
         """
+        @param leases: with nodes sharing the state, the L{FetchLeases} that
+            make one node fetch a page the others then read from the state.
         @param via_primary: on a replica, how a page is brought up to date:
             the primary is asked (it fetches upstream and commits), and the
             replica waits until it has applied that commit; a replica never
@@ -129,6 +132,7 @@ class MirrorPages:
         """
         self._storage = storage
         self._via_primary = via_primary
+        self.leases = leases
         self._metadata_min_size = metadata_min_size
         self._client = client
         self._default_expiry = default_expiry
@@ -189,6 +193,26 @@ class MirrorPages:
     async def _refresh(self, stage: Stage, project: str) -> str | None:
         if self._via_primary is not None:
             return await self._refresh_via_primary(stage, project)
+        if self.leases is not None and self.leases.shared:
+            name = mirror_key(stage.name, project)
+            elsewhere = lambda: self._fetched_elsewhere(stage, project)  # noqa: E731
+            return await self.leases.run(name, name, elsewhere, lambda: self._fetch(stage, project)) or None
+        return await self._fetch(stage, project)
+
+    def _fetched_elsewhere(self, stage: Stage, project: str) -> str:
+        """
+        Another node committed the page it fetched (or removed it, upstream
+        not having the project): as fresh as if fetched here.
+        """
+        key = (stage.name, project)
+        if self.cached(stage.name, project) is None:
+            self._missing[key] = self._clock() + NOT_FOUND_TTL
+        else:
+            self._checked[key] = self._clock()
+            self._missing.pop(key, None)
+        return ""
+
+    async def _fetch(self, stage: Stage, project: str) -> str | None:
         key = (stage.name, project)
         stored = self.cached(stage.name, project)
         url = stage.config.get("mirror_url", "")

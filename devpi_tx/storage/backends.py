@@ -11,7 +11,7 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorTime
 
 from ..config import ConfigError, ServerConfig, is_postgres_url
-from ..interfaces import IStorage
+from ..interfaces import ICoordinator, IStorage
 from .errors import SchemaError, StorageUnavailable
 from .sqlite import open_storage
 
@@ -50,6 +50,21 @@ def storage_service(storage: IStorage, reactor) -> IService | None:
     from .pgwatch import CommitWatcher
 
     return CommitWatcher(storage, reactor)
+
+
+def coordinator_for(config: ServerConfig, reactor, run_in_thread, holder: str) -> ICoordinator:
+    """
+    How this node agrees with the others sharing its state on fetches and
+    background jobs: through the PostgreSQL database they share, or, for
+    a state only this process writes, with nobody.
+    """
+    if config.storage and is_postgres_url(config.storage):
+        from .pgcoordination import PostgresCoordinator
+
+        return PostgresCoordinator(config.storage, reactor, run_in_thread, holder=holder)
+    from .coordination import LocalCoordinator
+
+    return LocalCoordinator(holder)
 
 
 def check_storage(config: ServerConfig) -> None:

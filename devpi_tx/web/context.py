@@ -36,6 +36,7 @@ from ..model.versions_memo import VersionsMemo
 from ..replica.files import FileReplicator
 from ..replica.primary import PrimaryLink
 from ..replica.sync import ReplicaSync
+from ..storage.coordination import LocalCoordinator
 from .changefeed import ChangeFeed
 from .derivedblobs import DerivedBlobs
 from .listpages import ListPages
@@ -107,6 +108,9 @@ class ServerContext:
     authenticators: tuple = ()
     #: Tells the event listener plugins of uploads, removals and index changes.
     events: EventDispatcher = attrs.field(factory=NoEvents)
+    #: What this node agrees with the other nodes sharing its state on
+    #: (L{ICoordinator}); a single node's by default.
+    coordinator: object = attrs.field(factory=LocalCoordinator)
 
     # The ledger's holds and sound blobs, as tests and older callers know them.
     pending_blobs = property(lambda self: self.blobs.held)

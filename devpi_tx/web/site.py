@@ -134,7 +134,14 @@ class DevpiRequest(Request):
             self.write(error(self, status, message))
             self.finish()
             return
-        super().process()
+        serial_wait = self.channel.site.serial_wait
+        waiting = None if serial_wait is None else serial_wait.wanted(self)
+        if waiting is None:
+            super().process()
+            return
+        # Read-your-writes: handled once this node has the serial asked for.
+        self.notifyFinish().addErrback(lambda _: waiting.cancel())
+        waiting.addCallback(lambda _: None if self._disconnected else Request.process(self))
 
     def _refusal(self) -> tuple[int, str] | None:
         """
@@ -234,6 +241,9 @@ class DevpiSite(Site):
     requestFactory = DevpiRequest
     protocol = DevpiChannel
     displayTracebacks = False
+    #: Holds back a request whose X-Devpi-Serial this node has not reached
+    #: (a L{SerialWait}, set by the service); L{None}: never.
+    serial_wait = None
 
     def __init__(
         self,
