@@ -137,10 +137,13 @@ def test_the_service_tree_watches_other_nodes_commits(config, pg_dsn):
 
     from devpi_tx.service import make_service
     from devpi_tx.startup import FoundPlugins
+    from devpi_tx.storage.coordination import LocalCoordinator
 
     reactor = MemoryReactorClock()
     config = attrs.evolve(config, storage=pg_dsn, listen=("tcp:0:interface=127.0.0.1",))
-    root = make_service(config, reactor, plugins=FoundPlugins([], [], []))
+    # (PostgreSQL's coordinator works in threads, which this reactor does not run.)
+    coordinator = LocalCoordinator("node")
+    root = make_service(config, reactor, plugins=FoundPlugins([], [], []), coordinator=coordinator)
     names = [service.name for service in root]
     assert names[:2] == ["state", "state-watcher"]
     watcher = root.getServiceNamed("state-watcher")
@@ -154,3 +157,16 @@ def test_the_service_tree_watches_other_nodes_commits(config, pg_dsn):
     assert watcher._storage.get("from/other") == 1
     root.stopService()
     assert watcher not in reactor.getReaders()
+
+
+def test_the_coordinator_follows_the_state(config):
+    from devpi_tx.storage.backends import coordinator_for
+    from devpi_tx.storage.coordination import LocalCoordinator
+    from devpi_tx.storage.pgcoordination import PostgresCoordinator
+
+    local = coordinator_for(config, None, None, "node-a")
+    assert isinstance(local, LocalCoordinator) and not local.shared
+    shared_config = attrs.evolve(config, storage="postgresql://devpi@127.0.0.1:9/devpi")
+    shared = coordinator_for(shared_config, None, None, "node-a")
+    assert isinstance(shared, PostgresCoordinator) and shared.shared
+    assert shared.holder == "node-a"
