@@ -246,6 +246,9 @@ def build_context(
     )
     # One upstream fetch of a page or a file across the nodes.
     leases = nodes.FetchLeases(coordinator, storage, reactor, bound=config.request_timeout * 12)
+    uuid = nodeinfo["uuid"]
+    if coordinator.shared and role != "replica":
+        uuid = nodes.shared_uuid(storage, uuid)
     context = ServerContext(
         config=config,
         storage=storage,
@@ -254,7 +257,7 @@ def build_context(
         signer=TokenSigner(secret),
         passwords=passwords or PasswordChecker(),
         throttle=PasswordThrottle(reactor),
-        uuid=nodeinfo["uuid"],
+        uuid=uuid,
         files=files,
         run_in_thread=run_in_thread,
         http=http,

@@ -19,6 +19,7 @@ from twisted.internet import reactor
 from devpi_tx.cli.main import main as devpi_tx_main
 from devpi_tx.config import ConfigError, build_config
 from devpi_tx.mirror.http import UpstreamHTTP
+from devpi_tx.serverdir import read_nodeinfo
 from devpi_tx.service import build_context
 from devpi_tx.startup import check_state
 from devpi_tx.storage.errors import StorageUnavailable
@@ -170,3 +171,33 @@ def test_the_coordinator_follows_the_state(config):
     shared = coordinator_for(shared_config, None, None, "node-a")
     assert isinstance(shared, PostgresCoordinator) and shared.shared
     assert shared.holder == "node-a"
+
+
+@pytest.mark.scaleout
+def test_nodes_of_one_state_answer_with_one_uuid(config, upstream, pg_dsn, tmp_path):
+    contexts = []
+    try:
+        for name in ("a", "b"):
+            serverdir = tmp_path / name
+            contexts.append(
+                build_context(
+                    attrs.evolve(config, storage=pg_dsn, serverdir=str(serverdir)),
+                    passwords=synchronous_passwords(),
+                    run_in_thread=synchronous,
+                    upstream_http=UpstreamHTTP(StubTreq(upstream), reactor),
+                    reactor=reactor,
+                )
+            )
+        a, b = contexts
+        own = [read_nodeinfo(str(tmp_path / name))["uuid"] for name in ("a", "b")]
+        assert own[0] != own[1]
+        assert a.uuid == b.uuid == own[0]
+        answer = Client(b).get("/+api")
+        assert answer.headers.getRawHeaders("X-Devpi-Uuid") == [own[0]]
+    finally:
+        for context in contexts:
+            context.close()
+
+
+def test_a_node_of_its_own_answers_with_its_own_uuid(context, config):
+    assert context.uuid == read_nodeinfo(config.serverdir)["uuid"]

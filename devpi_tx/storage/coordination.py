@@ -367,3 +367,27 @@ class FetchLeases:
         call = self._clock.callLater(seconds, timed_out)
         self._watching.setdefault(key, []).append(wake)
         return d
+
+
+#: The state key of the uuid the nodes sharing a state answer with.
+SHARED_UUID_KEY = "+nodes/uuid"
+
+
+def shared_uuid(storage, own: str) -> str:
+    """
+    The uuid every node of a shared state answers with (C{X-Devpi-Uuid}):
+    the first node's, kept in the state, so that clients and a replica
+    following the nodes through a load balancer see one server, not one
+    per node.  Each node's own uuid (C{.nodeinfo}) still names it among
+    the nodes (L{holder_id}).
+    """
+    found = storage.get(SHARED_UUID_KEY)
+    if isinstance(found, str):
+        return found
+    with storage.transaction() as tx:
+        # Under the state's write lock: the first node to get here wins.
+        found = tx.get(SHARED_UUID_KEY)
+        if not isinstance(found, str):
+            found = own
+            tx.set(SHARED_UUID_KEY, own)
+    return found
