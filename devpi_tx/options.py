@@ -112,6 +112,16 @@ class ServerOptions(usage.Options):
             "Free space on the server directory's disk below which /+health answers 503: a size (1G) or "
             "a percentage (5%) (default 1G).",
         ],
+        [
+            "files",
+            None,
+            None,
+            "Where release files are stored: s3://BUCKET/PREFIX for S3-compatible object storage "
+            "(endpoint, region and credentials from the AWS environment and ~/.aws; default: "
+            "+files in the server directory).",
+        ],
+        ["files-endpoint", None, None, "URL of the S3 endpoint of --files (overrides AWS_ENDPOINT_URL)."],
+        ["files-region", None, None, "Region of the --files bucket (overrides AWS_DEFAULT_REGION)."],
     ]
 
     optFlags = [
@@ -125,6 +135,12 @@ class ServerOptions(usage.Options):
             "A replica hard-links files found under --replica-file-search-path instead of copying them.",
         ],
         ["no-metrics", None, "Do not serve /+metrics (Prometheus text format; on by default)."],
+        [
+            "files-redirect",
+            None,
+            "With --files s3://...: answer a file download with a redirect to a short-lived signed "
+            "URL of the store instead of streaming it through the server.",
+        ],
     ]
 
     def __init__(self) -> None:

@@ -58,7 +58,7 @@ from .serverdir import (
     write_nodeinfo,
 )
 from .startup import FoundPlugins, HoldServerDir, ListenError, error_path, listen_failure, listen_labels
-from .storage.files import LocalFileStore
+from .storage.filestore import open_file_store
 from .storage.sqlite import open_storage
 from .web.accesslog import open_access_log
 from .web.api import DevpiAPI
@@ -214,7 +214,7 @@ def build_context(
         # the replica side's to judge).
         nodeinfo = dict(nodeinfo, role=role)
         write_nodeinfo(config.serverdir, nodeinfo)
-    files = LocalFileStore(os.path.join(config.serverdir, "+files"))
+    files = open_file_store(config)
     run_in_thread = run_in_thread or deferToThread
     if upstream_http is None:
         tls_policy = None

@@ -123,7 +123,7 @@ def fsck(serverdir: str, repair: bool = False, progress: Callable[[str], object]
         linked = {key[len("blob/") :] for key in storage.keys("blob/")}
         total = len(linked)
         for sha256 in sorted(linked):
-            path = store.path(sha256)
+            path = store.local_path(sha256)
             if not os.path.exists(path):
                 report.missing.append(sha256)
             else:
