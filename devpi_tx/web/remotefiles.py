@@ -36,8 +36,6 @@ log = logger("devpi_tx.files")
 #: body flows), short enough that a leaked URL is soon worthless.
 URL_EXPIRY = 300
 
-_RELAYED = (b"content-length", b"content-range")
-
 
 def serve_remote(
     request: IRequest,
@@ -81,7 +79,7 @@ def serve_remote(
     if ranges is not None and _if_range_matches(request, etag, mtime):
         headers["Range"] = ranges.decode("latin-1")
     return Deferred.fromCoroutine(
-        _relay(request, http, files, sha256, method, headers, timeout, validators, content_type)
+        _relay(request, http, files, sha256, head, headers, timeout, validators, content_type)
     )
 
 
@@ -96,15 +94,23 @@ async def _relay(
     http,
     files: IRemoteFileStore,
     sha256: str,
-    method: str,
+    head: bool,
     headers: dict[str, str],
     timeout: float,
     validators: dict[str, str],
     content_type: str,
 ):
-    url = files.download_url(sha256, URL_EXPIRY, method)
+    """
+    A HEAD is asked of the store as a GET of its first byte (or of the
+    range asked for): Twisted's client gives no length for an answer to a
+    HEAD, and the total is in that answer's C{Content-Range}.
+    """
+    whole_head = head and "Range" not in headers
+    if whole_head:
+        headers = {"Range": "bytes=0-0"}
+    url = files.download_url(sha256, URL_EXPIRY, "GET")
     try:
-        response: IResponse = await http.request(method, url, headers=headers, timeout=timeout)
+        response: IResponse = await http.request("GET", url, headers=headers, timeout=timeout)
     except Exception as exc:
         # The URL carries a signature: it is not logged.
         log.error("file {sha256}: the file store did not answer: {error}", sha256=sha256, error=repr(exc))
@@ -116,13 +122,23 @@ async def _relay(
             return error(request, 500, "file is missing in the server's file store")
         log.error("file {sha256}: the file store answered {code}", sha256=sha256, code=response.code)
         return error(request, 502, f"the file store answered {response.code}")
+    ranges = response.headers.getRawHeaders(b"content-range")
+    if whole_head:
+        # 416: an empty object has no first byte.
+        total = ranges[0].rpartition(b"/")[2] if ranges and response.code == 206 else b"0"
+        _discard(response)
+        request.setResponseCode(200)
+        _set_headers(request, validators, {"Content-Type": content_type, "Cache-Control": IMMUTABLE})
+        request.setHeader(b"content-length", total)
+        return b""
     request.setResponseCode(response.code)
     _set_headers(request, validators, {"Content-Type": content_type, "Cache-Control": IMMUTABLE})
-    for name in _RELAYED:
-        values = response.headers.getRawHeaders(name)
-        if values:
-            request.setHeader(name, values[0])
-    if response.code == 416 or method == "HEAD" or response.length == 0:
+    # (Twisted's client takes Content-Length out of the headers.)
+    if isinstance(response.length, int):
+        request.setHeader(b"content-length", str(response.length).encode("ascii"))
+    if ranges:
+        request.setHeader(b"content-range", ranges[0])
+    if response.code == 416 or head or response.length == 0:
         _discard(response)
         return b""
     relay = BodyRelay(request)
