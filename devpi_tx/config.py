@@ -224,7 +224,7 @@ def _files(name: str, value: object) -> str:
     try:
         parse_files_url(str(value))
     except ValueError as e:
-        raise ConfigError(f"option {name}: {e}") from None
+        raise ConfigError(f"{name}: {e}") from None
     return str(value)
 
 

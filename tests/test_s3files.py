@@ -12,12 +12,20 @@ import io
 import os
 import zipfile
 
+import attrs
 import pytest
 from zope.interface.verify import verifyObject
 
+from devpi_tx.cli import maintenance
+from devpi_tx.config import ConfigError, build_config
 from devpi_tx.interfaces import IFileStore, IFileWriter, ILocalFileStore, IRemoteFileStore
+from devpi_tx.service import build_context
+from devpi_tx.startup import CommandError
 from devpi_tx.storage.files import LocalFileStore
+from devpi_tx.storage.filestore import REMOTE_SPOOL, check_local_files
 from devpi_tx.storage.s3 import S3FileStore, make_client, parse_files_url
+
+from .conftest import synchronous, synchronous_passwords
 
 pytestmark = pytest.mark.scaleout
 
@@ -213,3 +221,39 @@ def test_parse_files_url(url, parsed):
 def test_parse_files_url_refuses(url):
     with pytest.raises(ValueError):
         parse_files_url(url)
+
+
+@pytest.mark.parametrize(
+    "given, option",
+    [
+        ({"files": "/srv/files"}, "option files:"),
+        ({"files": "s3://b_/x"}, "option files:"),
+        ({"files-endpoint": "http://127.0.0.1:9"}, "option files-endpoint:"),
+        ({"files-redirect": True}, "option files-redirect:"),
+        ({"files": "s3://bucket/x", "hard-links": True}, "option hard-links:"),
+        ({"files": "s3://bucket/x", "mirror-cache-size": "1G"}, "option mirror-cache-size:"),
+        ({"files": "s3://bucket/x", "files-endpoint": "ftp://example.com"}, "option files-endpoint:"),
+    ],
+)
+def test_files_options_refused(tmp_path, given, option):
+    with pytest.raises(ConfigError) as caught:
+        build_config({"serverdir": str(tmp_path), **given}, None, environ={})
+    assert str(caught.value).startswith(option) and "\n" not in str(caught.value)
+
+
+def test_files_options_taken(tmp_path):
+    config = build_config(
+        {"serverdir": str(tmp_path), "files": "s3://bucket/x", "files-region": "eu-west-1"}, None, environ={}
+    )
+    assert (config.files, config.files_region, config.files_redirect) == ("s3://bucket/x", "eu-west-1", False)
+
+
+def test_fsck_and_export_refuse_a_server_with_files_in_s3(tmp_path, s3_bucket, config):
+    _, bucket = s3_bucket
+    config = attrs.evolve(config, files=f"s3://{bucket}/x")
+    build_context(config, passwords=synchronous_passwords(), run_in_thread=synchronous).close()
+    assert os.path.isdir(os.path.join(config.serverdir, REMOTE_SPOOL))
+    with pytest.raises(CommandError, match="^fsck works on files.*object storage"):
+        maintenance.fsck(config.serverdir)
+    with pytest.raises(ValueError, match="^export works on files"):
+        check_local_files(str(tmp_path), "s3://bucket/x", "export")

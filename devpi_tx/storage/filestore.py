@@ -9,6 +9,26 @@ import os
 from ..interfaces import IFileStore
 from .files import LocalFileStore
 
+#: Where an S3 store's writers spool, in the server directory; its being
+#: there tells the offline commands (fsck, export, import), which get no
+#: --files, that the files are not in +files.
+REMOTE_SPOOL = "+files-tmp"
+
+
+def check_local_files(serverdir: str, files: str | None, what: str) -> None:
+    """
+    Refuse C{what} (a command that reads or writes +files on disk) for a
+    server whose files are in object storage.
+
+    @raise ValueError: they are (C{files} given, or the server directory
+        has an S3 store's spool).
+    """
+    if files is not None or os.path.isdir(os.path.join(serverdir, REMOTE_SPOOL)):
+        raise ValueError(
+            f"{what} works on files in the server directory's +files, and this server keeps them in "
+            f"object storage (--files s3://...; remove {REMOTE_SPOOL} if it no longer does)"
+        )
+
 
 def open_file_store(config) -> IFileStore:
     """
@@ -22,4 +42,4 @@ def open_file_store(config) -> IFileStore:
 
     bucket, prefix = parse_files_url(config.files)
     client = make_client(config.files_endpoint, config.files_region)
-    return S3FileStore(client, bucket, prefix, os.path.join(config.serverdir, "+files-tmp"))
+    return S3FileStore(client, bucket, prefix, os.path.join(config.serverdir, REMOTE_SPOOL))
