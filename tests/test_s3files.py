@@ -257,3 +257,16 @@ def test_fsck_and_export_refuse_a_server_with_files_in_s3(tmp_path, s3_bucket, c
         maintenance.fsck(config.serverdir)
     with pytest.raises(ValueError, match="^export works on files"):
         check_local_files(str(tmp_path), "s3://bucket/x", "export")
+
+
+def test_exists_remembers_what_is_stored(s3_bucket, tmp_path):
+    _, bucket = s3_bucket
+    store = _s3_store(tmp_path, bucket)
+    digest = _put(store, b"remembered")
+    heads = []
+    store._client.meta.events.register("before-send.s3.HeadObject", lambda **kw: heads.append(1))
+    assert store.exists(digest) and store.exists(digest)
+    assert heads == []
+    store.remove(digest)
+    assert not store.exists(digest)
+    assert heads == [1]

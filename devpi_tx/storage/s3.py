@@ -22,10 +22,12 @@ which only computes a signature.  Serving to clients happens on the reactor
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import io
 import os
 import re
+import threading
 from typing import IO
 
 from zope.interface import implementer
@@ -44,6 +46,8 @@ PART_SIZE = 16 * 1024 * 1024
 #: How a stored file is read: one streamed GET from the current position
 #: until the reader seeks elsewhere.
 READ_BUFFER = 1024 * 1024
+#: How many digests L{S3FileStore.exists} remembers as stored.
+KNOWN_PRESENT = 100_000
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -216,6 +220,12 @@ class S3FileStore:
         self.tmpdir = tmpdir
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
+        #: Digests known to be stored (uploaded or found by this process),
+        #: most recent last: content-addressed objects do not change, so
+        #: C{exists} answers for them without a request; some callers ask
+        #: on the reactor thread (see docs/scale-out-files.md).
+        self._present: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._lock = threading.Lock()
         os.makedirs(tmpdir, exist_ok=True)
         for name in os.listdir(tmpdir):
             if name.startswith(_TMP_PREFIX):
@@ -240,11 +250,21 @@ class S3FileStore:
                 raise FileNotFoundError(f"s3://{self.bucket}/{self.key(sha256)}") from None
             raise
 
+    def _known(self, sha256: str) -> None:
+        with self._lock:
+            self._present[sha256] = None
+            self._present.move_to_end(sha256)
+            if len(self._present) > KNOWN_PRESENT:
+                self._present.popitem(last=False)
+
     def exists(self, sha256: str) -> bool:
+        if sha256 in self._present:
+            return True
         try:
             self._head(sha256)
         except FileNotFoundError:
             return False
+        self._known(sha256)
         return True
 
     def size(self, sha256: str) -> int:
@@ -255,6 +275,8 @@ class S3FileStore:
         return io.BufferedReader(reader, buffer_size=READ_BUFFER)
 
     def remove(self, sha256: str) -> None:
+        with self._lock:
+            self._present.pop(sha256, None)
         self._client.delete_object(Bucket=self.bucket, Key=self.key(sha256))
 
     def download_url(self, sha256: str, expires: int, method: str = "GET") -> str:
@@ -284,6 +306,7 @@ class S3FileStore:
             )
         else:
             self._multipart(key, body)
+        self._known(sha256)
         log.debug("stored {key} ({size} bytes)", key=key, size=size)
 
     def _multipart(self, key: str, body: IO[bytes]) -> None:
