@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from urllib.parse import urljoin
 from urllib.request import Request, urlopen
 
 import pytest
@@ -16,8 +17,10 @@ import pytest_twisted
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
 
 from devpi_tx.auth.passwords import fast_hasher
 from devpi_tx.config import ServerConfig
@@ -27,6 +30,7 @@ from devpi_tx.service import build_context, make_site
 
 from .conftest import basic, synchronous_passwords
 from .distfiles import make_wheel, upload_form
+from .fakeupstream import FakeUpstream, Release
 
 pytestmark = pytest.mark.scaleout
 
@@ -151,3 +155,58 @@ async def test_a_file_missing_from_the_bucket_is_an_error(server):
     context.files.remove(hashlib.sha256(data).hexdigest())
     response = await client.get(url)
     assert response.code == 500
+
+
+@pytest.fixture
+def mirror(tmp_path, s3_bucket):
+    """
+    A server with its files in S3 whose root/pypi mirrors a fake upstream
+    on loopback.
+    """
+    _, bucket = s3_bucket
+    upstream = FakeUpstream()
+    filename, data = make_wheel("big", "1.0", payload=os.urandom(2 * 1024 * 1024))
+    upstream.add("big", Release(filename, data))
+    up_port = pytest_twisted.blockon(
+        serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Site(upstream))
+    )
+    config = ServerConfig(
+        serverdir=str(tmp_path / "s"),
+        mirror_url=f"http://127.0.0.1:{up_port.getHost().port}/simple/",
+        root_passwd_hash=fast_hasher().hash("rootpw"),
+        access_log="off",
+        files=f"s3://{bucket}/devpi",
+    )
+    context = build_context(
+        config,
+        passwords=synchronous_passwords(),
+        upstream_http=make_http_client(reactor, HTTPConnectionPool(reactor, persistent=False)),
+    )
+    port = pytest_twisted.blockon(
+        serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(make_site(context))
+    )
+    client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+    yield upstream, context, f"http://127.0.0.1:{port.getHost().port}", client, data
+    pytest_twisted.blockon(port.stopListening())
+    pytest_twisted.blockon(up_port.stopListening())
+    context.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_mirrored_file_is_cached_in_s3_and_served_from_there(mirror):
+    upstream, context, base, client, data = mirror
+    page = await client.get(
+        base + "/root/pypi/+simple/big/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
+    url = urljoin(base + "/root/pypi/+simple/big/", (await page.json())["files"][0]["url"])
+    first = await client.get(url)
+    assert await first.content() == data
+    sha = hashlib.sha256(data).hexdigest()
+    for _ in range(100):  # committed to the bucket after the client has every byte
+        if list(context.storage.keys("blob/")):
+            break
+        await deferLater(reactor, 0.05)
+    assert context.files.exists(sha)
+    again = await client.get(url, headers={"Range": "bytes=10-19"})
+    assert again.code == 206 and await again.content() == data[10:20]
+    assert upstream.count("/files/") == 1

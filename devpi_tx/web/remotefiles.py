@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.http import PotentialDataLoss, datetimeToString
 from twisted.web.iweb import IRequest, IResponse
 from zope.interface import implementer
 
@@ -60,7 +60,7 @@ def serve_remote(
     head = request.method == b"HEAD"
     validators = {
         "ETag": etag,
-        "Last-Modified": _http_date(mtime),
+        "Last-Modified": datetimeToString(mtime).decode("ascii"),
         "Accept-Ranges": "bytes",
     }
     if _not_modified(request, etag, mtime):
@@ -81,12 +81,6 @@ def serve_remote(
     return Deferred.fromCoroutine(
         _relay(request, http, files, sha256, head, headers, timeout, validators, content_type)
     )
-
-
-def _http_date(mtime: int) -> str:
-    from twisted.web.http import datetimeToString
-
-    return datetimeToString(mtime).decode("ascii")
 
 
 async def _relay(
