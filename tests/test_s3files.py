@@ -14,18 +14,20 @@ import zipfile
 
 import attrs
 import pytest
+from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
 from devpi_tx.cli import maintenance
 from devpi_tx.config import ConfigError, build_config
 from devpi_tx.interfaces import IFileStore, IFileWriter, ILocalFileStore, IRemoteFileStore
+from devpi_tx.remote import pypi_upload
 from devpi_tx.service import build_context
 from devpi_tx.startup import CommandError
 from devpi_tx.storage.files import LocalFileStore
 from devpi_tx.storage.filestore import REMOTE_SPOOL, check_local_files
 from devpi_tx.storage.s3 import S3FileStore, make_client, parse_files_url
 
-from .conftest import synchronous, synchronous_passwords
+from .conftest import result_of, synchronous, synchronous_passwords
 
 pytestmark = pytest.mark.scaleout
 
@@ -270,3 +272,18 @@ def test_exists_remembers_what_is_stored(s3_bucket, tmp_path):
     store.remove(digest)
     assert not store.exists(digest)
     assert heads == [1]
+
+
+def test_push_reads_a_remote_file_from_a_local_copy(s3_bucket, tmp_path):
+    """
+    A push reads its bodies on the reactor thread: from a remote store, out
+    of a local copy made in a worker thread.
+    """
+    _, bucket = s3_bucket
+    store = _s3_store(tmp_path, bucket)
+    digest = _put(store, b"pushed elsewhere")
+    body = result_of(Deferred.fromCoroutine(pypi_upload._open_local(store, digest, synchronous)))
+    with body:
+        assert body.read() == b"pushed elsewhere" and not isinstance(body, io.BufferedReader)
+    with pytest.raises(TypeError):
+        result_of(Deferred.fromCoroutine(pypi_upload._open_local(store, digest, None)))
