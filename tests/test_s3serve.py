@@ -115,6 +115,12 @@ async def test_upload_download_range_and_metadata_from_s3(server):
     response, body = await _get(client, url, {"Range": "bytes=-10"})
     assert response.code == 206 and body == data[-10:]
 
+    response, body = await _get(client, url, {"Range": f"bytes={len(data)}-"})
+    assert response.code == 416
+    if not response.redirected:
+        # (moto, and S3, send no "Content-Range: bytes */size" with it.)
+        assert body == b""
+
     if not response.redirected:
         response = await client.get(url, headers={"If-None-Match": f'"{sha}"'})
         assert response.code == 304

@@ -127,8 +127,11 @@ async def _relay(
         return b""
     request.setResponseCode(response.code)
     _set_headers(request, validators, {"Content-Type": content_type, "Cache-Control": IMMUTABLE})
-    # (Twisted's client takes Content-Length out of the headers.)
-    if isinstance(response.length, int):
+    # (Twisted's client takes Content-Length out of the headers.)  A 416
+    # from the store has an error document for its body: not relayed.
+    if response.code == 416:
+        request.setHeader(b"content-length", b"0")
+    elif isinstance(response.length, int):
         request.setHeader(b"content-length", str(response.length).encode("ascii"))
     if ranges:
         request.setHeader(b"content-range", ranges[0])
