@@ -287,3 +287,21 @@ def test_push_reads_a_remote_file_from_a_local_copy(s3_bucket, tmp_path):
         assert body.read() == b"pushed elsewhere" and not isinstance(body, io.BufferedReader)
     with pytest.raises(TypeError):
         result_of(Deferred.fromCoroutine(pypi_upload._open_local(store, digest, None)))
+
+
+def test_a_bucket_that_cannot_be_reached_stops_the_start(s3_bucket, config):
+    config = attrs.evolve(config, files="s3://no-such-bucket/x")
+    with pytest.raises(ConfigError, match="^option files: bucket no-such-bucket at http://127.0.0.1:.*404"):
+        build_context(config, passwords=synchronous_passwords(), run_in_thread=synchronous)
+
+
+def test_no_credentials_stop_the_start(s3_bucket, config, monkeypatch, tmp_path):
+    _, bucket = s3_bucket
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    config = attrs.evolve(config, files=f"s3://{bucket}/x")
+    with pytest.raises(ConfigError, match="^option files: no S3 credentials"):
+        build_context(config, passwords=synchronous_passwords(), run_in_thread=synchronous)

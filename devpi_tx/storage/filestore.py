@@ -41,5 +41,29 @@ def open_file_store(config) -> IFileStore:
     from .s3 import S3FileStore, make_client, parse_files_url
 
     bucket, prefix = parse_files_url(config.files)
-    client = make_client(config.files_endpoint, config.files_region)
+    from ..config import ConfigError
+
+    try:
+        client = make_client(config.files_endpoint, config.files_region)
+    except ValueError as exc:
+        raise ConfigError(f"option files: {exc}") from None
+    check_bucket(client, bucket)
     return S3FileStore(client, bucket, prefix, os.path.join(config.serverdir, REMOTE_SPOOL))
+
+
+def check_bucket(client, bucket: str) -> None:
+    """
+    Fail at start-up, in one line, rather than at the first upload: a
+    bucket that cannot be reached (or that these credentials may not use).
+    Blocks.
+
+    @raise ConfigError: it cannot.
+    """
+    from ..config import ConfigError
+
+    try:
+        client.head_bucket(Bucket=bucket)
+    except Exception as exc:
+        status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+        reason = f"answered {status}" if status else str(exc).splitlines()[0]
+        raise ConfigError(f"option files: bucket {bucket} at {client.meta.endpoint_url}: {reason}") from None

@@ -75,11 +75,19 @@ def make_client(endpoint: str | None = None, region: str | None = None):
     variables, C{~/.aws/config} and C{~/.aws/credentials}, and so on.
     Response checksums are checked only when asked for: a ranged GET has
     none, and a signed URL must not demand a header our client never sends.
+
+    @raise ValueError: no credentials were found.
     """
     import botocore.session
     from botocore.config import Config
 
     session = botocore.session.get_session()
+    # Resolved once and kept by the session, which the client then uses.
+    if session.get_credentials() is None:
+        raise ValueError(
+            "no S3 credentials found (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+            "~/.aws/credentials)"
+        )
     config = Config(
         signature_version="s3v4",
         retries={"mode": "standard"},
