@@ -230,11 +230,13 @@ class IRemoteFileStore(IFileStore):
     redirects the client to it.
     """
 
-    def download_url(sha256: str, expires: int, method: str = "GET") -> str:
+    def download_url(sha256: str, expires: int, method: str = "GET", content_type: str | None = None) -> str:
         """
         A URL that answers a C{method} (GET, with a C{Range} if sent, or
-        HEAD) for the stored file for C{expires} seconds.  Computed
-        locally, no request made, so it may be called on the reactor.
+        HEAD) for the stored file for C{expires} seconds, with
+        C{content_type} if given (a client sent there by a redirect sees
+        what devpi would send).  Computed locally, no request made, so it
+        may be called on the reactor.
         """
 
 

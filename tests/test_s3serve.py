@@ -131,6 +131,7 @@ async def test_upload_download_range_and_metadata_from_s3(server):
 
     response, body = await _get(client, url + ".metadata")
     assert response.code == 200 and body.startswith(b"Metadata-Version") and b"Name: big" in body
+    assert response.headers.getRawHeaders("Content-Type") == ["text/plain; charset=utf-8"]
 
 
 @pytest_twisted.ensureDeferred

@@ -287,14 +287,17 @@ class S3FileStore:
             self._present.pop(sha256, None)
         self._client.delete_object(Bucket=self.bucket, Key=self.key(sha256))
 
-    def download_url(self, sha256: str, expires: int, method: str = "GET") -> str:
+    def download_url(
+        self, sha256: str, expires: int, method: str = "GET", content_type: str | None = None
+    ) -> str:
         """
         A presigned URL for a GET (or C{method} C{HEAD}) of the object.
         """
         operation = {"GET": "get_object", "HEAD": "head_object"}[method]
-        return self._client.generate_presigned_url(
-            operation, Params={"Bucket": self.bucket, "Key": self.key(sha256)}, ExpiresIn=expires
-        )
+        params = {"Bucket": self.bucket, "Key": self.key(sha256)}
+        if content_type is not None:
+            params["ResponseContentType"] = content_type
+        return self._client.generate_presigned_url(operation, Params=params, ExpiresIn=expires)
 
     def upload(self, sha256: str, size: int, body: IO[bytes]) -> None:
         """

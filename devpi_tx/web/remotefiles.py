@@ -69,7 +69,7 @@ def serve_remote(
         return b""
     method = "HEAD" if head else "GET"
     if redirect:
-        url = files.download_url(sha256, URL_EXPIRY, method)
+        url = files.download_url(sha256, URL_EXPIRY, method, content_type)
         request.setResponseCode(302)
         # The URL expires: no cache may keep the answer.
         _set_headers(request, {"Location": url, "Cache-Control": "no-store", "Content-Length": "0"})
