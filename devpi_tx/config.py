@@ -84,6 +84,11 @@ class ServerConfig:
     #: Where the state is: L{None} for the SQLite file in the server
     #: directory, else a PostgreSQL URL (see L{devpi_tx.storage.backends}).
     storage: str | None = None
+    #: Where release files are: L{None} for +files in the server directory, or s3://bucket/prefix.
+    files: str | None = None
+    files_endpoint: str | None = None
+    files_region: str | None = None
+    files_redirect: bool = False
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -242,6 +247,16 @@ def _free_space(name: str, value: object) -> tuple[int, float]:
         raise ConfigError(f"{name}: {e}") from None
 
 
+def _files(name: str, value: object) -> str:
+    from .storage.s3 import parse_files_url
+
+    try:
+        parse_files_url(str(value))
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    return str(value)
+
+
 OPTIONS: dict[str, tuple[str, object]] = {
     "serverdir": ("serverdir", _str),
     "host": ("host", _str),
@@ -279,6 +294,10 @@ OPTIONS: dict[str, tuple[str, object]] = {
     "mirror-cache-size": ("mirror_cache_size", _size),
     "min-free-space": ("min_free_space", _free_space),
     "storage": ("storage", _storage),
+    "files": ("files", _files),
+    "files-endpoint": ("files_endpoint", _str),
+    "files-region": ("files_region", _str),
+    "files-redirect": ("files_redirect", _bool),
 }
 
 
@@ -400,7 +419,29 @@ def build_config(
         raise ConfigError(f"option outside-url: {config.outside_url!r} is not a URL")
     if config.mirror_url and not config.mirror_url.startswith(("http://", "https://")):
         raise ConfigError(f"option mirror-url: {config.mirror_url!r} is not a URL")
+    _check_files(config)
     return config
+
+
+def _check_files(config: ServerConfig) -> None:
+    """
+    Refuse what needs release files on this disk when they are not.
+    """
+    if config.files is None:
+        for option, value in [
+            ("files-endpoint", config.files_endpoint),
+            ("files-region", config.files_region),
+            ("files-redirect", config.files_redirect),
+        ]:
+            if value:
+                raise ConfigError(f"option {option}: only for --files s3://bucket/prefix")
+        return
+    if config.hard_links:
+        raise ConfigError("option hard-links: needs files on this disk, not --files " + config.files)
+    if config.mirror_cache_size is not None:
+        raise ConfigError("option mirror-cache-size: needs files on this disk, not --files " + config.files)
+    if config.files_endpoint is not None and not _is_http_url(config.files_endpoint):
+        raise ConfigError(f"option files-endpoint: {config.files_endpoint!r} is not an http or https URL")
 
 
 def _check_host(host: str) -> None:

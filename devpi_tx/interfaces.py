@@ -11,6 +11,8 @@ provider is checked with C{verifyObject} in the tests.
 
 from __future__ import annotations
 
+from typing import IO
+
 from zope.interface import Attribute, Interface
 
 
@@ -182,14 +184,59 @@ class IFileStore(Interface):
         Whether a complete file with this digest is stored.
         """
 
-    def path(sha256: str) -> str:
+    def open(sha256: str) -> IO[bytes]:
         """
-        The local path of a stored file, for serving it.
+        The stored file, open for reading: a blocking, seekable binary file
+        object, for code in worker threads (zipfile seeks to a wheel's end).
+        A remote store may read lazily, over the network.
+
+        @raise FileNotFoundError: no file with this digest is stored.
+        """
+
+    def size(sha256: str) -> int:
+        """
+        The length of a stored file, in bytes.  Blocks.
+
+        @raise FileNotFoundError: no file with this digest is stored.
         """
 
     def remove(sha256: str) -> None:
         """
         Delete the file with this digest, if present.
+        """
+
+
+class ILocalFileStore(IFileStore):
+    """
+    A file store on this host's disk.  Only what cannot work without a
+    local path asks for it (by checking this interface): serving with
+    C{sendfile(2)}, hard links (C{--replica-file-search-path}, dumps),
+    fsck and the mirror cache's eviction, which rename files.
+    """
+
+    root = Attribute("The store's directory.")
+    tmpdir = Attribute("A directory for temporary files on the store's filesystem.")
+
+    def local_path(sha256: str) -> str:
+        """
+        Where a stored file is (or would be) on disk.
+        """
+
+
+class IRemoteFileStore(IFileStore):
+    """
+    A file store elsewhere (object storage), whose files a client may fetch
+    by a URL of limited validity: the web layer streams from it, or
+    redirects the client to it.
+    """
+
+    def download_url(sha256: str, expires: int, method: str = "GET", content_type: str | None = None) -> str:
+        """
+        A URL that answers a C{method} (GET, with a C{Range} if sent, or
+        HEAD) for the stored file for C{expires} seconds, with
+        C{content_type} if given (a client sent there by a redirect sees
+        what devpi would send).  Computed locally, no request made, so it
+        may be called on the reactor.
         """
 
 

@@ -126,6 +126,16 @@ class ServerOptions(usage.Options):
             "Where the state is: a postgresql://user@host/dbname URL, which several servers may share "
             "(password from PGPASSWORD or ~/.pgpass); default the SQLite file in the server directory.",
         ],
+        [
+            "files",
+            None,
+            None,
+            "Where release files are stored: s3://BUCKET/PREFIX for S3-compatible object storage "
+            "(endpoint, region and credentials from the AWS environment and ~/.aws; default: "
+            "+files in the server directory).",
+        ],
+        ["files-endpoint", None, None, "URL of the S3 endpoint of --files (overrides AWS_ENDPOINT_URL)."],
+        ["files-region", None, None, "Region of the --files bucket (overrides AWS_DEFAULT_REGION)."],
     ]
 
     optFlags = [
@@ -139,6 +149,12 @@ class ServerOptions(usage.Options):
             "A replica hard-links files found under --replica-file-search-path instead of copying them.",
         ],
         ["no-metrics", None, "Do not serve /+metrics (Prometheus text format; on by default)."],
+        [
+            "files-redirect",
+            None,
+            "With --files s3://...: answer a file download with a redirect to a short-lived signed "
+            "URL of the store instead of streaming it through the server.",
+        ],
     ]
 
     def __init__(self) -> None:

@@ -58,7 +58,7 @@ from .serverdir import (
 from .startup import FoundPlugins, HoldServerDir, ListeningService, listen_labels
 from .storage import coordination as nodes
 from .storage.backends import coordinator_for, open_storage_for, storage_service
-from .storage.files import LocalFileStore
+from .storage.filestore import open_file_store
 from .web.accesslog import open_access_log
 from .web.api import DevpiAPI
 from .web.changefeed import ChangeFeed
@@ -217,7 +217,7 @@ def build_context(
         # the replica side's to judge).
         nodeinfo = dict(nodeinfo, role=role)
         write_nodeinfo(config.serverdir, nodeinfo)
-    files = LocalFileStore(os.path.join(config.serverdir, "+files"))
+    files = open_file_store(config)
     run_in_thread = run_in_thread or deferToThread
     if upstream_http is None:
         tls_policy = None

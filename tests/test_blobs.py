@@ -143,7 +143,7 @@ def test_commit_upload_stores_a_wheels_metadata_as_a_blob(files):
     sha256, size, meta_sha = metadata.commit_upload(files, writer, basename)
     assert sha256 == hashlib.sha256(data).hexdigest()
     assert size == len(data)
-    with open(files.path(meta_sha), "rb") as blob:
+    with open(files.local_path(meta_sha), "rb") as blob:
         assert blob.read() == metadata_text("pkg", "1.0").encode()
 
 
@@ -167,7 +167,7 @@ def test_commit_upload_of_a_broken_wheel_raises_with_its_file_stored(files):
 def test_repair_metadata_makes_a_damaged_blob_again(files, damage):
     basename, data, writer = wheel_writer(files)
     sha256, _, meta_sha = metadata.commit_upload(files, writer, basename)
-    path = files.path(meta_sha)
+    path = files.local_path(meta_sha)
     if damage == "missing":
         os.unlink(path)
     elif damage == "short":

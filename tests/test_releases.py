@@ -308,7 +308,7 @@ def test_metadata_blob_lost_to_a_power_loss_is_made_again(client, dev, damage):
     client.context.derived_blobs.flush()
     (entry,) = simple_json(client)["files"]
     digest = entry["core-metadata"]["sha256"]
-    path = client.context.files.path(digest)
+    path = client.context.files.local_path(digest)
     if damage == "missing":
         os.unlink(path)
     else:
@@ -330,7 +330,7 @@ def test_metadata_asked_for_before_its_blob_is_written(client, dev):
     filename, data = make_wheel("pkg-a", "1.0")
     assert upload(client, dev, "pkg-a", "1.0", filename, data).code == 200
     (entry,) = simple_json(client)["files"]
-    path = client.context.files.path(entry["core-metadata"]["sha256"])
+    path = client.context.files.local_path(entry["core-metadata"]["sha256"])
     assert not os.path.exists(path)
     meta = client.get(resolve(entry["url"]) + ".metadata", accept=None)
     assert meta.code == 200

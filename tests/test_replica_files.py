@@ -435,7 +435,7 @@ def test_a_file_is_taken_from_the_search_path(tmp_path, layout, hard_links):
     replica.flush()
     assert replica.stored(data)
     assert replica.primary.paths == []
-    linked = os.stat(source).st_ino == os.stat(replica.files.path(sha256)).st_ino
+    linked = os.stat(source).st_ino == os.stat(replica.files.local_path(sha256)).st_ino
     assert linked is hard_links
     assert replica.temporary_files() == []
     replica.storage.close()

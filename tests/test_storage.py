@@ -15,7 +15,7 @@ import textwrap
 import pytest
 from zope.interface.verify import verifyObject
 
-from devpi_tx.interfaces import IFileStore, IFileWriter, IStorage, ITransaction
+from devpi_tx.interfaces import IFileStore, IFileWriter, ILocalFileStore, IStorage, ITransaction
 from devpi_tx.storage.files import LocalFileStore
 from devpi_tx.storage.sqlite import SchemaError, SQLiteStorage
 
@@ -253,6 +253,7 @@ def files(tmp_path):
 
 def test_file_store_provides_interfaces(files):
     assert verifyObject(IFileStore, files)
+    assert verifyObject(ILocalFileStore, files)
     writer = files.writer()
     assert verifyObject(IFileWriter, writer)
     writer.abort()
@@ -266,7 +267,7 @@ def test_written_file_is_stored_under_its_sha256(files):
     assert digest == hashlib.sha256(b"hello world").hexdigest()
     assert writer.size == 11
     assert files.exists(digest)
-    with open(files.path(digest), "rb") as f:
+    with open(files.local_path(digest), "rb") as f:
         assert f.read() == b"hello world"
     assert os.listdir(files.tmpdir) == []
 
@@ -278,7 +279,7 @@ def test_file_committed_without_sync_is_stored_alike(files, monkeypatch):
     writer.write(b"Metadata-Version: 2.1\n")
     digest = writer.commit(durable=False)
     assert synced == []
-    with open(files.path(digest), "rb") as f:
+    with open(files.local_path(digest), "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == digest
     writer = files.writer()
     writer.write(b"a wheel")
@@ -292,7 +293,7 @@ def test_spooled_writer_touches_the_disk_only_when_it_must(files):
     small.write(b"12345")
     assert tmp() == []
     digest = small.commit()
-    with open(files.path(digest), "rb") as f:
+    with open(files.local_path(digest), "rb") as f:
         assert f.read() == b"12345"
     big = files.writer(spool=10)
     big.write(b"123456")
@@ -350,7 +351,7 @@ def test_stray_temporary_files_are_removed_on_open(tmp_path):
 @pytest.mark.parametrize("bad", ["../etc/passwd", "a" * 63, "G" * 64, "/" + "a" * 63])
 def test_no_path_outside_the_store(files, bad):
     with pytest.raises(ValueError):
-        files.path(bad)
+        files.local_path(bad)
 
 
 def test_read_cache_is_bounded_and_reads_stay_right(open_state):
@@ -568,7 +569,7 @@ def test_a_fan_out_directory_removed_behind_the_store_is_made_again(tmp_path):
     writer = store.writer()
     writer.write(b"one")
     digest = writer.commit()
-    shutil.rmtree(os.path.dirname(store.path(digest)))
+    shutil.rmtree(os.path.dirname(store.local_path(digest)))
     writer = store.writer()
     writer.write(b"one")
     assert writer.commit() == digest
@@ -669,7 +670,7 @@ def test_a_file_stored_by_a_hard_link_is_checked_first(files, tmp_path):
     assert not files.link(str(source), hashlib.sha256(b"other").hexdigest())
     assert os.listdir(files.tmpdir) == []
     assert files.link(str(source), digest)
-    assert os.stat(files.path(digest)).st_ino == source.stat().st_ino
+    assert os.stat(files.local_path(digest)).st_ino == source.stat().st_ino
     assert files.link(str(source), digest)  # already there: kept as it is
     assert os.listdir(files.tmpdir) == []
     with pytest.raises(OSError):

@@ -26,8 +26,10 @@ from ..dump.importer import Importer
 from ..dump.reader import read_dump
 from ..serverdir import is_initialized
 from ..startup import check_start, take_serverdir
+from ..storage.filestore import check_local_files
 
-OPTIONS = frozenset(["serverdir", "secretfile", "hard-links", "no-root-pypi"])
+#: (C{files}: to refuse a server whose files are in object storage.)
+OPTIONS = frozenset(["serverdir", "secretfile", "hard-links", "no-root-pypi", "files"])
 
 
 def _config(args: argparse.Namespace):
@@ -64,6 +66,13 @@ def _guarded(run, args: argparse.Namespace, partial: str) -> int:
         return 1
 
 
+def _local_files(config, what: str) -> None:
+    try:
+        check_local_files(config.serverdir, config.files, what)
+    except ValueError as exc:
+        raise DumpError(str(exc)) from None
+
+
 def _export(args: argparse.Namespace) -> int:
     config = _config(args)
     if not is_initialized(config.serverdir):
@@ -71,6 +80,7 @@ def _export(args: argparse.Namespace) -> int:
         raise DumpError(
             f"{config.serverdir} is no devpi-tx server directory (no .nodeinfo); give one with --serverdir"
         )
+    _local_files(config, "export")
     lock = take_serverdir(config)
     try:
         export_server(config.serverdir, args.directory, hard_links=config.hard_links)
@@ -81,6 +91,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     config = _config(args)
+    _local_files(config, "import")
     dump = read_dump(args.directory, from_devpi=args.from_devpi)
     importer = Importer(config, dump, hard_links=config.hard_links, no_root_pypi=config.no_root_pypi)
     importer.check()  # a bad dump is refused before the directory is made

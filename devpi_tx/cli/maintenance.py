@@ -18,6 +18,7 @@ from ..model import releases, users
 from ..serverdir import is_initialized, write_secret
 from ..startup import CommandError
 from ..storage.files import LocalFileStore
+from ..storage.filestore import check_local_files
 from ..storage.sqlite import open_storage
 
 #: A progress line every this many files checked.
@@ -124,6 +125,10 @@ def fsck(serverdir: str, repair: bool = False, progress: Callable[[str], object]
     """
     if not is_initialized(serverdir):
         raise CommandError(f"{serverdir} holds no server (give --serverdir)")
+    try:
+        check_local_files(serverdir, None, "fsck")
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     storage = open_storage(serverdir)
     store = LocalFileStore(os.path.join(serverdir, "+files"))
     report = FsckReport()
@@ -131,7 +136,7 @@ def fsck(serverdir: str, repair: bool = False, progress: Callable[[str], object]
         linked = {key[len("blob/") :] for key in storage.keys("blob/")}
         total = len(linked)
         for sha256 in sorted(linked):
-            path = store.path(sha256)
+            path = store.local_path(sha256)
             if not os.path.exists(path):
                 report.missing.append(sha256)
             else:

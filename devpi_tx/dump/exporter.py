@@ -152,7 +152,7 @@ def _plan_stage(storage: Snapshot, store: LocalFileStore, stage: str, dumped: di
                     continue  # one per version (devpi's rule); the newest
                 path = _dump_path(stage, project, version, link, by_relpath)
                 files.append(_filedesc(stage, project, version, link, path))
-                plan.files.append((store.path(link["sha256"]), path, link.get("size") or 0))
+                plan.files.append((store.local_path(link["sha256"]), path, link.get("size") or 0))
         projects[project] = versions
         plan.projects += 1
         plan.versions += len(versions)

@@ -46,7 +46,7 @@ def _temp_name(store: LocalFileStore) -> str:
 def _into_place(store: LocalFileStore, tmp: str, digest: str) -> None:
     # A file already there under the name has the same content: replacing
     # it costs less than asking first.
-    final = store.path(digest)
+    final = store.local_path(digest)
     store.make_directory(os.path.dirname(final))
     os.replace(tmp, final)
 
@@ -122,7 +122,7 @@ def store_derived(store: LocalFileStore, data: bytes) -> str:
     created, and an import stores one per wheel).
     """
     digest = hashlib.sha256(data).hexdigest()
-    final = store.path(digest)
+    final = store.local_path(digest)
     store.make_directory(os.path.dirname(final))
     try:
         with open(final, "xb") as f:

@@ -298,7 +298,7 @@ class Importer:
             raise DumpError(f"{f.path}: {exc.strerror}") from None
         meta = None
         if wheel:
-            source = io.BytesIO(b"".join(chunks)) if chunks else store.path(digests["sha256"])
+            source = io.BytesIO(b"".join(chunks)) if chunks else store.local_path(digests["sha256"])
             meta = self._wheel_metadata(store, f, source)
         return digests, size, meta
 

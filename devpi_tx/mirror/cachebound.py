@@ -395,14 +395,14 @@ class MirrorCache:
         for sha256 in digests:
             path = os.path.join(self._files.tmpdir, _CLAIM_PREFIX + sha256)
             try:
-                os.rename(self._files.path(sha256), path)
+                os.rename(self._files.local_path(sha256), path)
             except FileNotFoundError:
                 continue
             claimed.append((sha256, path))
         return claimed
 
     def _restore(self, sha256: str, path: str) -> None:
-        final = self._files.path(sha256)
+        final = self._files.local_path(sha256)
         if os.path.exists(final):
             os.unlink(path)  # written again meanwhile
         else:

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from ..interfaces import IFileStore
 from ..logs import logger
 from ..model import releases
 from ..model.metadata import MAX_METADATA, wheel_metadata
@@ -372,7 +373,7 @@ class MirrorFiles:
             else:
                 log.info("core metadata of {path}: read with range requests", path=path, source="range")
                 return data
-        data = await self._run(wheel_metadata, self._files.path(entry["sha256"]), basename)
+        data = await self._run(_stored_wheel_metadata, self._files, entry["sha256"], basename)
         log.info("core metadata of {path}: taken from the wheel ({source})", path=path, source=source)
         return data
 
@@ -492,3 +493,12 @@ class MirrorFiles:
             if self._blobs is not None:
                 self._blobs.release(digest)
         return current
+
+
+def _stored_wheel_metadata(files: IFileStore, sha256: str, basename: str) -> bytes:
+    """
+    (In a thread.)  The METADATA of a stored wheel, read through the store
+    (which may be remote).
+    """
+    with files.open(sha256) as wheel:
+        return wheel_metadata(wheel, basename)

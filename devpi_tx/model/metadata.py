@@ -45,8 +45,12 @@ def wheel_metadata(path: str | IO[bytes], basename: str) -> bytes:
         raise InvalidInput(f"{basename!r} is not a valid wheel: not a zip file") from None
 
 
-def is_zip(path: str) -> bool:
-    return zipfile.is_zipfile(path)
+def stored_is_zip(files: IFileStore, sha256: str) -> bool:
+    """
+    Whether a stored file is a zip archive.  Blocks.
+    """
+    with files.open(sha256) as file:
+        return zipfile.is_zipfile(file)
 
 
 def store_metadata(files: IFileStore, data: bytes) -> str:
@@ -72,13 +76,14 @@ def commit_upload(
     sha256 = writer.commit()
     meta_sha = None
     if wheel_basename is not None:
-        meta_sha = store_metadata(files, wheel_metadata(files.path(sha256), wheel_basename))
+        with files.open(sha256) as wheel:
+            meta_sha = store_metadata(files, wheel_metadata(wheel, wheel_basename))
     return sha256, writer.size, meta_sha
 
 
 def _intact(files: IFileStore, digest: str) -> bool:
     try:
-        with open(files.path(digest), "rb") as blob:
+        with files.open(digest) as blob:
             return hashlib.sha256(blob.read()).hexdigest() == digest
     except FileNotFoundError:
         return False
@@ -94,7 +99,8 @@ def repair_metadata(files: IFileStore, wheel_sha256: str, digest: str, basename:
     """
     if _intact(files, digest):
         return False
-    data = wheel_metadata(files.path(wheel_sha256), basename)
+    with files.open(wheel_sha256) as wheel:
+        data = wheel_metadata(wheel, basename)
     if hashlib.sha256(data).hexdigest() != digest:
         raise InvalidInput(f"the METADATA of {basename} no longer matches its recorded digest")
     # A short file under the final name would be kept as it is.

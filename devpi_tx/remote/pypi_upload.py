@@ -9,11 +9,16 @@ why: what it answered, or that it could not be reached and how.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
+from collections.abc import Callable
+from typing import IO
 
 import attrs
 from treq.multipart import MultiPartProducer
 from twisted.internet import error as neterror
+from twisted.internet.defer import Deferred
 from twisted.web.client import (
     FileBodyProducer,
     RequestGenerationFailed,
@@ -22,7 +27,7 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 
-from ..interfaces import IFileStore
+from ..interfaces import IFileStore, ILocalFileStore
 from ..logs import logger
 from ..mirror.errors import is_timeout
 from ..model.redact import redact_url
@@ -165,9 +170,14 @@ async def push_release(
     no_docs: bool = False,
     only_docs: bool = False,
     timeout: float = 30.0,
+    run_in_thread: Callable[..., Deferred] | None = None,
 ) -> PushResult:
     """
     Upload a version's files (and doc zip) to C{target.posturl}.
+
+    @param run_in_thread: copies a file of a remote store to a local
+        temporary file first (the body is read on the reactor thread, which
+        must not wait on the network for it); needed for a remote store.
 
     @return: the overall status (200 when the last step succeeded, else
         502), devpi's action log (an entry that got no answer has status
@@ -188,7 +198,7 @@ async def push_release(
         rel = link["rel"]
         if rel == "toxresult" or (rel == "doczip" and no_docs) or (rel == "releasefile" and only_docs):
             continue
-        with open(files.path(link["sha256"]), "rb") as body:
+        with await _open_local(files, link["sha256"], run_in_thread) as body:
             if rel == "releasefile":
                 fields = [(":action", "file_upload"), *meta_fields, *_file_fields(link)]
                 content = (link["basename"], "application/octet-stream", FileBodyProducer(body))
@@ -208,3 +218,29 @@ async def push_release(
     if last in (200, 201):
         return PushResult(200, results)
     return PushResult(502, results, message)
+
+
+async def _open_local(
+    files: IFileStore, sha256: str, run_in_thread: Callable[..., Deferred] | None
+) -> IO[bytes]:
+    """
+    A stored file open for reading on the reactor thread: the file itself
+    in a local store, else a local temporary copy made in a worker thread.
+    """
+    if ILocalFileStore.providedBy(files):
+        return files.open(sha256)
+    if run_in_thread is None:
+        raise TypeError("pushing from a remote file store needs run_in_thread")
+    return await run_in_thread(_spooled_copy, files, sha256)
+
+
+def _spooled_copy(files: IFileStore, sha256: str) -> IO[bytes]:
+    copy = tempfile.TemporaryFile(dir=getattr(files, "tmpdir", None))
+    try:
+        with files.open(sha256) as source:
+            shutil.copyfileobj(source, copy, 1 << 20)
+        copy.seek(0)
+    except BaseException:
+        copy.close()
+        raise
+    return copy

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 
-from ..interfaces import IFileStore
+from ..interfaces import IFileStore, ILocalFileStore
 from ..model.errors import InvalidInput
 from ..model.metadata import wheel_metadata
 
@@ -57,7 +57,8 @@ def take_local_copy(
         other content.
     """
     wrong = []
-    link = getattr(files, "link", None) if hard_links else None
+    # Hard links only into a store on this disk; any other gets a copy.
+    link = getattr(files, "link", None) if hard_links and ILocalFileStore.providedBy(files) else None
     for source in sources:
         if not os.path.isfile(source):
             continue
@@ -98,7 +99,8 @@ def derive_metadata(files: IFileStore, wheel_sha256: str, basename: str, sha256:
     mirrored wheel's may come from upstream, and differ).
     """
     try:
-        data = wheel_metadata(files.path(wheel_sha256), basename)
+        with files.open(wheel_sha256) as wheel:
+            data = wheel_metadata(wheel, basename)
     except InvalidInput:
         return False
     writer = files.writer()

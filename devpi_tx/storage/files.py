@@ -13,10 +13,11 @@ import hashlib
 import os
 import re
 import tempfile
+from typing import IO
 
 from zope.interface import implementer
 
-from ..interfaces import IFileStore, IFileWriter
+from ..interfaces import IFileWriter, ILocalFileStore
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _TMP_PREFIX = ".tmp-"
@@ -113,7 +114,7 @@ class LocalFileWriter:
             if durable:
                 os.fsync(self._file.fileno())
             self._file.close()
-            final = self._store.path(digest)
+            final = self._store.local_path(digest)
             self._store.make_directory(os.path.dirname(final))
             if os.path.exists(final):
                 os.unlink(self._tmp_path)
@@ -155,7 +156,7 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-@implementer(IFileStore)
+@implementer(ILocalFileStore)
 class LocalFileStore:
     """
     Files under C{<root>/<sha[:3]>/<sha[3:]>}, the same fan-out as the
@@ -185,16 +186,22 @@ class LocalFileStore:
     def writer(self, spool: int = 0) -> LocalFileWriter:
         return LocalFileWriter(self, spool)
 
-    def path(self, sha256: str) -> str:
+    def local_path(self, sha256: str) -> str:
         _check_digest(sha256)
         return os.path.join(self.root, sha256[:3], sha256[3:])
 
     def exists(self, sha256: str) -> bool:
-        return os.path.exists(self.path(sha256))
+        return os.path.exists(self.local_path(sha256))
+
+    def open(self, sha256: str) -> IO[bytes]:
+        return open(self.local_path(sha256), "rb")
+
+    def size(self, sha256: str) -> int:
+        return os.path.getsize(self.local_path(sha256))
 
     def remove(self, sha256: str) -> None:
         try:
-            os.unlink(self.path(sha256))
+            os.unlink(self.local_path(sha256))
         except FileNotFoundError:
             pass
 
@@ -211,7 +218,7 @@ class LocalFileStore:
         @raise OSError: no hard link could be made (another filesystem,
             say): copy instead.
         """
-        final = self.path(sha256)
+        final = self.local_path(sha256)
         tmp = os.path.join(self.tmpdir, f"{_TMP_PREFIX}{os.urandom(8).hex()}")
         os.link(source, tmp)
         try:

@@ -13,6 +13,7 @@ import os
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
+from ..interfaces import ILocalFileStore
 from ..logs import logger
 from ..mirror.client import UpstreamError, gateway_status
 from ..mirror.files import GrowingFileBody
@@ -21,6 +22,7 @@ from ..model import metadata as coremetadata
 from ..model.errors import InvalidInput
 from .files import serve_file
 from .negotiation import wants_json
+from .remotefiles import serve_remote
 from .render import envelope, error
 from .router import app
 from .stagehelpers import StageHelpers
@@ -163,7 +165,19 @@ class FileRoutes(StageHelpers):
         return GrowingFileBody(request, download).start()
 
     def _serve_blob(self, request: IRequest, sha256: str, last_modified: float, content_type: str):
-        path = self.ctx.files.path(sha256)
+        files = self.ctx.files
+        if not ILocalFileStore.providedBy(files):
+            return serve_remote(
+                request,
+                self.ctx.http,
+                files,
+                sha256=sha256,
+                last_modified=last_modified,
+                content_type=content_type,
+                redirect=self.ctx.config.files_redirect,
+                timeout=self.ctx.config.request_timeout,
+            )
+        path = files.local_path(sha256)
         try:
             size = os.path.getsize(path)
             return serve_file(

@@ -101,6 +101,7 @@ class PushRoutes(StageHelpers):
             no_docs=pushed.no_docs,
             only_docs=pushed.only_docs,
             timeout=self.ctx.config.request_timeout * 6,
+            run_in_thread=self.ctx.run_in_thread,
         )
         log.info(
             "pushed {name} {version} from {src} to {url}: {status}",

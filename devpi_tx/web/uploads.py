@@ -11,6 +11,7 @@ that is not multipart is a push (L{devpi_tx.web.push}).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import re
@@ -27,7 +28,7 @@ from ..logs import logger
 from ..model import metadata as coremetadata
 from ..model import releases
 from ..model.errors import InvalidInput, ModelError
-from ..model.metadata import is_zip, wheel_metadata
+from ..model.metadata import stored_is_zip, wheel_metadata
 from .credentials import too_many_attempts
 from .render import error
 from .router import app
@@ -237,6 +238,8 @@ class UploadRoutes(StageHelpers):
         blobs.hold(meta_sha)
         try:
             extra = checked(sha256, meta_sha)
+            if inspect.isawaitable(extra):
+                extra = await extra
             who = (await self.auth.authenticate(request)).identity.username
             with self.ctx.storage.transaction() as tx:
                 outcome, _, unused = releases.add_file(
@@ -284,8 +287,9 @@ class UploadRoutes(StageHelpers):
         metadata["version"] = version
         writer, receiver.file = receiver.file, None
 
-        def checked(sha256: str, meta_sha: str | None) -> dict:
-            if writer.size and not is_zip(self.ctx.files.path(sha256)):
+        async def checked(sha256: str, meta_sha: str | None) -> dict:
+            # In a thread: the store may be remote.
+            if writer.size and not await self.ctx.run_in_thread(stored_is_zip, self.ctx.files, sha256):
                 raise InvalidInput("the documentation upload is not a zip file")
             return {}
 
