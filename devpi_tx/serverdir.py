@@ -37,6 +37,7 @@ from .logs import logger
 from .model import indexes, users
 from .pipconfig import default_mirror_url, pip_default_index
 from .storage.backends import open_storage_for
+from .storage.filestore import open_file_store
 
 log = logger("devpi_tx.init")
 
@@ -257,6 +258,11 @@ def initialize(config: ServerConfig, hasher: PasswordHasher | None = None) -> li
         if not config.root_passwd:
             done.append("WARNING: user root has an empty password; set one with devpi passwd")
         pwhash = hasher.hash(config.root_passwd or "")
+    if config.files is not None:
+        # The bucket checked before anything is written; the store's spool
+        # directory marks the server directory as one whose files are there.
+        open_file_store(config)
+        done.append(f"release files in {config.files}")
     storage = open_storage_for(config, create=True)
     try:
         if storage.serial >= 0:

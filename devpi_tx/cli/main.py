@@ -42,6 +42,9 @@ INIT_OPTIONS = frozenset(
         "primary-url",
         "master-url",
         "storage",
+        "files",
+        "files-endpoint",
+        "files-region",
     ]
 )
 
@@ -55,6 +58,9 @@ def _init(args: argparse.Namespace) -> int:
         "mirror-url": args.mirror_url,
         "secretfile": args.secretfile,
         "storage": args.storage,
+        "files": args.files,
+        "files-endpoint": args.files_endpoint,
+        "files-region": args.files_region,
     }
     config = build_config(given, args.configfile, allowed=INIT_OPTIONS)
     check_start(config, reactor=None, listen=False)
@@ -165,6 +171,16 @@ def _add_init(commands) -> None:
         metavar="URL",
         help="a postgresql://user@host/dbname URL: create the state's tables there (or join the state "
         "other nodes share); default the SQLite file in the server directory",
+    )
+    init.add_argument(
+        "--files",
+        metavar="URL",
+        help="s3://BUCKET/PREFIX: check that the bucket can be used, and mark the server directory as one "
+        "whose files are there; default +files in the server directory",
+    )
+    init.add_argument("--files-endpoint", metavar="URL", help="the S3 endpoint (overrides AWS_ENDPOINT_URL)")
+    init.add_argument(
+        "--files-region", metavar="REGION", help="the bucket's region (overrides AWS_DEFAULT_REGION)"
     )
     init.set_defaults(run=_init)
 
