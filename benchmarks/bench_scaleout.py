@@ -286,34 +286,39 @@ def main() -> None:
             secret.chmod(0o600)
             shared = ["--storage", dsn, "--files", f"s3://{bucket}/files", "--secretfile", str(secret)]
             single = Node("S", workdir, upstream, [])
+            pg_only = Node("P", workdir, upstream, ["--storage", cluster.create_database()])
             a = Node("A", workdir, upstream, shared)
             b = Node("B", workdir, upstream, shared)
-            nodes = [single, a, b]
+            nodes = [single, pg_only, a, b]
             subprocess.run(
-                [sys.executable, "-m", "devpi_tx.cli.main", "init", "--serverdir", str(a.serverdir), *shared],
+                [sys.executable, "-m", "devpi_tx.cli.main", "init", "--serverdir", str(a.serverdir)]
+                + ["--mirror-url", upstream, *shared],
                 check=True,
                 env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
             )
             for node in nodes:
                 node.start()
             auth_s = setup(single, False)
+            auth_p = setup(pg_only, False)
             auth_a = setup(a, False)
             setup(b, True)
-            for port, auth in ((single.port, auth_s), (a.port, auth_a)):
+            for port, auth in ((single.port, auth_s), (pg_only.port, auth_p), (a.port, auth_a)):
                 Uploader(port, auth).upload("bench-warm", "1.0")
             path = f"/{STAGE}/+simple/bench-warm/"
             for node in nodes:
                 wrk(node.port, path, args.clients, 1)  # warm-up
             started = uptime()
             print(f"start: {started}", flush=True)
-            pages: dict[str, list[float]] = {"S": [], "A": []}
-            uploads: dict[str, list[float]] = {"S": [], "A": []}
+            pages: dict[str, list[float]] = {"S": [], "P": []}
+            uploads: dict[str, list[float]] = {"S": [], "P": [], "A": []}
+            turns = [("S", single, auth_s), ("P", pg_only, auth_p), ("A", a, auth_a)]
             for round_ in range(args.rounds):
-                for name, node, auth in (("S", single, auth_s), ("A", a, auth_a))[:: 1 if round_ % 2 else -1]:
-                    pages[name].append(wrk(node.port, path, args.clients, args.seconds))
+                for name, node, auth in turns[round_ % 3 :] + turns[: round_ % 3]:
+                    if name in pages:
+                        pages[name].append(wrk(node.port, path, args.clients, args.seconds))
                     uploads[name].append(upload_rate(node.port, auth, f"up-{round_}", args.uploads))
-                    print(f"round {round_} {name}: page {pages[name][-1]:.0f}/s, "
-                          f"uploads {uploads[name][-1]:.0f}/s", flush=True)  # fmt: skip
+                    page = f"page {pages[name][-1]:.0f}/s, " if name in pages else ""
+                    print(f"round {round_} {name}: {page}uploads {uploads[name][-1]:.0f}/s", flush=True)
             lags = visibility(a, b, auth_a, args.visible, args.poll_ms / 1000)
             print(f"visible on B: p50 {statistics.median(lags):.1f} ms, max {max(lags):.1f} ms", flush=True)
             one, both = two_nodes(a, b, path, args.clients, args.seconds)
@@ -330,15 +335,12 @@ def main() -> None:
             os.killpg(upstream_process.pid, signal.SIGTERM)
         s3.stop()
         cluster.stop("immediate")
-    medians = {
-        "page S": statistics.median(pages["S"]),
-        "page A": statistics.median(pages["A"]),
-        "uploads S": statistics.median(uploads["S"]),
-        "uploads A": statistics.median(uploads["A"]),
-    }
+    medians = {f"page {name}": statistics.median(rates) for name, rates in pages.items()}
+    medians.update({f"uploads {name}": statistics.median(rates) for name, rates in uploads.items()})
     ratios = {
-        "warm page PostgreSQL / SQLite (target >= 0.8)": medians["page A"] / medians["page S"],
-        "uploads PostgreSQL / SQLite (target >= 0.5)": medians["uploads A"] / medians["uploads S"],
+        "warm page PostgreSQL / SQLite (target >= 0.8)": medians["page P"] / medians["page S"],
+        "uploads PostgreSQL / SQLite (target >= 0.5)": medians["uploads P"] / medians["uploads S"],
+        "uploads PostgreSQL and S3 / SQLite and local": medians["uploads A"] / medians["uploads S"],
         "visible on B p50 ms (target < 20)": statistics.median(lags),
         "two nodes / one node at 64 clients (target >= 1.5)": both / one,
         "50 MB file S3 / local (target >= 0.5)": big_s3 / big_local,

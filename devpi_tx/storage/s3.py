@@ -231,7 +231,7 @@ class S3FileStore:
         #: Digests known to be stored (uploaded or found by this process),
         #: most recent last: content-addressed objects do not change, so
         #: C{exists} answers for them without a request; some callers ask
-        #: on the reactor thread (see docs/scale-out-files.md).
+        #: on the reactor thread (see docs/scale-out.md).
         self._present: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._lock = threading.Lock()
         os.makedirs(tmpdir, exist_ok=True)
