@@ -54,6 +54,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -246,6 +247,30 @@ def big_file_rate(port: int, auth: dict[str, str], project: str, size: int, gets
     return total / (time.perf_counter() - started) / 1e6
 
 
+def store_floor(s3, bucket: str, gets: int) -> float:
+    """
+    The largest object in the bucket fetched straight from the store (a
+    presigned GET, no devpi in between): the floor the relay can reach.
+    """
+    client = s3.client()
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    objects = [item for page in pages for item in page.get("Contents", [])]
+    largest = max(objects, key=lambda item: item["Size"])
+    url = client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": largest["Key"]})
+    parts = urllib.parse.urlsplit(url)
+    started = time.perf_counter()
+    total = 0
+    for _ in range(gets):
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
+        conn.request("GET", f"{parts.path}?{parts.query}")
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        assert response.status == 200, response.status
+        total += len(data)
+    return total / (time.perf_counter() - started) / 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -325,7 +350,12 @@ def main() -> None:
             print(f"one node {one:.0f}/s, two nodes {both:.0f}/s", flush=True)
             big_local = big_file_rate(single.port, auth_s, "big-local", args.big_mb << 20, args.big_gets)
             big_s3 = big_file_rate(a.port, auth_a, "big-s3", args.big_mb << 20, args.big_gets)
-            print(f"{args.big_mb} MB file: local {big_local:.0f} MB/s, S3 {big_s3:.0f} MB/s", flush=True)
+            big_floor = store_floor(s3, bucket, args.big_gets)
+            print(
+                f"{args.big_mb} MB file: local {big_local:.0f} MB/s, S3 through the node {big_s3:.0f} MB/s, "
+                f"straight from the store {big_floor:.0f} MB/s",
+                flush=True,
+            )
             ended = uptime()
             print(f"end: {ended}", flush=True)
     finally:
@@ -344,6 +374,7 @@ def main() -> None:
         "visible on B p50 ms (target < 20)": statistics.median(lags),
         "two nodes / one node at 64 clients (target >= 1.5)": both / one,
         "50 MB file S3 / local (target >= 0.5)": big_s3 / big_local,
+        "50 MB file S3 through the node / straight from the store": big_s3 / big_floor,
     }
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}")
@@ -362,7 +393,7 @@ def main() -> None:
                     "visible_ms": lags,
                     "one_node": one,
                     "two_nodes": both,
-                    "big_mb_per_s": {"local": big_local, "s3": big_s3},
+                    "big_mb_per_s": {"local": big_local, "s3": big_s3, "store_direct": big_floor},
                     "medians": medians,
                     "ratios": ratios,
                 },

@@ -28,7 +28,10 @@ class Server:
     A server on a clock of its own (timers, batched commits, the site).
     """
 
-    def __init__(self, tmp_path, role: str = "primary") -> None:
+    def __init__(self, tmp_path, role: str = "primary", storage: str | None = None) -> None:
+        """
+        @param storage: the state's database (C{--storage}), SQLite by default.
+        """
         self.clock = MemoryReactorClock()
         self.clock.advance(1_800_000_000)  # tokens carry the time
         self.config = ServerConfig(
@@ -37,6 +40,7 @@ class Server:
             root_passwd_hash=fast_hasher().hash("rootpw"),
             access_log="off",
             role=role,
+            storage=storage,
         )
         self.context = build_context(
             self.config,
@@ -49,7 +53,8 @@ class Server:
         self.client = Client(self.context, clock=self.clock)
         self.storage = self.context.storage
         self.feed = self.context.changefeed
-        assert self.storage.serial == 0  # initialisation: user root
+        # Initialisation: user root (and on a shared state, the uuid its nodes answer with).
+        assert self.storage.serial == (0 if storage is None else 1)
         # What a replica sharing the secret file makes.
         self.tokens = ReplicaTokens(ensure_secret(self.config.secret_path), clock=self.clock.seconds)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
+
 from treq.client import HTTPClient
 
 from devpi_tx.mirror.http import UpstreamHTTP
@@ -22,7 +24,12 @@ from .distfiles import make_sdist, make_wheel, upload_form
 from .memhttp import in_memory_agent
 from .primaryserver import REPLICA, Server
 
-ROWS = "SELECT serial, timestamp, changes FROM changelog ORDER BY serial"
+
+def rows(storage) -> list[tuple]:
+    """
+    The whole changelog as stored: serials, times and entry texts.
+    """
+    return [tuple(frame) for frame in storage.changelog_frames(0, 1 << 40)]
 
 
 def upload(server: Server, auth: dict, name: str, version: str, filename: str, data: bytes) -> None:
@@ -34,8 +41,17 @@ def upload(server: Server, auth: dict, name: str, version: str, filename: str, d
     server.context.derived_blobs.flush()  # the wheel's METADATA, as half a second later
 
 
-def test_a_replica_follows_a_real_primary(tmp_path):
-    server = Server(tmp_path)
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.scaleout)])
+def primary_storage(request) -> str | None:
+    """
+    The primary's state: SQLite, or PostgreSQL (replication keeps working
+    with a primary whose state is shared by several nodes).
+    """
+    return None if request.param == "sqlite" else request.getfixturevalue("pg_dsn")
+
+
+def test_a_replica_follows_a_real_primary(tmp_path, primary_storage):
+    server = Server(tmp_path, storage=primary_storage)
     client, clock = server.client, server.clock
     root = client.login("root", "rootpw")
     assert client.request("PUT", "/alice", {"password": "secret"}, headers=root).code == 201
@@ -69,7 +85,7 @@ def test_a_replica_follows_a_real_primary(tmp_path):
     pump()
     assert (fatal, sync.errors, replicator.errors) == ([], [], [])
     assert nodeinfo["primary-uuid"] == server.context.uuid
-    assert storage._db.execute(ROWS).fetchall() == server.storage._db.execute(ROWS).fetchall()
+    assert rows(storage) == rows(server.storage)
     assert sync.streaming and sync.in_sync_at is not None
     wheel_entry = storage.get(releases.file_key(releases.relpath("alice/dev", _sha(wheel), wheel_name)))
     assert files.exists(_sha(wheel)) and files.exists(wheel_entry["core_metadata_sha256"])
@@ -79,7 +95,7 @@ def test_a_replica_follows_a_real_primary(tmp_path):
     upload(server, alice, "pkg", "1.0", sdist_name, sdist)
     pump()
     assert storage.serial == server.storage.serial
-    assert storage._db.execute(ROWS).fetchall() == server.storage._db.execute(ROWS).fetchall()
+    assert rows(storage) == rows(server.storage)
     assert files.exists(_sha(sdist))
     assert replicator.pending == 0 and replicator.files_in_sync_at is not None
     assert (fatal, sync.errors, replicator.errors) == ([], [], [])
