@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-
 from treq.client import HTTPClient
 
 from devpi_tx.mirror.http import UpstreamHTTP
