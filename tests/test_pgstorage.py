@@ -344,7 +344,7 @@ def test_catch_up_reads_long_gaps_in_batches(nodes, monkeypatch):
     b.subscribe(lambda serial, keys: seen.append(serial))
     assert b.catch_up() == 10
     assert seen == list(range(10)) and b.get("k/9") == 9
-    assert b._cache["k/3"] == encode(3)
+    assert b._cache.values["k/3"] == encode(3)
 
 
 def test_own_commits_notified_back_cost_no_catch_up(nodes, monkeypatch):

@@ -551,7 +551,7 @@ def test_absent_keys_are_remembered_within_bounds_and_forgotten_when_set(tmp_pat
     assert len([q for q in queries if q.startswith("SELECT value")]) == 1
     for n in range(50):
         s.get(f"made-up/{n}")
-    assert len(s._absent) == 10
+    assert len(s._cache.absent) == 10
     s._db.set_trace_callback(None)
     with s.transaction() as tx:
         tx.set("mirror/nothing", 1)

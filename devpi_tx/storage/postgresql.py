@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -36,6 +35,7 @@ from ..logs import logger
 from .errors import SerialMismatch, StorageUnavailable
 from .kvtext import OverlayTransaction, encode, entry_text, prefix_upper
 from .pgschema import check_schema, connect, conninfo, first_line, safe_dsn
+from .readcache import ReadCache
 
 log = logger("devpi_tx.storage")
 
@@ -82,9 +82,7 @@ class PostgresStorage:
         self._lock_timeout = lock_timeout
         self._pipeline = pipeline
         self._conn: psycopg.Connection | None = None
-        self._cache: OrderedDict[str, str] = OrderedDict()
-        self._absent: OrderedDict[str, None] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache = ReadCache(cache_size)
         self._listeners: list = []
         self._in_transaction = False
         self._opened = self._closed = False
@@ -208,44 +206,19 @@ class PostgresStorage:
 
     def _forget_all(self) -> None:
         self._cache.clear()
-        self._absent.clear()
-
-    def _remember(self, key: str, encoded: str) -> None:
-        self._absent.pop(key, None)
-        self._cache[key] = encoded
-        self._cache.move_to_end(key)
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
 
     def _applied(self, changes: dict[str, str | None]) -> None:
-        for key, encoded in changes.items():
-            if encoded is None:
-                self._cache.pop(key, None)
-            else:
-                self._remember(key, encoded)
+        self._cache.apply(changes)
 
     def _encoded(self, key: str) -> str | None:
-        try:
-            encoded = self._cache[key]
-            self._cache.move_to_end(key)
-            return encoded
-        except KeyError:
-            pass
-        if key in self._absent:
-            return None
+        return self._cache.lookup(key, self._load)
+
+    def _load(self, key: str) -> str | None:
         row = self._using(
             lambda conn: conn.execute("SELECT value FROM devpi_kv WHERE key = %s", (key,)).fetchone(),
             retry=not self._in_transaction,
         )
-        if row is None:
-            # Bounded apart from the values, so lookups of made-up names
-            # cannot push values out of the cache.
-            self._absent[key] = None
-            if len(self._absent) > self._cache_size:
-                self._absent.popitem(last=False)
-            return None
-        self._remember(key, row[0])
-        return row[0]
+        return None if row is None else row[0]
 
     # -- IStorage ------------------------------------------------------------------
 

@@ -31,7 +31,6 @@ import json
 import os
 import sqlite3
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -46,6 +45,7 @@ from .kvtext import OverlayTransaction, prefix_upper
 from .kvtext import encode as _encode
 from .kvtext import entry_text as _entry_text
 from .kvtext import overlaid as _overlaid
+from .readcache import ReadCache
 
 log = logger("devpi_tx.storage")
 
@@ -101,12 +101,7 @@ class SQLiteStorage:
         self._synchronous = synchronous
         self._db.execute("PRAGMA busy_timeout=10000")
         self._migrate()
-        # Encoded values of recently used keys, least recently used first;
-        # bounded like devpi's --keyfs-cache-size.
-        self._cache: OrderedDict[str, str] = OrderedDict()
-        #: Keys known not to exist, least recently added first.
-        self._absent: OrderedDict[str, None] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache = ReadCache(cache_size)
         self._listeners: list = []
         self.serial = self._db_serial()
         #: The last serial written to the database.
@@ -147,39 +142,17 @@ class SQLiteStorage:
 
     def _forget_all(self) -> None:
         self._cache.clear()
-        self._absent.clear()
-
-    def _remember(self, key: str, encoded: str) -> None:
-        self._absent.pop(key, None)
-        self._cache[key] = encoded
-        self._cache.move_to_end(key)
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
 
     def _encoded(self, key: str) -> str | None:
         if self._pending_values:
             encoded = self._pending_values.get(key, _MISSING)
             if encoded is not _MISSING:
                 return encoded  # type: ignore[return-value]
-        try:
-            encoded = self._cache[key]
-            self._cache.move_to_end(key)
-            return encoded
-        except KeyError:
-            pass
-        if key in self._absent:
-            return None
+        return self._cache.lookup(key, self._load)
+
+    def _load(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
-        if row is None:
-            # Remembered in a bounded set of its own, so that lookups of
-            # made-up names cannot push values out of the cache.  A cold
-            # mirrored page asks for several keys that do not exist yet.
-            self._absent[key] = None
-            if len(self._absent) > self._cache_size:
-                self._absent.popitem(last=False)
-            return None
-        self._remember(key, row[0])
-        return row[0]
+        return None if row is None else row[0]
 
     def get(self, key: str) -> object:
         encoded = self._encoded(key)
@@ -285,11 +258,7 @@ class SQLiteStorage:
         to C{serial}: their values go to the read cache, nothing is pending.
         """
         for _, _, entry_changes in entries:
-            for key, encoded in entry_changes.items():
-                if encoded is None:
-                    self._cache.pop(key, None)
-                else:
-                    self._remember(key, encoded)
+            self._cache.apply(entry_changes)
         self._pending.clear()
         self._pending_values.clear()
         if self._flush_call is not None:
