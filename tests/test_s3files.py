@@ -174,6 +174,33 @@ def test_failed_part_aborts_the_upload(s3_bucket, tmp_path):
     assert os.listdir(store.tmpdir) == []
 
 
+def test_a_multipart_upload_whose_bytes_change_is_not_completed(s3_bucket, tmp_path):
+    server, bucket = s3_bucket
+    store = _s3_store(tmp_path, bucket, multipart_threshold=5 * MiB, part_size=5 * MiB)
+    data = os.urandom(11 * MiB)
+    digest = hashlib.sha256(data).hexdigest()
+    # The spooled file changed under the writer (a disk fault, say).
+    body = io.BytesIO(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(OSError, match="read back has digest"):
+        store.upload(digest, len(data), body)
+    client = server.client()
+    assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_an_upload_asks_the_store_not_its_memory(s3_bucket, tmp_path):
+    # Node B stored the file, node A removed it; B must store it again.
+    _, bucket = s3_bucket
+    a, b = _s3_store(tmp_path / "a", bucket), _s3_store(tmp_path / "b", bucket)
+    digest = _put(b, b"shared content")
+    assert b.exists(digest)
+    a.remove(digest)
+    assert _put(b, b"shared content") == digest
+    assert a.exists(digest)
+    with a.open(digest) as f:
+        assert f.read() == b"shared content"
+
+
 def test_file_not_visible_before_commit(s3_bucket, tmp_path):
     _, bucket = s3_bucket
     store = _s3_store(tmp_path, bucket)

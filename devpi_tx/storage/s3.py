@@ -90,7 +90,11 @@ def make_client(endpoint: str | None = None, region: str | None = None):
         )
     config = Config(
         signature_version="s3v4",
-        retries={"mode": "standard"},
+        # Short enough that a store gone silent fails a request within
+        # seconds (botocore's defaults are 60 s each, three attempts).
+        connect_timeout=5,
+        read_timeout=30,
+        retries={"mode": "standard", "max_attempts": 2},
         max_pool_connections=32,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -303,8 +307,18 @@ class S3FileStore:
         """
         Store C{body} (C{size} bytes with digest C{sha256}) unless it is
         stored already.  Blocks.
+
+        Whether it is stored is asked of the store itself, never of this
+        process's memory of digests: another node may have removed the
+        object since, and a link committed to a missing object would be
+        a download that fails for good.
         """
-        if self.exists(sha256):
+        try:
+            self._head(sha256)
+        except FileNotFoundError:
+            pass
+        else:
+            self._known(sha256)
             return
         key = self.key(sha256)
         if size <= self.multipart_threshold:
@@ -316,17 +330,26 @@ class S3FileStore:
                 ChecksumSHA256=_b64(bytes.fromhex(sha256)),
             )
         else:
-            self._multipart(key, body)
+            self._multipart(key, body, sha256)
         self._known(sha256)
         log.debug("stored {key} ({size} bytes)", key=key, size=size)
 
-    def _multipart(self, key: str, body: IO[bytes]) -> None:
+    def _multipart(self, key: str, body: IO[bytes], sha256: str) -> None:
+        """
+        Upload in parts, each with its checksum; the whole is hashed as it
+        is read and must be C{sha256} before the upload is completed (an
+        upload that is not completed leaves no object), so what gets the
+        key is what was verified.
+        """
         upload_id = self._client.create_multipart_upload(
             Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256"
         )["UploadId"]
+        completed = False
         try:
             parts, digests = [], []
+            whole = hashlib.sha256()
             while chunk := body.read(self.part_size):
+                whole.update(chunk)
                 digest = hashlib.sha256(chunk).digest()
                 digests.append(digest)
                 number = len(parts) + 1
@@ -339,17 +362,26 @@ class S3FileStore:
                     ChecksumSHA256=_b64(digest),
                 )
                 parts.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": _b64(digest)})
+            if whole.hexdigest() != sha256:
+                raise OSError(f"s3 object {key}: the file read back has digest {whole.hexdigest()}")
             answer = self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
+            completed = True
             # S3's checksum of a multipart object: the SHA-256 of the
-            # parts' digests, "-<parts>".
+            # parts' digests, "-<parts>" (stores that keep none send none).
             expected = _b64(hashlib.sha256(b"".join(digests)).digest())
             got = answer.get("ChecksumSHA256")
             if got and got.split("-")[0] != expected:
-                self._client.delete_object(Bucket=self.bucket, Key=key)
-                raise OSError(f"s3 object {key}: checksum {got} of the parts, expected {expected}")
+                # Not deleted: the parts were verified above, and another
+                # node may have stored the same content under this key.
+                log.error(
+                    "s3 object {key}: checksum {got} of the parts, expected {expected}",
+                    key=key, got=got, expected=expected,
+                )  # fmt: skip
         except BaseException:
+            if completed:
+                raise
             try:
                 self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             except Exception:
