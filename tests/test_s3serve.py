@@ -27,6 +27,7 @@ from devpi_tx.config import ServerConfig
 from devpi_tx.interfaces import IRemoteFileStore
 from devpi_tx.mirror.client import make_http_client
 from devpi_tx.service import build_context, make_site
+from devpi_tx.storage.s3 import make_client
 
 from .conftest import basic, synchronous_passwords
 from .distfiles import make_wheel, upload_form
@@ -217,3 +218,23 @@ async def test_a_mirrored_file_is_cached_in_s3_and_served_from_there(mirror):
     again = await client.get(url, headers={"Range": "bytes=10-19"})
     assert again.code == 206 and await again.content() == data[10:20]
     assert upstream.count("/files/") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unreachable_store_is_a_503_with_one_line(server, monkeypatch):
+    context, base, client, s3, bucket = server
+    await _upload(client, base, *make_wheel("big", "1.0"))
+    # The store goes away (nothing listens on the discard port).
+    dead = make_client("http://127.0.0.1:9", "us-east-1")
+    monkeypatch.setattr(context.files, "_client", dead)
+    filename, data = make_wheel("big", "2.0")
+    content_type, body = upload_form("big", "2.0", filename, data)
+    headers = {"Content-Type": content_type, "Accept": "application/json", **basic("root", "rootpw")}
+    answer = await client.post(base + "/root/dev/", data=body, headers=headers)
+    assert answer.code == 503
+    message = (await answer.json())["message"]
+    assert message.startswith(f"file store unavailable: s3://{bucket} (") and "\n" not in message
+    assert "EndpointConnectionError" in message
+    # Nothing was committed: the version is not there.
+    answer = await client.get(base + "/root/dev/big", headers={"Accept": "application/json"})
+    assert sorted((await answer.json())["result"]) == ["1.0"]

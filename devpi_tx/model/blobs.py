@@ -17,7 +17,10 @@ import collections
 from collections.abc import Iterable
 
 from ..interfaces import IFileStore
+from ..logs import logger
 from . import releases
+
+log = logger("devpi_tx.blobs")
 
 #: How many digests L{BlobLedger} remembers as found sound before it
 #: forgets them all (each is checked again once, which is cheap).
@@ -77,7 +80,15 @@ class BlobLedger:
         removed = []
         for digest in digests:
             if digest and not self.wanted(digest):
-                self._files.remove(digest)
+                try:
+                    self._files.remove(digest)
+                except Exception as e:
+                    # Best effort: what committed stands (a blob left
+                    # behind costs space, not correctness), and the rest
+                    # are still tried.
+                    error = f"{type(e).__name__}: {e}"
+                    log.warn("blob {digest} not removed: {error}", digest=digest, error=error)
+                    continue
                 removed.append(digest)
         return removed
 

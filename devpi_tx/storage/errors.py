@@ -30,3 +30,11 @@ class StorageUnavailable(Exception):
     web layer answers 503 with the message, which is one line and never
     holds a password.
     """
+
+
+class FileStoreUnavailable(StorageUnavailable):
+    """
+    The store holding the release files (object storage) cannot be
+    reached, or refuses these credentials, right now; answered as the
+    state's unavailability is (503, one line).
+    """

@@ -34,6 +34,7 @@ from zope.interface import implementer
 
 from ..interfaces import IRemoteFileStore
 from ..logs import logger
+from .errors import FileStoreUnavailable
 from .files import _TMP_PREFIX, LocalFileWriter, _check_digest
 
 log = logger("devpi_tx.files.s3")
@@ -103,14 +104,43 @@ def make_client(endpoint: str | None = None, region: str | None = None):
 
 
 def _is_missing(exc: Exception) -> bool:
+    # The object missing (a HEAD's bare 404, a GET's NoSuchKey), not the
+    # bucket: NoSuchBucket is the store unusable.
     response = getattr(exc, "response", None) or {}
     code = str(response.get("Error", {}).get("Code", ""))
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return code in ("404", "NoSuchKey", "NotFound") or status == 404
+    return code in ("404", "NoSuchKey", "NotFound")
 
 
 def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
+
+
+class _StoreErrors:
+    """
+    Turns what botocore raises when the store cannot be reached (or
+    refuses the request: 403, 5xx) into L{FileStoreUnavailable} with one
+    line naming the bucket, which the web layer answers with a 503; a
+    missing object (404) is left to the caller.
+    """
+
+    def __init__(self, store: S3FileStore, what: str) -> None:
+        self._store = store
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None or isinstance(exc, FileStoreUnavailable) or _is_missing(exc):
+            return False
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if isinstance(exc, (BotoCoreError, ClientError)):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise FileStoreUnavailable(
+                f"s3://{self._store.bucket} ({self._what}): {type(exc).__name__}: {first}"
+            ) from None
+        return False
 
 
 class S3FileWriter(LocalFileWriter):
@@ -256,7 +286,8 @@ class S3FileStore:
 
     def _head(self, sha256: str) -> dict:
         try:
-            return self._client.head_object(Bucket=self.bucket, Key=self.key(sha256))
+            with _StoreErrors(self, "head"):
+                return self._client.head_object(Bucket=self.bucket, Key=self.key(sha256))
         except Exception as exc:
             if _is_missing(exc):
                 raise FileNotFoundError(f"s3://{self.bucket}/{self.key(sha256)}") from None
@@ -289,7 +320,8 @@ class S3FileStore:
     def remove(self, sha256: str) -> None:
         with self._lock:
             self._present.pop(sha256, None)
-        self._client.delete_object(Bucket=self.bucket, Key=self.key(sha256))
+        with _StoreErrors(self, "delete"):
+            self._client.delete_object(Bucket=self.bucket, Key=self.key(sha256))
 
     def download_url(
         self, sha256: str, expires: int, method: str = "GET", content_type: str | None = None
@@ -321,6 +353,12 @@ class S3FileStore:
             self._known(sha256)
             return
         key = self.key(sha256)
+        with _StoreErrors(self, "upload"):
+            self._put(key, sha256, size, body)
+        self._known(sha256)
+        log.debug("stored {key} ({size} bytes)", key=key, size=size)
+
+    def _put(self, key: str, sha256: str, size: int, body: IO[bytes]) -> None:
         if size <= self.multipart_threshold:
             self._client.put_object(
                 Bucket=self.bucket,
@@ -331,8 +369,6 @@ class S3FileStore:
             )
         else:
             self._multipart(key, body, sha256)
-        self._known(sha256)
-        log.debug("stored {key} ({size} bytes)", key=key, size=size)
 
     def _multipart(self, key: str, body: IO[bytes], sha256: str) -> None:
         """

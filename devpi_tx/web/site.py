@@ -18,7 +18,7 @@ from twisted.web.server import Request, Site
 from .. import COMPATIBLE_SERVER_VERSION
 from .._compat import pending_request_line
 from ..logs import logger
-from ..storage.errors import StorageUnavailable
+from ..storage.errors import FileStoreUnavailable, StorageUnavailable
 from .channel import MAX_HEADER_BYTES, MAX_REQUEST_LINE, DevpiChannel
 from .render import error
 
@@ -38,7 +38,8 @@ def storage_unavailable(request, exc: StorageUnavailable) -> bytes:
         reason=str(exc),
     )
     request.setHeader("Retry-After", "5")
-    return error(request, 503, f"state unavailable: {exc}")
+    what = "file store" if isinstance(exc, FileStoreUnavailable) else "state"
+    return error(request, 503, f"{what} unavailable: {exc}")
 
 
 #: The methods devpi's API and installers use (PUSH is devpi-client's).
