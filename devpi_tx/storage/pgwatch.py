@@ -23,9 +23,13 @@ from zope.interface import implementer
 
 from ..logs import logger
 from .errors import StorageUnavailable
+from .pgschema import first_line
 from .postgresql import CHANNEL, PostgresStorage
 
 log = logger("devpi_tx.storage")
+
+#: The longest wait between two attempts while the database is unreachable.
+MAX_BACKOFF = 30.0
 
 
 def _serial_of(payload: bytes) -> int:
@@ -61,6 +65,11 @@ class CommitWatcher(Service):
         self._loop: LoopingCall | None = None
         #: Whether the last attempt failed (its error logged once, not every second).
         self._failing = False
+        #: While failing: no attempt before this time (each one may wait
+        #: for a connect timeout on the reactor), the wait doubling up to
+        #: L{MAX_BACKOFF}.
+        self._retry_at = 0.0
+        self._backoff = 0.0
 
     # -- the service -------------------------------------------------------------
 
@@ -116,31 +125,41 @@ class CommitWatcher(Service):
     def check(self) -> None:
         """
         The periodic check: listen again if the connection was lost, and
-        catch up whether or not a notification came.
+        catch up whether or not a notification came.  Never raises: the
+        loop must outlive any error (a listener's, the driver's).
         """
-        if self._conn is None:
-            self.listen()
-        else:
-            self._catch_up()
+        if self._failing and self._reactor.seconds() < self._retry_at:
+            return
+        try:
+            if self._conn is None:
+                self.listen()
+            else:
+                self._catch_up()
+        except Exception as e:
+            self._failed("checking for other nodes' commits", e)
 
     def _catch_up(self) -> None:
         try:
             applied = self._storage.catch_up()
-        except StorageUnavailable as e:
+        except Exception as e:
             self._failed("catching up with other nodes' commits", e)
             return
         if self._failing:
             log.info("state database {dsn} reachable again", dsn=self._storage.dsn)
             self._failing = False
+            self._backoff = 0.0
         if applied:
             log.debug(
                 "caught up {count} entries, serial {serial}", count=applied, serial=self._storage.serial
             )
 
-    def _failed(self, doing: str, error: BaseException) -> None:
+    def _failed(self, doing: str, error: BaseException, back_off: bool = True) -> None:
         if not self._failing:
-            log.warn("{doing}: {error}", doing=doing, error=str(error).splitlines()[0])
+            log.warn("{doing}: {error}", doing=doing, error=first_line(error))
         self._failing = True
+        if back_off:
+            self._backoff = min(MAX_BACKOFF, max(1.0, self._backoff * 2))
+            self._retry_at = self._reactor.seconds() + self._backoff
 
     # -- IReadDescriptor -------------------------------------------------------------
 
@@ -166,7 +185,9 @@ class CommitWatcher(Service):
                 latest = max(latest, _serial_of(notify.extra))
         except psycopg.Error as e:
             self._disconnect()
-            self._failed("listening for other nodes' commits", e)
+            # (The next check connects again at once: only attempts that
+            # fail make the checks back off.)
+            self._failed("listening for other nodes' commits", e, back_off=False)
             return
         # The payload only spares a query for this node's own commits,
         # which come back too; anything else is read from the changelog.

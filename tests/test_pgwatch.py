@@ -1,0 +1,78 @@
+"""
+The commit watcher keeps going through errors and waits longer between
+attempts while the database cannot be reached (each attempt may wait for
+a connect timeout on the reactor).
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+
+from devpi_tx.storage.errors import StorageUnavailable
+from devpi_tx.storage.pgwatch import MAX_BACKOFF, CommitWatcher
+from devpi_tx.storage.postgresql import PostgresStorage
+
+
+class Unreachable:
+    """
+    A storage whose database cannot be reached: every attempt counted.
+    """
+
+    dsn = "postgresql://devpi@127.0.0.1:9/devpi"
+    serial = 0
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def connect(self):
+        self.attempts += 1
+        raise StorageUnavailable("the state database is unavailable: connection refused")
+
+    def catch_up(self) -> int:
+        self.attempts += 1
+        raise StorageUnavailable("the state database is unavailable: connection refused")
+
+
+def test_attempts_back_off_while_the_database_is_unreachable():
+    clock = MemoryReactorClock()
+    storage = Unreachable()
+    watcher = CommitWatcher(storage, clock, interval=1.0)
+    watcher.startService()
+    for _ in range(120):
+        clock.advance(1)
+    # 1 + waits of 1, 2, 4, 8, 16, 30, 30, 30: not one a second.
+    assert 6 <= storage.attempts <= 10
+    before = storage.attempts
+    for _ in range(int(MAX_BACKOFF)):
+        clock.advance(1)
+    assert storage.attempts == before + 1  # never longer than MAX_BACKOFF apart
+    watcher.stopService()
+
+
+@pytest.mark.scaleout
+def test_an_error_in_a_listener_does_not_stop_the_checks(pg_dsn):
+    a, b = PostgresStorage(pg_dsn, create=True), PostgresStorage(pg_dsn)
+    clock = MemoryReactorClock()
+    failures = []
+
+    def listener(serial, keys):
+        if not failures:
+            failures.append(serial)
+            raise RuntimeError("a listener's bug")
+
+    b.subscribe(listener)
+    watcher = CommitWatcher(b, clock, interval=1.0)
+    watcher.startService()
+    try:
+        for n in range(2):
+            with a.transaction() as tx:
+                tx.set(f"k/{n}", n)
+            clock.advance(1)
+        assert failures == [0]
+        assert b.serial == a.serial == 1
+        assert b.get("k/1") == 1
+    finally:
+        watcher.stopService()
+        a.close()
+        b.close()
