@@ -15,6 +15,7 @@ from zope.interface.verify import verifyObject
 
 from devpi_tx.interfaces import ICoordinator
 from devpi_tx.storage.coordination import (
+    ACQUIRE_TIMEOUT,
     CoordinatorService,
     FetchLeases,
     LeaderOnly,
@@ -313,3 +314,41 @@ def test_while_leading_forwards_calls_only_while_the_job_runs():
     assert gate.stored("b", {}) == "evicting soon"
     assert cache.stored_paths == ["b"]
     result_of(leader.stopService())
+
+
+def test_a_coordinator_that_does_not_answer_does_not_hold_the_fetch():
+    @implementer(ICoordinator)
+    class Silent(FakeCoordinator):
+        def acquire(self, name, ttl):
+            return Deferred()  # the database does not answer
+
+    clock = Clock()
+    leases = FetchLeases(Silent(), FakeStorage(), clock)
+    calls, fetch = fetcher()
+    d = ensureDeferred(leases.run("k", "k", lambda: None, fetch))
+    assert not d.called
+    clock.advance(ACQUIRE_TIMEOUT)
+    assert result_of(d) == "fetched here" and calls == [1]
+
+
+class FailingJob(FakeJob):
+    """
+    A job whose first start fails after it marked itself running (the
+    mirror cache reading the state during a database blip).
+    """
+
+    def startService(self) -> None:
+        super().startService()
+        if self.starts == 1:
+            raise RuntimeError("the state is unavailable")
+
+
+def test_a_job_that_fails_to_start_is_started_again_at_the_next_check():
+    clock, job, coordinator = Clock(), FailingJob(), FakeCoordinator(leading=True)
+    service = LeaderOnly(coordinator, "mirror-cache", job, clock, retry=10)
+    service.startService()
+    assert job.starts == 1 and not job.running
+    assert coordinator.resigned == ["mirror-cache"]  # another node may do better
+    clock.advance(10)
+    assert job.starts == 2 and job.running
+    result_of(service.stopService())

@@ -76,3 +76,16 @@ def test_an_error_in_a_listener_does_not_stop_the_checks(pg_dsn):
         watcher.stopService()
         a.close()
         b.close()
+
+
+@pytest.mark.scaleout
+def test_a_database_that_stops_answering_fails_statements_within_seconds(pg_dsn):
+    # (A frozen backend keeps the TCP connection up: only a statement
+    # timeout ends the wait.)
+    storage = PostgresStorage(pg_dsn, create=True)
+    try:
+        conn = storage._connection()
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "15s"
+        assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()[0] == "1min"
+    finally:
+        storage.close()

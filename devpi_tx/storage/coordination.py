@@ -36,6 +36,21 @@ from ..logs import logger
 
 log = logger("devpi_tx.coordination")
 
+#: How long taking a fetch's lease may take before the fetch goes ahead
+#: without one (a database that does not answer must not hold requests).
+ACQUIRE_TIMEOUT = 5.0
+
+
+def _why(failure_or_error) -> str:
+    """
+    One line for the logs: coordination fails when the database does, and
+    a traceback per lease or check during an outage says nothing more.
+    """
+    error = getattr(failure_or_error, "value", failure_or_error)
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
 T = TypeVar("T")
 
 #: What L{FetchLeases._acquire} returns when the coordinator failed.
@@ -120,7 +135,7 @@ class CoordinatorService(Service):
     def startService(self) -> None:
         super().startService()
         d = maybeDeferred(self.coordinator.setup)
-        d.addErrback(lambda failure: log.failure("setting the coordination up failed", failure))
+        d.addErrback(lambda failure: log.warn("setting the coordination up failed: {why}", why=_why(failure)))
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -172,7 +187,7 @@ class LeaderOnly(Service):
         d = maybeDeferred(self.coordinator.lead, job)
 
         def failed(failure) -> bool:
-            log.failure("leadership of {job}: asking failed", failure, job=self.job_name)
+            log.warn("leadership of {job}: asking failed: {why}", job=self.job_name, why=_why(failure))
             return False
 
         def decided(leading: bool) -> Deferred | None:
@@ -181,7 +196,15 @@ class LeaderOnly(Service):
             if leading and not self.child.running:
                 if self.coordinator.shared:
                     log.info("leading {job} ({holder})", job=self.job_name, holder=self.coordinator.holder)
-                self.child.startService()
+                try:
+                    self.child.startService()
+                except Exception as e:
+                    # Not started: give the leadership up (another node
+                    # may do better) and ask again at the next check.
+                    log.warn("{job} did not start: {why}", job=self.job_name, why=_why(e))
+                    if self.child.running:
+                        self._stop_child()
+                    return maybeDeferred(self.coordinator.resign, self.job_name)
             elif not leading and self.child.running:
                 log.warn("no longer leading {job}: stopping it", job=self.job_name)
                 return self._stop_child()
@@ -327,8 +350,8 @@ class FetchLeases:
         finally:
             try:
                 await self.coordinator.release(lease)
-            except Exception:
-                log.failure("{name}: releasing the lease failed (it expires)", name=name)
+            except Exception as e:
+                log.warn("{name}: releasing the lease failed (it expires): {why}", name=name, why=_why(e))
 
     async def _acquire(self, name: str):
         """
@@ -338,9 +361,10 @@ class FetchLeases:
         answer).
         """
         try:
-            return await self.coordinator.acquire(name, self._ttl)
-        except Exception:
-            log.failure("{name}: taking the lease failed; fetching without it", name=name)
+            asked = maybeDeferred(self.coordinator.acquire, name, self._ttl)
+            return await asked.addTimeout(ACQUIRE_TIMEOUT, self._clock)
+        except Exception as e:
+            log.warn("{name}: taking the lease failed; fetching without it: {why}", name=name, why=_why(e))
             return _UNGUARDED
 
     def _commit_or_timeout(self, key: str, seconds: float) -> Deferred[bool]:

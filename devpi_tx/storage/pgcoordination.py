@@ -33,6 +33,7 @@ from zope.interface import implementer
 from ..interfaces import ICoordinator
 from ..logs import logger
 from .coordination import Lease
+from .pgschema import conninfo, first_line
 
 log = logger("devpi_tx.coordination")
 
@@ -61,17 +62,11 @@ UPDATE devpi_leases SET expires = now() + make_interval(secs => %(ttl)s)
 WHERE name = %(name)s AND holder = %(holder)s
 """
 
-#: How the coordinator connects, beside the DSN: a connection that cannot
-#: be made fails within seconds, and one whose peer went away (a network
-#: partition) is found dead by TCP keepalives, its leaderships then lost.
-CONNECT_OPTIONS = {
-    "autocommit": True,
-    "connect_timeout": 10,
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-}
+#: How long a connection may take to be made, in seconds; the rest of how
+#: the coordinator connects (TCP keepalives, statement timeouts) is the
+#: storage's (L{pgschema.conninfo}): a connection whose peer went away is
+#: found dead, its leaderships then lost.
+CONNECT_TIMEOUT = 10
 
 RELEASE = "DELETE FROM devpi_leases WHERE name = %(name)s AND holder = %(holder)s"
 
@@ -104,8 +99,12 @@ class PostgresCoordinator:
         self._clock = reactor
         self._run = run_in_thread
         self._connect = connect
-        #: Guards the connections' (re)opening, which worker threads share.
+        self._conninfo = conninfo(dsn, CONNECT_TIMEOUT)
+        #: Each connection is used by one worker thread at a time; a
+        #: leadership check stuck on its connection must not hold up the
+        #: leases, so each has its own lock.
         self._lock = threading.Lock()
+        self._session_lock = threading.Lock()
         #: For the leases: short statements, autocommit.
         self._conn: psycopg.Connection | None = None
         #: For the leaderships: the advisory locks live as long as it does.
@@ -119,7 +118,7 @@ class PostgresCoordinator:
     def _lease_conn(self) -> psycopg.Connection:
         with self._lock:
             if self._conn is None or self._conn.closed:
-                self._conn = self._connect(self._dsn, **CONNECT_OPTIONS)
+                self._conn = self._connect(self._conninfo, autocommit=True)
             return self._conn
 
     def _execute(self, sql: str, params: dict | None = None) -> psycopg.Cursor:
@@ -177,7 +176,11 @@ class PostgresCoordinator:
                 log.warn("lease {name}: lost (it expired and another node took it)", name=lease.name)
 
         def failed(failure) -> None:
-            log.failure("lease {name}: renewing failed; trying again", failure, name=lease.name)
+            log.warn(
+                "lease {name}: renewing failed, trying again: {why}",
+                name=lease.name,
+                why=first_line(failure.value),
+            )
             if self._held.get(lease.name, (None,))[0] is lease:
                 self._schedule_renewal(lease)
 
@@ -203,7 +206,7 @@ class PostgresCoordinator:
         return self._run(self._lead, name)
 
     def _lead(self, name: str) -> bool:
-        with self._lock:
+        with self._session_lock:
             session = self._live_session()
             if session is None:
                 return False
@@ -236,15 +239,15 @@ class PostgresCoordinator:
                 self._session.close()
                 self._session = None
         try:
-            self._session = self._connect(self._dsn, **CONNECT_OPTIONS)
+            self._session = self._connect(self._conninfo, autocommit=True)
         except psycopg.Error as exc:
-            log.warn("cannot reach the database to lead jobs: {error}", error=str(exc))
+            log.warn("cannot reach the database to lead jobs: {error}", error=first_line(exc))
             return None
         return self._session
 
     def resign(self, name: str) -> Deferred[None]:
         def unlock() -> None:
-            with self._lock:
+            with self._session_lock:
                 if name not in self._leading:
                     return
                 self._leading.discard(name)
@@ -270,7 +273,7 @@ class PostgresCoordinator:
                     self._execute(RELEASE, {"name": lease.name, "holder": lease.holder})
                 except psycopg.Error:
                     pass  # it expires
-            with self._lock:
+            with self._lock, self._session_lock:
                 self._leading.clear()
                 for conn in (self._conn, self._session):
                     if conn is not None:

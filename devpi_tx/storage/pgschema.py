@@ -36,6 +36,10 @@ _CONNECT_DEFAULTS = {
     "keepalives_count": "3",
     "tcp_user_timeout": "15000",
     "application_name": "devpi-tx",
+    # A database that stops answering without closing the connection (a
+    # paused host, stuck storage) fails a statement within seconds, as
+    # one that went away does, rather than hold the caller for good.
+    "options": "-c statement_timeout=15000 -c idle_in_transaction_session_timeout=60000",
 }
 
 
