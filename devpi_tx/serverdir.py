@@ -305,6 +305,12 @@ def _initialize_replica(config: ServerConfig) -> list[str]:
 
 def _initial_state(storage: IStorage, config: ServerConfig, pwhash: str, done: list[str]) -> None:
     with storage.transaction() as tx:
+        if users.get_user(tx, "root") is not None:
+            # Another node initialised the shared state since this one
+            # looked (two nodes starting together on an empty database);
+            # the transaction reads the latest state.
+            done.append("state already present; completing initialisation")
+            return
         users.create_user(tx, "root", {}, pwhash)
         done.append("created user root")
         if not config.no_root_pypi:

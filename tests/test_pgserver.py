@@ -22,6 +22,7 @@ from devpi_tx.mirror.http import UpstreamHTTP
 from devpi_tx.serverdir import read_nodeinfo
 from devpi_tx.service import build_context
 from devpi_tx.startup import check_state
+from devpi_tx.storage.backends import check_storage
 from devpi_tx.storage.errors import StorageUnavailable
 from devpi_tx.storage.postgresql import PostgresStorage
 
@@ -201,3 +202,30 @@ def test_nodes_of_one_state_answer_with_one_uuid(config, upstream, pg_dsn, tmp_p
 
 def test_a_node_of_its_own_answers_with_its_own_uuid(context, config):
     assert context.uuid == read_nodeinfo(config.serverdir)["uuid"]
+
+
+def test_a_url_libpq_cannot_parse_is_one_line_naming_the_option(config):
+    bad = attrs.evolve(config, storage="postgresql://devpi:s3cret@127.0.0.1/devpi?sslmod=require")
+    with pytest.raises(ConfigError, match="^option storage: not a valid PostgreSQL URL: ") as raised:
+        check_storage(bad)
+    assert "sslmod" in str(raised.value) and "s3cret" not in str(raised.value)
+
+
+@pytest.mark.scaleout
+def test_a_node_initialising_after_another_did_completes_instead_of_failing(config, pg_dsn):
+    from devpi_tx.serverdir import _initial_state
+
+    # Node B looked (empty state), then node A initialised, then B writes.
+    first = PostgresStorage(pg_dsn, create=True)
+    late = PostgresStorage(pg_dsn)
+    try:
+        done_a: list[str] = []
+        _initial_state(first, attrs.evolve(config, no_root_pypi=True), "hash-a", done_a)
+        done_b: list[str] = []
+        _initial_state(late, attrs.evolve(config, no_root_pypi=True), "hash-b", done_b)
+        assert done_a == ["created user root"]
+        assert done_b == ["state already present; completing initialisation"]
+        assert late.get("user/root")["pwhash"] == "hash-a"  # type: ignore[index]
+    finally:
+        first.close()
+        late.close()

@@ -76,8 +76,15 @@ def check_storage(config: ServerConfig) -> None:
     if not (config.storage and is_postgres_url(config.storage)):
         return
     try:
-        open_storage_for(config).close()
+        import psycopg
     except ImportError as e:
         raise ConfigError(f"option storage: PostgreSQL needs psycopg 3 ({e}); pip install psycopg") from None
+    try:
+        open_storage_for(config).close()
     except (StorageUnavailable, SchemaError) as e:
         raise ConfigError(f"option storage: {e}") from None
+    except psycopg.ProgrammingError as e:
+        # A DSN libpq cannot parse (an unknown parameter, say); its
+        # message names the parameter, never the password.
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"option storage: not a valid PostgreSQL URL: {text}") from None
