@@ -118,8 +118,14 @@ async def _relay(
         return error(request, 502, f"the file store answered {response.code}")
     ranges = response.headers.getRawHeaders(b"content-range")
     if whole_head:
-        # 416: an empty object has no first byte.
-        total = ranges[0].rpartition(b"/")[2] if ranges and response.code == 206 else b"0"
+        # 416: an empty object has no first byte.  A 200: a store that
+        # ignores Range sent the whole object, whose length it gave.
+        if ranges and response.code == 206:
+            total = ranges[0].rpartition(b"/")[2]
+        elif response.code == 200 and isinstance(response.length, int):
+            total = str(response.length).encode("ascii")
+        else:
+            total = b"0"
         _discard(response)
         request.setResponseCode(200)
         _set_headers(request, validators, {"Content-Type": content_type, "Cache-Control": IMMUTABLE})
