@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionLost
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
@@ -105,3 +106,33 @@ def test_cancelled_relay_drops_the_client():
     body.done.addErrback(lambda failure: cancelled.append(failure.trap(CancelledError)))
     body.done.cancel()
     assert transport.state == "stopped" and request.lost and cancelled == [CancelledError]
+
+
+def test_a_store_that_stalls_cuts_the_client_but_a_slow_client_does_not():
+    clock = Clock()
+    request, transport = FakeRequest(), FakeTransport()
+    body = BodyRelay(request, clock, idle=30)
+    body.makeConnection(transport)
+    body.dataReceived(b"abc")
+    clock.advance(29)
+    body.dataReceived(b"def")  # progress: a new allowance
+    clock.advance(29)
+    assert not request.lost
+    request.producer.pauseProducing()  # the client is slow: no allowance runs
+    clock.advance(300)
+    assert not request.lost
+    request.producer.resumeProducing()
+    clock.advance(30)  # the store sends nothing more
+    assert request.lost and not request.finished and body.done.called
+    assert transport.state == "stopped"
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_clean_end_leaves_no_timer():
+    clock = Clock()
+    request, transport = FakeRequest(), FakeTransport()
+    body = BodyRelay(request, clock, idle=30)
+    body.makeConnection(transport)
+    body.dataReceived(b"abc")
+    body.connectionLost(Failure(ResponseDone()))
+    assert request.finished and clock.getDelayedCalls() == []

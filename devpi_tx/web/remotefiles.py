@@ -16,7 +16,7 @@ client's connection is full, so memory holds a few chunks, never the file.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -144,7 +144,7 @@ async def _relay(
     if response.code == 416 or head or response.length == 0:
         _discard(response)
         return b""
-    relay = BodyRelay(request)
+    relay = BodyRelay(request, http.reactor, timeout)
     response.deliverBody(relay)
     return await relay.done
 
@@ -171,26 +171,56 @@ class BodyRelay(Protocol):
     The store's answer body, written to the client as it arrives; the
     client's connection pauses the store's (the relay is the request's
     producer and passes pause and resume on to the response's transport).
+    A store that sends nothing for C{idle} seconds while the client could
+    take more is given up: the client's connection is cut (its copy is
+    short), rather than left hanging.
 
     @ivar done: fires with L{None} once the request is finished or the
         client has gone; cancelling it (Klein does when the client goes)
         stops the transfer and drops the client's connection.
     """
 
-    def __init__(self, request: IRequest) -> None:
+    def __init__(self, request: IRequest, clock: IReactorTime | None = None, idle: float = 30.0) -> None:
         self._request = request
         self._gone = False
+        self._clock = clock
+        self._idle = idle
+        self._timer: IDelayedCall | None = None
         self.done: Deferred[None] = Deferred(self._cancel)
+
+    def _arm(self) -> None:
+        if self._clock is None or self._gone:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self._idle)
+        else:
+            self._timer = self._clock.callLater(self._idle, self._stalled)
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _stalled(self) -> None:
+        self._timer = None
+        if not self._gone:
+            log.error("file relay from the store stalled for {idle} s: client cut", idle=self._idle)
+            self._cancel(self.done)
+            self._fire()
 
     def connectionMade(self) -> None:
         self._request.registerProducer(self, True)
         self._request.notifyFinish().addErrback(self._client_gone)
+        self._arm()
 
     def dataReceived(self, data: bytes) -> None:
         if not self._gone:
             self._request.write(data)
+            if self._timer is not None:
+                self._arm()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[override]
+        self._disarm()
         if not self._gone:
             self._gone = True
             self._request.unregisterProducer()
@@ -204,12 +234,16 @@ class BodyRelay(Protocol):
         self._fire()
 
     def pauseProducing(self) -> None:
+        # The client is slow, not the store: no allowance runs meanwhile.
+        self._disarm()
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
+        self._arm()
         self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
+        self._disarm()
         self._gone = True
         self.transport.stopProducing()
 
