@@ -220,3 +220,34 @@ async def test_a_write_waiting_too_long_is_storage_unavailable(nodes):
         assert tx.get("k") == "from b"
         tx.set("k", "from a")
     assert (a.serial, a.get("k")) == (1, "from a")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_request_does_not_cancel_its_write(nodes):
+    """
+    Klein cancels a request's Deferred when its client goes away: the
+    write it started still completes (as a synchronous one did), and the
+    next write waits for it rather than take the connection from its
+    thread.
+    """
+    a, b = nodes(2)
+    locked, release, b_done = _hold_lock(b, "k", "from b")
+    await deferToThread(locked.wait, 10)
+    events: list[str] = []
+
+    async def write_on_a(value: str) -> None:
+        async with a.write() as tx:
+            tx.set("k", f"{tx.get('k')}, {value}")
+        events.append(value)
+
+    first = ensureDeferred(write_on_a("first"))
+    second = ensureDeferred(write_on_a("second"))
+    first.cancel()
+    second.cancel()
+    release.set()
+    await b_done
+    await first
+    await second
+    assert events == ["first", "second"]
+    assert (a.serial, a.get("k")) == (2, "from b, first, second")
+    assert not a._write_lock.locked

@@ -3,7 +3,8 @@ One connection of a L{postgresql.PostgresStorage} to its database, and
 what it does when the database goes away: the storage keeps two, one for
 write transactions (used in worker threads, one at a time) and one for
 reads outside them (used on the reactor), because a psycopg connection
-must not be used by two threads at once.
+must not be used by two threads at once; and how a write waits for its
+threads.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 import psycopg
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
 
 from ..logs import logger
 from .errors import StorageUnavailable
@@ -148,3 +151,35 @@ class Channel:
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             self.drop()
             raise StorageUnavailable(f"the state database {self.dsn} is unavailable: {first_line(e)}") from e
+
+
+async def uncancellable(work: Deferred[T]) -> T:
+    """
+    Await C{work} such that cancelling the awaiting coroutine (Klein
+    cancels a request's when its client goes away) does not cancel it:
+    the cancellation is ignored and C{work}'s outcome is awaited all the
+    same.  A write once started finishes as the synchronous one did, and a
+    thread's work on the write connection is never left running while the
+    next write takes the connection.
+    """
+    outcome: list = []
+    waiting: list[Deferred[None]] = []
+
+    def done(result: object) -> None:
+        outcome.append(result)
+        for waiter in waiting:
+            if not waiter.called:
+                waiter.callback(None)
+
+    work.addBoth(done)
+    while not outcome:
+        waiter: Deferred[None] = Deferred()
+        waiting.append(waiter)
+        try:
+            await waiter
+        except CancelledError:
+            log.debug("a write of the state goes on, its request cancelled")
+    result = outcome[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result

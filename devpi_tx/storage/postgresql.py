@@ -43,7 +43,7 @@ from ..interfaces import IStorage
 from ..logs import logger
 from .errors import SerialMismatch
 from .kvtext import OverlayTransaction, encode, entry_text, prefix_upper
-from .pgconn import Channel, run_statements
+from .pgconn import Channel, run_statements, uncancellable
 from .pgschema import check_schema, conninfo, safe_dsn
 from .readcache import ReadCache
 
@@ -218,23 +218,30 @@ class PostgresStorage:
         """
         if self._in_transaction:
             raise RuntimeError("a transaction is already open on this storage (nested transactions)")
-        await self._write_lock.acquire()
+        await uncancellable(self._write_lock.acquire())
         try:
-            self._apply_rows(*(await self._run_in_thread(self._begin, self.serial)))
+            self._apply_rows(*(await self._in_thread(self._begin, self.serial)))
             tx = OverlayTransaction(self)
             try:
                 yield tx
             except BaseException:
-                await self._run_in_thread(self._writer.rollback)
+                await self._in_thread(self._writer.rollback)
                 raise
             if tx.changes:
                 serial = self.serial + 1
-                await self._run_in_thread(self._commit, tx.changes, durable, serial, time.time())
+                await self._in_thread(self._commit, tx.changes, durable, serial, time.time())
                 self._committed(serial, tx.changes)
             else:
-                await self._run_in_thread(self._writer.rollback)
+                await self._in_thread(self._writer.rollback)
         finally:
             self._write_lock.release()
+
+    async def _in_thread(self, work: Callable, *args: object):
+        """
+        C{work(*args)} on the writer, in a worker thread; not cancelled
+        with the awaiting request (L{uncancellable}).
+        """
+        return await uncancellable(self._run_in_thread(work, *args))
 
     def _enter_sync(self) -> None:
         """
