@@ -7,7 +7,9 @@ with the synchronous C{transaction()} (as the request handlers did) and
 with C{write()} (as they do now).  A LoopingCall ticking every 5 ms stands
 for the requests the reactor would serve: printed are the ticks that ran
 during A's write and the longest gap between two ticks (how long the
-reactor answered nothing).  Hand-run only::
+reactor answered nothing).  Then what the threads cost a write nobody
+else holds up: C{-n} commits one after another with each.  Hand-run
+only::
 
     /work/venv/bin/python benchmarks/bench_pgwrite.py [--dsn postgresql://...] [--hold 200] [-r 5]
 
@@ -74,11 +76,28 @@ async def one_round(reactor, a, b, hold: float, asynchronous: bool) -> tuple[int
     return during, max(gaps), took
 
 
+async def uncontended(a, n: int, asynchronous: bool) -> float:
+    """
+    Seconds per commit of C{n} commits one after another, nobody else
+    writing.
+    """
+    started = time.perf_counter()
+    for i in range(n):
+        if asynchronous:
+            async with a.write() as tx:
+                tx.set(f"bench/{asynchronous}/{i}", {"n": i})
+        else:
+            with a.transaction() as tx:
+                tx.set(f"bench/{asynchronous}/{i}", {"n": i})
+    return (time.perf_counter() - started) / n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--dsn", help="an empty PostgreSQL database to use (default: a throwaway cluster)")
     parser.add_argument("--hold", type=float, default=200, help="how long node B holds the lock, in ms")
     parser.add_argument("-r", "--rounds", type=int, default=5, help="rounds of each kind")
+    parser.add_argument("-n", type=int, default=500, help="uncontended commits of each kind")
     args = parser.parse_args()
     from twisted.internet.defer import ensureDeferred
     from twisted.internet.task import react
@@ -95,6 +114,7 @@ def main() -> None:
         cluster = start_postgres()
         dsn = cluster.create_database()
     results: dict[str, list[tuple[int, float, float]]] = {"transaction()": [], "write()": []}
+    commits: dict[str, float] = {}
 
     async def run(reactor) -> None:
         a = PostgresStorage(dsn, create=True, run_in_thread=deferToThread)
@@ -103,6 +123,8 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name, asynchronous in (("transaction()", False), ("write()", True)):
                     results[name].append(await one_round(reactor, a, b, args.hold / 1000, asynchronous))
+            for name, asynchronous in (("transaction()", False), ("write()", True)):
+                commits[name] = await uncontended(a, args.n, asynchronous)
         finally:
             a.close()
             b.close()
@@ -123,6 +145,9 @@ def main() -> None:
         gap = statistics.median(r[1] for r in rounds) * 1000
         took = statistics.median(r[2] for r in rounds) * 1000
         print(f"{name:16} {ticks:13g} {gap:15.1f} {took:12.1f}")
+    print(f"uncontended durable commits, {args.n} of each, microseconds per commit")
+    for name, seconds in commits.items():
+        print(f"{name:16} {seconds * 1e6:13.0f}")
 
 
 if __name__ == "__main__":
