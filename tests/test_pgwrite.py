@@ -251,3 +251,22 @@ async def test_a_cancelled_request_does_not_cancel_its_write(nodes):
     assert events == ["first", "second"]
     assert (a.serial, a.get("k")) == (2, "from b, first, second")
     assert not a._write_lock.locked
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_whose_connection_was_lost_commits_nothing(nodes):
+    """
+    The commit runs on the connection of the begin, under its lock, or not
+    at all: never on a new connection, where each statement would commit
+    on its own.
+    """
+    a, b = nodes(2)
+    with pytest.raises(StorageUnavailable, match="connection was lost"):
+        async with a.write() as tx:
+            tx.set("k", 1)
+            b._connection().execute("SELECT pg_terminate_backend(%s)", (a._writer.conn.info.backend_pid,))
+            a._writer.conn.close()
+    assert (a.serial, b.catch_up(), b.keys("")) == (-1, 0, [])
+    async with a.write() as tx:
+        tx.set("k", 2)
+    assert (a.serial, a.get("k")) == (0, 2)

@@ -84,6 +84,25 @@ class Channel:
                 self.on_reconnect(self.conn)
         return self.conn
 
+    def in_transaction(self) -> psycopg.Connection:
+        """
+        The connection of the transaction its owner began: never a new one
+        (whose statements would each commit on their own, outside the
+        write lock).
+
+        @raise StorageUnavailable: it was lost or closed meanwhile.
+        """
+        conn = self.conn
+        if (
+            conn is None
+            or conn.closed
+            or conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS
+        ):
+            raise StorageUnavailable(
+                f"the state database {self.dsn}: the write transaction's connection was lost"
+            )
+        return conn
+
     def using(self, work: Callable[[psycopg.Connection], T], *, retry: bool = True) -> T:
         """
         C{work(connection)}, its errors as L{errors} says.  A connection

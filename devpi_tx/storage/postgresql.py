@@ -357,7 +357,7 @@ class PostgresStorage:
         ]
         try:
             with self._writer.errors():
-                run_statements(self._writer.connection(), statements, self._pipeline)
+                run_statements(self._writer.in_transaction(), statements, self._pipeline)
         except BaseException:
             self._writer.rollback()
             raise
