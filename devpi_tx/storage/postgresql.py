@@ -214,7 +214,9 @@ class PostgresStorage:
         in a worker thread; the catch-up's and the commit's changes reach
         the cache and the listeners on the reactor, and the body runs
         there.  Leaving the block completes once the commit is
-        acknowledged (durable, with C{durable}).
+        acknowledged (durable, with C{durable}).  Cancelling the awaiting
+        coroutine (a request whose client went away) does not cancel the
+        write: it completes, as a synchronous one would have.
         """
         if self._in_transaction:
             raise RuntimeError("a transaction is already open on this storage (nested transactions)")
