@@ -75,6 +75,26 @@ class IStorage(Interface):
         be written a little later, together with others, and lost if the
         process or the machine dies first; it is visible to readers at
         once either way, and the next durable commit writes it first.
+
+        Waits for the database on the calling thread: for command-line
+        tools, initialisation, start-up and tests.  Code on a server's
+        reactor (request handlers, mirror fetches) uses L{write}.
+        """
+
+    def write(durable: bool = True):
+        """
+        Return an asynchronous context manager yielding an L{ITransaction}
+        (C{async with storage.write() as tx:}), for code on the reactor:
+        the body is synchronous code, as with L{transaction}, with the same
+        commit, rollback and C{durable}; the C{async with} completes once
+        the commit is acknowledged (durable, with C{durable}).  A provider
+        whose database is shared waits for its lock and commits without
+        blocking the reactor (other requests are served meanwhile); one
+        whose commits are local and short may commit as L{transaction}
+        does.  One node's writes run one after another.
+
+        @raise devpi_tx.storage.errors.StorageUnavailable: from the C{async
+            with}, when the database cannot be reached.
         """
 
     def changelog_entry(serial: int) -> dict | None:

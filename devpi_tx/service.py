@@ -202,7 +202,8 @@ def build_context(
     check_role(config, nodeinfo)
     check_replica_secret(config)
     secret = ensure_secret(config.secret_path)
-    storage = open_storage_for(config, clock)
+    run_in_thread = run_in_thread or deferToThread
+    storage = open_storage_for(config, clock, run_in_thread=run_in_thread)
     role = config.effective_role
     if nodeinfo.get("layout", 1) < LAYOUT and role != "replica":
         # (A replica's state is the primary's: the primary's migration
@@ -218,7 +219,6 @@ def build_context(
         nodeinfo = dict(nodeinfo, role=role)
         write_nodeinfo(config.serverdir, nodeinfo)
     files = open_file_store(config)
-    run_in_thread = run_in_thread or deferToThread
     if upstream_http is None:
         tls_policy = None
         if role == "replica" and config.replica_cert:

@@ -14,6 +14,7 @@ import posixpath
 
 import attrs
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
@@ -190,7 +191,7 @@ def test_a_page_another_node_fetches_is_served_from_its_commit(client, upstream,
     sha = hashlib.sha256(data).hexdigest()
     link = {"url": f"https://example.com/files/{filename}", "filename": filename, "sha256": sha}
     page = {"links": [link], "versions": ["1.0"], "etag": '"e"', "serial": 5}
-    client.context.mirrors._store("root/pypi", "hello", page, None)
+    result_of(Deferred.fromCoroutine(client.context.mirrors._store("root/pypi", "hello", page, None)))
     clock.advance(0)
     got = answer(client, d)
     assert got.code == 200, got.body

@@ -68,6 +68,25 @@ def test_a_503_with_one_line_while_the_state_is_unavailable(client, context, mon
     assert not any(event.get("log_failure") for event in events)  # no traceback logged
 
 
+def test_a_503_when_a_write_finds_the_state_unavailable(client, context, monkeypatch):
+    """
+    C{storage.write()} raising (PostgreSQL's begin or commit, in a thread)
+    is the same one-line 503 as a read's.
+    """
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def unavailable(durable: bool = True):
+        raise StorageUnavailable("the state database postgresql://devpi@127.0.0.1/devpi is busy")
+        yield
+
+    monkeypatch.setattr(context.storage, "write", unavailable)
+    answer = client.request("PUT", "/alice", {"password": "alicepw", "email": "alice@example.com"})
+    assert answer.code == 503
+    assert answer.message.startswith("state unavailable: the state database postgresql://")
+    assert context.storage.get("user/alice") is None
+
+
 @pytest.mark.scaleout
 def test_init_creates_the_schema_and_a_start_without_it_is_refused(tmp_path, pg_dsn, capsys, monkeypatch):
     serverdir = str(tmp_path / "server")

@@ -274,7 +274,7 @@ def test_non_durable_commit_is_a_commit(nodes):
         tx.set("mirror/x", {"links": []})
     assert s.serial == 0 and s.changelog_entry(0)["changes"] == {"mirror/x": {"links": []}}
     # SET LOCAL: the session's setting is untouched.
-    assert s._connection().execute("SHOW synchronous_commit").fetchone()[0] == "on"
+    assert s._writer.connection().execute("SHOW synchronous_commit").fetchone()[0] == "on"
 
 
 def test_without_pipeline_the_same(pg_dsn):

@@ -177,6 +177,50 @@ def test_non_durable_commit_is_a_commit_and_leaves_full_sync_on(tmp_path):
     s.close()
 
 
+def test_sqlite_write_is_transaction_to_be_awaited(tmp_path):
+    """
+    SQLite's C{write()} commits as C{transaction()} does, on the calling
+    thread and before the C{async with} completes (no turn of the
+    reactor), non-durable ones batched alike: the same serials, entries
+    and values.
+    """
+    from twisted.internet.defer import Deferred
+    from twisted.internet.testing import MemoryReactorClock
+
+    clocks = [MemoryReactorClock(), MemoryReactorClock()]
+    by_tx = SQLiteStorage(str(tmp_path / "tx.sqlite"), clock=clocks[0])
+    by_write = SQLiteStorage(str(tmp_path / "write.sqlite"), clock=clocks[1])
+    steps = [(True, {"a": 1, "b": [2]}), (False, {"mirror/x": {"links": []}}), (True, {"a": None, "c": "3"})]
+    for durable, changes in steps:
+        with by_tx.transaction(durable=durable) as tx:
+            for key, value in changes.items():
+                tx.delete(key) if value is None else tx.set(key, value)
+
+    async def write(durable: bool, changes: dict) -> None:
+        async with by_write.write(durable=durable) as tx:
+            for key, value in changes.items():
+                tx.delete(key) if value is None else tx.set(key, value)
+
+    for durable, changes in steps[:2]:
+        assert Deferred.fromCoroutine(write(durable, changes)).called
+    assert (len(by_write._pending), by_write._written) == (1, 0)  # batched, as transaction()'s
+    assert Deferred.fromCoroutine(write(*steps[2])).called
+
+    async def failing() -> None:
+        async with by_write.write() as tx:
+            tx.set("d", 4)
+            raise RuntimeError("boom")
+
+    failures: list = []
+    Deferred.fromCoroutine(failing()).addErrback(failures.append)
+    assert [f.check(RuntimeError) for f in failures] == [RuntimeError]
+    assert by_write.serial == by_tx.serial == 2
+    for table, columns in [("changelog", "serial, changes"), ("kv", "key, value, serial")]:
+        assert _rows(by_write, table, columns) == _rows(by_tx, table, columns)
+    by_tx.close()
+    by_write.close()
+
+
 def test_refuses_newer_schema(tmp_path):
     path = str(tmp_path / "state.sqlite")
     SQLiteStorage(path).close()

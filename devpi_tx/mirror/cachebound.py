@@ -304,7 +304,7 @@ class MirrorCache:
                 )
                 break
             started = time.perf_counter()
-            unlinked = self._commit(batch)
+            unlinked = await self._commit(batch)
             evicted += sum(len(keys) for keys in batch.values())
             await self._remove(unlinked)
             if self.size > target and not self._stopped:
@@ -344,16 +344,19 @@ class MirrorCache:
             self._entries.move_to_end(key)
         return picked
 
-    def _commit(self, batch: dict[str, list[str]]) -> dict[str, int]:
+    async def _commit(self, batch: dict[str, list[str]]) -> dict[str, int]:
         """
         Mark the entries of C{batch} not stored and count their blobs'
         links down, in one non-durable transaction; return the blobs no
         longer linked, with their sizes.
         """
         unlinked = {}
-        with self._storage.transaction(durable=False) as tx:
+        # As picked: a shared state's write may wait, and a commit meanwhile
+        # may untrack a blob (its entries are checked again below).
+        sizes = {sha256: self._sizes.get(sha256, 0) for sha256 in batch}
+        async with self._storage.write(durable=False) as tx:
             for sha256, keys in batch.items():
-                size = self._sizes[sha256]
+                size = sizes[sha256]
                 dropped = 0
                 for key in keys:
                     self._untrack(key)

@@ -312,7 +312,7 @@ class MirrorFiles:
         writer = self._files.writer()
         writer.write(data)
         digest = await self._run(writer.commit)
-        with self._storage.transaction() as tx:
+        async with self._storage.write() as tx:
             current = tx.get(releases.file_key(path)) or entry
             if current.get("core_metadata_sha256") != digest:
                 tx.set(releases.file_key(path), dict(current, core_metadata_sha256=digest))
@@ -480,7 +480,7 @@ class MirrorFiles:
             self._blobs.hold(digest)
         try:
             sha256 = await self._run(writer.commit)
-            with self._storage.transaction() as tx:
+            async with self._storage.write() as tx:
                 current = tx.get(releases.file_key(path)) or entry
                 was_stored = current.get("stored")
                 current = dict(

@@ -226,7 +226,7 @@ class MirrorPages:
             self.fetches["not_found"] += 1
             self._missing[key] = self._clock() + NOT_FOUND_TTL
             if stored is not None:
-                with self._storage.transaction(durable=False) as tx:
+                async with self._storage.write(durable=False) as tx:
                     tx.delete(mirror_key(stage.name, project))
             return None
         except UpstreamError as exc:
@@ -266,7 +266,7 @@ class MirrorPages:
             self.fetches["unchanged"] += 1
             return None
         self.fetches["changed"] += 1
-        self._store(stage.name, project, page, stored)
+        await self._store(stage.name, project, page, stored)
         return None
 
     async def _refresh_via_primary(self, stage: Stage, project: str) -> str | None:
@@ -291,11 +291,11 @@ class MirrorPages:
             self._missing[key] = self._clock() + NOT_FOUND_TTL
         return None
 
-    def _store(self, stage: str, project: str, page: dict, stored: dict | None) -> None:
+    async def _store(self, stage: str, project: str, page: dict, stored: dict | None) -> None:
         old = {link_relpath(stage, link): link for link in (stored or {}).get("links", [])}
         # A cached page can be fetched again: no fsync for it (the next
         # durable commit makes it durable too).
-        with self._storage.transaction(durable=False) as tx:
+        async with self._storage.write(durable=False) as tx:
             tx.set(mirror_key(stage, project), page)
             for link in page["links"]:
                 path = link_relpath(stage, link)

@@ -7,7 +7,10 @@ driver is imported only when it is asked for (it is an extra).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.application.service import IService
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from ..config import ConfigError, ServerConfig, is_postgres_url
@@ -17,7 +20,11 @@ from .sqlite import open_storage
 
 
 def open_storage_for(
-    config: ServerConfig, clock: IReactorTime | None = None, *, create: bool = False
+    config: ServerConfig,
+    clock: IReactorTime | None = None,
+    *,
+    create: bool = False,
+    run_in_thread: Callable[..., Deferred] | None = None,
 ) -> IStorage:
     """
     Open the state the config names.
@@ -26,6 +33,9 @@ def open_storage_for(
         none: such a commit just does not wait for the WAL flush).
     @param create: create PostgreSQL's schema if missing (initialising);
         SQLite's file is always created.
+    @param run_in_thread: where PostgreSQL's C{write()} waits for the
+        database (C{deferToThread}, on a server); without it (command-line
+        tools) C{write()} waits on the calling thread.  SQLite needs none.
     @raise StorageUnavailable: the database cannot be reached.
     @raise SchemaError: it holds no state (and C{create} is false), or a
         newer devpi-tx's.
@@ -33,7 +43,7 @@ def open_storage_for(
     if config.storage and is_postgres_url(config.storage):
         from .postgresql import PostgresStorage
 
-        return PostgresStorage(config.storage, create=create)
+        return PostgresStorage(config.storage, create=create, run_in_thread=run_in_thread)
     return open_storage(config.serverdir, clock=clock)
 
 

@@ -1,6 +1,7 @@
 """
 The state on PostgreSQL, shared by several server processes (nodes); its
-tables are in L{pgschema}, its changelog text is SQLite's (L{kvtext}).
+tables are in L{pgschema}, its changelog text is SQLite's (L{kvtext}), its
+connections are L{pgconn.Channel}s.
 
 Serials stay gapless and ordered across nodes because every write
 transaction begins by locking the counter row (C{SELECT ... FOR UPDATE}):
@@ -14,27 +15,36 @@ Outside transactions, reads come from an in-memory cache of encoded
 values, as with SQLite; a node learns of other nodes' commits through
 LISTEN/NOTIFY and a periodic check (L{pgwatch.CommitWatcher}).
 
-The L{IStorage} contract is synchronous: a begin, a commit (one round trip
-each, pipelined) and a cache miss wait for PostgreSQL on the calling
-(reactor) thread.  An unreachable database raises L{StorageUnavailable}
-within the connect timeout; the next operation connects again.
+A server writes with L{PostgresStorage.write}: the begin (waiting for the
+lock, which another node may hold for a while) and the commit run in
+worker threads on the write connection, one write of this node at a time
+(a L{DeferredLock}), so the reactor goes on serving meanwhile; what they
+learnt reaches the cache and the listeners on the reactor.  The
+synchronous L{PostgresStorage.transaction} (command-line tools, start-up)
+and L{PostgresStorage.import_entry} use the same connection on the calling
+thread.  Reads outside transactions that miss the cache wait for
+PostgreSQL on the calling (reactor) thread, on a connection of their own.
+An unreachable database raises L{StorageUnavailable} within the connect
+timeout; the next operation connects again.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import psycopg
+from twisted.internet.defer import Deferred, DeferredLock, execute
 from zope.interface import implementer
 
 from ..interfaces import IStorage
 from ..logs import logger
-from .errors import SerialMismatch, StorageUnavailable
+from .errors import SerialMismatch
 from .kvtext import OverlayTransaction, encode, entry_text, prefix_upper
-from .pgschema import check_schema, connect, conninfo, first_line, safe_dsn
+from .pgconn import Channel, run_statements, uncancellable
+from .pgschema import check_schema, conninfo, safe_dsn
 from .readcache import ReadCache
 
 log = logger("devpi_tx.storage")
@@ -45,9 +55,11 @@ _LOCK_COUNTER = "SELECT serial FROM devpi_serial FOR UPDATE"
 #: Changelog rows read at a time when catching up.
 _CATCH_UP_BATCH = 500
 
-
 #: What C{transaction()} yields.
 PostgresTransaction = OverlayTransaction
+
+#: Changelog rows as read: (serial, the JSON text of the changes).
+Rows = list[tuple[int, str]]
 
 
 @implementer(IStorage)
@@ -65,6 +77,7 @@ class PostgresStorage:
         connect_timeout: int = 5,
         lock_timeout: float = 10.0,
         pipeline: bool = True,
+        run_in_thread: Callable[..., Deferred] | None = None,
     ) -> None:
         """
         @param dsn: a libpq connection string or URL; a password not in it
@@ -76,30 +89,36 @@ class PostgresStorage:
             node's to finish before it gives up (L{StorageUnavailable}).
         @param pipeline: send a begin's and a commit's statements together
             (one round trip each); off only to measure the difference.
+        @param run_in_thread: C{run_in_thread(f, *args)}, a Deferred of
+            C{f(*args)} run in a worker thread (C{deferToThread}): where
+            L{write} waits for PostgreSQL.  Without one (command-line
+            tools), L{write} waits on the calling thread.
         """
-        self._conninfo = conninfo(dsn, connect_timeout)
+        info = conninfo(dsn, connect_timeout)
         self.dsn = safe_dsn(dsn)
         self._lock_timeout = lock_timeout
         self._pipeline = pipeline
-        self._conn: psycopg.Connection | None = None
+        self._run_in_thread = run_in_thread or execute
+        #: Write transactions' connection, and reads' (see the module's docstring).
+        self._writer = Channel(info, self.dsn, lock_timeout)
+        self._reader = Channel(info, self.dsn, lock_timeout)
+        #: One write transaction of this node at a time, on the writer.
+        self._write_lock = DeferredLock()
         self._cache = ReadCache(cache_size)
         self._listeners: list = []
         self._in_transaction = False
-        self._opened = self._closed = False
-        #: Whether the connection is new since the last operation.
-        self._fresh = False
         self.serial = -1
-        conn = self._connection()
         try:
-            with self._errors():
-                check_schema(conn, self.dsn, create)
-                self.serial = conn.execute("SELECT serial FROM devpi_serial").fetchone()[0]
+            self.serial = self._reader.using(lambda conn: self._open(conn, create), retry=False)
         except BaseException:
-            self._drop()
+            self._reader.drop()
             raise
-        self._opened = True
-        self._fresh = False
+        self._reader.on_reconnect = self._resync
         log.info("state in {dsn} at serial {serial}", dsn=self.dsn, serial=self.serial)
+
+    def _open(self, conn: psycopg.Connection, create: bool) -> int:
+        check_schema(conn, self.dsn, create)
+        return conn.execute("SELECT serial FROM devpi_serial").fetchone()[0]
 
     # -- connections -----------------------------------------------------------
 
@@ -108,115 +127,38 @@ class PostgresStorage:
         A new connection (L{pgschema.connect}); the listener of
         L{pgwatch.CommitWatcher} takes one too.
         """
-        return connect(self._conninfo, self.dsn, self._lock_timeout)
+        return self._reader.connect()
 
     def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed:
-            if self._closed:
-                raise RuntimeError(f"the state in {self.dsn} was closed")
-            self._conn = self.connect()
-            self._fresh = True
-            if self._opened:
-                self._resync()
-        return self._conn
+        """
+        The reads' connection (for tests and tools poking at the database).
+        """
+        return self._reader.connection()
 
-    def _using(self, work, *, retry: bool = True):
+    def _resync(self, conn: psycopg.Connection) -> None:
         """
-        C{work(connection)}, its errors as L{_errors} says.  A connection
-        found dead at its first use since the last operation (the database
-        restarted in between) is replaced once, with C{retry}: for what is
-        safe to run again, not for what follows other statements of an open
-        transaction.
+        After the reads' connection was made again: catch up with what was
+        committed meanwhile (a commit whose connection broke included, if
+        it went through).
         """
-        with self._errors():
-            conn = self._connection()
-            fresh, self._fresh = self._fresh, False
-            try:
-                return work(conn)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-                lost = conn.broken or conn.closed
-                if fresh or not retry or not lost or isinstance(e, psycopg.errors.LockNotAvailable):
-                    raise
-                log.info("connection to {dsn} lost; connecting again", dsn=self.dsn)
-                self._drop()
-                conn = self._connection()
-                self._fresh = False
-                return work(conn)
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """
-        Raise L{StorageUnavailable} for what a lost or unreachable database
-        raises, and drop the connection (the next use opens another).
-        """
-        try:
-            yield
-        except psycopg.errors.LockNotAvailable as e:
-            raise StorageUnavailable(
-                f"the state database {self.dsn} is busy: another node held its write lock for over "
-                f"{self._lock_timeout:g} s"
-            ) from e
-        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            self._drop()
-            raise StorageUnavailable(f"the state database {self.dsn} is unavailable: {first_line(e)}") from e
-
-    def _resync(self) -> None:
-        """
-        After connecting again: catch up with what was committed meanwhile
-        (a commit whose connection broke included, if it went through).
-        """
-        conn = self._conn
-        assert conn is not None
-        with self._errors():
+        with self._reader.errors():
             found = conn.execute("SELECT serial FROM devpi_serial").fetchone()[0]
-            if found < self.serial:
-                log.warn(
-                    "state in {dsn} is at serial {found}, behind this node's {serial}: restored? "
-                    "dropping the cache",
-                    dsn=self.dsn,
-                    found=found,
-                    serial=self.serial,
-                )
-                self._forget_all()
-                self.serial = found
-            elif found > self.serial and not self._in_transaction:
-                self._catch_up(conn)
-
-    def _run(self, conn: psycopg.Connection, statements: list[tuple[str, tuple | None]]) -> psycopg.Cursor:
-        """
-        Execute C{statements} in order, in one round trip with pipelining;
-        return the last one's cursor.
-        """
-        if self._pipeline:
-            with conn.pipeline():
-                cursors = [conn.execute(query, params) for query, params in statements]
-        else:
-            cursors = [conn.execute(query, params) for query, params in statements]
-        return cursors[-1]
+            if found > self.serial and not self._in_transaction:
+                self._apply_rows(found, self._read_rows(conn, self.serial))
+            elif found < self.serial:
+                self._apply_rows(found, [])
 
     # -- the cache -------------------------------------------------------------
 
     def _forget_all(self) -> None:
         self._cache.clear()
 
-    def _applied(self, changes: dict[str, str | None]) -> None:
-        self._cache.apply(changes)
-
     def _encoded(self, key: str) -> str | None:
         return self._cache.lookup(key, self._load)
 
     def _load(self, key: str) -> str | None:
-        row = self._using(
-            lambda conn: conn.execute("SELECT value FROM devpi_kv WHERE key = %s", (key,)).fetchone(),
-            retry=not self._in_transaction,
+        row = self._reader.using(
+            lambda conn: conn.execute("SELECT value FROM devpi_kv WHERE key = %s", (key,)).fetchone()
         )
         return None if row is None else row[0]
 
@@ -227,12 +169,11 @@ class PostgresStorage:
         return None if encoded is None else json.loads(encoded)
 
     def keys(self, prefix: str) -> list[str]:
-        rows = self._using(
+        rows = self._reader.using(
             lambda conn: conn.execute(
                 "SELECT key FROM devpi_kv WHERE key >= %s AND key < %s ORDER BY key",
                 (prefix, prefix_upper(prefix)),
-            ).fetchall(),
-            retry=not self._in_transaction,
+            ).fetchall()
         )
         return [row[0] for row in rows]
 
@@ -240,68 +181,156 @@ class PostgresStorage:
     def transaction(self, durable: bool = True) -> Iterator[PostgresTransaction]:
         """
         A write transaction holding the global write lock from its start
-        (see the module's docstring); without changes it rolls back and
-        takes no serial.  With C{durable} false the commit does not wait for
-        PostgreSQL's WAL flush (C{synchronous_commit} off): a crash of the
-        database may lose it, never leave it half written.
+        (see the module's docstring), waiting for PostgreSQL on the calling
+        thread; without changes it rolls back and takes no serial.  With
+        C{durable} false the commit does not wait for PostgreSQL's WAL
+        flush (C{synchronous_commit} off): a crash of the database may lose
+        it, never leave it half written.
         """
-        if self._in_transaction:
-            raise RuntimeError("a transaction is already open on this storage (nested transactions)")
-        self._in_transaction = True
+        self._enter_sync()
         try:
-            conn = self._begin()
+            self._apply_rows(*self._begin(self.serial))
             tx = OverlayTransaction(self)
             try:
                 yield tx
             except BaseException:
-                self._rollback()
+                self._writer.rollback()
                 raise
             if tx.changes:
-                self._commit(conn, tx.changes, durable, self.serial + 1, time.time())
+                serial = self.serial + 1
+                self._commit(tx.changes, durable, serial, time.time())
+                self._committed(serial, tx.changes)
             else:
-                self._rollback()
+                self._writer.rollback()
         finally:
             self._in_transaction = False
 
-    def _begin(self) -> psycopg.Connection:
+    @asynccontextmanager
+    async def write(self, durable: bool = True) -> AsyncIterator[PostgresTransaction]:
         """
-        Begin, lock the counter, and catch up if another node committed.
+        L{transaction} without blocking the reactor: this node's writes
+        queue on a L{DeferredLock}; the begin (the wait for the other
+        nodes' lock, and reading what they committed) and the commit run
+        in a worker thread; the catch-up's and the commit's changes reach
+        the cache and the listeners on the reactor, and the body runs
+        there.  Leaving the block completes once the commit is
+        acknowledged (durable, with C{durable}).  Cancelling the awaiting
+        coroutine (a request whose client went away) does not cancel the
+        write: it completes, as a synchronous one would have.
         """
-
-        def begin(conn: psycopg.Connection) -> psycopg.Connection:
-            try:
-                cursor = self._run(conn, [("BEGIN", None), (_LOCK_COUNTER, None)])
-                found = cursor.fetchone()[0]
-                if found != self.serial:
-                    self._catch_up(conn)
-            except BaseException:
-                self._rollback()
-                raise
-            return conn
-
-        return self._using(begin)
-
-    def _rollback(self) -> None:
-        conn = self._conn
-        if conn is None or conn.closed:
-            return
+        if self._in_transaction:
+            raise RuntimeError("a transaction is already open on this storage (nested transactions)")
+        await uncancellable(self._write_lock.acquire())
         try:
-            conn.execute("ROLLBACK")
-        except psycopg.Error:
-            self._drop()
+            self._apply_rows(*(await self._in_thread(self._begin, self.serial)))
+            tx = OverlayTransaction(self)
+            try:
+                yield tx
+            except BaseException:
+                await self._in_thread(self._writer.rollback)
+                raise
+            if tx.changes:
+                serial = self.serial + 1
+                await self._in_thread(self._commit, tx.changes, durable, serial, time.time())
+                self._committed(serial, tx.changes)
+            else:
+                await self._in_thread(self._writer.rollback)
+        finally:
+            self._write_lock.release()
 
-    def _commit(
-        self,
-        conn: psycopg.Connection,
-        changes: dict[str, str | None],
-        durable: bool,
-        serial: int,
-        timestamp: float,
-    ) -> None:
+    async def _in_thread(self, work: Callable, *args: object):
+        """
+        C{work(*args)} on the writer, in a worker thread; not cancelled
+        with the awaiting request (L{uncancellable}).
+        """
+        return await uncancellable(self._run_in_thread(work, *args))
+
+    def _enter_sync(self) -> None:
+        """
+        Start a synchronous write on the writer: not while another write
+        of this node holds it (in a worker thread, perhaps).
+        """
+        if self._in_transaction:
+            raise RuntimeError("a transaction is already open on this storage (nested transactions)")
+        if self._write_lock.locked:
+            raise RuntimeError("an asynchronous write is in progress on this storage")
+        self._in_transaction = True
+
+    def _begin(self, since: int) -> tuple[int, Rows]:
+        """
+        Begin, lock the counter, and read what other nodes committed after
+        serial C{since}; in any thread, on the writer.
+
+        @return: the counter's serial and the changelog rows after C{since}.
+        """
+
+        def begin(conn: psycopg.Connection) -> tuple[int, Rows]:
+            try:
+                cursor = run_statements(conn, [("BEGIN", None), (_LOCK_COUNTER, None)], self._pipeline)
+                found = cursor.fetchone()[0]
+                return found, self._read_rows(conn, since) if found > since else []
+            except BaseException:
+                self._writer.rollback()
+                raise
+
+        return self._writer.using(begin)
+
+    def _read_rows(self, conn: psycopg.Connection, since: int) -> Rows:
+        rows: Rows = []
+        while True:
+            batch = conn.execute(
+                "SELECT serial, changes FROM devpi_changelog WHERE serial > %s ORDER BY serial LIMIT %s",
+                (since, _CATCH_UP_BATCH),
+            ).fetchall()
+            rows += batch
+            if len(batch) < _CATCH_UP_BATCH:
+                return rows
+            since = batch[-1][0]
+
+    def _apply_rows(self, found: int, rows: Rows) -> int:
+        """
+        What other nodes committed, up to serial C{found}, to the cache and
+        the listeners in serial order, on the caller's (reactor) thread.
+        Rows this node already applied (a catch-up of the watcher's while
+        a write's begin waited) are skipped.
+
+        @return: how many entries were applied.
+        """
+        applied = 0
+        for serial, text in rows:
+            if serial <= self.serial:
+                continue
+            if serial != self.serial + 1:
+                log.error(
+                    "changelog of {dsn} jumps from {serial} to {found}; dropping the cache",
+                    dsn=self.dsn,
+                    serial=self.serial,
+                    found=serial,
+                )
+                self._forget_all()
+            changes = {k: None if v is None else encode(v) for k, v in json.loads(text).items()}
+            self._cache.apply(changes)
+            self.serial = serial
+            self._notify(serial, changes)
+            applied += 1
+        if found < self.serial:
+            log.warn(
+                "state in {dsn} is at serial {found}, behind this node's {serial}: restored? "
+                "dropping the cache",
+                dsn=self.dsn,
+                found=found,
+                serial=self.serial,
+            )
+            self._forget_all()
+            self.serial = found
+        return applied
+
+    def _commit(self, changes: dict[str, str | None], durable: bool, serial: int, timestamp: float) -> None:
         """
         Write C{changes} as entry C{serial}, move the counter, notify the
-        other nodes and commit: one round trip.  Then the cache and the
-        listeners learn of it.
+        other nodes and commit: one round trip, in any thread, on the
+        writer.  The caller then tells the cache and the listeners
+        (L{_committed}).
         """
         statements: list[tuple[str, tuple | None]] = []
         if not durable:
@@ -329,12 +358,21 @@ class PostgresStorage:
             ("COMMIT", None),
         ]
         try:
-            with self._errors():
-                self._run(conn, statements)
+            with self._writer.errors():
+                run_statements(self._writer.in_transaction(), statements, self._pipeline)
         except BaseException:
-            self._rollback()
+            self._writer.rollback()
             raise
-        self._applied(changes)
+
+    def _committed(self, serial: int, changes: dict[str, str | None]) -> None:
+        """
+        This node's commit of C{serial}, to the cache and the listeners,
+        on the caller's (reactor) thread: unless a catch-up read it back
+        from the changelog first.
+        """
+        if serial <= self.serial:
+            return
+        self._cache.apply(changes)
         self.serial = serial
         self._notify(serial, changes)
 
@@ -342,38 +380,16 @@ class PostgresStorage:
         """
         Learn of what other nodes committed since this node's serial: their
         entries go to the cache and to the listeners, in serial order.  A
-        no-op inside a transaction (its begin caught up under the lock).
+        no-op inside a synchronous transaction (its begin caught up under
+        the lock).  On the reads' connection, on the calling thread.
 
         @return: how many entries were applied.
         @raise StorageUnavailable: the database cannot be reached.
         """
         if self._in_transaction:
             return 0
-        return self._using(self._catch_up)
-
-    def _catch_up(self, conn: psycopg.Connection) -> int:
-        applied = 0
-        while True:
-            rows = conn.execute(
-                "SELECT serial, changes FROM devpi_changelog WHERE serial > %s ORDER BY serial LIMIT %s",
-                (self.serial, _CATCH_UP_BATCH),
-            ).fetchall()
-            for serial, text in rows:
-                if serial != self.serial + 1:
-                    log.error(
-                        "changelog of {dsn} jumps from {serial} to {found}; dropping the cache",
-                        dsn=self.dsn,
-                        serial=self.serial,
-                        found=serial,
-                    )
-                    self._forget_all()
-                changes = {k: None if v is None else encode(v) for k, v in json.loads(text).items()}
-                self._applied(changes)
-                self.serial = serial
-                self._notify(serial, changes)
-                applied += 1
-            if len(rows) < _CATCH_UP_BATCH:
-                return applied
+        rows = self._reader.using(lambda conn: self._read_rows(conn, self.serial))
+        return self._apply_rows(rows[-1][0] if rows else self.serial, rows)
 
     def _notify(self, serial: int, changes: dict[str, str | None]) -> None:
         for listener in list(self._listeners):
@@ -390,7 +406,7 @@ class PostgresStorage:
         """
         if serial > self.serial:
             return None
-        row = self._using(
+        row = self._reader.using(
             lambda conn: conn.execute(
                 "SELECT timestamp, changes FROM devpi_changelog WHERE serial = %s", (serial,)
             ).fetchone()
@@ -427,10 +443,10 @@ class PostgresStorage:
                 batch = min(batch * 4, 1024)
             return frames
 
-        return self._using(read)
+        return self._reader.using(read)
 
     def last_commit_timestamp(self) -> float | None:
-        row = self._using(
+        row = self._reader.using(
             lambda conn: conn.execute(
                 "SELECT timestamp FROM devpi_changelog WHERE serial <= %s ORDER BY serial DESC LIMIT 1",
                 (self.serial,),
@@ -442,22 +458,23 @@ class PostgresStorage:
         """
         Commit a primary's entry as the primary committed it (see
         L{IStorage.import_entry}), under the write lock like any commit.
+        Synchronous, on the calling thread: a replica does not share its
+        state with other nodes, so its lock is never held by another.
 
         @raise SerialMismatch: C{serial} does not follow the last one (in
             this node's view, or in the database's once caught up).
         """
         if serial != self.serial + 1:
             raise SerialMismatch(f"entry {serial} does not follow serial {self.serial}")
-        if self._in_transaction:
-            raise RuntimeError("a transaction is already open on this storage")
         encoded = {key: None if value is None else encode(value) for key, value in changes.items()}
-        self._in_transaction = True
+        self._enter_sync()
         try:
-            conn = self._begin()
+            self._apply_rows(*self._begin(self.serial))
             if serial != self.serial + 1:
-                self._rollback()
+                self._writer.rollback()
                 raise SerialMismatch(f"entry {serial} does not follow serial {self.serial} in the database")
-            self._commit(conn, encoded, durable, serial, timestamp)
+            self._commit(encoded, durable, serial, timestamp)
+            self._committed(serial, encoded)
         finally:
             self._in_transaction = False
 
@@ -466,5 +483,5 @@ class PostgresStorage:
         Close the connection (the watcher of other nodes' commits is a
         service of its own, stopped before); using it after raises.
         """
-        self._closed = True
-        self._drop()
+        self._writer.close()
+        self._reader.close()

@@ -31,8 +31,8 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
@@ -177,6 +177,17 @@ class SQLiteStorage:
             self._defer(tx.changes)
         else:
             self._commit(tx.changes, durable)
+
+    @asynccontextmanager
+    async def write(self, durable: bool = True) -> AsyncIterator[SQLiteTransaction]:
+        """
+        L{transaction}, to be awaited: the same commit on the same thread
+        (SQLite's commit is local and short, and non-durable ones are
+        batched already), so that the server's request paths are written
+        once for both providers.
+        """
+        with self.transaction(durable) as tx:
+            yield tx
 
     def _defer(self, changes: dict[str, str | None]) -> None:
         """

@@ -303,7 +303,7 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
         pwhash = None
         if "pwhash" not in fields:
             pwhash = await self.ctx.passwords.hash(data["password"])
-        with self.ctx.storage.transaction() as tx:
+        async with self.ctx.storage.write() as tx:
             record = users.create_user(tx, user, fields, pwhash)
         log.info("created user {user!r}", user=user)
         return envelope(request, 201, type="userconfig", result=users.public_user(record))
@@ -324,7 +324,7 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
         if not allowed:
             return self.deny(request, auth, f"no permission to modify user {user!r}")
         pwhash = None if password is None else await self.ctx.passwords.hash(password)
-        with self.ctx.storage.transaction() as tx:
+        async with self.ctx.storage.write() as tx:
             users.modify_user(tx, user, changes, pwhash)
         if pwhash is not None:
             self.ctx.passwords.forget_all()
@@ -346,7 +346,7 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
         if not self.ctx.policy.may_delete_user(auth.identity, user):
             return self.deny(request, auth, f"no permission to delete user {user!r}")
         unused: set[str] = set()
-        with self.ctx.storage.transaction() as tx:
+        async with self.ctx.storage.write() as tx:
             for stage in users.delete_user(tx, user):
                 unused |= releases.delete_stage_data(tx, stage)
         self._cleanup(unused)
@@ -405,7 +405,7 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
         if not self.ctx.policy.may_create_index(auth.identity, user):
             return self.deny(request, auth, f"no permission to create index {user}/{index}")
         data = read_json(request)
-        with self.ctx.storage.transaction() as tx:
+        async with self.ctx.storage.write() as tx:
             config = indexes.create_index(tx, self.ctx.registry, user, index, data)
         log.info("created index {stage}", stage=f"{user}/{index}")
         run_hook(self.ctx.registry.for_config(config), "on_created", f"{user}/{index}", config)
@@ -424,7 +424,7 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
         if not self.ctx.policy.may_modify_index(auth.identity, user, extra):
             return self.deny(request, auth, f"no permission to modify index {user}/{index}")
         data = read_json(request)
-        with self.ctx.storage.transaction() as tx:
+        async with self.ctx.storage.write() as tx:
             config = indexes.modify_index(
                 tx,
                 self.ctx.registry,
@@ -448,7 +448,7 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
         if not self.ctx.policy.may_modify_index(auth.identity, user):
             return self.deny(request, auth, f"no permission to delete index {user}/{index}")
         old = indexes.get_index(self.ctx.storage, user, index)
-        with self.ctx.storage.transaction() as tx:
+        async with self.ctx.storage.write() as tx:
             indexes.delete_index(tx, user, index)
             unused = releases.delete_stage_data(tx, f"{user}/{index}")
         self._cleanup(unused)

@@ -57,7 +57,7 @@ class PushRoutes(StageHelpers):
             if auth.failed:
                 return self.deny(request, auth, "")
             return error(request, 401, f"user {auth.identity.username!r} cannot upload to {target!r}")
-        with self.ctx.storage.transaction() as tx:
+        async with self.ctx.storage.write() as tx:
             outcome = localpush.push_release(
                 tx,
                 stage,

@@ -51,7 +51,7 @@ class RemovalRoutes(StageHelpers):
         config, denied = await self._may_delete(request, user, index)
         if denied is not None:
             return self.deny(request, denied, f"no permission to delete {what}")
-        with self.ctx.storage.transaction() as tx:
+        async with self.ctx.storage.write() as tx:
             unused = remove(
                 tx,
                 f"{user}/{index}",
@@ -105,7 +105,7 @@ class RemovalRoutes(StageHelpers):
         record = releases.get_version(self.ctx.storage, stage, project, version)
         if record is None:
             raise NotFound(f"The version {version} of project {canonicalize_name(project)} does not exist.")
-        with self.ctx.storage.transaction() as tx:
+        async with self.ctx.storage.write() as tx:
             for link in record["+links"]:
                 if link["rel"] == "releasefile":
                     releases.set_yanked(tx, stage, link["relpath"], reason)
@@ -146,7 +146,7 @@ class RemovalRoutes(StageHelpers):
         if denied is not None:
             return self.deny(request, denied, "no permission to yank files")
         reason = self._yank_reason(request)
-        with self.ctx.storage.transaction() as tx:
+        async with self.ctx.storage.write() as tx:
             link = releases.set_yanked(tx, f"{user}/{index}", f"{user}/{index}/+f/{relpath}", reason)
         state = "unyanked" if reason is None else "yanked"
         self._removed(request, f"{user}/{index}", state[:-2], relpath=f"{user}/{index}/+f/{relpath}")

@@ -74,7 +74,7 @@ class ToxResultRoutes(StageHelpers):
         basename = f"{path.rsplit('/', 1)[1]}.toxresult-{stamp}-{count}"
         tox_path = f"{path.rsplit('/', 1)[0]}/{basename}"
         try:
-            with self.ctx.storage.transaction() as tx:
+            async with self.ctx.storage.write() as tx:
                 releases.add_file(
                     tx,
                     stage,

@@ -157,7 +157,7 @@ class UploadRoutes(StageHelpers):
             version = _first(fields, "version")
             if not version:
                 raise InvalidInput("version field not found")
-            with self.ctx.storage.transaction() as tx:
+            async with self.ctx.storage.write() as tx:
                 releases.register(tx, stage, metadata, replace=True)
             return self._upload_ok(request)
         if receiver.file is None:
@@ -241,7 +241,7 @@ class UploadRoutes(StageHelpers):
             if inspect.isawaitable(extra):
                 extra = await extra
             who = (await self.auth.authenticate(request)).identity.username
-            with self.ctx.storage.transaction() as tx:
+            async with self.ctx.storage.write() as tx:
                 outcome, _, unused = releases.add_file(
                     tx,
                     stage,
