@@ -268,12 +268,22 @@ def test_a_failing_transaction_leaves_the_cache_as_the_database(nodes):
     assert (s.serial, s.get("k")) == (1, "v1")
 
 
-def test_non_durable_commit_is_a_commit(nodes):
+def test_non_durable_commit_is_a_durable_commit(nodes, monkeypatch):
+    # (Other nodes see a commit at once: one lost by a crash would have its
+    # serial reused.)
     (s,) = nodes(1)
+    sent = []
+    execute = psycopg.Connection.execute
+
+    def recording(self, query, *args, **kwargs):
+        sent.append(str(query))
+        return execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", recording)
     with s.transaction(durable=False) as tx:
         tx.set("mirror/x", {"links": []})
     assert s.serial == 0 and s.changelog_entry(0)["changes"] == {"mirror/x": {"links": []}}
-    # SET LOCAL: the session's setting is untouched.
+    assert not [query for query in sent if "synchronous_commit" in query]
     assert s._writer.connection().execute("SHOW synchronous_commit").fetchone()[0] == "on"
 
 

@@ -89,3 +89,27 @@ def test_a_database_that_stops_answering_fails_statements_within_seconds(pg_dsn)
         assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()[0] == "1min"
     finally:
         storage.close()
+
+
+@pytest.mark.scaleout
+def test_a_read_only_database_is_unavailable_and_the_connection_is_made_again(pg_dsn):
+    # (A primary demoted to a standby after a failover answers writes so.)
+    import psycopg
+
+    storage = PostgresStorage(pg_dsn, create=True)
+    name = psycopg.conninfo.conninfo_to_dict(pg_dsn)["dbname"]
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        storage._writer.drop()  # (new sessions take the database's setting)
+        with pytest.raises(StorageUnavailable, match="read-only"):
+            with storage.transaction() as tx:
+                tx.set("k", 1)
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute("SET default_transaction_read_only = off")
+            admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        with storage.transaction() as tx:  # a new connection: writable again
+            tx.set("k", 1)
+        assert storage.get("k") == 1
+    finally:
+        storage.close()

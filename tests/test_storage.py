@@ -719,3 +719,17 @@ def test_a_file_stored_by_a_hard_link_is_checked_first(files, tmp_path):
     assert os.listdir(files.tmpdir) == []
     with pytest.raises(OSError):
         files.link(str(tmp_path / "missing"), digest)
+
+
+def test_a_failing_listener_neither_fails_the_commit_nor_silences_the_others(storage):
+    told = []
+
+    def failing(serial, keys):
+        raise RuntimeError("a cache's bug")
+
+    storage.subscribe(failing)
+    storage.subscribe(lambda serial, keys: told.append((serial, keys)))
+    with storage.transaction() as tx:
+        tx.set("k", 1)
+    assert told == [(storage.serial, frozenset({"k"}))]
+    assert storage.get("k") == 1

@@ -167,7 +167,14 @@ class Channel:
                 f"the state database {self.dsn} is busy: another node held its write lock for over "
                 f"{self.lock_timeout:g} s"
             ) from e
-        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+        except (
+            psycopg.OperationalError,
+            psycopg.InterfaceError,
+            # A server demoted to a standby after a failover, and a session
+            # the server ended: the next connection may reach the primary.
+            psycopg.errors.ReadOnlySqlTransaction,
+            psycopg.errors.IdleInTransactionSessionTimeout,
+        ) as e:
             self.drop()
             raise StorageUnavailable(f"the state database {self.dsn} is unavailable: {first_line(e)}") from e
 

@@ -43,6 +43,7 @@ from ..interfaces import IStorage
 from ..logs import logger
 from .errors import SerialMismatch
 from .kvtext import OverlayTransaction, encode, entry_text, prefix_upper
+from .listeners import notify
 from .pgconn import Channel, run_statements, uncancellable
 from .pgschema import check_schema, conninfo, safe_dsn
 from .readcache import ReadCache
@@ -182,10 +183,9 @@ class PostgresStorage:
         """
         A write transaction holding the global write lock from its start
         (see the module's docstring), waiting for PostgreSQL on the calling
-        thread; without changes it rolls back and takes no serial.  With
-        C{durable} false the commit does not wait for PostgreSQL's WAL
-        flush (C{synchronous_commit} off): a crash of the database may lose
-        it, never leave it half written.
+        thread; without changes it rolls back and takes no serial.
+        C{durable} false changes nothing here: on a shared state every
+        commit is durable (L{_commit}).
         """
         self._enter_sync()
         try:
@@ -332,9 +332,13 @@ class PostgresStorage:
         writer.  The caller then tells the cache and the listeners
         (L{_committed}).
         """
+        # Durable whatever C{durable} says: other nodes (and replicas) may
+        # see a commit as soon as it is made, and one a crash of the
+        # database then lost would have its serial given to a different
+        # entry, which they would never learn of.  (SQLite's non-durable
+        # commits are one process's; here the wait is a worker thread's.)
+        del durable
         statements: list[tuple[str, tuple | None]] = []
-        if not durable:
-            statements.append(("SET LOCAL synchronous_commit TO OFF", None))
         upserts = [(key, encoded) for key, encoded in changes.items() if encoded is not None]
         deletes = [key for key, encoded in changes.items() if encoded is None]
         if upserts:
@@ -392,8 +396,7 @@ class PostgresStorage:
         return self._apply_rows(rows[-1][0] if rows else self.serial, rows)
 
     def _notify(self, serial: int, changes: dict[str, str | None]) -> None:
-        for listener in list(self._listeners):
-            listener(serial, frozenset(changes))
+        notify(self._listeners, serial, frozenset(changes))
 
     def subscribe(self, listener) -> None:
         self._listeners.append(listener)

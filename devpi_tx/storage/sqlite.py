@@ -45,6 +45,7 @@ from .kvtext import OverlayTransaction, prefix_upper
 from .kvtext import encode as _encode
 from .kvtext import entry_text as _entry_text
 from .kvtext import overlaid as _overlaid
+from .listeners import notify
 from .readcache import ReadCache
 
 log = logger("devpi_tx.storage")
@@ -295,8 +296,7 @@ class SQLiteStorage:
         )
 
     def _notify(self, serial: int, changes: dict[str, str | None]) -> None:
-        for listener in list(self._listeners):
-            listener(serial, frozenset(changes))
+        notify(self._listeners, serial, frozenset(changes))
 
     def subscribe(self, listener) -> None:
         self._listeners.append(listener)
