@@ -134,11 +134,7 @@ def _answer(
     touched, so that a failing read leaves it untouched too.
     """
     head = request.method == b"HEAD"
-    validators = {
-        "ETag": etag,
-        "Last-Modified": datetimeToString(mtime).decode("ascii"),
-        "Accept-Ranges": "bytes",
-    }
+    validators = file_validators(etag, mtime)
 
     if _not_modified(request, etag, mtime):
         file.close()
@@ -195,6 +191,18 @@ def _answer(
             return body.start()
         return FileBody(request, file, length, path=path).start()
     return body
+
+
+def file_validators(etag: str, mtime: int) -> dict[str, str]:
+    """
+    The headers every answer about a stored file carries, wherever its
+    bytes come from (local disk or a remote store).
+    """
+    return {
+        "ETag": etag,
+        "Last-Modified": datetimeToString(mtime).decode("ascii"),
+        "Accept-Ranges": "bytes",
+    }
 
 
 def _set_headers(request: IRequest, *groups: dict[str, str]) -> None:

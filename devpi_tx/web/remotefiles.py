@@ -20,13 +20,13 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss, datetimeToString
+from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IRequest, IResponse
 from zope.interface import implementer
 
 from ..interfaces import IRemoteFileStore
 from ..logs import logger
-from .files import IMMUTABLE, _if_range_matches, _not_modified, _set_headers
+from .files import IMMUTABLE, _if_range_matches, _not_modified, _set_headers, file_validators
 from .render import error
 
 log = logger("devpi_tx.files")
@@ -58,11 +58,7 @@ def serve_remote(
     etag = f'"{sha256}"'
     mtime = int(last_modified)
     head = request.method == b"HEAD"
-    validators = {
-        "ETag": etag,
-        "Last-Modified": datetimeToString(mtime).decode("ascii"),
-        "Accept-Ranges": "bytes",
-    }
+    validators = file_validators(etag, mtime)
     if _not_modified(request, etag, mtime):
         request.setResponseCode(304)
         _set_headers(request, validators, {"Cache-Control": IMMUTABLE})
