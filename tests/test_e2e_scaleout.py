@@ -211,3 +211,14 @@ def test_the_database_restarted_under_load(cluster: Cluster, pg_cluster: Postgre
     assert _eventually(lambda: upload(cluster.a, "steady", "3.0") == 200)
     assert _eventually(lambda: versions(cluster.b, "steady") == ["1.0", "2.0", "3.0"])
     assert cluster.a.log_text().count("Traceback") == 0
+
+
+def test_a_request_echoing_the_serial_reads_its_write_on_the_other_node(cluster: Cluster) -> None:
+    filename, data = make_wheel("echoed", "1.0")
+    content_type, body = upload_form("echoed", "1.0", filename, data)
+    reply = http("POST", f"{cluster.a.url}/{STAGE}/", body, {"Content-Type": content_type, **ALICE})
+    assert reply.status == 200, reply.text
+    serial = reply.headers["X-Devpi-Serial"]
+    page = http("GET", f"{cluster.b.url}/{STAGE}/+simple/echoed/", headers={"X-Devpi-Serial": serial})
+    assert page.status == 200 and filename in page.text
+    assert int(page.headers["X-Devpi-Serial"]) >= int(serial)
