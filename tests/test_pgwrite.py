@@ -270,3 +270,55 @@ async def test_a_write_whose_connection_was_lost_commits_nothing(nodes):
     async with a.write() as tx:
         tx.set("k", 2)
     assert (a.serial, a.get("k")) == (0, 2)
+
+
+@pytest.mark.scaleout
+@pytest_twisted.ensureDeferred
+async def test_a_mirror_page_is_fresh_only_once_committed(pg_dsn):
+    """
+    A request for a project whose first fetch is waiting for the state's
+    write lock joins that fetch: it neither finds the project fresh nor
+    reads a page that is not committed yet.
+    """
+    import types
+
+    from twisted.internet import reactor
+    from twisted.internet.defer import ensureDeferred
+    from twisted.internet.task import deferLater
+    from twisted.internet.threads import deferToThread
+
+    from devpi_tx.mirror.pages import MirrorPages
+    from devpi_tx.model.stages import Stage
+
+    class Upstream:
+        async def project_page(self, url, project, etag=None):
+            return types.SimpleNamespace(links=[], versions=["1.0"], etag="e", serial=1)
+
+    a = PostgresStorage(pg_dsn, create=True, run_in_thread=deferToThread)
+    b = PostgresStorage(pg_dsn, run_in_thread=deferToThread)
+    pages = MirrorPages(a, Upstream(), default_expiry=1800)
+    stage = Stage("root/pypi", {"mirror_url": "http://upstream.example/simple/"}, is_mirror=True)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with b.transaction() as tx:
+            tx.set("k", "b")
+            locked.set()
+            release.wait(10)
+
+    held = deferToThread(hold)
+    try:
+        await deferToThread(locked.wait, 10)
+        first = ensureDeferred(pages.ensure(stage, "hello"))
+        await deferLater(reactor, 0.2, lambda: None)
+        second = ensureDeferred(pages.ensure(stage, "hello"))
+        assert not first.called and not second.called  # both wait for the commit
+        assert not pages.is_fresh(stage, "hello")
+    finally:
+        release.set()
+        await held
+    await first
+    await second
+    assert pages.cached("root/pypi", "hello")["versions"] == ["1.0"]
+    a.close()
+    b.close()

@@ -224,10 +224,12 @@ class MirrorPages:
             return None
         except NotFoundUpstream:
             self.fetches["not_found"] += 1
-            self._missing[key] = self._clock() + NOT_FOUND_TTL
             if stored is not None:
                 async with self._storage.write(durable=False) as tx:
                     tx.delete(mirror_key(stage.name, project))
+            # Only once the state says so: until then a request that finds
+            # the project missing would not wait for this fetch.
+            self._missing[key] = self._clock() + NOT_FOUND_TTL
             return None
         except UpstreamError as exc:
             self.fetches["error"] += 1
@@ -237,8 +239,7 @@ class MirrorPages:
                     f"upstream {redact(url)} failed: {exc}", status=gateway_status(exc)
                 ) from None
             return f"upstream failed, serving the cached page ({exc})"
-        self._checked[key] = self._clock()
-        self._missing.pop(key, None)
+        checked = self._clock()
         if (
             stored is not None
             and fetched.serial is not None
@@ -246,6 +247,7 @@ class MirrorPages:
             and fetched.serial < stored["serial"]
             and not stage.config.get("mirror_ignore_serial_header", False)
         ):
+            self._fresh(key, checked)
             self.fetches["older_serial"] += 1
             log.warn(
                 "mirror {stage}: upstream serial {new} for {project} is older than "
@@ -263,11 +265,20 @@ class MirrorPages:
             "serial": fetched.serial,
         }
         if stored == page:
+            self._fresh(key, checked)
             self.fetches["unchanged"] += 1
             return None
         self.fetches["changed"] += 1
         await self._store(stage.name, project, page, stored)
+        # Fresh only once committed: a request meanwhile (a write waits for
+        # the state's lock on PostgreSQL) joins this fetch rather than read
+        # a page that is not there yet.
+        self._fresh(key, checked)
         return None
+
+    def _fresh(self, key: tuple[str, str], checked: float) -> None:
+        self._checked[key] = checked
+        self._missing.pop(key, None)
 
     async def _refresh_via_primary(self, stage: Stage, project: str) -> str | None:
         key = (stage.name, project)
