@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 
+import psycopg
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
@@ -320,5 +321,69 @@ async def test_a_mirror_page_is_fresh_only_once_committed(pg_dsn):
     await first
     await second
     assert pages.cached("root/pypi", "hello")["versions"] == ["1.0"]
+    a.close()
+    b.close()
+
+
+@pytest.mark.scaleout
+@pytest_twisted.ensureDeferred
+async def test_closing_waits_for_a_write_in_progress(pg_dsn):
+    from twisted.internet import reactor
+    from twisted.internet.defer import ensureDeferred
+    from twisted.internet.task import deferLater
+    from twisted.internet.threads import deferToThread
+
+    a = PostgresStorage(pg_dsn, create=True, run_in_thread=deferToThread)
+    b = PostgresStorage(pg_dsn, run_in_thread=deferToThread)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with b.transaction() as tx:
+            tx.set("k", "b")
+            locked.set()
+            release.wait(10)
+
+    held = deferToThread(hold)
+    await deferToThread(locked.wait, 10)
+
+    async def write() -> None:
+        async with a.write() as tx:
+            tx.set("k", "a")
+
+    writing = ensureDeferred(write())
+    await deferLater(reactor, 0.2, lambda: None)
+    closing = a.close()  # what the server's "state" service does when it stops
+    assert closing is not None and not closing.called
+    release.set()
+    await held
+    await writing  # the write completed, its connection not closed under it
+    await closing
+    assert a.serial == 1
+    b.close()
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT value FROM devpi_kv WHERE key = 'k'").fetchone()[0] == '"a"'
+
+
+@pytest.mark.scaleout
+@pytest_twisted.ensureDeferred
+async def test_a_failed_catch_up_leaves_the_lock_free_for_other_nodes(pg_dsn, monkeypatch):
+    from twisted.internet.threads import deferToThread
+
+    a = PostgresStorage(pg_dsn, create=True, run_in_thread=deferToThread)
+    b = PostgresStorage(pg_dsn, run_in_thread=deferToThread, lock_timeout=2)
+    with b.transaction() as tx:
+        tx.set("from/b", 1)  # a has that to catch up with
+
+    def broken(*args):
+        raise ValueError("a changelog row that does not decode")
+
+    monkeypatch.setattr(a, "_apply_rows", broken)
+    with pytest.raises(ValueError):
+        async with a.write() as tx:
+            tx.set("k", 1)
+    # The counter is not left locked by a's connection: b writes at once.
+    with b.transaction() as tx:
+        tx.set("from/b", 2)
+    assert b.serial == 1
     a.close()
     b.close()

@@ -189,9 +189,12 @@ class PostgresStorage:
         """
         self._enter_sync()
         try:
-            self._apply_rows(*self._begin(self.serial))
-            tx = OverlayTransaction(self)
+            begun = self._begin(self.serial)
             try:
+                # (Inside the guard: a catch-up that fails must not leave
+                # the counter locked for every node.)
+                self._apply_rows(*begun)
+                tx = OverlayTransaction(self)
                 yield tx
             except BaseException:
                 self._writer.rollback()
@@ -222,9 +225,10 @@ class PostgresStorage:
             raise RuntimeError("a transaction is already open on this storage (nested transactions)")
         await uncancellable(self._write_lock.acquire())
         try:
-            self._apply_rows(*(await self._in_thread(self._begin, self.serial)))
-            tx = OverlayTransaction(self)
+            begun = await self._in_thread(self._begin, self.serial)
             try:
+                self._apply_rows(*begun)
+                tx = OverlayTransaction(self)
                 yield tx
             except BaseException:
                 await self._in_thread(self._writer.rollback)
@@ -472,19 +476,39 @@ class PostgresStorage:
         encoded = {key: None if value is None else encode(value) for key, value in changes.items()}
         self._enter_sync()
         try:
-            self._apply_rows(*self._begin(self.serial))
-            if serial != self.serial + 1:
+            begun = self._begin(self.serial)
+            try:
+                self._apply_rows(*begun)
+                if serial != self.serial + 1:
+                    raise SerialMismatch(
+                        f"entry {serial} does not follow serial {self.serial} in the database"
+                    )
+            except BaseException:
                 self._writer.rollback()
-                raise SerialMismatch(f"entry {serial} does not follow serial {self.serial} in the database")
+                raise
             self._commit(encoded, durable, serial, timestamp)
             self._committed(serial, encoded)
         finally:
             self._in_transaction = False
 
-    def close(self) -> None:
+    def close(self) -> Deferred[None] | None:
         """
-        Close the connection (the watcher of other nodes' commits is a
-        service of its own, stopped before); using it after raises.
+        Close the connections (the watcher of other nodes' commits is a
+        service of its own, stopped before); using them after raises.  A
+        write in progress (in a worker thread) finishes first: the
+        returned Deferred fires once the connections are closed (L{None}
+        when nothing was writing).
         """
-        self._writer.close()
-        self._reader.close()
+        if not self._write_lock.locked:
+            self._writer.close()
+            self._reader.close()
+            return None
+
+        def close(_: object) -> None:
+            try:
+                self._writer.close()
+                self._reader.close()
+            finally:
+                self._write_lock.release()
+
+        return self._write_lock.acquire().addCallback(close)

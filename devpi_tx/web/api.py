@@ -425,6 +425,10 @@ class DevpiAPI(ReleaseRoutes, ChangelogRoutes, OpsRoutes):
             return self.deny(request, auth, f"no permission to modify index {user}/{index}")
         data = read_json(request)
         async with self.ctx.storage.write() as tx:
+            # What the hooks and events are told it was: as the transaction
+            # finds it (another change may have committed while this one
+            # waited for the write, on PostgreSQL).
+            old = indexes.get_index(tx, user, index)
             config = indexes.modify_index(
                 tx,
                 self.ctx.registry,

@@ -102,10 +102,16 @@ class RemovalRoutes(StageHelpers):
             return self.deny(request, denied, f"no permission to yank {project} {version}")
         reason = self._yank_reason(request)
         stage = f"{user}/{index}"
-        record = releases.get_version(self.ctx.storage, stage, project, version)
-        if record is None:
-            raise NotFound(f"The version {version} of project {canonicalize_name(project)} does not exist.")
+        missing = f"The version {version} of project {canonicalize_name(project)} does not exist."
+        if releases.get_version(self.ctx.storage, stage, project, version) is None:
+            raise NotFound(missing)
         async with self.ctx.storage.write() as tx:
+            # Read again in the transaction: a file uploaded or deleted
+            # while this waited for the write (PostgreSQL) is yanked or
+            # skipped, not missed or failed on.
+            record = releases.get_version(tx, stage, project, version)
+            if record is None:
+                raise NotFound(missing)
             for link in record["+links"]:
                 if link["rel"] == "releasefile":
                     releases.set_yanked(tx, stage, link["relpath"], reason)

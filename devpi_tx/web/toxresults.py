@@ -68,13 +68,18 @@ class ToxResultRoutes(StageHelpers):
             sha256 = await self.ctx.run_in_thread(writer.commit)  # fsync: off the reactor
         finally:
             self.ctx.blobs.release(writer.hexdigest())
-        record = releases.get_version(self.ctx.storage, stage, entry["project"], entry["version"])
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
-        count = sum(1 for link in record["+links"] if link.get("for_relpath") == path)
-        basename = f"{path.rsplit('/', 1)[1]}.toxresult-{stamp}-{count}"
-        tox_path = f"{path.rsplit('/', 1)[0]}/{basename}"
         try:
             async with self.ctx.storage.write() as tx:
+                # Counted inside the transaction: another result for the
+                # same file committed while this one waited for the write
+                # (PostgreSQL) must not be given the same name.
+                record = releases.get_version(tx, stage, entry["project"], entry["version"])
+                if record is None:
+                    raise NotFound(f"no release file found at {path}")
+                count = sum(1 for link in record["+links"] if link.get("for_relpath") == path)
+                basename = f"{path.rsplit('/', 1)[1]}.toxresult-{stamp}-{count}"
+                tox_path = f"{path.rsplit('/', 1)[0]}/{basename}"
                 releases.add_file(
                     tx,
                     stage,
