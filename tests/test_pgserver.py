@@ -248,3 +248,17 @@ def test_a_node_initialising_after_another_did_completes_instead_of_failing(conf
     finally:
         first.close()
         late.close()
+
+
+def test_without_the_drivers_the_options_say_which_extra_to_install(config, monkeypatch):
+    import sys
+
+    from devpi_tx.storage.backends import open_storage_for
+    from devpi_tx.storage.filestore import open_file_store
+
+    for module in ("psycopg", "botocore", "devpi_tx.storage.postgresql"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"^option storage: needs the scale-out extra: pip install "):
+        open_storage_for(attrs.evolve(config, storage="postgresql://devpi@127.0.0.1/devpi"))
+    with pytest.raises(ConfigError, match=r"^option files: needs the scale-out extra: pip install "):
+        open_file_store(attrs.evolve(config, files="s3://bucket/prefix"))

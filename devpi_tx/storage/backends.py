@@ -41,8 +41,10 @@ def open_storage_for(
         newer devpi-tx's.
     """
     if config.storage and is_postgres_url(config.storage):
-        from .postgresql import PostgresStorage
-
+        try:
+            from .postgresql import PostgresStorage
+        except ImportError as e:
+            raise ConfigError(f"option storage: {needs_extra(e)}") from None
         return PostgresStorage(config.storage, create=create, run_in_thread=run_in_thread)
     return open_storage(config.serverdir, clock=clock)
 
@@ -77,6 +79,13 @@ def coordinator_for(config: ServerConfig, reactor, run_in_thread, holder: str) -
     return LocalCoordinator(holder)
 
 
+def needs_extra(error: ImportError) -> str:
+    """
+    What to say when a scale-out driver is missing.
+    """
+    return f"needs the scale-out extra: pip install 'devpi-tx[scale-out]' ({error})"
+
+
 def check_storage(config: ServerConfig) -> None:
     """
     The state the config names can be opened as it is (start-up checks of
@@ -88,7 +97,7 @@ def check_storage(config: ServerConfig) -> None:
     try:
         import psycopg
     except ImportError as e:
-        raise ConfigError(f"option storage: PostgreSQL needs psycopg 3 ({e}); pip install psycopg") from None
+        raise ConfigError(f"option storage: {needs_extra(e)}") from None
     try:
         open_storage_for(config).close()
     except (StorageUnavailable, SchemaError) as e:

@@ -38,10 +38,16 @@ def open_file_store(config) -> IFileStore:
     """
     if config.files is None:
         return LocalFileStore(os.path.join(config.serverdir, "+files"))
+    from ..config import ConfigError
     from .s3 import S3FileStore, make_client, parse_files_url
 
+    try:
+        import botocore  # noqa: F401
+    except ImportError as e:
+        from .backends import needs_extra
+
+        raise ConfigError(f"option files: {needs_extra(e)}") from None
     bucket, prefix = parse_files_url(config.files)
-    from ..config import ConfigError
 
     try:
         client = make_client(config.files_endpoint, config.files_region)
