@@ -299,15 +299,7 @@ async def test_a_mirror_page_is_fresh_only_once_committed(pg_dsn):
     b = PostgresStorage(pg_dsn, run_in_thread=deferToThread)
     pages = MirrorPages(a, Upstream(), default_expiry=1800)
     stage = Stage("root/pypi", {"mirror_url": "http://upstream.example/simple/"}, is_mirror=True)
-    locked, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with b.transaction() as tx:
-            tx.set("k", "b")
-            locked.set()
-            release.wait(10)
-
-    held = deferToThread(hold)
+    locked, release, held = _hold_lock(b, "k", "b")
     try:
         await deferToThread(locked.wait, 10)
         first = ensureDeferred(pages.ensure(stage, "hello"))
@@ -335,15 +327,7 @@ async def test_closing_waits_for_a_write_in_progress(pg_dsn):
 
     a = PostgresStorage(pg_dsn, create=True, run_in_thread=deferToThread)
     b = PostgresStorage(pg_dsn, run_in_thread=deferToThread)
-    locked, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with b.transaction() as tx:
-            tx.set("k", "b")
-            locked.set()
-            release.wait(10)
-
-    held = deferToThread(hold)
+    locked, release, held = _hold_lock(b, "k", "b")
     await deferToThread(locked.wait, 10)
 
     async def write() -> None:
