@@ -60,6 +60,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]
 
+from bench_index_types import wrk  # noqa: E402
 from bench_upload_rate import upload_body, wheel_bytes  # noqa: E402
 
 from tests.scaleout import free_port, start_postgres, start_s3  # noqa: E402
@@ -168,19 +169,6 @@ class Uploader:
         data = response.read()
         if response.status != 200:
             raise RuntimeError(f"upload {project} {version}: {response.status} {data[:300]!r}")
-
-
-def wrk(port: int, path: str, clients: int, seconds: int) -> float:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "-H", f"Accept: {PIP_ACCEPT}"]
-        + [f"http://127.0.0.1:{port}{path}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    if re.search(r"Non-2xx|Socket errors", out):
-        raise SystemExit(f"wrk saw errors on {path}:\n{out}")
-    return float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
 
 
 def upload_rate(port: int, auth: dict[str, str], prefix: str, count: int) -> float:
