@@ -202,8 +202,10 @@ def build_context(
     check_role(config, nodeinfo)
     check_replica_secret(config)
     secret = ensure_secret(config.secret_path)
+    # (A server's PostgreSQL writes wait in a thread of their own; a
+    # caller's run_in_thread, a test's, is used for them too.)
+    storage = open_storage_for(config, clock, run_in_thread=run_in_thread, reactor=reactor)
     run_in_thread = run_in_thread or deferToThread
-    storage = open_storage_for(config, clock, run_in_thread=run_in_thread)
     role = config.effective_role
     if nodeinfo.get("layout", 1) < LAYOUT and role != "replica":
         # (A replica's state is the primary's: the primary's migration

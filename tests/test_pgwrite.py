@@ -371,3 +371,28 @@ async def test_a_failed_catch_up_leaves_the_lock_free_for_other_nodes(pg_dsn, mo
     assert b.serial == 1
     a.close()
     b.close()
+
+
+@pytest.mark.scaleout
+@pytest_twisted.ensureDeferred
+async def test_a_servers_writes_wait_in_a_thread_of_their_own(pg_dsn, monkeypatch):
+    # Not in the reactor's shared pool, where long jobs (uploads to object
+    # storage) would hold them up while they hold every node's lock.
+    from twisted.internet import reactor
+
+    storage = PostgresStorage(pg_dsn, create=True, reactor=reactor)
+    threads = []
+    commit = storage._commit
+
+    def recording(*args):
+        threads.append(threading.current_thread().name)
+        return commit(*args)
+
+    monkeypatch.setattr(storage, "_commit", recording)
+    for n in range(2):
+        async with storage.write() as tx:
+            tx.set("k", n)
+    assert len(threads) == 2 and all("devpi-tx-state-writer" in name for name in threads)
+    assert storage.get("k") == 1
+    storage.close()
+    assert storage._own_thread._pool is None  # stopped with the storage

@@ -25,6 +25,7 @@ def open_storage_for(
     *,
     create: bool = False,
     run_in_thread: Callable[..., Deferred] | None = None,
+    reactor=None,
 ) -> IStorage:
     """
     Open the state the config names.
@@ -34,8 +35,9 @@ def open_storage_for(
     @param create: create PostgreSQL's schema if missing (initialising);
         SQLite's file is always created.
     @param run_in_thread: where PostgreSQL's C{write()} waits for the
-        database (C{deferToThread}, on a server); without it (command-line
-        tools) C{write()} waits on the calling thread.  SQLite needs none.
+        database; without it, a thread of the storage's own when a
+        C{reactor} is given (a server), else the calling thread
+        (command-line tools).  SQLite needs neither.
     @raise StorageUnavailable: the database cannot be reached.
     @raise SchemaError: it holds no state (and C{create} is false), or a
         newer devpi-tx's.
@@ -45,7 +47,7 @@ def open_storage_for(
             from .postgresql import PostgresStorage
         except ImportError as e:
             raise ConfigError(f"option storage: {needs_extra(e)}") from None
-        return PostgresStorage(config.storage, create=create, run_in_thread=run_in_thread)
+        return PostgresStorage(config.storage, create=create, run_in_thread=run_in_thread, reactor=reactor)
     return open_storage(config.serverdir, clock=clock)
 
 

@@ -15,7 +15,10 @@ from typing import TypeVar
 
 import psycopg
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from ..logs import logger
 from .errors import StorageUnavailable
@@ -209,3 +212,26 @@ async def uncancellable(work: Deferred[T]) -> T:
     if isinstance(result, Failure):
         result.raiseException()
     return result
+
+
+class OwnThread:
+    """
+    A storage's thread of its own for its writes (a server's), started on
+    the first and stopped with the storage.
+    """
+
+    def __init__(self, reactor: IReactorFromThreads, name: str = "devpi-tx-state-writer") -> None:
+        self._reactor = reactor
+        self._name = name
+        self._pool: ThreadPool | None = None
+
+    def run(self, work: Callable[..., T], *args: object) -> Deferred[T]:
+        if self._pool is None:
+            self._pool = ThreadPool(minthreads=0, maxthreads=1, name=self._name)
+            self._pool.start()
+        return deferToThreadPool(self._reactor, self._pool, work, *args)
+
+    def stop(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.stop()

@@ -22,10 +22,9 @@ worker threads on the write connection, one write of this node at a time
 learnt reaches the cache and the listeners on the reactor.  The
 synchronous L{PostgresStorage.transaction} (command-line tools, start-up)
 and L{PostgresStorage.import_entry} use the same connection on the calling
-thread.  Reads outside transactions that miss the cache wait for
-PostgreSQL on the calling (reactor) thread, on a connection of their own.
-An unreachable database raises L{StorageUnavailable} within the connect
-timeout; the next operation connects again.
+thread.  Reads that miss the cache wait on the calling (reactor) thread,
+on a connection of their own.  An unreachable database raises
+L{StorageUnavailable}; the next operation connects again.
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from contextlib import asynccontextmanager, contextmanager
 
 import psycopg
 from twisted.internet.defer import Deferred, DeferredLock, execute
+from twisted.internet.interfaces import IReactorFromThreads
 from zope.interface import implementer
 
 from ..interfaces import IStorage
@@ -44,7 +44,7 @@ from ..logs import logger
 from .errors import SerialMismatch
 from .kvtext import OverlayTransaction, encode, entry_text, prefix_upper
 from .listeners import notify
-from .pgconn import Channel, run_statements, uncancellable
+from .pgconn import Channel, OwnThread, run_statements, uncancellable
 from .pgschema import check_schema, conninfo, safe_dsn
 from .readcache import ReadCache
 
@@ -79,6 +79,7 @@ class PostgresStorage:
         lock_timeout: float = 10.0,
         pipeline: bool = True,
         run_in_thread: Callable[..., Deferred] | None = None,
+        reactor: IReactorFromThreads | None = None,
     ) -> None:
         """
         @param dsn: a libpq connection string or URL; a password not in it
@@ -94,12 +95,17 @@ class PostgresStorage:
             C{f(*args)} run in a worker thread (C{deferToThread}): where
             L{write} waits for PostgreSQL.  Without one (command-line
             tools), L{write} waits on the calling thread.
+        @param reactor: with no C{run_in_thread}, L{write} waits in a
+            thread of the storage's own (L{OwnThread}): in the reactor's
+            shared pool it would queue behind long jobs (an upload to
+            object storage) while holding every node's write lock.
         """
         info = conninfo(dsn, connect_timeout)
         self.dsn = safe_dsn(dsn)
         self._lock_timeout = lock_timeout
         self._pipeline = pipeline
-        self._run_in_thread = run_in_thread or execute
+        self._own_thread = OwnThread(reactor) if run_in_thread is None and reactor is not None else None
+        self._run_in_thread = run_in_thread or (self._own_thread.run if self._own_thread else execute)
         #: Write transactions' connection, and reads' (see the module's docstring).
         self._writer = Channel(info, self.dsn, lock_timeout)
         self._reader = Channel(info, self.dsn, lock_timeout)
@@ -211,15 +217,11 @@ class PostgresStorage:
     @asynccontextmanager
     async def write(self, durable: bool = True) -> AsyncIterator[PostgresTransaction]:
         """
-        L{transaction} without blocking the reactor: this node's writes
-        queue on a L{DeferredLock}; the begin (the wait for the other
-        nodes' lock, and reading what they committed) and the commit run
-        in a worker thread; the catch-up's and the commit's changes reach
-        the cache and the listeners on the reactor, and the body runs
-        there.  Leaving the block completes once the commit is
-        acknowledged (durable, with C{durable}).  Cancelling the awaiting
-        coroutine (a request whose client went away) does not cancel the
-        write: it completes, as a synchronous one would have.
+        L{transaction} without blocking the reactor (the module's
+        docstring): leaving the block completes once the commit is
+        durable.  Cancelling the awaiting coroutine (a request whose
+        client went away) does not cancel the write: it completes, as a
+        synchronous one would have.
         """
         if self._in_transaction:
             raise RuntimeError("a transaction is already open on this storage (nested transactions)")
@@ -502,6 +504,8 @@ class PostgresStorage:
         if not self._write_lock.locked:
             self._writer.close()
             self._reader.close()
+            if self._own_thread is not None:
+                self._own_thread.stop()
             return None
 
         def close(_: object) -> None:
@@ -510,5 +514,7 @@ class PostgresStorage:
                 self._reader.close()
             finally:
                 self._write_lock.release()
+                if self._own_thread is not None:
+                    self._own_thread.stop()
 
         return self._write_lock.acquire().addCallback(close)
