@@ -222,27 +222,39 @@ class SQLiteStorage:
         if self._pending:
             self._commit({}, durable=False)
 
-    def _commit(self, changes: dict[str, str | None], durable: bool = True) -> None:
+    @contextmanager
+    def _atomic(self, durable: bool) -> Iterator[None]:
+        """
+        One SQLite transaction: committed when the block ends, rolled back
+        (and the read cache, which may hold what it wrote, dropped) when
+        it raises.  Not C{durable}: in WAL mode, C{synchronous=NORMAL}
+        skips the fsync of the log at this commit; the next FULL commit
+        syncs the log, this commit included.
+        """
+        db = self._db
         relaxed = not durable and self._synchronous == "FULL"
         if relaxed:
-            # In WAL mode, NORMAL skips the fsync of the log at this commit;
-            # the next FULL commit syncs the log, this commit included.
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA synchronous=NORMAL")
         try:
-            self._write(changes)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                self._forget_all()
+                raise
         finally:
             if relaxed:
-                self._db.execute("PRAGMA synchronous=FULL")
+                db.execute("PRAGMA synchronous=FULL")
 
-    def _write(self, changes: dict[str, str | None]) -> None:
+    def _commit(self, changes: dict[str, str | None], durable: bool = True) -> None:
         """
         Write the pending transactions and then C{changes} (if any, as a
         new transaction) in one SQLite transaction.
         """
-        db = self._db
-        entries = list(self._pending)
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._atomic(durable):
+            entries = list(self._pending)
             on_disk = self._db_serial()
             if on_disk != self._written:
                 # Someone else wrote: our cache may be stale, and the
@@ -255,11 +267,6 @@ class SQLiteStorage:
                 entries.append((serial, time.time(), changes))
             for entry_serial, timestamp, entry_changes in entries:
                 self._write_entry(entry_serial, timestamp, entry_changes)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            self._forget_all()
-            raise
         self._written_up_to(entries, serial)
         if changes:
             self._notify(serial, changes)
@@ -370,12 +377,7 @@ class SQLiteStorage:
             raise SerialMismatch(f"entry {serial} does not follow serial {self.serial}")
         encoded = {key: None if value is None else _encode(value) for key, value in changes.items()}
         entries = list(self._pending)
-        db = self._db
-        relaxed = not durable and self._synchronous == "FULL"
-        if relaxed:
-            db.execute("PRAGMA synchronous=NORMAL")  # as in _commit
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._atomic(durable):
             on_disk = self._db_serial()
             if on_disk + len(entries) + 1 != serial:
                 # Another process committed: refuse rather than renumber,
@@ -388,14 +390,6 @@ class SQLiteStorage:
             for entry_serial, entry_timestamp, entry_changes in entries:
                 self._write_entry(entry_serial, entry_timestamp, entry_changes)
             self._write_entry(serial, timestamp, encoded)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            self._forget_all()
-            raise
-        finally:
-            if relaxed:
-                db.execute("PRAGMA synchronous=FULL")
         self._written_up_to([*entries, (serial, timestamp, encoded)], serial)
         self._notify(serial, encoded)
 
