@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import attrs
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred, maybeDeferred
 
 from .interfaces import IEventListener
+from .logs import logger
 
-log = Logger(namespace="devpi_tx.events")
+log = logger("devpi_tx.events")
 
 
 @attrs.frozen
@@ -99,8 +99,8 @@ class EventDispatcher:
     def _call(self, listener: IEventListener, method: str, event) -> None:
         name = getattr(listener, "name", type(listener).__name__)
 
+        # (A coroutine returned is awaited: maybeDeferred wraps it.)
         d = maybeDeferred(getattr(listener, method), event)
-        d.addCallback(lambda result: ensureDeferred(result) if hasattr(result, "__await__") else None)
         slow: list = []
         finished: list = []
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import attrs
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from zope.interface import implementer
 
 from ..interfaces import IAuthenticator
+from ..logs import logger
 
-log = Logger(namespace="devpi_tx.auth.external")
+log = logger("devpi_tx.auth.external")
 
 
 @attrs.frozen
@@ -52,17 +52,6 @@ class Verdict:
 UNKNOWN = Verdict.unknown()
 
 
-def _as_deferred(f, *args) -> Deferred:
-    d = maybeDeferred(f, *args)
-
-    def awaited(result):
-        if hasattr(result, "__await__"):
-            return ensureDeferred(result)
-        return result
-
-    return d.addCallback(awaited)
-
-
 async def ask(authenticators: Iterable[IAuthenticator], username: str, password: str) -> Verdict:
     """
     The combined verdict of C{authenticators} on C{username}'s
@@ -73,7 +62,8 @@ async def ask(authenticators: Iterable[IAuthenticator], username: str, password:
     authenticators = list(authenticators)
     if username == "root" or not authenticators:
         return UNKNOWN
-    pending = [_as_deferred(a.authenticate, username, password) for a in authenticators]
+    # (maybeDeferred also takes a coroutine, as the interface allows.)
+    pending = [maybeDeferred(a.authenticate, username, password) for a in authenticators]
     verdicts = []
     for authenticator, d in zip(authenticators, pending, strict=True):
         name = getattr(authenticator, "name", type(authenticator).__name__)

@@ -5,10 +5,10 @@ L{CustomizerRegistry} maps C{type} values to them.
 
 from __future__ import annotations
 
-from twisted.logger import Logger
 from zope.interface.verify import verifyObject
 
 from ..interfaces import IStageCustomizer
+from ..logs import logger
 from ..model.errors import InvalidInput
 from .base import BaseStageCustomizer
 from .constrained import ConstrainedCustomizer
@@ -16,7 +16,7 @@ from .mirror import MirrorCustomizer
 from .stage import StageCustomizer
 from .timed import CutoffCustomizer, MinAgeCustomizer
 
-log = Logger()
+log = logger("devpi_tx.customizers")
 _KEEP_ALL = BaseStageCustomizer()
 
 

@@ -3,7 +3,7 @@ Who is asking: credentials from C{X-Devpi-Auth} (devpi-client) or HTTP
 Basic (pip, twine), each holding a login token or a password.
 
 Every password check of the server goes through
-L{Authenticator.check_password}, which asks the L{PasswordThrottle} first:
+L{Authenticator.check_login}, which asks the L{PasswordThrottle} first:
 a throttled attempt raises L{Throttled} (answered 429, see
 L{too_many_attempts}) without running argon2.  Tokens never reach it.
 
@@ -170,12 +170,6 @@ class Authenticator:
         if ok is not None:
             return AuthResult(Identity(user, ok.groups), "ok", user)
         return AuthResult(ANONYMOUS_IDENTITY, "rejected", user)
-
-    async def check_password(self, request: IRequest, user: str, password: str) -> bool:
-        """
-        Is C{password} the password of C{user}?  (L{check_login}.)
-        """
-        return await self.check_login(request, user, password) is not None
 
     async def check_login(self, request: IRequest, user: str, password: str) -> PasswordOk | None:
         """

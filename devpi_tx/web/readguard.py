@@ -109,9 +109,10 @@ class ReadGuard(Resource):
                 return
             if not auth.identity.authenticated or auth.failed:
                 request.setHeader("WWW-Authenticate", 'Basic realm="pypi"')
-                body = error(request, 401, f"authentication required to read {denied[0].stage}")
                 if auth.failed:
                     body = error(request, 401, f"credentials for user {auth.sent_user!r} were rejected")
+                else:
+                    body = error(request, 401, f"authentication required to read {denied[0].stage}")
             else:
                 body = error(request, 403, f"no permission to read {denied[0].stage}")
             request.write(body)
