@@ -75,10 +75,14 @@ def test_a_503_when_a_write_finds_the_state_unavailable(client, context, monkeyp
     """
     from contextlib import asynccontextmanager
 
+    write = context.storage.write
+
     @asynccontextmanager
     async def unavailable(durable: bool = True):
-        raise StorageUnavailable("the state database postgresql://devpi@127.0.0.1/devpi is busy")
-        yield
+        # The body runs; the database goes away before the commit.
+        async with write(durable) as tx:
+            yield tx
+            raise StorageUnavailable("the state database postgresql://devpi@127.0.0.1/devpi is busy")
 
     monkeypatch.setattr(context.storage, "write", unavailable)
     answer = client.request("PUT", "/alice", {"password": "alicepw", "email": "alice@example.com"})

@@ -312,7 +312,7 @@ def test_push_reads_a_remote_file_from_a_local_copy(s3_bucket, tmp_path):
     body = result_of(Deferred.fromCoroutine(pypi_upload._open_local(store, digest, synchronous)))
     with body:
         assert body.read() == b"pushed elsewhere" and not isinstance(body, io.BufferedReader)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="needs run_in_thread"):
         result_of(Deferred.fromCoroutine(pypi_upload._open_local(store, digest, None)))
 
 

@@ -103,6 +103,7 @@ async def test_upload_download_range_and_metadata_from_s3(server):
     assert not os.path.exists(os.path.join(context.config.serverdir, "+files"))
 
     response, body = await _get(client, url)
+    assert response.redirected is context.config.files_redirect
     assert response.code == 200 and body == data
     assert response.length == len(data)  # (treq takes Content-Length out of the headers)
     if not response.redirected:
