@@ -14,9 +14,11 @@ from collections.abc import Callable, Iterator
 import attrs
 
 from ..auth.passwords import default_hasher
+from ..config import ServerConfig
 from ..model import releases, users
 from ..serverdir import is_initialized, write_secret
 from ..startup import CommandError
+from ..storage.backends import open_storage_for
 from ..storage.files import LocalFileStore
 from ..storage.filestore import check_local_files
 from ..storage.sqlite import open_storage
@@ -35,13 +37,7 @@ def set_password(serverdir: str, user: str, password: str, storage_url: str | No
     """
     if not is_initialized(serverdir):
         raise CommandError(f"{serverdir} holds no server (run devpi-tx init, or give --serverdir)")
-    if storage_url:
-        from ..config import ServerConfig
-        from ..storage.backends import open_storage_for
-
-        storage = open_storage_for(ServerConfig(serverdir=serverdir, storage=storage_url))
-    else:
-        storage = open_storage(serverdir)
+    storage = open_storage_for(ServerConfig(serverdir=serverdir, storage=storage_url))
     try:
         if users.get_user(storage, user) is None:
             raise CommandError(f"no user {user!r} in {serverdir}")

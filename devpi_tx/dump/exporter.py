@@ -25,6 +25,7 @@ from ..model import releases
 from ..model.stages import IsMirror
 from ..serverdir import is_initialized
 from ..storage.files import LocalFileStore
+from ..storage.kvtext import prefix_upper
 from . import DumpError
 from .fileio import export_file
 from .progress import Progress, human
@@ -72,7 +73,7 @@ class Snapshot:
 
     def keys(self, prefix: str) -> list[str]:
         rows = self._db.execute(
-            "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key", (prefix, prefix + "\U0010ffff")
+            "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key", (prefix, prefix_upper(prefix))
         )
         return [row[0] for row in rows]
 

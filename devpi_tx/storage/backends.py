@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from ..config import ConfigError, ServerConfig, is_postgres_url
 from ..interfaces import ICoordinator, IStorage
-from .errors import SchemaError, StorageUnavailable
+from .errors import SchemaError, StorageUnavailable, first_line
 from .sqlite import open_storage
 
 
@@ -107,5 +107,4 @@ def check_storage(config: ServerConfig) -> None:
     except psycopg.ProgrammingError as e:
         # A DSN libpq cannot parse (an unknown parameter, say); its
         # message names the parameter, never the password.
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"option storage: not a valid PostgreSQL URL: {text}") from None
+        raise ConfigError(f"option storage: not a valid PostgreSQL URL: {first_line(e)}") from None

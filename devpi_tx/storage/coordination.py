@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from ..interfaces import ICoordinator
 from ..logs import logger
+from .errors import first_line
 
 log = logger("devpi_tx.coordination")
 
@@ -47,8 +48,8 @@ def _why(failure_or_error) -> str:
     a traceback per lease or check during an outage says nothing more.
     """
     error = getattr(failure_or_error, "value", failure_or_error)
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    name = type(error).__name__
+    return f"{name}: {first_line(error)}" if str(error).strip() else name
 
 
 T = TypeVar("T")

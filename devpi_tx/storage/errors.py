@@ -7,6 +7,15 @@ handle them without knowing which database holds the state.
 from __future__ import annotations
 
 
+def first_line(error: BaseException) -> str:
+    """
+    An error in one line, for a message or a log: the first line of its
+    text, or its type's name when it has none.
+    """
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class SchemaError(Exception):
     """
     The database was written by an incompatible version of devpi-tx, or

@@ -21,8 +21,8 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from ..logs import logger
-from .errors import StorageUnavailable
-from .pgschema import connect, first_line
+from .errors import StorageUnavailable, first_line
+from .pgschema import connect
 
 log = logger("devpi_tx.storage")
 

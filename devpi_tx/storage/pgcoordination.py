@@ -33,7 +33,8 @@ from zope.interface import implementer
 from ..interfaces import ICoordinator
 from ..logs import logger
 from .coordination import Lease
-from .pgschema import conninfo, first_line
+from .errors import first_line
+from .pgschema import conninfo
 
 log = logger("devpi_tx.coordination")
 
@@ -95,7 +96,6 @@ class PostgresCoordinator:
         connect: Callable[..., psycopg.Connection] = psycopg.connect,
     ) -> None:
         self.holder = holder
-        self._dsn = dsn
         self._clock = reactor
         self._run = run_in_thread
         self._connect = connect

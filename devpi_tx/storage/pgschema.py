@@ -9,7 +9,7 @@ from __future__ import annotations
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from .errors import SchemaError, StorageUnavailable
+from .errors import SchemaError, StorageUnavailable, first_line
 
 SCHEMA_VERSION = 1
 
@@ -85,11 +85,6 @@ def safe_dsn(dsn: str) -> str:
     port = params.get("port", "")
     where = f"{user + '@' if user else ''}{params.get('host', '')}{':' + port if port else ''}"
     return f"postgresql://{where}/{params.get('dbname', '')}"
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def check_schema(conn: psycopg.Connection, dsn: str, create: bool) -> None:

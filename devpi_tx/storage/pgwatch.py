@@ -22,8 +22,7 @@ from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from ..logs import logger
-from .errors import StorageUnavailable
-from .pgschema import first_line
+from .errors import StorageUnavailable, first_line
 from .postgresql import CHANNEL, PostgresStorage
 
 log = logger("devpi_tx.storage")

@@ -102,7 +102,6 @@ class PostgresStorage:
         """
         info = conninfo(dsn, connect_timeout)
         self.dsn = safe_dsn(dsn)
-        self._lock_timeout = lock_timeout
         self._pipeline = pipeline
         self._own_thread = OwnThread(reactor) if run_in_thread is None and reactor is not None else None
         self._run_in_thread = run_in_thread or (self._own_thread.run if self._own_thread else execute)

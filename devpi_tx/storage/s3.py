@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from ..interfaces import IRemoteFileStore
 from ..logs import logger
-from .errors import FileStoreUnavailable
+from .errors import FileStoreUnavailable, first_line
 from .files import _TMP_PREFIX, LocalFileWriter, _check_digest
 
 log = logger("devpi_tx.files.s3")
@@ -136,9 +136,8 @@ class _StoreErrors:
         from botocore.exceptions import BotoCoreError, ClientError
 
         if isinstance(exc, (BotoCoreError, ClientError)):
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise FileStoreUnavailable(
-                f"s3://{self._store.bucket} ({self._what}): {type(exc).__name__}: {first}"
+                f"s3://{self._store.bucket} ({self._what}): {type(exc).__name__}: {first_line(exc)}"
             ) from None
         return False
 
