@@ -77,21 +77,21 @@ def store_file(
     size = 0
     try:
         if hard_link:
+            # Hashed as linked: what gets the final name is what was read.
             os.link(source, tmp)
-            with open(tmp, "rb") as src:
+        with open(tmp if hard_link else source, "rb") as src:
+            dst = None if hard_link else open(tmp, "wb")
+            try:
                 while chunk := src.read(CHUNK):
                     size += len(chunk)
                     for hasher in hashers.values():
                         hasher.update(chunk)  # type: ignore[attr-defined]
+                    if dst is not None:
+                        dst.write(chunk)
                     _keep(keep, chunk, size)
-        else:
-            with open(source, "rb") as src, open(tmp, "wb") as dst:
-                while chunk := src.read(CHUNK):
-                    size += len(chunk)
-                    for hasher in hashers.values():
-                        hasher.update(chunk)  # type: ignore[attr-defined]
-                    dst.write(chunk)
-                    _keep(keep, chunk, size)
+            finally:
+                if dst is not None:
+                    dst.close()
         digests = {name: hasher.hexdigest() for name, hasher in hashers.items()}  # type: ignore[attr-defined]
         _into_place(store, tmp, digests["sha256"])
     except BaseException:
