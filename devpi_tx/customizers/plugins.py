@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 import attrs
 
 from ..interfaces import IStageCustomizer
-from ..plugins import PluginError, find_plugins
+from ..plugins import FoundPlugin, PluginError, find_plugins
 from . import BUILTIN_TYPES
 
 #: The entry point group of index types.
@@ -27,15 +27,15 @@ __all__ = ["GROUP", "FoundType", "PluginError", "find_index_types"]
 
 
 @attrs.frozen
-class FoundType:
+class FoundType(FoundPlugin):
     """
-    An index type of an installed distribution.
+    An index type of an installed distribution: a L{FoundPlugin} whose
+    provider is an L{IStageCustomizer}.
     """
 
-    customizer: IStageCustomizer
-    entry_point: str
-    distribution: str
-    version: str
+    @property
+    def customizer(self) -> IStageCustomizer:
+        return self.provider  # type: ignore[return-value]
 
     @property
     def type_name(self) -> str:
@@ -65,5 +65,5 @@ def find_index_types(
         if type_name in names:
             raise PluginError(f"{where}: index type {type_name!r} is already defined")
         names.add(type_name)
-        found.append(FoundType(plugin.provider, plugin.entry_point, plugin.distribution, plugin.version))
+        found.append(FoundType(**attrs.asdict(plugin, recurse=False)))
     return found
